@@ -1,0 +1,256 @@
+//! Configuration: every setting is an environment variable and the same-named CLI flag (SPEC §1).
+//!
+//! Each field's value name is its environment variable, so clap's first error line
+//! (`invalid value 'x' for '--port <PORT>'`) already names the variable; `main` prints that line alone.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{builder::BoolishValueParser, Args, Parser, Subcommand, ValueEnum};
+
+/// Command line: the gateway itself, or the `token` helper.
+#[derive(Debug, Parser)]
+#[command(
+    name = "realtime-gateway",
+    version,
+    about = "Socket.IO-compatible real-time gateway"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mint a JWT with the configured secret (JWT_SECRET, or JWT_SECRET_FILE-less HS256 only).
+    Token {
+        /// User id (`sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// Role claim; `admin` is an administrator.
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// Lifetime, e.g. `90s`, `15m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+        /// Optional `email` claim.
+        #[arg(long)]
+        email: Option<String>,
+        /// Optional `name` claim.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Algorithm of `JWT_PUBLIC_KEY_FILE`. HS256 secrets are always checked with HS256 only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    #[value(name = "HS256")]
+    Hs256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+}
+
+/// Gateway settings (SPEC §1 plus the documented extras in docs/operations.md).
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    #[arg(long, env = "PORT", value_name = "PORT", default_value_t = 8888)]
+    pub port: u16,
+    #[arg(long, env = "HOST", value_name = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        value_name = "JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    #[arg(
+        long,
+        env = "JWT_SECRET_PREVIOUS",
+        value_name = "JWT_SECRET_PREVIOUS",
+        hide_env_values = true
+    )]
+    pub jwt_secret_previous: Option<String>,
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE", value_name = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "JWT_ALGORITHM",
+        value_name = "JWT_ALGORITHM",
+        value_enum,
+        default_value = "HS256"
+    )]
+    pub jwt_algorithm: JwtAlgorithm,
+    #[arg(long, env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    #[arg(long, env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    #[arg(long, env = "ALLOW_ANONYMOUS", value_name = "ALLOW_ANONYMOUS", default_value = "true",
+          value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub allow_anonymous: bool,
+
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+    #[arg(long, env = "API_KEY", value_name = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    #[arg(
+        long,
+        env = "CORS_ORIGINS",
+        value_name = "CORS_ORIGINS",
+        default_value = "*"
+    )]
+    pub cors_origins: String,
+    #[arg(long, env = "CHANNEL_POLICY_FILE", value_name = "CHANNEL_POLICY_FILE")]
+    pub channel_policy_file: Option<PathBuf>,
+    #[arg(long, env = "MAX_PAYLOAD_BYTES", value_name = "MAX_PAYLOAD_BYTES", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_payload_bytes: u64,
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_name = "LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+
+    #[arg(
+        long,
+        env = "TYPING_TIMEOUT_MS",
+        value_name = "TYPING_TIMEOUT_MS",
+        default_value_t = 3000
+    )]
+    pub typing_timeout_ms: u64,
+    #[arg(
+        long,
+        env = "PRESENCE_GRACE_MS",
+        value_name = "PRESENCE_GRACE_MS",
+        default_value_t = 5000
+    )]
+    pub presence_grace_ms: u64,
+    #[arg(
+        long,
+        env = "CALL_RING_TIMEOUT_MS",
+        value_name = "CALL_RING_TIMEOUT_MS",
+        default_value_t = 30000
+    )]
+    pub call_ring_timeout_ms: u64,
+    #[arg(long, env = "RATE_LIMIT_PER_SEC", value_name = "RATE_LIMIT_PER_SEC", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_sec: u32,
+    #[arg(long, env = "RATE_LIMIT_BURST", value_name = "RATE_LIMIT_BURST", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: u32,
+    #[arg(long, env = "PING_INTERVAL_MS", value_name = "PING_INTERVAL_MS", default_value_t = 25000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub ping_interval_ms: u64,
+    #[arg(long, env = "PING_TIMEOUT_MS", value_name = "PING_TIMEOUT_MS", default_value_t = 20000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub ping_timeout_ms: u64,
+
+    /// Grace between `auth-expired` and the disconnect of a socket whose token has expired (≤ 30 s by SPEC §2).
+    #[arg(long, env = "AUTH_EXPIRY_GRACE_MS", value_name = "AUTH_EXPIRY_GRACE_MS", default_value_t = 10000,
+          value_parser = clap::value_parser!(u64).range(0..=30000))]
+    pub auth_expiry_grace_ms: u64,
+    /// This node's id in `/health` and `/api/stats`; random when unset.
+    #[arg(long, env = "NODE_ID", value_name = "NODE_ID")]
+    pub node_id: Option<String>,
+    /// Most sockets one user may hold at once (SPEC §7).
+    #[arg(
+        long,
+        env = "MAX_SOCKETS_PER_USER",
+        value_name = "MAX_SOCKETS_PER_USER",
+        default_value_t = 20
+    )]
+    pub max_sockets_per_user: usize,
+    /// Most channel subscriptions per socket (SPEC §7).
+    #[arg(
+        long,
+        env = "MAX_SUBSCRIPTIONS_PER_SOCKET",
+        value_name = "MAX_SUBSCRIPTIONS_PER_SOCKET",
+        default_value_t = 128
+    )]
+    pub max_subscriptions_per_socket: usize,
+    /// Messages kept per room (SPEC §7).
+    #[arg(long, env = "MAX_ROOM_HISTORY", value_name = "MAX_ROOM_HISTORY", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(50..))]
+    pub max_room_history: u64,
+}
+
+impl Config {
+    /// Defaults, as if no variable were set: what tests start from.
+    pub fn default_for_tests() -> Self {
+        let cli = Cli::parse_from(["realtime-gateway", "--port", "0", "--host", "127.0.0.1"]);
+        cli.config
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
+    }
+}
+
+/// `90s`, `15m`, `1h`, `7d`, or plain seconds.
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("bad duration '{s}'"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("bad duration unit in '{s}' (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_units() {
+        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_ttl("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_ttl("1y").is_err());
+        assert!(parse_ttl("x").is_err());
+    }
+
+    #[test]
+    fn invalid_value_names_the_variable() {
+        let err = Cli::try_parse_from(["realtime-gateway", "--port", "nope"]).unwrap_err();
+        let first = err.to_string();
+        assert!(first.lines().next().unwrap().contains("PORT"), "{first}");
+        let err = Cli::try_parse_from(["realtime-gateway", "--log-format", "xml"]).unwrap_err();
+        assert!(err
+            .to_string()
+            .lines()
+            .next()
+            .unwrap()
+            .contains("LOG_FORMAT"));
+    }
+}

@@ -1,0 +1,329 @@
+//! The socket side: connect middleware (authentication), the `connected` greeting, and one dispatcher
+//! per socket that routes every client event to its handler and answers it exactly once.
+//!
+//! One `on_fallback` dispatcher instead of a `socket.on(..)` per event keeps per-socket memory to one
+//! handler, and gives every event the same path: parse, run, answer (ack or `error` event).
+
+pub mod connection;
+
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, Data, Event, SocketRef, State, TryData};
+use socketioxide::handler::{FromMessageParts, Value};
+use socketioxide::socket::{DisconnectReason, Socket};
+use socketioxide::SocketIo;
+
+use crate::auth::{find_token, AuthError};
+use crate::error::{AckError, ApiError, Code, ErrorEvent, HandlerResult};
+use crate::state::{AppState, ExpiryStep, Session};
+
+/// Registers the default namespace `/` with its auth middleware.
+pub fn register_local(io: &SocketIo, _state: &AppState) {
+    use socketioxide::handler::ConnectHandler;
+    io.ns("/", on_connect.with(authenticate));
+}
+
+/// Connect middleware: finds and verifies the token (SPEC §2). Its error becomes `connect_error`
+/// with `message` set to the error's `Display`.
+pub async fn authenticate<A: Adapter>(
+    socket: SocketRef<A>,
+    State(state): State<AppState>,
+    TryData(auth): TryData<serde_json::Value>,
+) -> Result<(), AuthError> {
+    let parts = socket.req_parts();
+    let header = parts
+        .headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok());
+    let auth = auth.ok();
+    let token = find_token(auth.as_ref(), parts.uri.query(), header);
+    let session = match token {
+        None if state.config.allow_anonymous => Session::new(None, 0),
+        None => return refuse(&socket, None, AuthError::Required),
+        Some(token) => match state.auth.verify(&token) {
+            Ok(v) => Session::new(Some(v.user), v.exp),
+            Err(e) => return refuse(&socket, None, e),
+        },
+    };
+    if let Some(uid) = session.user_id() {
+        if !state
+            .counters
+            .has_room_for(uid, state.config.max_sockets_per_user)
+        {
+            return refuse(&socket, Some(uid), AuthError::TooManySockets);
+        }
+    }
+    socket.extensions.insert(Arc::new(session));
+    Ok(())
+}
+
+fn refuse<A: Adapter>(
+    socket: &SocketRef<A>,
+    user: Option<&str>,
+    err: AuthError,
+) -> Result<(), AuthError> {
+    tracing::info!(sid = %socket.id, user_id = user.unwrap_or("-"), reason = err.reason(), "connection refused");
+    Err(err)
+}
+
+/// The `connected` greeting (SPEC §2).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Connected<'a> {
+    session_id: String,
+    user_id: Option<&'a str>,
+    user: Option<&'a crate::auth::User>,
+    authorized_channels: Vec<String>,
+    server_time: u64,
+}
+
+pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>) {
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        // The middleware always sets it; without it the socket has no identity.
+        let _ = socket.disconnect();
+        return;
+    };
+    state.counters.add(session.user_id());
+    if session.user.is_some() {
+        state
+            .expiry
+            .schedule(session.exp(), ExpiryStep::Warn, socket.id);
+    }
+    tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"),
+        transport = ?socket.transport_type(), "connected");
+
+    socket.on_fallback(dispatch::<A>);
+    socket.on_disconnect(on_disconnect::<A>);
+
+    let greeting = Connected {
+        session_id: socket.id.to_string(),
+        user_id: session.user_id(),
+        user: session.user.as_ref(),
+        authorized_channels: state.policy.authorized_patterns(session.user.as_ref()),
+        server_time: crate::auth::unix_now_ms(),
+    };
+    let _ = socket.emit("connected", &greeting);
+}
+
+async fn on_disconnect<A: Adapter>(
+    socket: SocketRef<A>,
+    State(state): State<AppState>,
+    reason: DisconnectReason,
+) {
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        return;
+    };
+    state.counters.remove(session.user_id());
+    if session.user.is_some() {
+        state
+            .expiry
+            .cancel(session.exp(), ExpiryStep::Warn, socket.id);
+    }
+    tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"), %reason, "disconnected");
+}
+
+/// One incoming event: its socket, raw arguments and ack id.
+pub struct Msg<A: Adapter> {
+    socket: Arc<Socket<A>>,
+    value: Value,
+    ack_id: Option<i64>,
+}
+
+impl<A: Adapter> FromMessageParts<A> for Msg<A> {
+    type Error = Infallible;
+    fn from_message_parts(
+        s: &Arc<Socket<A>>,
+        v: &mut Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        let value = std::mem::replace(v, Value::Bytes(bytes::Bytes::new()));
+        Ok(Msg {
+            socket: s.clone(),
+            value,
+            ack_id: *ack_id,
+        })
+    }
+}
+
+impl<A: Adapter> Msg<A> {
+    /// The first argument, deserialised; `INVALID_PAYLOAD` when it does not fit.
+    pub fn data<T: DeserializeOwned>(&mut self) -> Result<T, ApiError> {
+        Data::<T>::from_message_parts(&self.socket, &mut self.value, &self.ack_id)
+            .map(|Data(d)| d)
+            .map_err(|e| {
+                ApiError::invalid(format!(
+                    "Invalid payload: {}",
+                    truncate(&e.to_string(), 200)
+                ))
+            })
+    }
+
+    pub fn wants_ack(&self) -> bool {
+        self.ack_id.is_some()
+    }
+
+    fn event(&mut self) -> Option<String> {
+        Event::from_message_parts(&self.socket, &mut self.value, &self.ack_id)
+            .ok()
+            .map(|Event(e)| e)
+    }
+
+    /// Answers once: the ack when the client asked for one, else an `error` event on failure.
+    fn answer(self, event: &str, result: HandlerResult) {
+        let socket = SocketRef::from_message_parts(
+            &self.socket,
+            &mut Value::Bytes(Default::default()),
+            &None,
+        );
+        let Ok(socket) = socket;
+        if self.ack_id.is_some() {
+            let Ok(ack) = AckSender::from_message_parts(
+                &self.socket,
+                &mut Value::Bytes(Default::default()),
+                &self.ack_id,
+            );
+            let sent = match &result {
+                Ok(v) => ack.send(v),
+                Err(e) => ack.send(&AckError {
+                    success: false,
+                    error: &e.message,
+                    code: e.code,
+                }),
+            };
+            if let Err(e) = sent {
+                tracing::debug!(sid = %socket.id, event, "ack not sent: {e}");
+            }
+        } else if let Err(e) = &result {
+            let _ = socket.emit(
+                "error",
+                &ErrorEvent {
+                    event,
+                    error: &e.message,
+                    code: e.code,
+                },
+            );
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Everything a handler gets besides its payload.
+pub struct Ctx<A: Adapter> {
+    pub socket: SocketRef<A>,
+    pub io: SocketIo<A>,
+    pub state: AppState,
+    pub session: Arc<Session>,
+}
+
+impl<A: Adapter> Ctx<A> {
+    /// The caller's user, or `UNAUTHENTICATED` for an anonymous socket.
+    pub fn user(&self) -> Result<&crate::auth::User, ApiError> {
+        self.session
+            .user
+            .as_ref()
+            .ok_or_else(ApiError::unauthenticated)
+    }
+}
+
+/// Routes one client event to its handler and answers it exactly once, even if the handler panics.
+async fn dispatch<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    State(state): State<AppState>,
+    mut msg: Msg<A>,
+) {
+    let Some(event) = msg.event() else {
+        msg.answer(
+            "",
+            Err(ApiError::invalid("Invalid payload: missing event name")),
+        );
+        return;
+    };
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        return;
+    };
+    let ctx = Ctx {
+        socket,
+        io,
+        state,
+        session,
+    };
+    let run = AssertUnwindSafe(route(&ctx, &event, &mut msg)).catch_unwind();
+    let result = match run.await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!(sid = %ctx.socket.id, event, "handler panicked");
+            Err(ApiError::new(Code::Internal, "Internal error"))
+        }
+    };
+    if let Err(e) = &result {
+        tracing::debug!(sid = %ctx.socket.id, event, code = e.code.as_str(), "event failed");
+    }
+    msg.answer(&event, result);
+}
+
+async fn route<A: Adapter>(ctx: &Ctx<A>, event: &str, msg: &mut Msg<A>) -> HandlerResult {
+    match event {
+        "refresh-token" => connection::refresh_token(ctx, msg.data()?).await,
+        _ => Err(ApiError::not_found("Unknown event")),
+    }
+}
+
+/// The once-a-second sweep of token expiries: `auth-expired`, then a disconnect after the grace.
+pub fn spawn_expiry_sweeper<A: Adapter>(
+    io: SocketIo<A>,
+    state: AppState,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let grace_secs = state.config.auth_expiry_grace_ms.div_ceil(1000);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = crate::auth::unix_now();
+            for (_, step, sid) in state.expiry.take_due(now) {
+                let Some(socket) = io.get_socket(sid) else {
+                    continue;
+                };
+                let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+                    continue;
+                };
+                if session.exp() > now {
+                    continue; // refreshed since: a newer entry is queued
+                }
+                match step {
+                    ExpiryStep::Warn => {
+                        tracing::info!(sid = %sid, user_id = session.user_id().unwrap_or("-"), "token expired");
+                        let _ = socket.emit(
+                            "auth-expired",
+                            &serde_json::json!({
+                                "message": "Token expired",
+                                "exp": session.exp(),
+                                "graceMs": state.config.auth_expiry_grace_ms,
+                            }),
+                        );
+                        state
+                            .expiry
+                            .schedule(now + grace_secs, ExpiryStep::Disconnect, sid);
+                    }
+                    ExpiryStep::Disconnect => {
+                        tracing::info!(sid = %sid, user_id = session.user_id().unwrap_or("-"), "disconnecting: token expired");
+                        let _ = socket.disconnect();
+                    }
+                }
+            }
+        }
+    })
+}

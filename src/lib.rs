@@ -1,0 +1,20 @@
+//! realtime-gateway: a Socket.IO-compatible real-time gateway (see `../shared/SPEC.md` and `docs/`).
+//!
+//! Data flows client → middleware (`events::authenticate`) → dispatcher (`events`) → handler →
+//! store/adapter → clients. All state lives in one [`state::AppState`].
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod policy;
+pub mod startup;
+pub mod state;
+
+pub use startup::{startup, Gateway};
+
+/// Now as an ISO-8601 UTC string with milliseconds (`2026-11-22T10:00:00.000Z`).
+pub fn iso_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,132 @@
+use std::time::Duration;
+
+use clap::Parser;
+use realtime_gateway::auth::{Authenticator, User};
+use realtime_gateway::config::{Cli, Command, LogFormat};
+
+fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line naming the variable: clap's first line does (value names are the env names).
+            let text = e.to_string();
+            eprintln!(
+                "{}",
+                text.lines()
+                    .next()
+                    .unwrap_or("error: invalid configuration")
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Token {
+        sub,
+        role,
+        ttl,
+        email,
+        name,
+    }) = cli.command
+    {
+        if cli.config.jwt_secret.is_none() {
+            anyhow::bail!(
+                "JWT_SECRET is not set: tokens minted with a random secret would be useless"
+            );
+        }
+        let auth = Authenticator::from_config(&cli.config)?;
+        println!(
+            "{}",
+            auth.mint(
+                &User {
+                    user_id: sub,
+                    email,
+                    name,
+                    role
+                },
+                ttl
+            )?
+        );
+        return Ok(());
+    }
+    init_tracing(cli.config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    let gateway = realtime_gateway::startup(cli.config).await?;
+    let state = gateway.state.clone();
+    if state.auth.ephemeral {
+        let day = Duration::from_secs(24 * 3600);
+        let admin = User {
+            user_id: "admin".into(),
+            email: None,
+            name: Some("Admin".into()),
+            role: "admin".into(),
+        };
+        let user = User {
+            user_id: "alice".into(),
+            email: None,
+            name: Some("Alice".into()),
+            role: "user".into(),
+        };
+        tracing::warn!("JWT_SECRET is not set: using an EPHEMERAL random secret; tokens die with this process. Set JWT_SECRET in production.");
+        tracing::warn!("admin token (24h): {}", state.auth.mint(&admin, day)?);
+        tracing::warn!("user token (24h, alice): {}", state.auth.mint(&user, day)?);
+    }
+    tracing::info!(addr = %gateway.local_addr(), node_id = %state.node_id, "realtime-gateway listening");
+    gateway.run(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}

@@ -1,0 +1,217 @@
+//! The one shared state of a node, and the small per-socket session.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use socketioxide::socket::Sid;
+
+use crate::auth::{Authenticator, User};
+use crate::config::Config;
+use crate::policy::Policy;
+
+/// Everything a handler or route may need, cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub auth: Arc<Authenticator>,
+    pub policy: Policy,
+    pub node_id: String,
+    pub started: Instant,
+    pub expiry: ExpiryQueue,
+    pub counters: Counters,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(config: Config, auth: Arc<Authenticator>, policy: Policy) -> Self {
+        let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
+        AppState(Arc::new(Inner {
+            config,
+            auth,
+            policy,
+            node_id,
+            started: Instant::now(),
+            expiry: ExpiryQueue::default(),
+            counters: Counters::default(),
+        }))
+    }
+}
+
+fn random_node_id() -> String {
+    use rand::Rng;
+    let n: u32 = rand::rng().random();
+    format!("node-{n:08x}")
+}
+
+/// What a socket is, fixed at connect (the expiry moves with `refresh-token`). Kept small: one per socket.
+#[derive(Debug)]
+pub struct Session {
+    pub user: Option<User>,
+    /// Token expiry in seconds since the epoch; 0 for anonymous sockets.
+    exp: AtomicU64,
+}
+
+impl Session {
+    pub fn new(user: Option<User>, exp: u64) -> Self {
+        Self {
+            user,
+            exp: AtomicU64::new(exp),
+        }
+    }
+    pub fn exp(&self) -> u64 {
+        self.exp.load(Ordering::Relaxed)
+    }
+    pub fn set_exp(&self, exp: u64) {
+        self.exp.store(exp, Ordering::Relaxed)
+    }
+    pub fn user_id(&self) -> Option<&str> {
+        self.user.as_ref().map(|u| u.user_id.as_str())
+    }
+    pub fn is_admin(&self) -> bool {
+        self.user.as_ref().is_some_and(User::is_admin)
+    }
+}
+
+/// Node-local connection counts, and sockets per user for the per-user cap.
+#[derive(Default)]
+pub struct Counters {
+    pub connections: AtomicI64,
+    pub authenticated: AtomicI64,
+    per_user: Mutex<HashMap<String, usize>>,
+}
+
+impl Counters {
+    /// Whether this user may open one more socket on this node.
+    pub fn has_room_for(&self, user_id: &str, cap: usize) -> bool {
+        let map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(user_id).copied().unwrap_or(0) < cap
+    }
+
+    /// Counts a connected socket.
+    pub fn add(&self, user_id: Option<&str>) {
+        if let Some(uid) = user_id {
+            let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+            *map.entry(uid.to_string()).or_insert(0) += 1;
+            self.authenticated.fetch_add(1, Ordering::Relaxed);
+        }
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn remove(&self, user_id: Option<&str>) {
+        if let Some(uid) = user_id {
+            let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = map.get_mut(uid) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(uid);
+                }
+            }
+            self.authenticated.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connections(&self) -> i64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+    pub fn authenticated(&self) -> i64 {
+        self.authenticated.load(Ordering::Relaxed)
+    }
+    /// Distinct users with a socket on this node.
+    pub fn online_users(&self) -> usize {
+        self.per_user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+/// What the expiry sweep does when an entry falls due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ExpiryStep {
+    /// The token's `exp`: send `auth-expired`.
+    Warn,
+    /// The end of the grace: disconnect unless refreshed.
+    Disconnect,
+}
+
+/// One ordered set of (due second, step, socket) shared by every socket of the node, swept by one
+/// task once a second: no timer or task per socket.
+#[derive(Default)]
+pub struct ExpiryQueue {
+    set: Mutex<BTreeSet<(u64, ExpiryStep, Sid)>>,
+}
+
+impl ExpiryQueue {
+    pub fn schedule(&self, due: u64, step: ExpiryStep, sid: Sid) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((due, step, sid));
+    }
+    pub fn cancel(&self, due: u64, step: ExpiryStep, sid: Sid) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(due, step, sid));
+    }
+    /// Removes and returns every entry due at or before `now`.
+    pub fn take_due(&self, now: u64) -> Vec<(u64, ExpiryStep, Sid)> {
+        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        let rest = set.split_off(&(now + 1, ExpiryStep::Warn, Sid::ZERO));
+        std::mem::replace(&mut *set, rest).into_iter().collect()
+    }
+    pub fn len(&self) -> usize {
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_user_cap() {
+        let c = Counters::default();
+        assert!(c.has_room_for("a", 2));
+        c.add(Some("a"));
+        c.add(Some("a"));
+        assert!(!c.has_room_for("a", 2));
+        c.add(None);
+        assert_eq!(
+            (c.connections(), c.authenticated(), c.online_users()),
+            (3, 2, 1)
+        );
+        c.remove(Some("a"));
+        c.remove(Some("a"));
+        assert_eq!(c.online_users(), 0);
+    }
+
+    #[test]
+    fn expiry_takes_only_due() {
+        let q = ExpiryQueue::default();
+        let s = Sid::new();
+        q.schedule(10, ExpiryStep::Warn, s);
+        q.schedule(11, ExpiryStep::Disconnect, s);
+        q.schedule(12, ExpiryStep::Warn, s);
+        let due = q.take_due(11);
+        assert_eq!(due.len(), 2);
+        assert_eq!(q.len(), 1);
+        q.cancel(12, ExpiryStep::Warn, s);
+        assert!(q.is_empty());
+    }
+}
