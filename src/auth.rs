@@ -100,9 +100,10 @@ impl Authenticator {
     pub fn from_config(cfg: &Config) -> anyhow::Result<Arc<Self>> {
         let mut keys = Vec::new();
         let mut ephemeral = false;
-        let secret = match (&cfg.jwt_secret, &cfg.jwt_public_key_file) {
-            (Some(s), _) if s.is_empty() => anyhow::bail!("JWT_SECRET is empty"),
-            (Some(s), _) => Some(s.clone()),
+        // An empty variable counts as unset.
+        let configured = cfg.jwt_secret.as_deref().filter(|s| !s.is_empty());
+        let secret = match (configured, &cfg.jwt_public_key_file) {
+            (Some(s), _) => Some(s.to_string()),
             (None, Some(_)) => None,
             (None, None) => {
                 ephemeral = true;

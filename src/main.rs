@@ -46,7 +46,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         name,
     }) = cli.command
     {
-        if cli.config.jwt_secret.is_none() {
+        if cli
+            .config
+            .jwt_secret
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty()
+        {
             anyhow::bail!(
                 "JWT_SECRET is not set: tokens minted with a random secret would be useless"
             );

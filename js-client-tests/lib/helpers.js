@@ -106,7 +106,7 @@ export function request(socket, event, ...args) {
 export function next(socket, event, ms = 5000) {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => { socket.off(event, on); reject(new Error(`no ${event} within ${ms} ms`)); }, ms);
-    const on = (...args) => { clearTimeout(timer); resolve(args.length > 1 ? args : args[0]); };
+    const on = (arg) => { clearTimeout(timer); resolve(arg); };
     socket.once(event, on);
   });
 }
