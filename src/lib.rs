@@ -4,11 +4,17 @@
 //! store/adapter → clients. All state lives in one [`state::AppState`].
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod ingress;
+pub mod metrics;
+pub mod names;
 pub mod policy;
+pub mod redis_link;
 pub mod startup;
 pub mod state;
 

@@ -135,6 +135,18 @@ impl Policy {
         Ok(Policy { rules })
     }
 
+    /// The rule patterns, in order.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.pattern.as_str())
+    }
+
+    /// Does any rule match this channel (so that it can have subscribers at all)?
+    pub fn knows(&self, channel: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| pattern_matches(&r.pattern, channel))
+    }
+
     /// May `user` (None: anonymous) subscribe to `channel`?
     pub fn may_subscribe(&self, user: Option<&User>, channel: &str) -> bool {
         let Some(rule) = self

@@ -9,9 +9,18 @@ use futures_util::future::BoxFuture;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
+use socketioxide::adapter::Adapter;
+use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
+
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::events::{authenticate, on_connect};
+use crate::http::Api;
 use crate::policy::Policy;
+use crate::redis_link::RedisLink;
 use crate::state::AppState;
 
 /// A bound, ready gateway. `run` serves it until the shutdown signal.
@@ -32,53 +41,73 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         None => Policy::default(),
     };
     let cors = crate::http::cors(&config.cors_origins)?;
-    let state = AppState::new(config, auth, policy);
+    let redis = match config.redis_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => Some(Arc::new(RedisLink::open(url)?)),
+        None => None,
+    };
+    let state = AppState::new(config, auth, policy, redis);
     let cfg = &state.config;
+    let listener = bind(&cfg.host, cfg.port).await?;
 
-    let (layer, io) = SocketIo::builder()
+    let builder = SocketIo::builder()
         .with_state(state.clone())
         .max_payload(cfg.max_payload_bytes)
         .ping_interval(cfg.ping_interval())
-        .ping_timeout(cfg.ping_timeout())
-        .build_layer();
-    crate::events::register_local(&io, &state);
-    let sweeper = crate::events::spawn_expiry_sweeper(io.clone(), state.clone());
+        .ping_timeout(cfg.ping_timeout());
+    let (layer, io) = builder.build_layer();
+    io.ns("/", on_connect.with(authenticate));
+    Ok(assemble(io, layer, state, cors, listener))
+}
 
-    let router = crate::http::router(state.clone()).layer(layer).layer(cors);
-
-    let addr: SocketAddr = format!("{}:{}", cfg.host, cfg.port)
-        .parse()
-        .or_else(|_| {
-            use std::net::ToSocketAddrs;
-            (cfg.host.as_str(), cfg.port)
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .context("HOST: not an address")
-        })
-        .with_context(|| format!("HOST/PORT: cannot use {}:{}", cfg.host, cfg.port))?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-
+/// Wires the HTTP routes, the Socket.IO layer and the background tasks for any adapter.
+fn assemble<A: Adapter>(
+    io: SocketIo<A>,
+    layer: SocketIoLayer<A>,
+    state: AppState,
+    cors: tower_http::cors::CorsLayer,
+    listener: TcpListener,
+) -> Gateway {
+    let mut tasks = vec![crate::events::spawn_expiry_sweeper(
+        io.clone(),
+        state.clone(),
+    )];
+    tasks.extend(crate::ingress::spawn(io.clone(), state.clone()));
+    let api = Api {
+        state: state.clone(),
+        io: io.clone(),
+    };
+    let router = crate::http::router(api).layer(layer).layer(cors);
     let shutdown = Box::new(move || -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            sweeper.abort();
+            for t in &tasks {
+                t.abort();
+            }
             // Tell every client first, then close transports (not a Socket.IO disconnect), so
             // socket.io clients see `transport close` and reconnect by themselves.
             let notice = serde_json::json!({ "reason": "shutdown", "timestamp": crate::iso_now() });
-            if let Err(e) = io.emit("server-shutdown", &notice).await {
+            if let Err(e) = io.local().emit("server-shutdown", &notice).await {
                 tracing::warn!("server-shutdown not sent to every socket: {e}");
             }
             io.close().await;
         })
     });
-    Ok(Gateway {
+    Gateway {
         listener,
         router,
         state,
         shutdown,
-    })
+    }
+}
+
+async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| format!("HOST: cannot resolve '{host}'"))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 impl Gateway {

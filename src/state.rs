@@ -10,7 +10,9 @@ use socketioxide::socket::Sid;
 
 use crate::auth::{Authenticator, User};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::redis_link::RedisLink;
 
 /// Everything a handler or route may need, cheap to clone.
 #[derive(Clone)]
@@ -24,6 +26,9 @@ pub struct Inner {
     pub started: Instant,
     pub expiry: ExpiryQueue,
     pub counters: Counters,
+    pub metrics: Metrics,
+    /// Set when `REDIS_URL` is.
+    pub redis: Option<Arc<RedisLink>>,
 }
 
 impl Deref for AppState {
@@ -34,7 +39,12 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, auth: Arc<Authenticator>, policy: Policy) -> Self {
+    pub fn new(
+        config: Config,
+        auth: Arc<Authenticator>,
+        policy: Policy,
+        redis: Option<Arc<RedisLink>>,
+    ) -> Self {
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
         AppState(Arc::new(Inner {
             config,
@@ -44,6 +54,8 @@ impl AppState {
             started: Instant::now(),
             expiry: ExpiryQueue::default(),
             counters: Counters::default(),
+            metrics: Metrics::new(),
+            redis,
         }))
     }
 }

@@ -4,7 +4,9 @@
 //! One `on_fallback` dispatcher instead of a `socket.on(..)` per event keeps per-socket memory to one
 //! handler, and gives every event the same path: parse, run, answer (ack or `error` event).
 
+pub mod channels;
 pub mod connection;
+pub mod stats;
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
@@ -23,12 +25,6 @@ use crate::auth::{find_token, AuthError};
 use crate::error::{AckError, ApiError, Code, ErrorEvent, HandlerResult};
 use crate::state::{AppState, ExpiryStep, Session};
 
-/// Registers the default namespace `/` with its auth middleware.
-pub fn register_local(io: &SocketIo, _state: &AppState) {
-    use socketioxide::handler::ConnectHandler;
-    io.ns("/", on_connect.with(authenticate));
-}
-
 /// Connect middleware: finds and verifies the token (SPEC §2). Its error becomes `connect_error`
 /// with `message` set to the error's `Display`.
 pub async fn authenticate<A: Adapter>(
@@ -45,10 +41,10 @@ pub async fn authenticate<A: Adapter>(
     let token = find_token(auth.as_ref(), parts.uri.query(), header);
     let session = match token {
         None if state.config.allow_anonymous => Session::new(None, 0),
-        None => return refuse(&socket, None, AuthError::Required),
+        None => return refuse(&socket, &state, None, AuthError::Required),
         Some(token) => match state.auth.verify(&token) {
             Ok(v) => Session::new(Some(v.user), v.exp),
-            Err(e) => return refuse(&socket, None, e),
+            Err(e) => return refuse(&socket, &state, None, e),
         },
     };
     if let Some(uid) = session.user_id() {
@@ -56,7 +52,7 @@ pub async fn authenticate<A: Adapter>(
             .counters
             .has_room_for(uid, state.config.max_sockets_per_user)
         {
-            return refuse(&socket, Some(uid), AuthError::TooManySockets);
+            return refuse(&socket, &state, Some(uid), AuthError::TooManySockets);
         }
     }
     socket.extensions.insert(Arc::new(session));
@@ -65,9 +61,11 @@ pub async fn authenticate<A: Adapter>(
 
 fn refuse<A: Adapter>(
     socket: &SocketRef<A>,
+    state: &AppState,
     user: Option<&str>,
     err: AuthError,
 ) -> Result<(), AuthError> {
+    state.metrics.refused();
     tracing::info!(sid = %socket.id, user_id = user.unwrap_or("-"), reason = err.reason(), "connection refused");
     Err(err)
 }
@@ -90,6 +88,9 @@ pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(state): State<Ap
         return;
     };
     state.counters.add(session.user_id());
+    if let Some(uid) = session.user_id() {
+        socket.join(crate::names::user(uid));
+    }
     if session.user.is_some() {
         state
             .expiry
@@ -254,6 +255,7 @@ async fn dispatch<A: Adapter>(
     let Some(session) = socket.extensions.get::<Arc<Session>>() else {
         return;
     };
+    state.metrics.event_in(&event);
     let ctx = Ctx {
         socket,
         io,
@@ -269,13 +271,21 @@ async fn dispatch<A: Adapter>(
         }
     };
     if let Err(e) = &result {
+        ctx.state.metrics.error(e.code);
         tracing::debug!(sid = %ctx.socket.id, event, code = e.code.as_str(), "event failed");
+    }
+    if msg.wants_ack() {
+        ctx.state.metrics.ack(result.is_ok());
     }
     msg.answer(&event, result);
 }
 
 async fn route<A: Adapter>(ctx: &Ctx<A>, event: &str, msg: &mut Msg<A>) -> HandlerResult {
     match event {
+        "subscribe" => channels::subscribe(ctx, msg.data()?).await,
+        "unsubscribe" => channels::unsubscribe(ctx, msg.data()?).await,
+        "list_channels" => channels::list_channels(ctx).await,
+        "stats" => stats::stats(ctx).await,
         "refresh-token" => connection::refresh_token(ctx, msg.data()?).await,
         _ => Err(ApiError::not_found("Unknown event")),
     }

@@ -1,18 +1,48 @@
 //! HTTP routes on the gateway's port (SPEC §8).
 
+pub mod api;
 pub mod health;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
+use socketioxide::adapter::Adapter;
+use socketioxide::SocketIo;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::state::AppState;
 
+/// What every route gets: the node's state and the Socket.IO server to emit through.
+pub struct Api<A: Adapter> {
+    pub state: AppState,
+    pub io: SocketIo<A>,
+}
+
+impl<A: Adapter> Clone for Api<A> {
+    fn clone(&self) -> Self {
+        Api {
+            state: self.state.clone(),
+            io: self.io.clone(),
+        }
+    }
+}
+
 /// The HTTP routes; the Socket.IO layer is added around them by `startup`.
-pub fn router(state: AppState) -> Router {
+pub fn router<A: Adapter>(api: Api<A>) -> Router {
+    let limit = api.state.config.max_payload_bytes as usize;
     Router::new()
-        .route("/health", get(health::health))
-        .with_state(state)
+        .route("/health", get(health::health::<A>))
+        .route("/metrics", get(health::metrics::<A>))
+        .route("/api/stats", get(api::stats::<A>))
+        .route("/ws/stats", get(api::stats::<A>))
+        .route("/api/broadcast", post(api::broadcast::<A>))
+        .route("/ws/broadcast", post(api::broadcast::<A>))
+        .route("/api/publish", post(api::publish::<A>))
+        .route(
+            "/api/users/{user_id}/disconnect",
+            post(api::disconnect_user::<A>),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(api)
 }
 
 /// CORS from `CORS_ORIGINS`: `*` allows any origin without credentials; a list allows exactly those,
@@ -45,6 +75,6 @@ pub fn cors(origins: &str) -> anyhow::Result<CorsLayer> {
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
-            "x-api-key".parse().expect("static header name"),
+            header::HeaderName::from_static("x-api-key"),
         ]))
 }

@@ -1,0 +1,79 @@
+//! Channels (SPEC §3): server-to-client streams a socket subscribes to, gated by the channel policy.
+//! A subscription is membership of the adapter room `ch:<channel>`, so publishes reach subscribers on
+//! every node through the adapter (REST) or each node's own ingress (Redis).
+
+use serde::Deserialize;
+use serde_json::json;
+use socketioxide::adapter::Adapter;
+
+use super::Ctx;
+use crate::error::{ApiError, Code, HandlerResult};
+use crate::names;
+
+/// `"name"` or `{channel: "name"}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum ChannelRequest {
+    Bare(String),
+    Object { channel: String },
+}
+
+impl ChannelRequest {
+    fn into_valid(self) -> Result<String, ApiError> {
+        let (ChannelRequest::Bare(c) | ChannelRequest::Object { channel: c }) = self;
+        if names::valid_id(&c) {
+            Ok(c)
+        } else {
+            Err(ApiError::invalid("Invalid channel name"))
+        }
+    }
+}
+
+/// The channels this socket is subscribed to.
+fn subscribed<A: Adapter>(ctx: &Ctx<A>) -> Vec<String> {
+    ctx.socket
+        .rooms()
+        .into_iter()
+        .filter_map(|r| r.strip_prefix(names::CHANNEL_PREFIX).map(str::to_string))
+        .collect()
+}
+
+pub async fn subscribe<A: Adapter>(ctx: &Ctx<A>, req: ChannelRequest) -> HandlerResult {
+    let channel = req.into_valid()?;
+    if !ctx
+        .state
+        .policy
+        .may_subscribe(ctx.session.user.as_ref(), &channel)
+    {
+        return Err(ApiError::forbidden(
+            "Not authorized to subscribe to this channel",
+        ));
+    }
+    let room = names::channel(&channel);
+    let current = subscribed(ctx);
+    if !current.contains(&channel) {
+        let cap = ctx.state.config.max_subscriptions_per_socket;
+        if current.len() >= cap {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!("Subscription limit reached ({cap} per socket)"),
+            ));
+        }
+        ctx.socket.join(room);
+    }
+    Ok(json!({ "success": true, "channel": channel }))
+}
+
+pub async fn unsubscribe<A: Adapter>(ctx: &Ctx<A>, req: ChannelRequest) -> HandlerResult {
+    let channel = req.into_valid()?;
+    ctx.socket.leave(names::channel(&channel));
+    Ok(json!({ "success": true, "channel": channel }))
+}
+
+pub async fn list_channels<A: Adapter>(ctx: &Ctx<A>) -> HandlerResult {
+    Ok(json!({
+        "success": true,
+        "channels": ctx.state.policy.authorized_patterns(ctx.session.user.as_ref()),
+        "subscribed": subscribed(ctx),
+    }))
+}

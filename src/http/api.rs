@@ -1,0 +1,213 @@
+//! The admin REST API (SPEC §8): stats, broadcast, publish, disconnect a user.
+//!
+//! Every route takes an admin JWT (`Authorization: Bearer`) or `X-API-Key`; 401 without, 403 for a
+//! non-admin token, 400 `{error}` for a bad body, 413 for one over `MAX_PAYLOAD_BYTES`.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use socketioxide::adapter::Adapter;
+
+use super::Api;
+use crate::delivery::{self, EmitRequest};
+use crate::names;
+
+/// A JSON error response `{error}`.
+pub struct HttpError(pub StatusCode, pub String);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> HttpError {
+    HttpError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// Proof that the caller is an admin (admin JWT) or a server holding `API_KEY`.
+pub struct Admin;
+
+impl<A: Adapter> FromRequestParts<Api<A>> for Admin {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api<A>) -> Result<Self, HttpError> {
+        let unauthorized = |m: &str| HttpError(StatusCode::UNAUTHORIZED, m.to_string());
+        if let Some(key) = parts.headers.get("x-api-key") {
+            let Some(expected) = api
+                .state
+                .config
+                .api_key
+                .as_deref()
+                .filter(|k| !k.is_empty())
+            else {
+                return Err(unauthorized("API key not configured"));
+            };
+            return if constant_time_eq(key.as_bytes(), expected.as_bytes()) {
+                Ok(Admin)
+            } else {
+                Err(unauthorized("Invalid API key"))
+            };
+        }
+        let bearer = parts
+            .headers
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthorized("Authentication required"))?;
+        let verified = api
+            .state
+            .auth
+            .verify(bearer)
+            .map_err(|e| unauthorized(&e.to_string()))?;
+        if verified.user.is_admin() {
+            Ok(Admin)
+        } else {
+            Err(HttpError(
+                StatusCode::FORBIDDEN,
+                "Admin role required".into(),
+            ))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON body whose rejections are `{error}` with 400, or 413 when over the size limit.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, HttpError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    Err(HttpError(status, "Payload too large".into()))
+                } else {
+                    Err(bad_request(rejection.body_text()))
+                }
+            }
+        }
+    }
+}
+
+/// `GET /api/stats`: the cluster's `stats` data, flat, plus `nodes`.
+pub async fn stats<A: Adapter>(_: Admin, State(api): State<Api<A>>) -> Json<Value> {
+    let cluster = crate::cluster::cluster_stats(&api.io, &api.state).await;
+    let mut body = serde_json::to_value(&cluster.stats).unwrap_or_else(|_| json!({}));
+    body["nodes"] = serde_json::to_value(&cluster.nodes).unwrap_or_else(|_| json!([]));
+    Json(body)
+}
+
+/// `POST /api/broadcast` `{event, data, room?|channel?|userId?|socketId?}`.
+pub async fn broadcast<A: Adapter>(
+    _: Admin,
+    State(api): State<Api<A>>,
+    JsonBody(req): JsonBody<EmitRequest>,
+) -> Result<Json<Value>, HttpError> {
+    let target = req.target().map_err(bad_request)?;
+    api.emit(&req, &target).await?;
+    Ok(Json(json!({ "success": true })))
+}
+
+#[derive(Deserialize)]
+pub struct PublishRequest {
+    channel: String,
+    #[serde(default)]
+    data: Value,
+}
+
+/// `POST /api/publish` `{channel, data}`: the same as a Redis ingress publish.
+pub async fn publish<A: Adapter>(
+    _: Admin,
+    State(api): State<Api<A>>,
+    JsonBody(req): JsonBody<PublishRequest>,
+) -> Result<Json<Value>, HttpError> {
+    if !names::valid_id(&req.channel) {
+        return Err(bad_request("invalid channel"));
+    }
+    api.publish(&req.channel, &req.data).await?;
+    Ok(Json(json!({ "success": true })))
+}
+
+/// `POST /api/users/{userId}/disconnect`: closes every socket of the user, on every node.
+pub async fn disconnect_user<A: Adapter>(
+    _: Admin,
+    State(api): State<Api<A>>,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    if user_id.is_empty() || user_id.len() > 128 {
+        return Err(bad_request("invalid userId"));
+    }
+    let room = names::user(&user_id);
+    let sockets = api
+        .io
+        .to(room.clone())
+        .fetch_sockets()
+        .await
+        .map_err(internal)?;
+    let n = sockets.len();
+    api.io.to(room).disconnect().await.map_err(internal)?;
+    tracing::info!(user_id, disconnected = n, "user disconnected by the API");
+    Ok(Json(json!({ "success": true, "disconnected": n })))
+}
+
+fn internal(e: impl std::fmt::Display) -> HttpError {
+    tracing::warn!("api: {e}");
+    HttpError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("Delivery failed: {e}"),
+    )
+}
+
+impl<A: Adapter> Api<A> {
+    /// Emits through Redis when configured (every node delivers to its own sockets, exactly once),
+    /// else locally.
+    pub async fn emit(
+        &self,
+        req: &EmitRequest,
+        target: &delivery::Target,
+    ) -> Result<(), HttpError> {
+        self.state.metrics.event_out();
+        if let Some(redis) = &self.state.redis {
+            let payload = serde_json::to_string(req).map_err(internal)?;
+            return redis
+                .publish(crate::ingress::EMIT_CHANNEL, payload)
+                .await
+                .map_err(internal);
+        }
+        delivery::emit(&self.io, target, &req.event, &req.data, true)
+            .await
+            .map_err(internal)
+    }
+
+    pub async fn publish(&self, channel: &str, data: &Value) -> Result<(), HttpError> {
+        self.state.metrics.event_out();
+        self.state.metrics.ingress_messages.increment(1);
+        if let Some(redis) = &self.state.redis {
+            let payload = serde_json::to_string(data).map_err(internal)?;
+            return redis.publish(channel, payload).await.map_err(internal);
+        }
+        delivery::publish(&self.io, channel, data, true)
+            .await
+            .map_err(internal)
+    }
+}

@@ -1,0 +1,198 @@
+//! Redis ingress (SPEC §9): `PUBLISH <channel> <json>` reaches that channel's subscribers, and
+//! `PUBLISH realtime:emit {event,data,target}` emits any event.
+//!
+//! Every node subscribes and delivers to its own sockets only, so each subscriber gets exactly one
+//! copy however many nodes run. The subscriber reconnects with backoff and resubscribes by itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use socketioxide::adapter::Adapter;
+use socketioxide::SocketIo;
+
+use crate::delivery::{self, EmitRequest};
+use crate::names;
+use crate::policy::Policy;
+use crate::state::AppState;
+
+/// The channel that carries `{event, data, room?|channel?|userId?|socketId?}` envelopes.
+pub const EMIT_CHANNEL: &str = "realtime:emit";
+
+/// Redis glob patterns for every channel the policy knows (`{userId}` becomes `*`, Redis's special
+/// characters are escaped).
+pub fn redis_patterns(policy: &Policy) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in policy.patterns() {
+        let glob: String = p
+            .replace("{userId}", "*")
+            .chars()
+            .flat_map(|c| match c {
+                '?' | '[' | ']' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        if !out.contains(&glob) {
+            out.push(glob);
+        }
+    }
+    out
+}
+
+/// Zero-or-more `*` matching, as Redis does for the escaped patterns above.
+fn redis_glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None::<usize>, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '\\' && pi + 1 < p.len() && p[pi + 1] == t[ti] {
+            pi += 2;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if pi < p.len() && p[pi] != '\\' && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+pub fn spawn<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<tokio::task::JoinHandle<()>> {
+    let redis = state.redis.clone()?;
+    let patterns = Arc::new(redis_patterns(&state.policy));
+    Some(tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut subscribed = false;
+            match run_once(&io, &state, &redis.client, &patterns, &mut subscribed).await {
+                Ok(()) => tracing::warn!("redis ingress: subscription closed"),
+                Err(e) => tracing::warn!("redis ingress: {e}"),
+            }
+            redis.set_up(false);
+            if subscribed {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }))
+}
+
+async fn run_once<A: Adapter>(
+    io: &SocketIo<A>,
+    state: &AppState,
+    client: &redis::Client,
+    patterns: &[String],
+    subscribed: &mut bool,
+) -> redis::RedisResult<()> {
+    let mut pubsub = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timeout")))??;
+    pubsub.subscribe(EMIT_CHANNEL).await?;
+    for p in patterns {
+        pubsub.psubscribe(p).await?;
+    }
+    *subscribed = true;
+    if let Some(r) = &state.redis {
+        r.set_up(true);
+    }
+    tracing::info!(patterns = patterns.len(), "redis ingress subscribed");
+    let mut stream = pubsub.on_message();
+    while let Some(msg) = stream.next().await {
+        let channel = msg.get_channel_name().to_string();
+        let pattern: Option<String> = msg.get_pattern().ok();
+        let payload = msg.get_payload_bytes();
+        match pattern {
+            None if channel == EMIT_CHANNEL => emit(io, state, payload).await,
+            None => {}
+            Some(p) => {
+                // A channel matching two patterns arrives once per pattern: take the first only.
+                let first = patterns.iter().find(|q| redis_glob(q, &channel));
+                if first.map(String::as_str) == Some(p.as_str()) && channel != EMIT_CHANNEL {
+                    publish(io, state, &channel, payload).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The data of a publish: JSON when it parses, else the raw text as a string.
+pub fn payload_value(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
+}
+
+async fn publish<A: Adapter>(io: &SocketIo<A>, state: &AppState, channel: &str, payload: &[u8]) {
+    if !names::valid_id(channel) || !state.policy.knows(channel) {
+        state.metrics.ingress_dropped.increment(1);
+        tracing::debug!(channel, "ingress: not a channel of the policy; dropped");
+        return;
+    }
+    state.metrics.ingress_messages.increment(1);
+    let data = payload_value(payload);
+    if let Err(e) = delivery::publish(io, channel, &data, true).await {
+        tracing::warn!(channel, "ingress delivery failed: {e}");
+    }
+}
+
+async fn emit<A: Adapter>(io: &SocketIo<A>, state: &AppState, payload: &[u8]) {
+    let req: EmitRequest = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.ingress_dropped.increment(1);
+            tracing::warn!("realtime:emit: broken envelope dropped: {e}");
+            return;
+        }
+    };
+    let target = match req.target() {
+        Ok(t) => t,
+        Err(e) => {
+            state.metrics.ingress_dropped.increment(1);
+            tracing::warn!("realtime:emit: envelope dropped: {e}");
+            return;
+        }
+    };
+    state.metrics.ingress_messages.increment(1);
+    if let Err(e) = delivery::emit(io, &target, &req.event, &req.data, true).await {
+        tracing::warn!("realtime:emit delivery failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_and_glob() {
+        let p = redis_patterns(&Policy::default());
+        assert!(p.contains(&"apps:*".to_string()));
+        assert!(p.contains(&"user:*".to_string()));
+        assert!(p.contains(&"announcements".to_string()));
+        assert!(redis_glob("apps:*", "apps:created"));
+        assert!(redis_glob("apps:*", "apps:"));
+        assert!(!redis_glob("apps:*", "app"));
+        assert!(redis_glob("a\\?b", "a?b"));
+        assert!(!redis_glob("a\\?b", "axb"));
+    }
+
+    #[test]
+    fn payloads() {
+        assert_eq!(payload_value(b"{\"id\":1}"), serde_json::json!({"id": 1}));
+        assert_eq!(payload_value(b"hello"), Value::String("hello".into()));
+        assert_eq!(payload_value(b"42"), serde_json::json!(42));
+    }
+}

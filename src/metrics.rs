@@ -1,0 +1,220 @@
+//! Prometheus metrics (SPEC §8 `/metrics`), kept in the node's state rather than a global recorder.
+//!
+//! Every label value is known in advance: events by name come from [`KNOWN_EVENTS`] (anything else
+//! counts as `unknown`), so a client cannot grow the series set. Handles are registered once at
+//! start-up; counting is one atomic add.
+
+use std::collections::HashMap;
+
+use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::error::Code;
+
+/// Client events the gateway knows; the label set of `realtime_events_in_total`.
+pub const KNOWN_EVENTS: &[&str] = &[
+    "subscribe",
+    "unsubscribe",
+    "list_channels",
+    "stats",
+    "refresh-token",
+    "join-room",
+    "leave-room",
+    "create-room",
+    "message",
+    "edit-message",
+    "delete-message",
+    "list-rooms",
+    "load-messages",
+    "typing",
+    "stop-typing",
+    "update-status",
+    "get-presence",
+    "private-message",
+    "mark-read",
+    "call-user",
+    "call-answer",
+    "ice-candidate",
+    "call-reject",
+    "hang-up",
+];
+
+const CODES: &[Code] = &[
+    Code::Unauthenticated,
+    Code::Forbidden,
+    Code::InvalidPayload,
+    Code::NotInRoom,
+    Code::NotFound,
+    Code::RateLimited,
+    Code::PayloadTooLarge,
+    Code::UserOffline,
+    Code::Internal,
+];
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    events_in: HashMap<&'static str, Counter>,
+    events_in_unknown: Counter,
+    events_out: Counter,
+    acks_ok: Counter,
+    acks_error: Counter,
+    errors: HashMap<&'static str, Counter>,
+    refused: Counter,
+    pub connections_authenticated: Gauge,
+    pub connections_anonymous: Gauge,
+    pub subscriptions: Gauge,
+    pub channels: Gauge,
+    pub redis_up: Gauge,
+    pub ingress_messages: Counter,
+    pub ingress_dropped: Counter,
+}
+
+const META: Metadata<'static> = Metadata::new(
+    "realtime_gateway",
+    Level::INFO,
+    Some("realtime_gateway::metrics"),
+);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let counter = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_counter(&Key::from_parts(name, labels), &META)
+        };
+        let gauge = |name: &'static str, labels: Vec<Label>| {
+            recorder.register_gauge(&Key::from_parts(name, labels), &META)
+        };
+        let describe = |name: &'static str, help: &'static str| {
+            recorder.describe_counter(name.into(), None, help.into())
+        };
+        describe(
+            "realtime_events_in_total",
+            "Client events received, by event name",
+        );
+        describe(
+            "realtime_events_out_total",
+            "Server events emitted (one per emit call, not per recipient)",
+        );
+        describe("realtime_acks_total", "Acks sent to clients, by result");
+        describe(
+            "realtime_errors_total",
+            "Failed client events, by error code",
+        );
+        describe(
+            "realtime_connections_refused_total",
+            "Connections refused at the handshake",
+        );
+        describe(
+            "realtime_ingress_messages_total",
+            "Messages received from Redis ingress and REST publish",
+        );
+        describe(
+            "realtime_ingress_dropped_total",
+            "Ingress messages dropped (broken envelope, unknown channel)",
+        );
+        recorder.describe_gauge(
+            "realtime_connections".into(),
+            None,
+            "Connected sockets on this node".into(),
+        );
+        recorder.describe_gauge(
+            "realtime_subscriptions".into(),
+            None,
+            "Channel subscriptions on this node".into(),
+        );
+        recorder.describe_gauge(
+            "realtime_channels".into(),
+            None,
+            "Channels with a subscriber on this node".into(),
+        );
+        recorder.describe_gauge(
+            "realtime_redis_up".into(),
+            None,
+            "1 when Redis is reachable, 0 when down, -1 when disabled".into(),
+        );
+
+        let events_in = KNOWN_EVENTS
+            .iter()
+            .map(|e| {
+                (
+                    *e,
+                    counter("realtime_events_in_total", vec![Label::new("event", *e)]),
+                )
+            })
+            .collect();
+        let errors = CODES
+            .iter()
+            .map(|c| {
+                (
+                    c.as_str(),
+                    counter(
+                        "realtime_errors_total",
+                        vec![Label::new("code", c.as_str())],
+                    ),
+                )
+            })
+            .collect();
+        Metrics {
+            events_in,
+            events_in_unknown: counter(
+                "realtime_events_in_total",
+                vec![Label::new("event", "unknown")],
+            ),
+            events_out: counter("realtime_events_out_total", vec![]),
+            acks_ok: counter("realtime_acks_total", vec![Label::new("result", "ok")]),
+            acks_error: counter("realtime_acks_total", vec![Label::new("result", "error")]),
+            errors,
+            refused: counter("realtime_connections_refused_total", vec![]),
+            connections_authenticated: gauge(
+                "realtime_connections",
+                vec![Label::new("kind", "authenticated")],
+            ),
+            connections_anonymous: gauge(
+                "realtime_connections",
+                vec![Label::new("kind", "anonymous")],
+            ),
+            subscriptions: gauge("realtime_subscriptions", vec![]),
+            channels: gauge("realtime_channels", vec![]),
+            redis_up: gauge("realtime_redis_up", vec![]),
+            ingress_messages: counter("realtime_ingress_messages_total", vec![]),
+            ingress_dropped: counter("realtime_ingress_dropped_total", vec![]),
+            recorder,
+            handle,
+        }
+    }
+
+    pub fn event_in(&self, event: &str) {
+        self.events_in
+            .get(event)
+            .unwrap_or(&self.events_in_unknown)
+            .increment(1);
+    }
+    pub fn event_out(&self) {
+        self.events_out.increment(1);
+    }
+    pub fn ack(&self, ok: bool) {
+        if ok { &self.acks_ok } else { &self.acks_error }.increment(1);
+    }
+    pub fn error(&self, code: Code) {
+        if let Some(c) = self.errors.get(code.as_str()) {
+            c.increment(1);
+        }
+    }
+    pub fn refused(&self) {
+        self.refused.increment(1);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let _ = &self.recorder;
+        self.handle.render()
+    }
+}
