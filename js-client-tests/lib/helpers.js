@@ -117,3 +117,82 @@ export function collect(socket, event) {
   socket.on(event, (arg) => seen.push(arg));
   return seen;
 }
+
+/** A free TCP port on 127.0.0.1 (for servers that cannot bind port 0 themselves, like redis-server). */
+export async function freePort() {
+  const net = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
+  });
+}
+
+/**
+ * Starts a real redis-server on a free loopback port, without persistence to disk unless `persist`.
+ * Returns {url, port, stop(), start()} (stop + start = a restart on the same port and data dir).
+ */
+export async function startRedis({ persist = true } = {}) {
+  const { mkdtempSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), 'rtg-redis-'));
+  let proc = null;
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
+    '--appendonly', persist ? 'yes' : 'no', '--appendfsync', 'always'];
+  async function start() {
+    proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`redis-server did not start:\n${out}`)), 10000);
+      proc.stdout.on('data', (d) => {
+        out += d.toString();
+        if (/Ready to accept connections/.test(out)) { clearTimeout(timer); resolve(); }
+      });
+      proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`redis-server exited ${code}:\n${out}`)); });
+    });
+  }
+  async function stop() {
+    if (!proc || proc.exitCode !== null) return;
+    const p = proc;
+    const exited = once(p, 'exit');
+    p.kill('SIGTERM');
+    await exited;
+  }
+  await start();
+  return { url: `redis://127.0.0.1:${port}`, port, start, stop };
+}
+
+/** A node-redis client for PUBLISH from tests. */
+export async function redisClient(url) {
+  const { createClient } = await import('redis');
+  const c = createClient({ url, socket: { reconnectStrategy: (n) => Math.min(50 * n, 500) } });
+  c.on('error', () => {});
+  await c.connect();
+  return c;
+}
+
+/** Polls `fn` until it returns a truthy value (each try awaited), or rejects after `ms`. */
+export async function until(fn, ms = 10000, what = 'condition') {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** fetch against the gateway with JSON in and out; returns {status, body}. */
+export async function http(url, { method = 'GET', headers = {}, body } = {}) {
+  const res = await fetch(url, {
+    method,
+    headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+    body: body === undefined ? undefined : (typeof body === 'string' ? body : JSON.stringify(body)),
+  });
+  const text = await res.text();
+  let parsed = text;
+  try { parsed = JSON.parse(text); } catch { /* not JSON */ }
+  return { status: res.status, body: parsed, headers: res.headers };
+}
