@@ -89,3 +89,10 @@ pub struct ErrorEvent<'a> {
 }
 
 pub type HandlerResult = Result<serde_json::Value, ApiError>;
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!("store: {e}");
+        ApiError::new(Code::Internal, "Storage unavailable")
+    }
+}

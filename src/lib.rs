@@ -17,6 +17,8 @@ pub mod policy;
 pub mod redis_link;
 pub mod startup;
 pub mod state;
+pub mod store;
+pub mod timers;
 
 pub use startup::{startup, Gateway};
 

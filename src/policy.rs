@@ -109,7 +109,13 @@ impl Policy {
         let file: PolicyFile = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .map(|s| {
+                    text.as_bytes()[..s.start.min(text.len())]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1
+                })
                 .unwrap_or(0);
             anyhow::anyhow!("line {line}: {}", e.message())
         })?;
@@ -317,5 +323,8 @@ mod tests {
         assert!(format!("{err:#}").contains("unknown who"), "{err:#}");
         let err = Policy::from_toml("[[rule]]\npattern = \"a\"\nwho = \n").unwrap_err();
         assert!(format!("{err:#}").contains("line 3"), "{err:#}");
+        let err = Policy::from_toml("[[rule]]\npattern = \"a\"\nwho = \"owner\"\nextra = 1\n")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("line 4"), "{err:#}");
     }
 }

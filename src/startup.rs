@@ -22,6 +22,8 @@ use crate::http::Api;
 use crate::policy::Policy;
 use crate::redis_link::RedisLink;
 use crate::state::AppState;
+use crate::store::memory::MemoryStore;
+use crate::store::{Limits, Store};
 
 /// A bound, ready gateway. `run` serves it until the shutdown signal.
 pub struct Gateway {
@@ -45,7 +47,12 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         Some(url) => Some(Arc::new(RedisLink::open(url)?)),
         None => None,
     };
-    let state = AppState::new(config, auth, policy, redis);
+    let limits = Limits {
+        history_per_room: config.max_room_history as usize,
+        ..Limits::default()
+    };
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(limits));
+    let state = AppState::new(config, auth, policy, redis, store);
     let cfg = &state.config;
     let listener = bind(&cfg.host, cfg.port).await?;
 
@@ -71,6 +78,7 @@ fn assemble<A: Adapter>(
         io.clone(),
         state.clone(),
     )];
+    tasks.push(crate::timers::spawn(io.clone(), state.clone()));
     tasks.extend(crate::ingress::spawn(io.clone(), state.clone()));
     let api = Api {
         state: state.clone(),

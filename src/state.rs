@@ -1,6 +1,6 @@
 //! The one shared state of a node, and the small per-socket session.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::redis_link::RedisLink;
+use crate::store::Store;
+use crate::timers::Timers;
 
 /// Everything a handler or route may need, cheap to clone.
 #[derive(Clone)]
@@ -29,6 +31,12 @@ pub struct Inner {
     pub metrics: Metrics,
     /// Set when `REDIS_URL` is.
     pub redis: Option<Arc<RedisLink>>,
+    pub store: Arc<dyn Store>,
+    pub timers: Timers,
+    /// Who is typing where on this node: (room, user) → generation of the last `typing`.
+    pub typing: Mutex<HashMap<(String, String), u64>>,
+    /// Chat rooms a user's sockets were in when they left, until the presence grace decides.
+    pub departed_rooms: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 impl Deref for AppState {
@@ -44,6 +52,7 @@ impl AppState {
         auth: Arc<Authenticator>,
         policy: Policy,
         redis: Option<Arc<RedisLink>>,
+        store: Arc<dyn Store>,
     ) -> Self {
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
         AppState(Arc::new(Inner {
@@ -56,6 +65,10 @@ impl AppState {
             counters: Counters::default(),
             metrics: Metrics::new(),
             redis,
+            store,
+            timers: Timers::default(),
+            typing: Mutex::new(HashMap::new()),
+            departed_rooms: Mutex::new(HashMap::new()),
         }))
     }
 }

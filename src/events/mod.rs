@@ -6,6 +6,9 @@
 
 pub mod channels;
 pub mod connection;
+pub mod presence;
+pub mod private;
+pub mod rooms;
 pub mod stats;
 
 use std::convert::Infallible;
@@ -81,7 +84,11 @@ struct Connected<'a> {
     server_time: u64,
 }
 
-pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>) {
+pub async fn on_connect<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    State(state): State<AppState>,
+) {
     let Some(session) = socket.extensions.get::<Arc<Session>>() else {
         // The middleware always sets it; without it the socket has no identity.
         let _ = socket.disconnect();
@@ -110,10 +117,17 @@ pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(state): State<Ap
         server_time: crate::auth::unix_now_ms(),
     };
     let _ = socket.emit("connected", &greeting);
+
+    if let Some(user) = &session.user {
+        let sid = socket.id.to_string();
+        presence::socket_up(&io, &state, user, &sid).await;
+        private::deliver_pending(&io, &state, socket, &user.user_id).await;
+    }
 }
 
 async fn on_disconnect<A: Adapter>(
     socket: SocketRef<A>,
+    io: SocketIo<A>,
     State(state): State<AppState>,
     reason: DisconnectReason,
 ) {
@@ -121,12 +135,40 @@ async fn on_disconnect<A: Adapter>(
         return;
     };
     state.counters.remove(session.user_id());
-    if session.user.is_some() {
-        state
-            .expiry
-            .cancel(session.exp(), ExpiryStep::Warn, socket.id);
-    }
     tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"), %reason, "disconnected");
+    let Some(user) = &session.user else { return };
+    state
+        .expiry
+        .cancel(session.exp(), ExpiryStep::Warn, socket.id);
+    // The socket is still in its rooms until this handler returns.
+    let chat_rooms: Vec<String> = socket
+        .rooms()
+        .into_iter()
+        .filter_map(|r| {
+            r.strip_prefix(crate::names::CHAT_PREFIX)
+                .map(str::to_string)
+        })
+        .collect();
+    for room in &chat_rooms {
+        rooms::departed(&io, &state, &user.user_id, room).await;
+    }
+    presence::socket_down(&state, &user.user_id, &socket.id.to_string(), chat_rooms).await;
+}
+
+/// Runs a due timer job (see [`crate::timers`]).
+pub async fn run_job<A: Adapter>(io: &SocketIo<A>, state: &AppState, job: crate::timers::Job) {
+    use crate::timers::Job;
+    match job {
+        Job::PresenceCheck { user_id } => presence::grace_over(io, state, &user_id).await,
+        Job::TypingStop {
+            room,
+            user_id,
+            generation,
+        } => rooms::typing_timeout(io, state, &room, &user_id, generation).await,
+        Job::CallTimeout { call_id } => {
+            let _ = call_id;
+        }
+    }
 }
 
 /// One incoming event: its socket, raw arguments and ack id.
@@ -286,6 +328,20 @@ async fn route<A: Adapter>(ctx: &Ctx<A>, event: &str, msg: &mut Msg<A>) -> Handl
         "unsubscribe" => channels::unsubscribe(ctx, msg.data()?).await,
         "list_channels" => channels::list_channels(ctx).await,
         "stats" => stats::stats(ctx).await,
+        "join-room" => rooms::join_room(ctx, msg.data()?).await,
+        "leave-room" => rooms::leave_room(ctx, msg.data()?).await,
+        "create-room" => rooms::create_room(ctx, msg.data()?).await,
+        "message" => rooms::message(ctx, msg.data()?).await,
+        "edit-message" => rooms::edit_message(ctx, msg.data()?).await,
+        "delete-message" => rooms::delete_message(ctx, msg.data()?).await,
+        "list-rooms" => rooms::list_rooms(ctx).await,
+        "load-messages" => rooms::load_messages(ctx, msg.data()?).await,
+        "typing" => rooms::typing(ctx, msg.data()?).await,
+        "stop-typing" => rooms::stop_typing(ctx, msg.data()?).await,
+        "update-status" => presence::update_status(ctx, msg.data()?).await,
+        "get-presence" => presence::get_presence(ctx, msg.data()?).await,
+        "private-message" => private::private_message(ctx, msg.data()?).await,
+        "mark-read" => private::mark_read(ctx, msg.data()?).await,
         "refresh-token" => connection::refresh_token(ctx, msg.data()?).await,
         _ => Err(ApiError::not_found("Unknown event")),
     }

@@ -179,8 +179,8 @@ fn internal(e: impl std::fmt::Display) -> HttpError {
 }
 
 impl<A: Adapter> Api<A> {
-    /// Emits through Redis when configured (every node delivers to its own sockets, exactly once),
-    /// else locally.
+    /// Emits through Redis when configured (every node delivers to its own sockets, exactly once).
+    /// Without Redis, or while it is down, this node delivers to its own sockets.
     pub async fn emit(
         &self,
         req: &EmitRequest,
@@ -189,23 +189,31 @@ impl<A: Adapter> Api<A> {
         self.state.metrics.event_out();
         if let Some(redis) = &self.state.redis {
             let payload = serde_json::to_string(req).map_err(internal)?;
-            return redis
-                .publish(crate::ingress::EMIT_CHANNEL, payload)
-                .await
-                .map_err(internal);
+            match redis.publish(crate::ingress::EMIT_CHANNEL, payload).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!("broadcast via redis failed, delivering locally only: {e:#}")
+                }
+            }
         }
         delivery::emit(&self.io, target, &req.event, &req.data, true)
             .await
             .map_err(internal)
     }
 
+    /// The same as a Redis ingress publish; local delivery without Redis or while it is down.
     pub async fn publish(&self, channel: &str, data: &Value) -> Result<(), HttpError> {
         self.state.metrics.event_out();
-        self.state.metrics.ingress_messages.increment(1);
         if let Some(redis) = &self.state.redis {
             let payload = serde_json::to_string(data).map_err(internal)?;
-            return redis.publish(channel, payload).await.map_err(internal);
+            match redis.publish(channel, payload).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!("publish via redis failed, delivering locally only: {e:#}")
+                }
+            }
         }
+        self.state.metrics.ingress_messages.increment(1);
         delivery::publish(&self.io, channel, data, true)
             .await
             .map_err(internal)

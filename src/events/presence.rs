@@ -1,0 +1,182 @@
+//! Presence (SPEC §4): online while any socket of the user is connected on any node; offline after
+//! `PRESENCE_GRACE_MS` without one; `update-status` and `get-presence`.
+//!
+//! A change goes to everyone who shares a room with the user: the sockets in the chat rooms the
+//! user's sockets are (or, going offline, were) in, and every member of the rooms made with
+//! `create-room` that list the user. One emit to the union of those adapter rooms reaches each
+//! socket once.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use socketioxide::adapter::Adapter;
+use socketioxide::SocketIo;
+
+use super::Ctx;
+use crate::auth::User;
+use crate::error::{ApiError, HandlerResult};
+use crate::names;
+use crate::state::AppState;
+use crate::timers::Job;
+
+const STATUSES: &[&str] = &["online", "away", "busy"];
+
+/// Sends `presence-update` to everyone who shares a room with the user (not to the user's own sockets).
+pub async fn announce<A: Adapter>(
+    io: &SocketIo<A>,
+    state: &AppState,
+    user_id: &str,
+    status: &str,
+    chat_rooms: &[String],
+) {
+    let mut targets: Vec<String> = chat_rooms.iter().map(|r| names::chat(r)).collect();
+    match state.store.rooms_of(user_id).await {
+        Ok(rooms) => {
+            for room in rooms {
+                for m in room.members {
+                    let t = names::user(&m);
+                    if m != user_id && !targets.contains(&t) {
+                        targets.push(t);
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(user_id, "presence: rooms of user: {e}"),
+    }
+    if targets.is_empty() {
+        return;
+    }
+    let note =
+        json!({ "userId": user_id, "status": status, "timestamp": crate::auth::unix_now_ms() });
+    if let Err(e) = io
+        .to(targets)
+        .except(names::user(user_id))
+        .emit("presence-update", &note)
+        .await
+    {
+        tracing::warn!(user_id, "presence-update: {e}");
+    }
+}
+
+/// A socket of an authenticated user connected: online if they were offline.
+pub async fn socket_up<A: Adapter>(io: &SocketIo<A>, state: &AppState, user: &User, sid: &str) {
+    state
+        .departed_rooms
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&user.user_id);
+    match state.store.socket_up(user, sid).await {
+        Ok(true) => announce(io, state, &user.user_id, "online", &[]).await,
+        Ok(false) => {}
+        Err(e) => tracing::warn!(user_id = %user.user_id, "presence up: {e}"),
+    }
+}
+
+/// A socket left: remember its rooms, and start the grace if it was the user's last one.
+pub async fn socket_down(state: &AppState, user_id: &str, sid: &str, chat_rooms: Vec<String>) {
+    if !chat_rooms.is_empty() {
+        state
+            .departed_rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(user_id.to_string())
+            .or_default()
+            .extend(chat_rooms);
+    }
+    match state.store.socket_down(user_id, sid).await {
+        Ok(0) => state.timers.schedule(
+            Duration::from_millis(state.config.presence_grace_ms),
+            Job::PresenceCheck {
+                user_id: user_id.to_string(),
+            },
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(user_id, "presence down: {e}"),
+    }
+}
+
+/// The end of the grace: offline unless a socket came back meanwhile (on any node).
+pub async fn grace_over<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: &str) {
+    match state
+        .store
+        .mark_offline_if_idle(user_id, crate::auth::unix_now_ms())
+        .await
+    {
+        Ok(true) => {
+            let rooms: Vec<String> = state
+                .departed_rooms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(user_id)
+                .map(|s| s.into_iter().collect())
+                .unwrap_or_default();
+            announce(io, state, user_id, "offline", &rooms).await;
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(user_id, "presence grace: {e}"),
+    }
+}
+
+/// `"away"` or `{status: "away"}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum StatusRequest {
+    Bare(String),
+    Object { status: String },
+}
+
+pub async fn update_status<A: Adapter>(ctx: &Ctx<A>, req: StatusRequest) -> HandlerResult {
+    let user = ctx.user()?;
+    let (StatusRequest::Bare(status) | StatusRequest::Object { status }) = req;
+    if !STATUSES.contains(&status.as_str()) {
+        return Err(ApiError::invalid("status must be online, away or busy"));
+    }
+    ctx.state
+        .store
+        .set_status(&user.user_id, &status, crate::auth::unix_now_ms())
+        .await?;
+    // The chat rooms of every socket of the user, on every node.
+    let mut rooms: Vec<String> = Vec::new();
+    if let Ok(sockets) = ctx
+        .io
+        .within(names::user(&user.user_id))
+        .fetch_sockets()
+        .await
+    {
+        for s in sockets {
+            for r in s.rooms().await.unwrap_or_default() {
+                if let Some(id) = r.strip_prefix(names::CHAT_PREFIX) {
+                    if !rooms.iter().any(|x| x == id) {
+                        rooms.push(id.to_string());
+                    }
+                }
+            }
+        }
+    }
+    announce(&ctx.io, &ctx.state, &user.user_id, &status, &rooms).await;
+    Ok(json!({ "success": true }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceRequest {
+    user_ids: Vec<String>,
+}
+
+pub async fn get_presence<A: Adapter>(ctx: &Ctx<A>, req: PresenceRequest) -> HandlerResult {
+    ctx.user()?;
+    if req.user_ids.len() > 1000 || req.user_ids.iter().any(|u| u.is_empty() || u.len() > 128) {
+        return Err(ApiError::invalid(
+            "userIds: at most 1000 ids of 1 to 128 characters",
+        ));
+    }
+    let found = ctx.state.store.presence(&req.user_ids).await?;
+    let map: serde_json::Map<String, serde_json::Value> = req
+        .user_ids
+        .into_iter()
+        .zip(found)
+        .map(|(u, p)| (u, serde_json::to_value(p).unwrap_or_default()))
+        .collect();
+    Ok(json!({ "success": true, "presence": map }))
+}

@@ -1,0 +1,574 @@
+//! Rooms, messages and typing (SPEC §4): `join-room`, `leave-room`, `create-room`, `message`,
+//! `edit-message`, `delete-message`, `list-rooms`, `load-messages`, `typing`, `stop-typing`.
+//!
+//! A joined socket is a member of the adapter room `r:<roomId>`; rooms made with `create-room` are
+//! stored with their member list and only those members (and admins) may join or read them. The
+//! prefixes `dm:` and `grp:` belong to such rooms, so nobody can squat an id before it is created.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use socketioxide::adapter::Adapter;
+use socketioxide::SocketIo;
+
+use super::Ctx;
+use crate::auth::User;
+use crate::error::{ApiError, Code, HandlerResult};
+use crate::names;
+use crate::state::AppState;
+use crate::store::{new_id, Claim, Edit, Message, Room};
+use crate::timers::Job;
+
+/// Longest message content, in bytes.
+pub const MAX_CONTENT_BYTES: usize = 65_536;
+/// Most members a created room may list.
+pub const MAX_ROOM_MEMBERS: usize = 1000;
+/// Messages `join-room` returns.
+const RECENT: usize = 50;
+
+/// `"roomId"` or `{roomId}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum RoomRef {
+    Bare(String),
+    Object {
+        #[serde(rename = "roomId")]
+        room_id: String,
+    },
+}
+
+impl RoomRef {
+    fn into_valid(self) -> Result<String, ApiError> {
+        let (RoomRef::Bare(id) | RoomRef::Object { room_id: id }) = self;
+        valid_room(id)
+    }
+}
+
+fn valid_room(id: String) -> Result<String, ApiError> {
+    if names::valid_room_id(&id) {
+        Ok(id)
+    } else {
+        Err(ApiError::invalid("Invalid room id"))
+    }
+}
+
+pub fn valid_content(content: &str) -> Result<(), ApiError> {
+    if content.is_empty() {
+        Err(ApiError::invalid("content must not be empty"))
+    } else if content.len() > MAX_CONTENT_BYTES {
+        Err(ApiError::new(
+            Code::PayloadTooLarge,
+            format!("content is over {MAX_CONTENT_BYTES} bytes"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The `room` object of acks: `{id, name, type}` (created rooms add `members`, `createdBy`, `createdAt`).
+fn open_room(id: &str) -> Value {
+    json!({ "id": id, "name": id, "type": "public" })
+}
+
+/// May this user use this room? Created rooms: members and admins; `dm:`/`grp:` ids that were never
+/// created: nobody; any other id: every authenticated user.
+async fn access<A: Adapter>(ctx: &Ctx<A>, user: &User, id: &str) -> Result<Value, ApiError> {
+    match ctx.state.store.room(id).await? {
+        Some(room) if user.is_admin() || room.members.iter().any(|m| *m == user.user_id) => {
+            Ok(serde_json::to_value(&room).map_err(|_| ApiError::internal())?)
+        }
+        Some(_) => Err(ApiError::forbidden("Access denied")),
+        None if id.starts_with("dm:") || id.starts_with("grp:") => {
+            Err(ApiError::forbidden("Access denied"))
+        }
+        None => Ok(open_room(id)),
+    }
+}
+
+fn joined<A: Adapter>(ctx: &Ctx<A>, room: &str) -> bool {
+    ctx.socket.rooms().iter().any(|r| r == room)
+}
+
+/// Every user with a socket in the adapter room, on any node, once each.
+pub async fn members<A: Adapter>(io: &SocketIo<A>, state: &AppState, room: &str) -> Vec<Value> {
+    let sockets = match io.within(room.to_string()).fetch_sockets().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(room, "members: {e:?}");
+            Vec::new()
+        }
+    };
+    let mut users: Vec<User> = Vec::new();
+    let mut remote = Vec::new();
+    for rs in &sockets {
+        let sid = rs.data().id;
+        match io.get_socket(sid) {
+            Some(s) => {
+                if let Some(u) = s
+                    .extensions
+                    .get::<std::sync::Arc<crate::state::Session>>()
+                    .and_then(|s| s.user.clone())
+                {
+                    users.push(u);
+                }
+            }
+            None => remote.push(sid.to_string()),
+        }
+    }
+    if !remote.is_empty() {
+        if let Ok(found) = state.store.socket_users(&remote).await {
+            users.extend(found.into_iter().flatten());
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    users
+        .into_iter()
+        .filter(|u| seen.insert(u.user_id.clone()))
+        .map(|u| json!({ "userId": u.user_id, "user": u }))
+        .collect()
+}
+
+pub async fn join_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
+    let user = ctx.user()?;
+    let id = req.into_valid()?;
+    let room_info = access(ctx, user, &id).await?;
+    let room = names::chat(&id);
+    let already = joined(ctx, &room);
+    ctx.socket.join(room.clone());
+    let (recent, _) = ctx
+        .state
+        .store
+        .history(&id, None, RECENT)
+        .await?
+        .unwrap_or_default();
+    let members = members(&ctx.io, &ctx.state, &room).await;
+    if !already {
+        let note = json!({ "userId": user.user_id, "user": user, "roomId": id });
+        let _ = ctx
+            .io
+            .to(room)
+            .except(names::user(&user.user_id))
+            .emit("user-joined", &note)
+            .await;
+    }
+    Ok(json!({ "success": true, "room": room_info, "members": members, "recentMessages": recent }))
+}
+
+pub async fn leave_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
+    let user = ctx.user()?;
+    let id = req.into_valid()?;
+    let room = names::chat(&id);
+    if joined(ctx, &room) {
+        ctx.socket.leave(room.clone());
+        departed(&ctx.io, &ctx.state, &user.user_id, &id).await;
+    }
+    Ok(json!({ "success": true }))
+}
+
+/// What the others in a room see when one of a user's sockets leaves it (leave or disconnect).
+pub async fn departed<A: Adapter>(
+    io: &SocketIo<A>,
+    state: &AppState,
+    user_id: &str,
+    room_id: &str,
+) {
+    stop_typing_in(io, state, user_id, room_id).await;
+    let room = names::chat(room_id);
+    let note = json!({ "userId": user_id, "roomId": room_id });
+    let _ = io
+        .to(room)
+        .except(names::user(user_id))
+        .emit("user-left", &note)
+        .await;
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateRoom {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+/// A direct room's id: the same for the same two users, whoever creates it.
+fn direct_id(a: &str, b: &str) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    let fnv = |seed: u64| {
+        let mut h = seed;
+        for byte in x.bytes().chain(std::iter::once(0)).chain(y.bytes()) {
+            h ^= u64::from(byte);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    };
+    format!(
+        "dm:{:016x}{:016x}",
+        fnv(0xcbf2_9ce4_8422_2325),
+        fnv(0x8422_2325_cbf2_9ce4)
+    )
+}
+
+pub async fn create_room<A: Adapter>(ctx: &Ctx<A>, req: CreateRoom) -> HandlerResult {
+    let user = ctx.user()?;
+    if req.kind != "group" && req.kind != "direct" {
+        return Err(ApiError::invalid("type must be \"group\" or \"direct\""));
+    }
+    if req.members.len() > MAX_ROOM_MEMBERS {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_ROOM_MEMBERS} members"
+        )));
+    }
+    let mut members = vec![user.user_id.clone()];
+    for m in req.members {
+        if m.is_empty() || m.len() > 128 {
+            return Err(ApiError::invalid(
+                "members must be user ids of 1 to 128 characters",
+            ));
+        }
+        if !members.contains(&m) {
+            members.push(m);
+        }
+    }
+    let name = match req.name {
+        Some(n) if n.chars().count() > 128 => {
+            return Err(ApiError::invalid("name is over 128 characters"))
+        }
+        Some(n) if !n.trim().is_empty() => n,
+        _ => members.join(", ").chars().take(128).collect(),
+    };
+    let id = if req.kind == "direct" {
+        if members.len() != 2 {
+            return Err(ApiError::invalid(
+                "a direct room has exactly one other member",
+            ));
+        }
+        direct_id(&members[0], &members[1])
+    } else {
+        new_id("grp:")
+    };
+    let wanted = Room {
+        id,
+        name,
+        kind: req.kind,
+        members,
+        created_by: user.user_id.clone(),
+        created_at: crate::auth::unix_now_ms(),
+    };
+    let room = ctx.state.store.create_room(wanted.clone()).await?;
+    let same_members = {
+        let (mut a, mut b) = (room.members.clone(), wanted.members.clone());
+        a.sort();
+        b.sort();
+        a == b
+    };
+    if !same_members {
+        return Err(ApiError::forbidden("Access denied"));
+    }
+    Ok(json!({ "success": true, "room": room }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendMessage {
+    room_id: String,
+    content: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    reply_to: Option<String>,
+    #[serde(default)]
+    client_message_id: Option<String>,
+}
+
+pub async fn message<A: Adapter>(ctx: &Ctx<A>, req: SendMessage) -> HandlerResult {
+    let user = ctx.user()?;
+    let id = valid_room(req.room_id)?;
+    valid_content(&req.content)?;
+    let kind = req.kind.unwrap_or_else(|| "text".into());
+    if kind.is_empty() || kind.len() > 32 {
+        return Err(ApiError::invalid("type must be 1 to 32 characters"));
+    }
+    if req.reply_to.as_ref().is_some_and(|r| r.len() > 128)
+        || req
+            .client_message_id
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.len() > 128)
+    {
+        return Err(ApiError::invalid(
+            "replyTo and clientMessageId are at most 128 characters",
+        ));
+    }
+    let room = names::chat(&id);
+    if !joined(ctx, &room) {
+        return Err(ApiError::new(Code::NotInRoom, "Not in room"));
+    }
+    let msg_id = new_id("m");
+    let timestamp = crate::auth::unix_now_ms();
+    if let Some(cmid) = &req.client_message_id {
+        let key = format!("msg:{}:{cmid}", user.user_id);
+        if let Claim::Seen(first) = ctx
+            .state
+            .store
+            .claim(&key, &format!("{msg_id}|{timestamp}"))
+            .await?
+        {
+            let (first_id, first_ts) = first.split_once('|').unwrap_or((first.as_str(), "0"));
+            return Ok(
+                json!({ "success": true, "messageId": first_id, "timestamp": first_ts.parse::<u64>().unwrap_or(0) }),
+            );
+        }
+    }
+    let msg = Message {
+        id: msg_id,
+        room_id: id,
+        user_id: user.user_id.clone(),
+        user: user.clone(),
+        content: req.content,
+        kind,
+        reply_to: req.reply_to,
+        timestamp,
+        edited: false,
+        deleted: false,
+    };
+    ctx.state.store.append(&msg).await?;
+    ctx.state.metrics.event_out();
+    if let Err(e) = ctx.io.to(room).emit("new-message", &msg).await {
+        tracing::warn!("new-message broadcast: {e}");
+    }
+    Ok(json!({ "success": true, "messageId": msg.id, "timestamp": timestamp }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EditMessage {
+    room_id: String,
+    message_id: String,
+    #[serde(default)]
+    content: Option<String>,
+}
+
+/// Finds a live message the caller may change: its author or an admin.
+async fn own_message<A: Adapter>(ctx: &Ctx<A>, room: &str, id: &str) -> Result<Message, ApiError> {
+    let user = ctx.user()?;
+    let msg = ctx
+        .state
+        .store
+        .message(room, id)
+        .await?
+        .filter(|m| !m.deleted)
+        .ok_or_else(|| ApiError::not_found("Message not found"))?;
+    if msg.user_id != user.user_id && !user.is_admin() {
+        return Err(ApiError::forbidden(
+            "Only the author or an admin may change this message",
+        ));
+    }
+    Ok(msg)
+}
+
+/// Sends a room update to the room, and to the calling socket when it is not joined.
+async fn tell_room<A: Adapter>(
+    ctx: &Ctx<A>,
+    room_id: &str,
+    event: &str,
+    data: &impl serde::Serialize,
+) {
+    let room = names::chat(room_id);
+    let in_room = joined(ctx, &room);
+    if let Err(e) = ctx.io.to(room).emit(event, data).await {
+        tracing::warn!("{event} broadcast: {e}");
+    }
+    if !in_room {
+        let _ = ctx.socket.emit(event, data);
+    }
+}
+
+pub async fn edit_message<A: Adapter>(ctx: &Ctx<A>, req: EditMessage) -> HandlerResult {
+    let id = valid_room(req.room_id)?;
+    let content = req
+        .content
+        .ok_or_else(|| ApiError::invalid("content is required"))?;
+    valid_content(&content)?;
+    own_message(ctx, &id, &req.message_id).await?;
+    let updated = ctx
+        .state
+        .store
+        .edit(&id, &req.message_id, Edit::Content(content))
+        .await?
+        .ok_or_else(|| ApiError::not_found("Message not found"))?;
+    tell_room(ctx, &id, "message-updated", &updated).await;
+    Ok(json!({ "success": true }))
+}
+
+pub async fn delete_message<A: Adapter>(ctx: &Ctx<A>, req: EditMessage) -> HandlerResult {
+    let id = valid_room(req.room_id)?;
+    own_message(ctx, &id, &req.message_id).await?;
+    ctx.state
+        .store
+        .edit(&id, &req.message_id, Edit::Delete)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Message not found"))?;
+    tell_room(
+        ctx,
+        &id,
+        "message-deleted",
+        &json!({ "roomId": id, "messageId": req.message_id }),
+    )
+    .await;
+    Ok(json!({ "success": true }))
+}
+
+pub async fn list_rooms<A: Adapter>(ctx: &Ctx<A>) -> HandlerResult {
+    let user = ctx.user()?;
+    let rooms = ctx.state.store.rooms_of(&user.user_id).await?;
+    let mut out = Vec::with_capacity(rooms.len());
+    for room in rooms {
+        let last = ctx
+            .state
+            .store
+            .history(&room.id, None, 1)
+            .await?
+            .and_then(|(mut v, _)| v.pop());
+        out.push((room, last));
+    }
+    // Rooms with messages first, newest message first; then the others, newest room first.
+    out.sort_by(|(ra, la), (rb, lb)| match (la, lb) {
+        (Some(a), Some(b)) => b.timestamp.cmp(&a.timestamp),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => rb.created_at.cmp(&ra.created_at),
+    });
+    let rooms: Vec<Value> = out
+        .into_iter()
+        .map(|(r, last)| json!({ "id": r.id, "name": r.name, "type": r.kind, "members": r.members, "lastMessage": last }))
+        .collect();
+    Ok(json!({ "success": true, "rooms": rooms }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadMessages {
+    room_id: String,
+    #[serde(default)]
+    before: Option<String>,
+    #[serde(default)]
+    limit: Option<Value>,
+}
+
+pub async fn load_messages<A: Adapter>(ctx: &Ctx<A>, req: LoadMessages) -> HandlerResult {
+    let user = ctx.user()?;
+    let id = valid_room(req.room_id)?;
+    let limit = match req.limit {
+        None | Some(Value::Null) => 50,
+        Some(v) => match v.as_u64() {
+            Some(n @ 1..=100) => n as usize,
+            _ => return Err(ApiError::invalid("limit must be an integer from 1 to 100")),
+        },
+    };
+    access(ctx, user, &id).await?;
+    let (messages, has_more) = ctx
+        .state
+        .store
+        .history(&id, req.before.as_deref(), limit)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Message not found"))?;
+    Ok(json!({ "success": true, "messages": messages, "hasMore": has_more }))
+}
+
+pub async fn typing<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
+    let user = ctx.user()?;
+    let id = req.into_valid()?;
+    let room = names::chat(&id);
+    if !joined(ctx, &room) {
+        return Err(ApiError::new(Code::NotInRoom, "Not in room"));
+    }
+    let generation = {
+        let mut typing = ctx.state.typing.lock().unwrap_or_else(|e| e.into_inner());
+        let g = typing
+            .entry((id.clone(), user.user_id.clone()))
+            .or_insert(0);
+        *g += 1;
+        *g
+    };
+    ctx.state.timers.schedule(
+        Duration::from_millis(ctx.state.config.typing_timeout_ms),
+        Job::TypingStop {
+            room: id.clone(),
+            user_id: user.user_id.clone(),
+            generation,
+        },
+    );
+    let note = json!({ "userId": user.user_id, "user": user, "roomId": id });
+    let _ = ctx
+        .io
+        .to(room)
+        .except(names::user(&user.user_id))
+        .emit("user-typing", &note)
+        .await;
+    Ok(json!({ "success": true }))
+}
+
+pub async fn stop_typing<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
+    let user = ctx.user()?;
+    let id = req.into_valid()?;
+    stop_typing_in(&ctx.io, &ctx.state, &user.user_id, &id).await;
+    Ok(json!({ "success": true }))
+}
+
+/// Ends a user's typing in a room, if they were typing: `user-stopped-typing` to the others.
+pub async fn stop_typing_in<A: Adapter>(
+    io: &SocketIo<A>,
+    state: &AppState,
+    user_id: &str,
+    room_id: &str,
+) {
+    let was = state
+        .typing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&(room_id.to_string(), user_id.to_string()))
+        .is_some();
+    if was {
+        let note = json!({ "userId": user_id, "roomId": room_id });
+        let _ = io
+            .to(names::chat(room_id))
+            .except(names::user(user_id))
+            .emit("user-stopped-typing", &note)
+            .await;
+    }
+}
+
+/// The typing timer: stops unless a newer `typing` superseded this one.
+pub async fn typing_timeout<A: Adapter>(
+    io: &SocketIo<A>,
+    state: &AppState,
+    room: &str,
+    user_id: &str,
+    generation: u64,
+) {
+    let current = state
+        .typing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(room.to_string(), user_id.to_string()))
+        .copied();
+    if current == Some(generation) {
+        stop_typing_in(io, state, user_id, room).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::direct_id;
+
+    #[test]
+    fn direct_ids_are_symmetric_and_valid() {
+        assert_eq!(direct_id("alice", "bob"), direct_id("bob", "alice"));
+        assert_ne!(direct_id("alice", "bob"), direct_id("alice", "carol"));
+        assert_ne!(direct_id("a:b", "c"), direct_id("a", "b:c"));
+        assert!(crate::names::valid_room_id(&direct_id("ü", "x y")));
+    }
+}

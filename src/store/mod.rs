@@ -1,0 +1,206 @@
+//! Everything the gateway keeps beyond a socket's life: rooms and their members, history, presence,
+//! offline queues, de-duplication keys, private-message receipts and call state.
+//!
+//! One trait, two implementations: [`memory::MemoryStore`] for a single node and
+//! [`redis::RedisStore`] for a cluster, so that any node can serve any user. Every collection is
+//! bounded: history per room, queue per user, TTLs on de-dup keys, receipts and queues.
+
+pub mod memory;
+pub mod redis;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::User;
+
+/// A chat message as clients see it (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    pub id: String,
+    pub room_id: String,
+    pub user_id: String,
+    pub user: User,
+    pub content: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub reply_to: Option<String>,
+    pub timestamp: u64,
+    pub edited: bool,
+    pub deleted: bool,
+}
+
+/// A room made with `create-room`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Room {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub members: Vec<String>,
+    pub created_by: String,
+    pub created_at: u64,
+}
+
+/// A private message (SPEC §5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateMessage {
+    pub id: String,
+    pub from_user_id: String,
+    pub from_user: User,
+    pub to_user_id: String,
+    pub content: String,
+    pub timestamp: u64,
+    pub read: bool,
+}
+
+/// What `get-presence` answers for one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Presence {
+    pub status: String,
+    pub last_seen: Option<u64>,
+}
+
+/// A call between two users (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Call {
+    pub id: String,
+    pub caller: String,
+    pub callee: String,
+    pub caller_sid: String,
+    /// The callee socket that answered; `None` while ringing.
+    pub callee_sid: Option<String>,
+    pub call_type: String,
+    pub state: CallState,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallState {
+    Ringing,
+    Active,
+}
+
+/// An edit of a stored message.
+#[derive(Debug, Clone)]
+pub enum Edit {
+    Content(String),
+    Delete,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The outcome of claiming a de-duplication key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// First use: go ahead.
+    New,
+    /// Seen before within the window: the value stored with the first use.
+    Seen(String),
+}
+
+/// Limits every implementation enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub history_per_room: usize,
+    pub queue_per_user: usize,
+    pub queue_ttl_secs: u64,
+    pub dedup_ttl_secs: u64,
+    pub receipt_ttl_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            history_per_room: 1000,
+            queue_per_user: 1000,
+            queue_ttl_secs: 7 * 24 * 3600,
+            dedup_ttl_secs: 300,
+            receipt_ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- rooms made with create-room ---
+    /// Stores a room unless one with its id exists; returns the stored room either way.
+    async fn create_room(&self, room: Room) -> StoreResult<Room>;
+    async fn room(&self, id: &str) -> StoreResult<Option<Room>>;
+    /// Rooms that list this user.
+    async fn rooms_of(&self, user_id: &str) -> StoreResult<Vec<Room>>;
+
+    // --- history ---
+    /// Appends, trimming the room to `history_per_room`.
+    async fn append(&self, msg: &Message) -> StoreResult<()>;
+    /// Up to `limit` messages just before `before` (or the newest), oldest first, and whether older
+    /// ones exist. `None` when `before` is not in the history.
+    async fn history(
+        &self,
+        room: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Option<(Vec<Message>, bool)>>;
+    async fn message(&self, room: &str, id: &str) -> StoreResult<Option<Message>>;
+    /// Applies an edit to a live (not deleted) message and returns it as stored.
+    async fn edit(&self, room: &str, id: &str, edit: Edit) -> StoreResult<Option<Message>>;
+
+    // --- de-duplication ---
+    /// Claims `key` for `ttl_secs`, remembering `value`; a second claim gets the first value.
+    async fn claim(&self, key: &str, value: &str) -> StoreResult<Claim>;
+
+    // --- presence ---
+    /// Counts a connected socket of the user; true when the user was offline (status `offline`).
+    async fn socket_up(&self, user: &User, sid: &str) -> StoreResult<bool>;
+    /// Uncounts a socket; returns the user's remaining sockets cluster-wide.
+    async fn socket_down(&self, user_id: &str, sid: &str) -> StoreResult<u64>;
+    /// Sockets the user has connected, cluster-wide.
+    async fn sockets_of(&self, user_id: &str) -> StoreResult<u64>;
+    /// The user behind each socket id (for members on other nodes).
+    async fn socket_users(&self, sids: &[String]) -> StoreResult<Vec<Option<User>>>;
+    async fn set_status(&self, user_id: &str, status: &str, now: u64) -> StoreResult<()>;
+    /// Marks the user offline if they have no socket; true if they went offline now.
+    async fn mark_offline_if_idle(&self, user_id: &str, now: u64) -> StoreResult<bool>;
+    async fn presence(&self, user_ids: &[String]) -> StoreResult<Vec<Presence>>;
+
+    // --- private messages ---
+    async fn enqueue(&self, msg: &PrivateMessage) -> StoreResult<()>;
+    /// Takes the whole queue (oldest first); `restore` puts it back if it could not be handed over.
+    async fn take_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>>;
+    async fn restore_queue(&self, user_id: &str, msgs: Vec<PrivateMessage>) -> StoreResult<()>;
+    /// Remembers who sent a private message to whom, for `mark-read`.
+    async fn remember_receipt(&self, id: &str, from: &str, to: &str) -> StoreResult<()>;
+    /// (from, to) of each message id, when known.
+    async fn receipts(&self, ids: &[String]) -> StoreResult<Vec<Option<(String, String)>>>;
+
+    // --- calls ---
+    async fn put_call(&self, call: &Call) -> StoreResult<()>;
+    async fn call(&self, id: &str) -> StoreResult<Option<Call>>;
+    async fn remove_call(&self, id: &str) -> StoreResult<Option<Call>>;
+    /// Live calls the user is a party of.
+    async fn calls_of(&self, user_id: &str) -> StoreResult<Vec<Call>>;
+}
+
+/// A new unique id: time-ordered hex milliseconds plus randomness (`m18c3f...-9f3a1b2c`).
+pub fn new_id(prefix: &str) -> String {
+    use rand::Rng;
+    let r: u64 = rand::rng().random();
+    format!(
+        "{prefix}{:011x}{:012x}",
+        crate::auth::unix_now_ms(),
+        r & 0xffff_ffff_ffff
+    )
+}
