@@ -75,7 +75,7 @@ fn open_room(id: &str) -> Value {
 /// created: nobody; any other id: every authenticated user.
 async fn access<A: Adapter>(ctx: &Ctx<A>, user: &User, id: &str) -> Result<Value, ApiError> {
     match ctx.state.store.room(id).await? {
-        Some(room) if user.is_admin() || room.members.iter().any(|m| *m == user.user_id) => {
+        Some(room) if user.is_admin() || room.members.contains(&user.user_id) => {
             Ok(serde_json::to_value(&room).map_err(|_| ApiError::internal())?)
         }
         Some(_) => Err(ApiError::forbidden("Access denied")),
