@@ -111,22 +111,15 @@ impl Authenticator {
             }
         };
         if let Some(s) = &secret {
-            keys.push(Key {
-                alg: Algorithm::HS256,
-                key: DecodingKey::from_secret(s.as_bytes()),
-            });
+            keys.push(Key { alg: Algorithm::HS256, key: DecodingKey::from_secret(s.as_bytes()) });
         }
         if let Some(prev) = cfg.jwt_secret_previous.as_deref().filter(|s| !s.is_empty()) {
-            keys.push(Key {
-                alg: Algorithm::HS256,
-                key: DecodingKey::from_secret(prev.as_bytes()),
-            });
+            keys.push(Key { alg: Algorithm::HS256, key: DecodingKey::from_secret(prev.as_bytes()) });
         }
         match (&cfg.jwt_public_key_file, cfg.jwt_algorithm) {
             (Some(path), alg) => {
-                let pem = std::fs::read(path).with_context(|| {
-                    format!("JWT_PUBLIC_KEY_FILE: cannot read {}", path.display())
-                })?;
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("JWT_PUBLIC_KEY_FILE: cannot read {}", path.display()))?;
                 let (alg, key) = match alg {
                     JwtAlgorithm::Rs256 => (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem)),
                     JwtAlgorithm::Es256 => (Algorithm::ES256, DecodingKey::from_ec_pem(&pem)),
@@ -134,9 +127,7 @@ impl Authenticator {
                         anyhow::bail!("JWT_ALGORITHM: a public key needs RS256 or ES256")
                     }
                 };
-                let key = key.map_err(|e| {
-                    anyhow::anyhow!("JWT_PUBLIC_KEY_FILE: not a {alg:?} PEM public key: {e}")
-                })?;
+                let key = key.map_err(|e| anyhow::anyhow!("JWT_PUBLIC_KEY_FILE: not a {alg:?} PEM public key: {e}"))?;
                 keys.push(Key { alg, key });
             }
             (None, JwtAlgorithm::Rs256 | JwtAlgorithm::Es256) => {
@@ -166,8 +157,7 @@ impl Authenticator {
 
     /// Verifies a token and returns its user and expiry.
     pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Failed(reason(e.kind())))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Failed(reason(e.kind())))?;
         let mut last = AuthError::Failed("invalid algorithm");
         for k in self.keys.iter().filter(|k| k.alg == header.alg) {
             let mut validation = self.validation_base.clone();
@@ -186,10 +176,7 @@ impl Authenticator {
 
     /// Mints an HS256 token with the current secret.
     pub fn mint(&self, user: &User, ttl: Duration) -> anyhow::Result<String> {
-        let key = self
-            .signing
-            .as_ref()
-            .context("no JWT_SECRET configured: cannot mint HS256 tokens")?;
+        let key = self.signing.as_ref().context("no JWT_SECRET configured: cannot mint HS256 tokens")?;
         let now = unix_now();
         let claims = Claims {
             sub: Some(user.user_id.clone()),
@@ -200,29 +187,19 @@ impl Authenticator {
             exp: now + ttl.as_secs(),
             iat: Some(now),
         };
-        Ok(jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            key,
-        )?)
+        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)?)
     }
 }
 
 fn claims_to_user(c: Claims) -> Result<Verified, AuthError> {
-    let user_id = c
-        .sub
-        .or(c.user_id)
-        .filter(|s| !s.is_empty() && s.len() <= 128)
-        .ok_or(AuthError::Failed("missing subject"))?;
+    let user_id =
+        c.sub.or(c.user_id).filter(|s| !s.is_empty() && s.len() <= 128).ok_or(AuthError::Failed("missing subject"))?;
     Ok(Verified {
         user: User {
             user_id,
             email: c.email,
             name: c.name,
-            role: c
-                .role
-                .filter(|r| !r.is_empty())
-                .unwrap_or_else(|| "user".into()),
+            role: c.role.filter(|r| !r.is_empty()).unwrap_or_else(|| "user".into()),
         },
         exp: c.exp,
     })
@@ -235,9 +212,9 @@ fn reason(kind: &ErrorKind) -> &'static str {
         ErrorKind::ImmatureSignature => "token not yet valid",
         ErrorKind::InvalidIssuer => "invalid issuer",
         ErrorKind::InvalidAudience => "invalid audience",
-        ErrorKind::InvalidAlgorithm
-        | ErrorKind::InvalidAlgorithmName
-        | ErrorKind::MissingAlgorithm => "invalid algorithm",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
+            "invalid algorithm"
+        }
         ErrorKind::MissingRequiredClaim(_) => "missing exp claim",
         ErrorKind::InvalidClaimFormat(_) => "invalid claim",
         _ => "malformed token",
@@ -251,24 +228,15 @@ pub fn find_token<'a>(
     query: Option<&'a str>,
     authorization: Option<&'a str>,
 ) -> Option<std::borrow::Cow<'a, str>> {
-    if let Some(t) = auth
-        .and_then(|a| a.get("token"))
-        .and_then(|t| t.as_str())
-        .filter(|t| !t.is_empty())
-    {
+    if let Some(t) = auth.and_then(|a| a.get("token")).and_then(|t| t.as_str()).filter(|t| !t.is_empty()) {
         return Some(t.into());
     }
-    if let Some(t) = query
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
-        .filter(|t| !t.is_empty())
+    if let Some(t) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).filter(|t| !t.is_empty())
     {
         return Some(percent_decode(t));
     }
     authorization
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
+        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(Into::into)
@@ -304,17 +272,11 @@ fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 pub fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn random_secret() -> String {
@@ -339,12 +301,7 @@ mod tests {
     }
 
     fn alice() -> User {
-        User {
-            user_id: "alice".into(),
-            email: None,
-            name: None,
-            role: "user".into(),
-        }
+        User { user_id: "alice".into(), email: None, name: None, role: "user".into() }
     }
 
     #[test]
@@ -353,10 +310,7 @@ mod tests {
         let token = old.mint(&alice(), Duration::from_secs(60)).unwrap();
         let mut c = cfg("new-secret");
         let fresh = Authenticator::from_config(&c).unwrap();
-        assert_eq!(
-            fresh.verify(&token).unwrap_err(),
-            AuthError::Failed("invalid signature")
-        );
+        assert_eq!(fresh.verify(&token).unwrap_err(), AuthError::Failed("invalid signature"));
         c.jwt_secret_previous = Some("old-secret".into());
         let rotated = Authenticator::from_config(&c).unwrap();
         assert_eq!(rotated.verify(&token).unwrap().user, alice());
@@ -366,30 +320,17 @@ mod tests {
     fn alg_none_and_garbage_are_malformed() {
         let a = Authenticator::from_config(&cfg("s")).unwrap();
         // {"alg":"none","typ":"JWT"}.{"sub":"alice","exp":9999999999}.
-        let none =
-            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert!(matches!(a.verify(none), Err(AuthError::Failed(_))));
-        assert_eq!(
-            a.verify("not-a-jwt").unwrap_err(),
-            AuthError::Failed("malformed token")
-        );
+        assert_eq!(a.verify("not-a-jwt").unwrap_err(), AuthError::Failed("malformed token"));
     }
 
     #[test]
     fn token_sources_in_order() {
         let auth = serde_json::json!({"token": "A"});
-        assert_eq!(
-            find_token(Some(&auth), Some("token=B"), Some("Bearer C")).unwrap(),
-            "A"
-        );
-        assert_eq!(
-            find_token(None, Some("EIO=4&token=B"), Some("Bearer C")).unwrap(),
-            "B"
-        );
-        assert_eq!(
-            find_token(None, Some("EIO=4"), Some("Bearer C")).unwrap(),
-            "C"
-        );
+        assert_eq!(find_token(Some(&auth), Some("token=B"), Some("Bearer C")).unwrap(), "A");
+        assert_eq!(find_token(None, Some("EIO=4&token=B"), Some("Bearer C")).unwrap(), "B");
+        assert_eq!(find_token(None, Some("EIO=4"), Some("Bearer C")).unwrap(), "C");
         assert!(find_token(None, None, None).is_none());
         assert_eq!(find_token(None, Some("token=a%2Eb"), None).unwrap(), "a.b");
     }

@@ -21,9 +21,6 @@ pub struct ClusterStats {
 
 pub async fn cluster_stats<A: Adapter>(io: &SocketIo<A>, state: &AppState) -> ClusterStats {
     let own = local_stats(io, state).await;
-    let nodes = vec![NodeInfo {
-        node_id: state.node_id.clone(),
-        connections: own.total_connections,
-    }];
+    let nodes = vec![NodeInfo { node_id: state.node_id.clone(), connections: own.total_connections }];
     ClusterStats { stats: own, nodes }
 }

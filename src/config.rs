@@ -10,11 +10,7 @@ use clap::{builder::BoolishValueParser, Args, Parser, Subcommand, ValueEnum};
 
 /// Command line: the gateway itself, or the `token` helper.
 #[derive(Debug, Parser)]
-#[command(
-    name = "realtime-gateway",
-    version,
-    about = "Socket.IO-compatible real-time gateway"
-)]
+#[command(name = "realtime-gateway", version, about = "Socket.IO-compatible real-time gateway")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -69,29 +65,13 @@ pub struct Config {
     #[arg(long, env = "HOST", value_name = "HOST", default_value = "0.0.0.0")]
     pub host: String,
 
-    #[arg(
-        long,
-        env = "JWT_SECRET",
-        value_name = "JWT_SECRET",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "JWT_SECRET", value_name = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    #[arg(
-        long,
-        env = "JWT_SECRET_PREVIOUS",
-        value_name = "JWT_SECRET_PREVIOUS",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "JWT_SECRET_PREVIOUS", value_name = "JWT_SECRET_PREVIOUS", hide_env_values = true)]
     pub jwt_secret_previous: Option<String>,
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE", value_name = "JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
-    #[arg(
-        long,
-        env = "JWT_ALGORITHM",
-        value_name = "JWT_ALGORITHM",
-        value_enum,
-        default_value = "HS256"
-    )]
+    #[arg(long, env = "JWT_ALGORITHM", value_name = "JWT_ALGORITHM", value_enum, default_value = "HS256")]
     pub jwt_algorithm: JwtAlgorithm,
     #[arg(long, env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -101,56 +81,25 @@ pub struct Config {
           value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub allow_anonymous: bool,
 
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        value_name = "REDIS_URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     #[arg(long, env = "API_KEY", value_name = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    #[arg(
-        long,
-        env = "CORS_ORIGINS",
-        value_name = "CORS_ORIGINS",
-        default_value = "*"
-    )]
+    #[arg(long, env = "CORS_ORIGINS", value_name = "CORS_ORIGINS", default_value = "*")]
     pub cors_origins: String,
     #[arg(long, env = "CHANNEL_POLICY_FILE", value_name = "CHANNEL_POLICY_FILE")]
     pub channel_policy_file: Option<PathBuf>,
     #[arg(long, env = "MAX_PAYLOAD_BYTES", value_name = "MAX_PAYLOAD_BYTES", default_value_t = 1_000_000,
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_payload_bytes: u64,
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_name = "LOG_FORMAT",
-        value_enum,
-        default_value = "pretty"
-    )]
+    #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
 
-    #[arg(
-        long,
-        env = "TYPING_TIMEOUT_MS",
-        value_name = "TYPING_TIMEOUT_MS",
-        default_value_t = 3000
-    )]
+    #[arg(long, env = "TYPING_TIMEOUT_MS", value_name = "TYPING_TIMEOUT_MS", default_value_t = 3000)]
     pub typing_timeout_ms: u64,
-    #[arg(
-        long,
-        env = "PRESENCE_GRACE_MS",
-        value_name = "PRESENCE_GRACE_MS",
-        default_value_t = 5000
-    )]
+    #[arg(long, env = "PRESENCE_GRACE_MS", value_name = "PRESENCE_GRACE_MS", default_value_t = 5000)]
     pub presence_grace_ms: u64,
-    #[arg(
-        long,
-        env = "CALL_RING_TIMEOUT_MS",
-        value_name = "CALL_RING_TIMEOUT_MS",
-        default_value_t = 30000
-    )]
+    #[arg(long, env = "CALL_RING_TIMEOUT_MS", value_name = "CALL_RING_TIMEOUT_MS", default_value_t = 30000)]
     pub call_ring_timeout_ms: u64,
     #[arg(long, env = "RATE_LIMIT_PER_SEC", value_name = "RATE_LIMIT_PER_SEC", default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -173,12 +122,7 @@ pub struct Config {
     #[arg(long, env = "NODE_ID", value_name = "NODE_ID")]
     pub node_id: Option<String>,
     /// Most sockets one user may hold at once (SPEC §7).
-    #[arg(
-        long,
-        env = "MAX_SOCKETS_PER_USER",
-        value_name = "MAX_SOCKETS_PER_USER",
-        default_value_t = 20
-    )]
+    #[arg(long, env = "MAX_SOCKETS_PER_USER", value_name = "MAX_SOCKETS_PER_USER", default_value_t = 20)]
     pub max_sockets_per_user: usize,
     /// Most channel subscriptions per socket (SPEC §7).
     #[arg(
@@ -246,11 +190,6 @@ mod tests {
         let first = err.to_string();
         assert!(first.lines().next().unwrap().contains("PORT"), "{first}");
         let err = Cli::try_parse_from(["realtime-gateway", "--log-format", "xml"]).unwrap_err();
-        assert!(err
-            .to_string()
-            .lines()
-            .next()
-            .unwrap()
-            .contains("LOG_FORMAT"));
+        assert!(err.to_string().lines().next().unwrap().contains("LOG_FORMAT"));
     }
 }

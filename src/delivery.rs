@@ -63,10 +63,7 @@ impl EmitRequest {
         if RESERVED_EVENTS.contains(&self.event.as_str()) {
             return Err(format!("event '{}' is reserved", self.event));
         }
-        let named = [&self.room, &self.channel, &self.user_id, &self.socket_id]
-            .iter()
-            .filter(|t| t.is_some())
-            .count();
+        let named = [&self.room, &self.channel, &self.user_id, &self.socket_id].iter().filter(|t| t.is_some()).count();
         if named > 1 {
             return Err("name at most one of room, channel, userId, socketId".into());
         }
@@ -77,18 +74,14 @@ impl EmitRequest {
                 Err(format!("invalid {what}"))
             }
         };
-        Ok(
-            match (&self.room, &self.channel, &self.user_id, &self.socket_id) {
-                (Some(r), ..) => Target::Room(id(r, "room")?),
-                (_, Some(c), ..) => Target::Channel(id(c, "channel")?),
-                (_, _, Some(u), _) if !u.is_empty() && u.len() <= 128 => Target::User(u.clone()),
-                (_, _, Some(_), _) => return Err("invalid userId".into()),
-                (.., Some(s)) => {
-                    Target::Socket(s.parse().map_err(|_| "invalid socketId".to_string())?)
-                }
-                _ => Target::All,
-            },
-        )
+        Ok(match (&self.room, &self.channel, &self.user_id, &self.socket_id) {
+            (Some(r), ..) => Target::Room(id(r, "room")?),
+            (_, Some(c), ..) => Target::Channel(id(c, "channel")?),
+            (_, _, Some(u), _) if !u.is_empty() && u.len() <= 128 => Target::User(u.clone()),
+            (_, _, Some(_), _) => return Err("invalid userId".into()),
+            (.., Some(s)) => Target::Socket(s.parse().map_err(|_| "invalid socketId".to_string())?),
+            _ => Target::All,
+        })
     }
 }
 
@@ -128,22 +121,10 @@ pub async fn emit<A: Adapter>(
 }
 
 /// Delivers a channel publish (the `event` envelope) to the channel's subscribers.
-pub async fn publish<A: Adapter>(
-    io: &SocketIo<A>,
-    channel: &str,
-    data: &Value,
-    local: bool,
-) -> Result<(), String> {
-    let envelope = Envelope {
-        channel,
-        data,
-        timestamp: crate::iso_now(),
-    };
+pub async fn publish<A: Adapter>(io: &SocketIo<A>, channel: &str, data: &Value, local: bool) -> Result<(), String> {
+    let envelope = Envelope { channel, data, timestamp: crate::iso_now() };
     let ops = if local { io.local() } else { io.broadcast() };
-    ops.to(names::channel(channel))
-        .emit("event", &envelope)
-        .await
-        .map_err(|e| e.to_string())
+    ops.to(names::channel(channel)).emit("event", &envelope).await.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -44,10 +44,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
     pub fn unauthenticated() -> Self {
         Self::new(Code::Unauthenticated, "Authentication required")

@@ -132,8 +132,7 @@ async fn run_once<A: Adapter>(
 
 /// The data of a publish: JSON when it parses, else the raw text as a string.
 pub fn payload_value(payload: &[u8]) -> Value {
-    serde_json::from_slice(payload)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
+    serde_json::from_slice(payload).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
 }
 
 async fn publish<A: Adapter>(io: &SocketIo<A>, state: &AppState, channel: &str, payload: &[u8]) {

@@ -7,24 +7,14 @@ use realtime_gateway::config::{Cli, Command, LogFormat};
 fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             let _ = e.print();
             return std::process::ExitCode::SUCCESS;
         }
         Err(e) => {
             // One line naming the variable: clap's first line does (value names are the env names).
             let text = e.to_string();
-            eprintln!(
-                "{}",
-                text.lines()
-                    .next()
-                    .unwrap_or("error: invalid configuration")
-            );
+            eprintln!("{}", text.lines().next().unwrap_or("error: invalid configuration"));
             return std::process::ExitCode::from(2);
         }
     };
@@ -38,44 +28,16 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Command::Token {
-        sub,
-        role,
-        ttl,
-        email,
-        name,
-    }) = cli.command
-    {
-        if cli
-            .config
-            .jwt_secret
-            .as_deref()
-            .unwrap_or_default()
-            .is_empty()
-        {
-            anyhow::bail!(
-                "JWT_SECRET is not set: tokens minted with a random secret would be useless"
-            );
+    if let Some(Command::Token { sub, role, ttl, email, name }) = cli.command {
+        if cli.config.jwt_secret.as_deref().unwrap_or_default().is_empty() {
+            anyhow::bail!("JWT_SECRET is not set: tokens minted with a random secret would be useless");
         }
         let auth = Authenticator::from_config(&cli.config)?;
-        println!(
-            "{}",
-            auth.mint(
-                &User {
-                    user_id: sub,
-                    email,
-                    name,
-                    role
-                },
-                ttl
-            )?
-        );
+        println!("{}", auth.mint(&User { user_id: sub, email, name, role }, ttl)?);
         return Ok(());
     }
     init_tracing(cli.config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(cli))
 }
 
@@ -84,18 +46,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let state = gateway.state.clone();
     if state.auth.ephemeral {
         let day = Duration::from_secs(24 * 3600);
-        let admin = User {
-            user_id: "admin".into(),
-            email: None,
-            name: Some("Admin".into()),
-            role: "admin".into(),
-        };
-        let user = User {
-            user_id: "alice".into(),
-            email: None,
-            name: Some("Alice".into()),
-            role: "user".into(),
-        };
+        let admin = User { user_id: "admin".into(), email: None, name: Some("Admin".into()), role: "admin".into() };
+        let user = User { user_id: "alice".into(), email: None, name: Some("Alice".into()), role: "user".into() };
         tracing::warn!("JWT_SECRET is not set: using an EPHEMERAL random secret; tokens die with this process. Set JWT_SECRET in production.");
         tracing::warn!("admin token (24h): {}", state.auth.mint(&admin, day)?);
         tracing::warn!("user token (24h, alice): {}", state.auth.mint(&user, day)?);
@@ -128,9 +80,7 @@ async fn shutdown_signal() {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),

@@ -70,11 +70,7 @@ pub struct Metrics {
     pub ingress_dropped: Counter,
 }
 
-const META: Metadata<'static> = Metadata::new(
-    "realtime_gateway",
-    Level::INFO,
-    Some("realtime_gateway::metrics"),
-);
+const META: Metadata<'static> = Metadata::new("realtime_gateway", Level::INFO, Some("realtime_gateway::metrics"));
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -86,55 +82,22 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let counter = |name: &'static str, labels: Vec<Label>| {
-            recorder.register_counter(&Key::from_parts(name, labels), &META)
-        };
-        let gauge = |name: &'static str, labels: Vec<Label>| {
-            recorder.register_gauge(&Key::from_parts(name, labels), &META)
-        };
-        let describe = |name: &'static str, help: &'static str| {
-            recorder.describe_counter(name.into(), None, help.into())
-        };
-        describe(
-            "realtime_events_in_total",
-            "Client events received, by event name",
-        );
-        describe(
-            "realtime_events_out_total",
-            "Server events emitted (one per emit call, not per recipient)",
-        );
+        let counter =
+            |name: &'static str, labels: Vec<Label>| recorder.register_counter(&Key::from_parts(name, labels), &META);
+        let gauge =
+            |name: &'static str, labels: Vec<Label>| recorder.register_gauge(&Key::from_parts(name, labels), &META);
+        let describe =
+            |name: &'static str, help: &'static str| recorder.describe_counter(name.into(), None, help.into());
+        describe("realtime_events_in_total", "Client events received, by event name");
+        describe("realtime_events_out_total", "Server events emitted (one per emit call, not per recipient)");
         describe("realtime_acks_total", "Acks sent to clients, by result");
-        describe(
-            "realtime_errors_total",
-            "Failed client events, by error code",
-        );
-        describe(
-            "realtime_connections_refused_total",
-            "Connections refused at the handshake",
-        );
-        describe(
-            "realtime_ingress_messages_total",
-            "Messages received from Redis ingress and REST publish",
-        );
-        describe(
-            "realtime_ingress_dropped_total",
-            "Ingress messages dropped (broken envelope, unknown channel)",
-        );
-        recorder.describe_gauge(
-            "realtime_connections".into(),
-            None,
-            "Connected sockets on this node".into(),
-        );
-        recorder.describe_gauge(
-            "realtime_subscriptions".into(),
-            None,
-            "Channel subscriptions on this node".into(),
-        );
-        recorder.describe_gauge(
-            "realtime_channels".into(),
-            None,
-            "Channels with a subscriber on this node".into(),
-        );
+        describe("realtime_errors_total", "Failed client events, by error code");
+        describe("realtime_connections_refused_total", "Connections refused at the handshake");
+        describe("realtime_ingress_messages_total", "Messages received from Redis ingress and REST publish");
+        describe("realtime_ingress_dropped_total", "Ingress messages dropped (broken envelope, unknown channel)");
+        recorder.describe_gauge("realtime_connections".into(), None, "Connected sockets on this node".into());
+        recorder.describe_gauge("realtime_subscriptions".into(), None, "Channel subscriptions on this node".into());
+        recorder.describe_gauge("realtime_channels".into(), None, "Channels with a subscriber on this node".into());
         recorder.describe_gauge(
             "realtime_redis_up".into(),
             None,
@@ -143,44 +106,22 @@ impl Metrics {
 
         let events_in = KNOWN_EVENTS
             .iter()
-            .map(|e| {
-                (
-                    *e,
-                    counter("realtime_events_in_total", vec![Label::new("event", *e)]),
-                )
-            })
+            .map(|e| (*e, counter("realtime_events_in_total", vec![Label::new("event", *e)])))
             .collect();
         let errors = CODES
             .iter()
-            .map(|c| {
-                (
-                    c.as_str(),
-                    counter(
-                        "realtime_errors_total",
-                        vec![Label::new("code", c.as_str())],
-                    ),
-                )
-            })
+            .map(|c| (c.as_str(), counter("realtime_errors_total", vec![Label::new("code", c.as_str())])))
             .collect();
         Metrics {
             events_in,
-            events_in_unknown: counter(
-                "realtime_events_in_total",
-                vec![Label::new("event", "unknown")],
-            ),
+            events_in_unknown: counter("realtime_events_in_total", vec![Label::new("event", "unknown")]),
             events_out: counter("realtime_events_out_total", vec![]),
             acks_ok: counter("realtime_acks_total", vec![Label::new("result", "ok")]),
             acks_error: counter("realtime_acks_total", vec![Label::new("result", "error")]),
             errors,
             refused: counter("realtime_connections_refused_total", vec![]),
-            connections_authenticated: gauge(
-                "realtime_connections",
-                vec![Label::new("kind", "authenticated")],
-            ),
-            connections_anonymous: gauge(
-                "realtime_connections",
-                vec![Label::new("kind", "anonymous")],
-            ),
+            connections_authenticated: gauge("realtime_connections", vec![Label::new("kind", "authenticated")]),
+            connections_anonymous: gauge("realtime_connections", vec![Label::new("kind", "anonymous")]),
             subscriptions: gauge("realtime_subscriptions", vec![]),
             channels: gauge("realtime_channels", vec![]),
             redis_up: gauge("realtime_redis_up", vec![]),
@@ -192,10 +133,7 @@ impl Metrics {
     }
 
     pub fn event_in(&self, event: &str) {
-        self.events_in
-            .get(event)
-            .unwrap_or(&self.events_in_unknown)
-            .increment(1);
+        self.events_in.get(event).unwrap_or(&self.events_in_unknown).increment(1);
     }
     pub fn event_out(&self) {
         self.events_out.increment(1);

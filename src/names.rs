@@ -23,17 +23,12 @@ pub const CHAT_PREFIX: &str = "r:";
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'@' | b'-'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'@' | b'-'))
 }
 
 /// Room ids additionally may not use the reserved prefixes `user:`, `system:` and `socket:`.
 pub fn valid_room_id(id: &str) -> bool {
-    valid_id(id)
-        && !["user:", "system:", "socket:"]
-            .iter()
-            .any(|p| id.starts_with(p))
+    valid_id(id) && !["user:", "system:", "socket:"].iter().any(|p| id.starts_with(p))
 }
 
 #[cfg(test)]

@@ -34,9 +34,7 @@ impl Who {
             "admin" => Who::Admin,
             _ => match s.strip_prefix("role:") {
                 Some(r) if !r.is_empty() => Who::Role(r.to_string()),
-                _ => bail!(
-                    "unknown who '{s}' (anonymous, authenticated, owner, admin or role:<name>)"
-                ),
+                _ => bail!("unknown who '{s}' (anonymous, authenticated, owner, admin or role:<name>)"),
             },
         })
     }
@@ -77,10 +75,7 @@ enum WhoList {
 impl Default for Policy {
     /// The default table of SPEC §3.
     fn default() -> Self {
-        let rule = |p: &str, who: &[Who]| Rule {
-            pattern: p.into(),
-            who: who.to_vec(),
-        };
+        let rule = |p: &str, who: &[Who]| Rule { pattern: p.into(), who: who.to_vec() };
         let auth = [Who::Authenticated];
         Policy {
             rules: vec![
@@ -109,13 +104,7 @@ impl Policy {
         let file: PolicyFile = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| {
-                    text.as_bytes()[..s.start.min(text.len())]
-                        .iter()
-                        .filter(|b| **b == b'\n')
-                        .count()
-                        + 1
-                })
+                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1)
                 .unwrap_or(0);
             anyhow::anyhow!("line {line}: {}", e.message())
         })?;
@@ -133,10 +122,7 @@ impl Policy {
             if r.pattern.is_empty() || r.pattern.len() > 128 {
                 bail!("rule {}: pattern must be 1 to 128 characters", i + 1);
             }
-            rules.push(Rule {
-                pattern: r.pattern,
-                who,
-            });
+            rules.push(Rule { pattern: r.pattern, who });
         }
         Ok(Policy { rules })
     }
@@ -148,18 +134,12 @@ impl Policy {
 
     /// Does any rule match this channel (so that it can have subscribers at all)?
     pub fn knows(&self, channel: &str) -> bool {
-        self.rules
-            .iter()
-            .any(|r| pattern_matches(&r.pattern, channel))
+        self.rules.iter().any(|r| pattern_matches(&r.pattern, channel))
     }
 
     /// May `user` (None: anonymous) subscribe to `channel`?
     pub fn may_subscribe(&self, user: Option<&User>, channel: &str) -> bool {
-        let Some(rule) = self
-            .rules
-            .iter()
-            .find(|r| pattern_matches(&r.pattern, channel))
-        else {
+        let Some(rule) = self.rules.iter().find(|r| pattern_matches(&r.pattern, channel)) else {
             return false;
         };
         rule.who.iter().any(|who| match (who, user) {
@@ -169,8 +149,7 @@ impl Policy {
             (Who::Admin, Some(u)) => u.is_admin(),
             (Who::Role(r), Some(u)) => &u.role == r,
             (Who::Owner, Some(u)) => {
-                rule.pattern.contains("{userId}")
-                    && glob(&rule.pattern.replace("{userId}", &u.user_id), channel)
+                rule.pattern.contains("{userId}") && glob(&rule.pattern.replace("{userId}", &u.user_id), channel)
             }
         })
     }
@@ -197,9 +176,7 @@ impl Policy {
                     continue;
                 }
                 match (who, user) {
-                    (Who::Owner, Some(u)) if templated => {
-                        push(rule.pattern.replace("{userId}", &u.user_id))
-                    }
+                    (Who::Owner, Some(u)) if templated => push(rule.pattern.replace("{userId}", &u.user_id)),
                     (Who::Owner, _) => {}
                     _ if templated => {
                         if let Some(u) = user {
@@ -256,12 +233,7 @@ mod tests {
     use super::*;
 
     fn user(id: &str, role: &str) -> User {
-        User {
-            user_id: id.into(),
-            email: None,
-            name: None,
-            role: role.into(),
-        }
+        User { user_id: id.into(), email: None, name: None, role: role.into() }
     }
 
     #[test]
@@ -290,10 +262,7 @@ mod tests {
         assert!(p.may_subscribe(Some(&admin), "user:bob"));
         assert!(!p.may_subscribe(Some(&alice), "system:alerts"));
         assert!(p.may_subscribe(Some(&admin), "system:alerts"));
-        assert!(
-            !p.may_subscribe(Some(&admin), "random"),
-            "default deny, admins included"
-        );
+        assert!(!p.may_subscribe(Some(&admin), "random"), "default deny, admins included");
         assert!(!p.may_subscribe(Some(&alice), "user:"));
     }
 
@@ -323,8 +292,7 @@ mod tests {
         assert!(format!("{err:#}").contains("unknown who"), "{err:#}");
         let err = Policy::from_toml("[[rule]]\npattern = \"a\"\nwho = \n").unwrap_err();
         assert!(format!("{err:#}").contains("line 3"), "{err:#}");
-        let err = Policy::from_toml("[[rule]]\npattern = \"a\"\nwho = \"owner\"\nextra = 1\n")
-            .unwrap_err();
+        let err = Policy::from_toml("[[rule]]\npattern = \"a\"\nwho = \"owner\"\nextra = 1\n").unwrap_err();
         assert!(format!("{err:#}").contains("line 4"), "{err:#}");
     }
 }

@@ -25,11 +25,7 @@ impl RedisLink {
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .context("REDIS_URL: cannot set up the connection")?;
-        Ok(Self {
-            client,
-            conn,
-            up: AtomicBool::new(false),
-        })
+        Ok(Self { client, conn, up: AtomicBool::new(false) })
     }
 
     pub fn is_up(&self) -> bool {

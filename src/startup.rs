@@ -47,10 +47,7 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         Some(url) => Some(Arc::new(RedisLink::open(url)?)),
         None => None,
     };
-    let limits = Limits {
-        history_per_room: config.max_room_history as usize,
-        ..Limits::default()
-    };
+    let limits = Limits { history_per_room: config.max_room_history as usize, ..Limits::default() };
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(limits));
     let state = AppState::new(config, auth, policy, redis, store);
     let cfg = &state.config;
@@ -74,16 +71,10 @@ fn assemble<A: Adapter>(
     cors: tower_http::cors::CorsLayer,
     listener: TcpListener,
 ) -> Gateway {
-    let mut tasks = vec![crate::events::spawn_expiry_sweeper(
-        io.clone(),
-        state.clone(),
-    )];
+    let mut tasks = vec![crate::events::spawn_expiry_sweeper(io.clone(), state.clone())];
     tasks.push(crate::timers::spawn(io.clone(), state.clone()));
     tasks.extend(crate::ingress::spawn(io.clone(), state.clone()));
-    let api = Api {
-        state: state.clone(),
-        io: io.clone(),
-    };
+    let api = Api { state: state.clone(), io: io.clone() };
     let router = crate::http::router(api).layer(layer).layer(cors);
     let shutdown = Box::new(move || -> BoxFuture<'static, ()> {
         Box::pin(async move {
@@ -99,12 +90,7 @@ fn assemble<A: Adapter>(
             io.close().await;
         })
     });
-    Gateway {
-        listener,
-        router,
-        state,
-        shutdown,
-    }
+    Gateway { listener, router, state, shutdown }
 }
 
 async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
@@ -113,37 +99,22 @@ async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
         .ok()
         .and_then(|mut a| a.next())
         .with_context(|| format!("HOST: cannot resolve '{host}'"))?;
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
 }
 
 impl Gateway {
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     /// Serves until `signal` completes, then shuts down gracefully within 10 s.
-    pub async fn run(
-        self,
-        signal: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let Gateway {
-            listener,
-            router,
-            shutdown,
-            ..
-        } = self;
+    pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Gateway { listener, router, shutdown, .. } = self;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        });
+        let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            });
         let mut server = tokio::spawn(async move { server.await });
         tokio::select! {
             res = &mut server => return res.context("server task")?.context("server"),

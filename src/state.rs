@@ -89,10 +89,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(user: Option<User>, exp: u64) -> Self {
-        Self {
-            user,
-            exp: AtomicU64::new(exp),
-        }
+        Self { user, exp: AtomicU64::new(exp) }
     }
     pub fn exp(&self) -> u64 {
         self.exp.load(Ordering::Relaxed)
@@ -155,10 +152,7 @@ impl Counters {
     }
     /// Distinct users with a socket on this node.
     pub fn online_users(&self) -> usize {
-        self.per_user
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.per_user.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -180,16 +174,10 @@ pub struct ExpiryQueue {
 
 impl ExpiryQueue {
     pub fn schedule(&self, due: u64, step: ExpiryStep, sid: Sid) {
-        self.set
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((due, step, sid));
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).insert((due, step, sid));
     }
     pub fn cancel(&self, due: u64, step: ExpiryStep, sid: Sid) {
-        self.set
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(due, step, sid));
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&(due, step, sid));
     }
     /// Removes and returns every entry due at or before `now`.
     pub fn take_due(&self, now: u64) -> Vec<(u64, ExpiryStep, Sid)> {
@@ -217,10 +205,7 @@ mod tests {
         c.add(Some("a"));
         assert!(!c.has_room_for("a", 2));
         c.add(None);
-        assert_eq!(
-            (c.connections(), c.authenticated(), c.online_users()),
-            (3, 2, 1)
-        );
+        assert_eq!((c.connections(), c.authenticated(), c.online_users()), (3, 2, 1));
         c.remove(Some("a"));
         c.remove(Some("a"));
         assert_eq!(c.online_users(), 0);

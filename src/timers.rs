@@ -18,11 +18,7 @@ pub enum Job {
     /// The presence grace of a user whose last socket left: offline unless they came back.
     PresenceCheck { user_id: String },
     /// `TYPING_TIMEOUT_MS` after a `typing`: stop unless a newer `typing` came (generation).
-    TypingStop {
-        room: String,
-        user_id: String,
-        generation: u64,
-    },
+    TypingStop { room: String, user_id: String, generation: u64 },
     /// `CALL_RING_TIMEOUT_MS` after `call-user`: end the call if still ringing.
     CallTimeout { call_id: String },
 }
@@ -35,10 +31,7 @@ pub struct Timers {
 impl Default for Timers {
     fn default() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        Timers {
-            tx,
-            rx: Mutex::new(Some(rx)),
-        }
+        Timers { tx, rx: Mutex::new(Some(rx)) }
     }
 }
 
@@ -50,12 +43,7 @@ impl Timers {
 
 /// Runs the wheel: each due job is handed to [`crate::events::run_job`] on its own short task.
 pub fn spawn<A: Adapter>(io: SocketIo<A>, state: AppState) -> tokio::task::JoinHandle<()> {
-    let rx = state
-        .timers
-        .rx
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let rx = state.timers.rx.lock().unwrap_or_else(|e| e.into_inner()).take();
     tokio::spawn(async move {
         let Some(mut rx) = rx else { return };
         let mut queue: DelayQueue<Job> = DelayQueue::new();

@@ -23,12 +23,7 @@ async fn start(mut cfg: Config) -> Running {
     let task = tokio::spawn(gw.run(async move {
         let _ = rx.await;
     }));
-    Running {
-        base,
-        auth,
-        stop: Some(tx),
-        task,
-    }
+    Running { base, auth, stop: Some(tx), task }
 }
 
 impl Running {
@@ -40,24 +35,14 @@ impl Running {
 }
 
 fn token(r: &Running, sub: &str) -> String {
-    let user = User {
-        user_id: sub.into(),
-        email: None,
-        name: None,
-        role: "user".into(),
-    };
+    let user = User { user_id: sub.into(), email: None, name: None, role: "user".into() };
     r.auth.mint(&user, Duration::from_secs(60)).unwrap()
 }
 
 #[tokio::test]
 async fn health_reports_the_node() {
     let r = start(Config::default_for_tests()).await;
-    let body: Value = reqwest::get(format!("{}/health", r.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = reqwest::get(format!("{}/health", r.base)).await.unwrap().json().await.unwrap();
     assert_eq!(body["status"], "ok");
     assert_eq!(body["service"], "realtime");
     assert_eq!(body["redis"], "disabled");
@@ -85,15 +70,7 @@ async fn polling_handshake_with_token_gets_connected() {
     let url = format!("{url}&sid={sid}");
 
     let connect = format!("40{}", serde_json::json!({ "token": token(&r, "alice") }));
-    let ok = http
-        .post(&url)
-        .body(connect)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let ok = http.post(&url).body(connect).send().await.unwrap().text().await.unwrap();
     assert_eq!(ok, "ok");
 
     // The connect ack and the `connected` event may arrive in one poll or two.
@@ -108,33 +85,18 @@ async fn polling_handshake_with_token_gets_connected() {
     let socket_sid = seen
         .iter()
         .find_map(|p| p.strip_prefix("40"))
-        .map(|j| {
-            serde_json::from_str::<Value>(j).unwrap()["sid"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|j| serde_json::from_str::<Value>(j).unwrap()["sid"].as_str().unwrap().to_string())
         .expect("connect ack");
-    let event = seen
-        .iter()
-        .find_map(|p| p.strip_prefix("42"))
-        .expect("an event");
+    let event = seen.iter().find_map(|p| p.strip_prefix("42")).expect("an event");
     let event: Value = serde_json::from_str(event).unwrap();
     assert_eq!(event[0], "connected");
     assert_eq!(event[1]["userId"], "alice");
     assert_eq!(event[1]["sessionId"], socket_sid.as_str());
 
     // An unknown event with an ack id gets exactly one NOT_FOUND answer.
-    http.post(&url)
-        .body("421[\"nope\",{}]")
-        .send()
-        .await
-        .unwrap();
+    http.post(&url).body("421[\"nope\",{}]").send().await.unwrap();
     let body = http.get(&url).send().await.unwrap().text().await.unwrap();
-    let ack = packets(&body)
-        .into_iter()
-        .find_map(|p| p.strip_prefix("431").map(str::to_string))
-        .expect("ack 1");
+    let ack = packets(&body).into_iter().find_map(|p| p.strip_prefix("431").map(str::to_string)).expect("ack 1");
     let ack: Value = serde_json::from_str(&ack).unwrap();
     assert_eq!(ack[0]["code"], "NOT_FOUND");
     assert_eq!(ack[0]["success"], false);
@@ -149,17 +111,11 @@ async fn refused_connect_carries_the_reason() {
     let http = reqwest::Client::new();
     let url = format!("{}/socket.io/?EIO=4&transport=polling", r.base);
     let open = http.get(&url).send().await.unwrap().text().await.unwrap();
-    let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"].as_str().unwrap().to_string();
     let url = format!("{url}&sid={sid}");
     http.post(&url).body("40").send().await.unwrap();
     let body = http.get(&url).send().await.unwrap().text().await.unwrap();
-    let err = packets(&body)
-        .into_iter()
-        .find_map(|p| p.strip_prefix("44").map(str::to_string))
-        .expect("connect_error");
+    let err = packets(&body).into_iter().find_map(|p| p.strip_prefix("44").map(str::to_string)).expect("connect_error");
     let err: Value = serde_json::from_str(&err).unwrap();
     assert_eq!(err["message"], "Authentication required");
     r.stop().await;

@@ -31,33 +31,20 @@ impl ChannelRequest {
 
 /// The channels this socket is subscribed to.
 fn subscribed<A: Adapter>(ctx: &Ctx<A>) -> Vec<String> {
-    ctx.socket
-        .rooms()
-        .into_iter()
-        .filter_map(|r| r.strip_prefix(names::CHANNEL_PREFIX).map(str::to_string))
-        .collect()
+    ctx.socket.rooms().into_iter().filter_map(|r| r.strip_prefix(names::CHANNEL_PREFIX).map(str::to_string)).collect()
 }
 
 pub async fn subscribe<A: Adapter>(ctx: &Ctx<A>, req: ChannelRequest) -> HandlerResult {
     let channel = req.into_valid()?;
-    if !ctx
-        .state
-        .policy
-        .may_subscribe(ctx.session.user.as_ref(), &channel)
-    {
-        return Err(ApiError::forbidden(
-            "Not authorized to subscribe to this channel",
-        ));
+    if !ctx.state.policy.may_subscribe(ctx.session.user.as_ref(), &channel) {
+        return Err(ApiError::forbidden("Not authorized to subscribe to this channel"));
     }
     let room = names::channel(&channel);
     let current = subscribed(ctx);
     if !current.contains(&channel) {
         let cap = ctx.state.config.max_subscriptions_per_socket;
         if current.len() >= cap {
-            return Err(ApiError::new(
-                Code::Forbidden,
-                format!("Subscription limit reached ({cap} per socket)"),
-            ));
+            return Err(ApiError::new(Code::Forbidden, format!("Subscription limit reached ({cap} per socket)")));
         }
         ctx.socket.join(room);
     }

@@ -4,6 +4,7 @@
 //! One `on_fallback` dispatcher instead of a `socket.on(..)` per event keeps per-socket memory to one
 //! handler, and gives every event the same path: parse, run, answer (ack or `error` event).
 
+pub mod calls;
 pub mod channels;
 pub mod connection;
 pub mod presence;
@@ -36,10 +37,7 @@ pub async fn authenticate<A: Adapter>(
     TryData(auth): TryData<serde_json::Value>,
 ) -> Result<(), AuthError> {
     let parts = socket.req_parts();
-    let header = parts
-        .headers
-        .get("authorization")
-        .and_then(|h| h.to_str().ok());
+    let header = parts.headers.get("authorization").and_then(|h| h.to_str().ok());
     let auth = auth.ok();
     let token = find_token(auth.as_ref(), parts.uri.query(), header);
     let session = match token {
@@ -51,10 +49,7 @@ pub async fn authenticate<A: Adapter>(
         },
     };
     if let Some(uid) = session.user_id() {
-        if !state
-            .counters
-            .has_room_for(uid, state.config.max_sockets_per_user)
-        {
+        if !state.counters.has_room_for(uid, state.config.max_sockets_per_user) {
             return refuse(&socket, &state, Some(uid), AuthError::TooManySockets);
         }
     }
@@ -84,11 +79,7 @@ struct Connected<'a> {
     server_time: u64,
 }
 
-pub async fn on_connect<A: Adapter>(
-    socket: SocketRef<A>,
-    io: SocketIo<A>,
-    State(state): State<AppState>,
-) {
+pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, io: SocketIo<A>, State(state): State<AppState>) {
     let Some(session) = socket.extensions.get::<Arc<Session>>() else {
         // The middleware always sets it; without it the socket has no identity.
         let _ = socket.disconnect();
@@ -99,9 +90,7 @@ pub async fn on_connect<A: Adapter>(
         socket.join(crate::names::user(uid));
     }
     if session.user.is_some() {
-        state
-            .expiry
-            .schedule(session.exp(), ExpiryStep::Warn, socket.id);
+        state.expiry.schedule(session.exp(), ExpiryStep::Warn, socket.id);
     }
     tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"),
         transport = ?socket.transport_type(), "connected");
@@ -137,22 +126,19 @@ async fn on_disconnect<A: Adapter>(
     state.counters.remove(session.user_id());
     tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"), %reason, "disconnected");
     let Some(user) = &session.user else { return };
-    state
-        .expiry
-        .cancel(session.exp(), ExpiryStep::Warn, socket.id);
+    state.expiry.cancel(session.exp(), ExpiryStep::Warn, socket.id);
     // The socket is still in its rooms until this handler returns.
     let chat_rooms: Vec<String> = socket
         .rooms()
         .into_iter()
-        .filter_map(|r| {
-            r.strip_prefix(crate::names::CHAT_PREFIX)
-                .map(str::to_string)
-        })
+        .filter_map(|r| r.strip_prefix(crate::names::CHAT_PREFIX).map(str::to_string))
         .collect();
     for room in &chat_rooms {
         rooms::departed(&io, &state, &user.user_id, room).await;
     }
-    presence::socket_down(&state, &user.user_id, &socket.id.to_string(), chat_rooms).await;
+    let sid = socket.id.to_string();
+    let left = presence::socket_down(&state, &user.user_id, &sid, chat_rooms).await;
+    calls::socket_gone(&io, &state, &user.user_id, &sid, left).await;
 }
 
 /// Runs a due timer job (see [`crate::timers`]).
@@ -160,14 +146,10 @@ pub async fn run_job<A: Adapter>(io: &SocketIo<A>, state: &AppState, job: crate:
     use crate::timers::Job;
     match job {
         Job::PresenceCheck { user_id } => presence::grace_over(io, state, &user_id).await,
-        Job::TypingStop {
-            room,
-            user_id,
-            generation,
-        } => rooms::typing_timeout(io, state, &room, &user_id, generation).await,
-        Job::CallTimeout { call_id } => {
-            let _ = call_id;
+        Job::TypingStop { room, user_id, generation } => {
+            rooms::typing_timeout(io, state, &room, &user_id, generation).await
         }
+        Job::CallTimeout { call_id } => calls::ring_timeout(io, state, &call_id).await,
     }
 }
 
@@ -180,17 +162,9 @@ pub struct Msg<A: Adapter> {
 
 impl<A: Adapter> FromMessageParts<A> for Msg<A> {
     type Error = Infallible;
-    fn from_message_parts(
-        s: &Arc<Socket<A>>,
-        v: &mut Value,
-        ack_id: &Option<i64>,
-    ) -> Result<Self, Infallible> {
+    fn from_message_parts(s: &Arc<Socket<A>>, v: &mut Value, ack_id: &Option<i64>) -> Result<Self, Infallible> {
         let value = std::mem::replace(v, Value::Bytes(bytes::Bytes::new()));
-        Ok(Msg {
-            socket: s.clone(),
-            value,
-            ack_id: *ack_id,
-        })
+        Ok(Msg { socket: s.clone(), value, ack_id: *ack_id })
     }
 }
 
@@ -199,12 +173,7 @@ impl<A: Adapter> Msg<A> {
     pub fn data<T: DeserializeOwned>(&mut self) -> Result<T, ApiError> {
         Data::<T>::from_message_parts(&self.socket, &mut self.value, &self.ack_id)
             .map(|Data(d)| d)
-            .map_err(|e| {
-                ApiError::invalid(format!(
-                    "Invalid payload: {}",
-                    truncate(&e.to_string(), 200)
-                ))
-            })
+            .map_err(|e| ApiError::invalid(format!("Invalid payload: {}", truncate(&e.to_string(), 200))))
     }
 
     pub fn wants_ack(&self) -> bool {
@@ -212,45 +181,25 @@ impl<A: Adapter> Msg<A> {
     }
 
     fn event(&mut self) -> Option<String> {
-        Event::from_message_parts(&self.socket, &mut self.value, &self.ack_id)
-            .ok()
-            .map(|Event(e)| e)
+        Event::from_message_parts(&self.socket, &mut self.value, &self.ack_id).ok().map(|Event(e)| e)
     }
 
     /// Answers once: the ack when the client asked for one, else an `error` event on failure.
     fn answer(self, event: &str, result: HandlerResult) {
-        let socket = SocketRef::from_message_parts(
-            &self.socket,
-            &mut Value::Bytes(Default::default()),
-            &None,
-        );
+        let socket = SocketRef::from_message_parts(&self.socket, &mut Value::Bytes(Default::default()), &None);
         let Ok(socket) = socket;
         if self.ack_id.is_some() {
-            let Ok(ack) = AckSender::from_message_parts(
-                &self.socket,
-                &mut Value::Bytes(Default::default()),
-                &self.ack_id,
-            );
+            let Ok(ack) =
+                AckSender::from_message_parts(&self.socket, &mut Value::Bytes(Default::default()), &self.ack_id);
             let sent = match &result {
                 Ok(v) => ack.send(v),
-                Err(e) => ack.send(&AckError {
-                    success: false,
-                    error: &e.message,
-                    code: e.code,
-                }),
+                Err(e) => ack.send(&AckError { success: false, error: &e.message, code: e.code }),
             };
             if let Err(e) = sent {
                 tracing::debug!(sid = %socket.id, event, "ack not sent: {e}");
             }
         } else if let Err(e) = &result {
-            let _ = socket.emit(
-                "error",
-                &ErrorEvent {
-                    event,
-                    error: &e.message,
-                    code: e.code,
-                },
-            );
+            let _ = socket.emit("error", &ErrorEvent { event, error: &e.message, code: e.code });
         }
     }
 }
@@ -273,37 +222,21 @@ pub struct Ctx<A: Adapter> {
 impl<A: Adapter> Ctx<A> {
     /// The caller's user, or `UNAUTHENTICATED` for an anonymous socket.
     pub fn user(&self) -> Result<&crate::auth::User, ApiError> {
-        self.session
-            .user
-            .as_ref()
-            .ok_or_else(ApiError::unauthenticated)
+        self.session.user.as_ref().ok_or_else(ApiError::unauthenticated)
     }
 }
 
 /// Routes one client event to its handler and answers it exactly once, even if the handler panics.
-async fn dispatch<A: Adapter>(
-    socket: SocketRef<A>,
-    io: SocketIo<A>,
-    State(state): State<AppState>,
-    mut msg: Msg<A>,
-) {
+async fn dispatch<A: Adapter>(socket: SocketRef<A>, io: SocketIo<A>, State(state): State<AppState>, mut msg: Msg<A>) {
     let Some(event) = msg.event() else {
-        msg.answer(
-            "",
-            Err(ApiError::invalid("Invalid payload: missing event name")),
-        );
+        msg.answer("", Err(ApiError::invalid("Invalid payload: missing event name")));
         return;
     };
     let Some(session) = socket.extensions.get::<Arc<Session>>() else {
         return;
     };
     state.metrics.event_in(&event);
-    let ctx = Ctx {
-        socket,
-        io,
-        state,
-        session,
-    };
+    let ctx = Ctx { socket, io, state, session };
     let run = AssertUnwindSafe(route(&ctx, &event, &mut msg)).catch_unwind();
     let result = match run.await {
         Ok(r) => r,
@@ -342,16 +275,18 @@ async fn route<A: Adapter>(ctx: &Ctx<A>, event: &str, msg: &mut Msg<A>) -> Handl
         "get-presence" => presence::get_presence(ctx, msg.data()?).await,
         "private-message" => private::private_message(ctx, msg.data()?).await,
         "mark-read" => private::mark_read(ctx, msg.data()?).await,
+        "call-user" => calls::call_user(ctx, msg.data()?).await,
+        "call-answer" => calls::call_answer(ctx, msg.data()?).await,
+        "ice-candidate" => calls::ice_candidate(ctx, msg.data()?).await,
+        "call-reject" => calls::call_reject(ctx, msg.data()?).await,
+        "hang-up" => calls::hang_up(ctx, msg.data()?).await,
         "refresh-token" => connection::refresh_token(ctx, msg.data()?).await,
         _ => Err(ApiError::not_found("Unknown event")),
     }
 }
 
 /// The once-a-second sweep of token expiries: `auth-expired`, then a disconnect after the grace.
-pub fn spawn_expiry_sweeper<A: Adapter>(
-    io: SocketIo<A>,
-    state: AppState,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn_expiry_sweeper<A: Adapter>(io: SocketIo<A>, state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let grace_secs = state.config.auth_expiry_grace_ms.div_ceil(1000);
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
@@ -380,9 +315,7 @@ pub fn spawn_expiry_sweeper<A: Adapter>(
                                 "graceMs": state.config.auth_expiry_grace_ms,
                             }),
                         );
-                        state
-                            .expiry
-                            .schedule(now + grace_secs, ExpiryStep::Disconnect, sid);
+                        state.expiry.schedule(now + grace_secs, ExpiryStep::Disconnect, sid);
                     }
                     ExpiryStep::Disconnect => {
                         tracing::info!(sid = %sid, user_id = session.user_id().unwrap_or("-"), "disconnecting: token expired");

@@ -47,25 +47,15 @@ pub async fn announce<A: Adapter>(
     if targets.is_empty() {
         return;
     }
-    let note =
-        json!({ "userId": user_id, "status": status, "timestamp": crate::auth::unix_now_ms() });
-    if let Err(e) = io
-        .to(targets)
-        .except(names::user(user_id))
-        .emit("presence-update", &note)
-        .await
-    {
+    let note = json!({ "userId": user_id, "status": status, "timestamp": crate::auth::unix_now_ms() });
+    if let Err(e) = io.to(targets).except(names::user(user_id)).emit("presence-update", &note).await {
         tracing::warn!(user_id, "presence-update: {e}");
     }
 }
 
 /// A socket of an authenticated user connected: online if they were offline.
 pub async fn socket_up<A: Adapter>(io: &SocketIo<A>, state: &AppState, user: &User, sid: &str) {
-    state
-        .departed_rooms
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&user.user_id);
+    state.departed_rooms.lock().unwrap_or_else(|e| e.into_inner()).remove(&user.user_id);
     match state.store.socket_up(user, sid).await {
         Ok(true) => announce(io, state, &user.user_id, "online", &[]).await,
         Ok(false) => {}
@@ -73,8 +63,9 @@ pub async fn socket_up<A: Adapter>(io: &SocketIo<A>, state: &AppState, user: &Us
     }
 }
 
-/// A socket left: remember its rooms, and start the grace if it was the user's last one.
-pub async fn socket_down(state: &AppState, user_id: &str, sid: &str, chat_rooms: Vec<String>) {
+/// A socket left: remember its rooms, and start the grace if it was the user's last one. Returns
+/// the user's remaining sockets.
+pub async fn socket_down(state: &AppState, user_id: &str, sid: &str, chat_rooms: Vec<String>) -> u64 {
     if !chat_rooms.is_empty() {
         state
             .departed_rooms
@@ -85,24 +76,24 @@ pub async fn socket_down(state: &AppState, user_id: &str, sid: &str, chat_rooms:
             .extend(chat_rooms);
     }
     match state.store.socket_down(user_id, sid).await {
-        Ok(0) => state.timers.schedule(
-            Duration::from_millis(state.config.presence_grace_ms),
-            Job::PresenceCheck {
-                user_id: user_id.to_string(),
-            },
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(user_id, "presence down: {e}"),
+        Ok(0) => {
+            state.timers.schedule(
+                Duration::from_millis(state.config.presence_grace_ms),
+                Job::PresenceCheck { user_id: user_id.to_string() },
+            );
+            0
+        }
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(user_id, "presence down: {e}");
+            1
+        }
     }
 }
 
 /// The end of the grace: offline unless a socket came back meanwhile (on any node).
 pub async fn grace_over<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: &str) {
-    match state
-        .store
-        .mark_offline_if_idle(user_id, crate::auth::unix_now_ms())
-        .await
-    {
+    match state.store.mark_offline_if_idle(user_id, crate::auth::unix_now_ms()).await {
         Ok(true) => {
             let rooms: Vec<String> = state
                 .departed_rooms
@@ -132,18 +123,10 @@ pub async fn update_status<A: Adapter>(ctx: &Ctx<A>, req: StatusRequest) -> Hand
     if !STATUSES.contains(&status.as_str()) {
         return Err(ApiError::invalid("status must be online, away or busy"));
     }
-    ctx.state
-        .store
-        .set_status(&user.user_id, &status, crate::auth::unix_now_ms())
-        .await?;
+    ctx.state.store.set_status(&user.user_id, &status, crate::auth::unix_now_ms()).await?;
     // The chat rooms of every socket of the user, on every node.
     let mut rooms: Vec<String> = Vec::new();
-    if let Ok(sockets) = ctx
-        .io
-        .within(names::user(&user.user_id))
-        .fetch_sockets()
-        .await
-    {
+    if let Ok(sockets) = ctx.io.within(names::user(&user.user_id)).fetch_sockets().await {
         for s in sockets {
             for r in s.rooms().await.unwrap_or_default() {
                 if let Some(id) = r.strip_prefix(names::CHAT_PREFIX) {
@@ -167,16 +150,10 @@ pub struct PresenceRequest {
 pub async fn get_presence<A: Adapter>(ctx: &Ctx<A>, req: PresenceRequest) -> HandlerResult {
     ctx.user()?;
     if req.user_ids.len() > 1000 || req.user_ids.iter().any(|u| u.is_empty() || u.len() > 128) {
-        return Err(ApiError::invalid(
-            "userIds: at most 1000 ids of 1 to 128 characters",
-        ));
+        return Err(ApiError::invalid("userIds: at most 1000 ids of 1 to 128 characters"));
     }
     let found = ctx.state.store.presence(&req.user_ids).await?;
-    let map: serde_json::Map<String, serde_json::Value> = req
-        .user_ids
-        .into_iter()
-        .zip(found)
-        .map(|(u, p)| (u, serde_json::to_value(p).unwrap_or_default()))
-        .collect();
+    let map: serde_json::Map<String, serde_json::Value> =
+        req.user_ids.into_iter().zip(found).map(|(u, p)| (u, serde_json::to_value(p).unwrap_or_default())).collect();
     Ok(json!({ "success": true, "presence": map }))
 }

@@ -32,16 +32,10 @@ pub struct PrivateRequest {
 pub async fn private_message<A: Adapter>(ctx: &Ctx<A>, req: PrivateRequest) -> HandlerResult {
     let user = ctx.user()?;
     if req.target_user_id.is_empty() || req.target_user_id.len() > 128 {
-        return Err(ApiError::invalid(
-            "targetUserId must be a user id of 1 to 128 characters",
-        ));
+        return Err(ApiError::invalid("targetUserId must be a user id of 1 to 128 characters"));
     }
     valid_content(&req.content)?;
-    if req
-        .client_message_id
-        .as_ref()
-        .is_some_and(|c| c.is_empty() || c.len() > 128)
-    {
+    if req.client_message_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
         return Err(ApiError::invalid("clientMessageId is 1 to 128 characters"));
     }
     let store = &ctx.state.store;
@@ -51,9 +45,7 @@ pub async fn private_message<A: Adapter>(ctx: &Ctx<A>, req: PrivateRequest) -> H
         let key = format!("pm:{}:{cmid}", user.user_id);
         if let Claim::Seen(first) = store.claim(&key, &format!("{id}|{delivered}")).await? {
             let (first_id, was) = first.split_once('|').unwrap_or((first.as_str(), "false"));
-            return Ok(
-                json!({ "success": true, "messageId": first_id, "delivered": was == "true" }),
-            );
+            return Ok(json!({ "success": true, "messageId": first_id, "delivered": was == "true" }));
         }
     }
     let pm = PrivateMessage {
@@ -65,9 +57,7 @@ pub async fn private_message<A: Adapter>(ctx: &Ctx<A>, req: PrivateRequest) -> H
         timestamp: crate::auth::unix_now_ms(),
         read: false,
     };
-    store
-        .remember_receipt(&pm.id, &pm.from_user_id, &pm.to_user_id)
-        .await?;
+    store.remember_receipt(&pm.id, &pm.from_user_id, &pm.to_user_id).await?;
     let mut targets = vec![names::user(&user.user_id)];
     if delivered {
         targets.push(names::user(&pm.to_user_id));
@@ -89,15 +79,8 @@ pub struct MarkRead {
 
 pub async fn mark_read<A: Adapter>(ctx: &Ctx<A>, req: MarkRead) -> HandlerResult {
     let user = ctx.user()?;
-    if req.message_ids.len() > 1000
-        || req
-            .message_ids
-            .iter()
-            .any(|m| m.is_empty() || m.len() > 128)
-    {
-        return Err(ApiError::invalid(
-            "messageIds: at most 1000 ids of 1 to 128 characters",
-        ));
+    if req.message_ids.len() > 1000 || req.message_ids.iter().any(|m| m.is_empty() || m.len() > 128) {
+        return Err(ApiError::invalid("messageIds: at most 1000 ids of 1 to 128 characters"));
     }
     let receipts = ctx.state.store.receipts(&req.message_ids).await?;
     // Only messages addressed to the caller count; each sender hears of their own messages only.
@@ -115,12 +98,7 @@ pub async fn mark_read<A: Adapter>(ctx: &Ctx<A>, req: MarkRead) -> HandlerResult
     let timestamp = crate::auth::unix_now_ms();
     for (sender, ids) in by_sender {
         let note = json!({ "readerId": user.user_id, "messageIds": ids, "timestamp": timestamp });
-        if let Err(e) = ctx
-            .io
-            .to(names::user(&sender))
-            .emit("messages-read", &note)
-            .await
-        {
+        if let Err(e) = ctx.io.to(names::user(&sender)).emit("messages-read", &note).await {
             tracing::warn!("messages-read: {e}");
         }
     }
@@ -130,12 +108,7 @@ pub async fn mark_read<A: Adapter>(ctx: &Ctx<A>, req: MarkRead) -> HandlerResult
 /// On connect: hands the user's queue to this socket as one `pending-messages`. It is removed once
 /// the client acks, or once the ack wait is over with the socket still connected; a socket that is
 /// gone by then puts it back for the next connect.
-pub async fn deliver_pending<A: Adapter>(
-    io: &SocketIo<A>,
-    state: &AppState,
-    socket: SocketRef<A>,
-    user_id: &str,
-) {
+pub async fn deliver_pending<A: Adapter>(io: &SocketIo<A>, state: &AppState, socket: SocketRef<A>, user_id: &str) {
     let _ = io;
     let msgs = match state.store.take_queue(user_id).await {
         Ok(m) if m.is_empty() => return,

@@ -57,10 +57,7 @@ pub fn valid_content(content: &str) -> Result<(), ApiError> {
     if content.is_empty() {
         Err(ApiError::invalid("content must not be empty"))
     } else if content.len() > MAX_CONTENT_BYTES {
-        Err(ApiError::new(
-            Code::PayloadTooLarge,
-            format!("content is over {MAX_CONTENT_BYTES} bytes"),
-        ))
+        Err(ApiError::new(Code::PayloadTooLarge, format!("content is over {MAX_CONTENT_BYTES} bytes")))
     } else {
         Ok(())
     }
@@ -79,9 +76,7 @@ async fn access<A: Adapter>(ctx: &Ctx<A>, user: &User, id: &str) -> Result<Value
             Ok(serde_json::to_value(&room).map_err(|_| ApiError::internal())?)
         }
         Some(_) => Err(ApiError::forbidden("Access denied")),
-        None if id.starts_with("dm:") || id.starts_with("grp:") => {
-            Err(ApiError::forbidden("Access denied"))
-        }
+        None if id.starts_with("dm:") || id.starts_with("grp:") => Err(ApiError::forbidden("Access denied")),
         None => Ok(open_room(id)),
     }
 }
@@ -105,10 +100,8 @@ pub async fn members<A: Adapter>(io: &SocketIo<A>, state: &AppState, room: &str)
         let sid = rs.data().id;
         match io.get_socket(sid) {
             Some(s) => {
-                if let Some(u) = s
-                    .extensions
-                    .get::<std::sync::Arc<crate::state::Session>>()
-                    .and_then(|s| s.user.clone())
+                if let Some(u) =
+                    s.extensions.get::<std::sync::Arc<crate::state::Session>>().and_then(|s| s.user.clone())
                 {
                     users.push(u);
                 }
@@ -136,21 +129,11 @@ pub async fn join_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult 
     let room = names::chat(&id);
     let already = joined(ctx, &room);
     ctx.socket.join(room.clone());
-    let (recent, _) = ctx
-        .state
-        .store
-        .history(&id, None, RECENT)
-        .await?
-        .unwrap_or_default();
+    let (recent, _) = ctx.state.store.history(&id, None, RECENT).await?.unwrap_or_default();
     let members = members(&ctx.io, &ctx.state, &room).await;
     if !already {
         let note = json!({ "userId": user.user_id, "user": user, "roomId": id });
-        let _ = ctx
-            .io
-            .to(room)
-            .except(names::user(&user.user_id))
-            .emit("user-joined", &note)
-            .await;
+        let _ = ctx.io.to(room).except(names::user(&user.user_id)).emit("user-joined", &note).await;
     }
     Ok(json!({ "success": true, "room": room_info, "members": members, "recentMessages": recent }))
 }
@@ -167,20 +150,11 @@ pub async fn leave_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult
 }
 
 /// What the others in a room see when one of a user's sockets leaves it (leave or disconnect).
-pub async fn departed<A: Adapter>(
-    io: &SocketIo<A>,
-    state: &AppState,
-    user_id: &str,
-    room_id: &str,
-) {
+pub async fn departed<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: &str, room_id: &str) {
     stop_typing_in(io, state, user_id, room_id).await;
     let room = names::chat(room_id);
     let note = json!({ "userId": user_id, "roomId": room_id });
-    let _ = io
-        .to(room)
-        .except(names::user(user_id))
-        .emit("user-left", &note)
-        .await;
+    let _ = io.to(room).except(names::user(user_id)).emit("user-left", &note).await;
 }
 
 #[derive(Deserialize)]
@@ -205,11 +179,7 @@ fn direct_id(a: &str, b: &str) -> String {
         }
         h
     };
-    format!(
-        "dm:{:016x}{:016x}",
-        fnv(0xcbf2_9ce4_8422_2325),
-        fnv(0x8422_2325_cbf2_9ce4)
-    )
+    format!("dm:{:016x}{:016x}", fnv(0xcbf2_9ce4_8422_2325), fnv(0x8422_2325_cbf2_9ce4))
 }
 
 pub async fn create_room<A: Adapter>(ctx: &Ctx<A>, req: CreateRoom) -> HandlerResult {
@@ -218,33 +188,25 @@ pub async fn create_room<A: Adapter>(ctx: &Ctx<A>, req: CreateRoom) -> HandlerRe
         return Err(ApiError::invalid("type must be \"group\" or \"direct\""));
     }
     if req.members.len() > MAX_ROOM_MEMBERS {
-        return Err(ApiError::invalid(format!(
-            "at most {MAX_ROOM_MEMBERS} members"
-        )));
+        return Err(ApiError::invalid(format!("at most {MAX_ROOM_MEMBERS} members")));
     }
     let mut members = vec![user.user_id.clone()];
     for m in req.members {
         if m.is_empty() || m.len() > 128 {
-            return Err(ApiError::invalid(
-                "members must be user ids of 1 to 128 characters",
-            ));
+            return Err(ApiError::invalid("members must be user ids of 1 to 128 characters"));
         }
         if !members.contains(&m) {
             members.push(m);
         }
     }
     let name = match req.name {
-        Some(n) if n.chars().count() > 128 => {
-            return Err(ApiError::invalid("name is over 128 characters"))
-        }
+        Some(n) if n.chars().count() > 128 => return Err(ApiError::invalid("name is over 128 characters")),
         Some(n) if !n.trim().is_empty() => n,
         _ => members.join(", ").chars().take(128).collect(),
     };
     let id = if req.kind == "direct" {
         if members.len() != 2 {
-            return Err(ApiError::invalid(
-                "a direct room has exactly one other member",
-            ));
+            return Err(ApiError::invalid("a direct room has exactly one other member"));
         }
         direct_id(&members[0], &members[1])
     } else {
@@ -293,14 +255,9 @@ pub async fn message<A: Adapter>(ctx: &Ctx<A>, req: SendMessage) -> HandlerResul
         return Err(ApiError::invalid("type must be 1 to 32 characters"));
     }
     if req.reply_to.as_ref().is_some_and(|r| r.len() > 128)
-        || req
-            .client_message_id
-            .as_ref()
-            .is_some_and(|c| c.is_empty() || c.len() > 128)
+        || req.client_message_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128)
     {
-        return Err(ApiError::invalid(
-            "replyTo and clientMessageId are at most 128 characters",
-        ));
+        return Err(ApiError::invalid("replyTo and clientMessageId are at most 128 characters"));
     }
     let room = names::chat(&id);
     if !joined(ctx, &room) {
@@ -310,12 +267,7 @@ pub async fn message<A: Adapter>(ctx: &Ctx<A>, req: SendMessage) -> HandlerResul
     let timestamp = crate::auth::unix_now_ms();
     if let Some(cmid) = &req.client_message_id {
         let key = format!("msg:{}:{cmid}", user.user_id);
-        if let Claim::Seen(first) = ctx
-            .state
-            .store
-            .claim(&key, &format!("{msg_id}|{timestamp}"))
-            .await?
-        {
+        if let Claim::Seen(first) = ctx.state.store.claim(&key, &format!("{msg_id}|{timestamp}")).await? {
             let (first_id, first_ts) = first.split_once('|').unwrap_or((first.as_str(), "0"));
             return Ok(
                 json!({ "success": true, "messageId": first_id, "timestamp": first_ts.parse::<u64>().unwrap_or(0) }),
@@ -362,20 +314,13 @@ async fn own_message<A: Adapter>(ctx: &Ctx<A>, room: &str, id: &str) -> Result<M
         .filter(|m| !m.deleted)
         .ok_or_else(|| ApiError::not_found("Message not found"))?;
     if msg.user_id != user.user_id && !user.is_admin() {
-        return Err(ApiError::forbidden(
-            "Only the author or an admin may change this message",
-        ));
+        return Err(ApiError::forbidden("Only the author or an admin may change this message"));
     }
     Ok(msg)
 }
 
 /// Sends a room update to the room, and to the calling socket when it is not joined.
-async fn tell_room<A: Adapter>(
-    ctx: &Ctx<A>,
-    room_id: &str,
-    event: &str,
-    data: &impl serde::Serialize,
-) {
+async fn tell_room<A: Adapter>(ctx: &Ctx<A>, room_id: &str, event: &str, data: &impl serde::Serialize) {
     let room = names::chat(room_id);
     let in_room = joined(ctx, &room);
     if let Err(e) = ctx.io.to(room).emit(event, data).await {
@@ -388,9 +333,7 @@ async fn tell_room<A: Adapter>(
 
 pub async fn edit_message<A: Adapter>(ctx: &Ctx<A>, req: EditMessage) -> HandlerResult {
     let id = valid_room(req.room_id)?;
-    let content = req
-        .content
-        .ok_or_else(|| ApiError::invalid("content is required"))?;
+    let content = req.content.ok_or_else(|| ApiError::invalid("content is required"))?;
     valid_content(&content)?;
     own_message(ctx, &id, &req.message_id).await?;
     let updated = ctx
@@ -411,13 +354,7 @@ pub async fn delete_message<A: Adapter>(ctx: &Ctx<A>, req: EditMessage) -> Handl
         .edit(&id, &req.message_id, Edit::Delete)
         .await?
         .ok_or_else(|| ApiError::not_found("Message not found"))?;
-    tell_room(
-        ctx,
-        &id,
-        "message-deleted",
-        &json!({ "roomId": id, "messageId": req.message_id }),
-    )
-    .await;
+    tell_room(ctx, &id, "message-deleted", &json!({ "roomId": id, "messageId": req.message_id })).await;
     Ok(json!({ "success": true }))
 }
 
@@ -426,12 +363,7 @@ pub async fn list_rooms<A: Adapter>(ctx: &Ctx<A>) -> HandlerResult {
     let rooms = ctx.state.store.rooms_of(&user.user_id).await?;
     let mut out = Vec::with_capacity(rooms.len());
     for room in rooms {
-        let last = ctx
-            .state
-            .store
-            .history(&room.id, None, 1)
-            .await?
-            .and_then(|(mut v, _)| v.pop());
+        let last = ctx.state.store.history(&room.id, None, 1).await?.and_then(|(mut v, _)| v.pop());
         out.push((room, last));
     }
     // Rooms with messages first, newest message first; then the others, newest room first.
@@ -487,27 +419,16 @@ pub async fn typing<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
     }
     let generation = {
         let mut typing = ctx.state.typing.lock().unwrap_or_else(|e| e.into_inner());
-        let g = typing
-            .entry((id.clone(), user.user_id.clone()))
-            .or_insert(0);
+        let g = typing.entry((id.clone(), user.user_id.clone())).or_insert(0);
         *g += 1;
         *g
     };
     ctx.state.timers.schedule(
         Duration::from_millis(ctx.state.config.typing_timeout_ms),
-        Job::TypingStop {
-            room: id.clone(),
-            user_id: user.user_id.clone(),
-            generation,
-        },
+        Job::TypingStop { room: id.clone(), user_id: user.user_id.clone(), generation },
     );
     let note = json!({ "userId": user.user_id, "user": user, "roomId": id });
-    let _ = ctx
-        .io
-        .to(room)
-        .except(names::user(&user.user_id))
-        .emit("user-typing", &note)
-        .await;
+    let _ = ctx.io.to(room).except(names::user(&user.user_id)).emit("user-typing", &note).await;
     Ok(json!({ "success": true }))
 }
 
@@ -519,12 +440,7 @@ pub async fn stop_typing<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResul
 }
 
 /// Ends a user's typing in a room, if they were typing: `user-stopped-typing` to the others.
-pub async fn stop_typing_in<A: Adapter>(
-    io: &SocketIo<A>,
-    state: &AppState,
-    user_id: &str,
-    room_id: &str,
-) {
+pub async fn stop_typing_in<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: &str, room_id: &str) {
     let was = state
         .typing
         .lock()
@@ -533,11 +449,7 @@ pub async fn stop_typing_in<A: Adapter>(
         .is_some();
     if was {
         let note = json!({ "userId": user_id, "roomId": room_id });
-        let _ = io
-            .to(names::chat(room_id))
-            .except(names::user(user_id))
-            .emit("user-stopped-typing", &note)
-            .await;
+        let _ = io.to(names::chat(room_id)).except(names::user(user_id)).emit("user-stopped-typing", &note).await;
     }
 }
 
@@ -549,12 +461,8 @@ pub async fn typing_timeout<A: Adapter>(
     user_id: &str,
     generation: u64,
 ) {
-    let current = state
-        .typing
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&(room.to_string(), user_id.to_string()))
-        .copied();
+    let current =
+        state.typing.lock().unwrap_or_else(|e| e.into_inner()).get(&(room.to_string(), user_id.to_string())).copied();
     if current == Some(generation) {
         stop_typing_in(io, state, user_id, room).await;
     }

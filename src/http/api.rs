@@ -39,13 +39,7 @@ impl<A: Adapter> FromRequestParts<Api<A>> for Admin {
     async fn from_request_parts(parts: &mut Parts, api: &Api<A>) -> Result<Self, HttpError> {
         let unauthorized = |m: &str| HttpError(StatusCode::UNAUTHORIZED, m.to_string());
         if let Some(key) = parts.headers.get("x-api-key") {
-            let Some(expected) = api
-                .state
-                .config
-                .api_key
-                .as_deref()
-                .filter(|k| !k.is_empty())
-            else {
+            let Some(expected) = api.state.config.api_key.as_deref().filter(|k| !k.is_empty()) else {
                 return Err(unauthorized("API key not configured"));
             };
             return if constant_time_eq(key.as_bytes(), expected.as_bytes()) {
@@ -58,25 +52,15 @@ impl<A: Adapter> FromRequestParts<Api<A>> for Admin {
             .headers
             .get("authorization")
             .and_then(|h| h.to_str().ok())
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| unauthorized("Authentication required"))?;
-        let verified = api
-            .state
-            .auth
-            .verify(bearer)
-            .map_err(|e| unauthorized(&e.to_string()))?;
+        let verified = api.state.auth.verify(bearer).map_err(|e| unauthorized(&e.to_string()))?;
         if verified.user.is_admin() {
             Ok(Admin)
         } else {
-            Err(HttpError(
-                StatusCode::FORBIDDEN,
-                "Admin role required".into(),
-            ))
+            Err(HttpError(StatusCode::FORBIDDEN, "Admin role required".into()))
         }
     }
 }
@@ -158,12 +142,7 @@ pub async fn disconnect_user<A: Adapter>(
         return Err(bad_request("invalid userId"));
     }
     let room = names::user(&user_id);
-    let sockets = api
-        .io
-        .to(room.clone())
-        .fetch_sockets()
-        .await
-        .map_err(internal)?;
+    let sockets = api.io.to(room.clone()).fetch_sockets().await.map_err(internal)?;
     let n = sockets.len();
     api.io.to(room).disconnect().await.map_err(internal)?;
     tracing::info!(user_id, disconnected = n, "user disconnected by the API");
@@ -172,20 +151,13 @@ pub async fn disconnect_user<A: Adapter>(
 
 fn internal(e: impl std::fmt::Display) -> HttpError {
     tracing::warn!("api: {e}");
-    HttpError(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("Delivery failed: {e}"),
-    )
+    HttpError(StatusCode::SERVICE_UNAVAILABLE, format!("Delivery failed: {e}"))
 }
 
 impl<A: Adapter> Api<A> {
     /// Emits through Redis when configured (every node delivers to its own sockets, exactly once).
     /// Without Redis, or while it is down, this node delivers to its own sockets.
-    pub async fn emit(
-        &self,
-        req: &EmitRequest,
-        target: &delivery::Target,
-    ) -> Result<(), HttpError> {
+    pub async fn emit(&self, req: &EmitRequest, target: &delivery::Target) -> Result<(), HttpError> {
         self.state.metrics.event_out();
         if let Some(redis) = &self.state.redis {
             let payload = serde_json::to_string(req).map_err(internal)?;
@@ -196,9 +168,7 @@ impl<A: Adapter> Api<A> {
                 }
             }
         }
-        delivery::emit(&self.io, target, &req.event, &req.data, true)
-            .await
-            .map_err(internal)
+        delivery::emit(&self.io, target, &req.event, &req.data, true).await.map_err(internal)
     }
 
     /// The same as a Redis ingress publish; local delivery without Redis or while it is down.
@@ -214,8 +184,6 @@ impl<A: Adapter> Api<A> {
             }
         }
         self.state.metrics.ingress_messages.increment(1);
-        delivery::publish(&self.io, channel, data, true)
-            .await
-            .map_err(internal)
+        delivery::publish(&self.io, channel, data, true).await.map_err(internal)
     }
 }

@@ -22,10 +22,7 @@ pub fn redis_status(api_state: &crate::state::AppState) -> &'static str {
 pub async fn health<A: Adapter>(State(api): State<Api<A>>) -> Json<Value> {
     let state = &api.state;
     let redis = redis_status(state);
-    let channels = local_stats(&api.io, state)
-        .await
-        .connections_by_channel
-        .len();
+    let channels = local_stats(&api.io, state).await.connections_by_channel.len();
     Json(json!({
         "status": if redis == "down" { "degraded" } else { "ok" },
         "service": "realtime",
@@ -43,10 +40,8 @@ pub async fn metrics<A: Adapter>(State(api): State<Api<A>>) -> impl IntoResponse
     let state = &api.state;
     let stats = local_stats(&api.io, state).await;
     let m = &state.metrics;
-    m.connections_authenticated
-        .set(stats.authenticated_connections as f64);
-    m.connections_anonymous
-        .set(stats.anonymous_connections as f64);
+    m.connections_authenticated.set(stats.authenticated_connections as f64);
+    m.connections_anonymous.set(stats.anonymous_connections as f64);
     m.subscriptions.set(stats.total_subscriptions as f64);
     m.channels.set(stats.connections_by_channel.len() as f64);
     m.redis_up.set(match redis_status(state) {
@@ -54,8 +49,5 @@ pub async fn metrics<A: Adapter>(State(api): State<Api<A>>) -> impl IntoResponse
         "down" => 0.0,
         _ => -1.0,
     });
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
 }

@@ -19,10 +19,7 @@ pub struct Api<A: Adapter> {
 
 impl<A: Adapter> Clone for Api<A> {
     fn clone(&self) -> Self {
-        Api {
-            state: self.state.clone(),
-            io: self.io.clone(),
-        }
+        Api { state: self.state.clone(), io: self.io.clone() }
     }
 }
 
@@ -37,10 +34,7 @@ pub fn router<A: Adapter>(api: Api<A>) -> Router {
         .route("/api/broadcast", post(api::broadcast::<A>))
         .route("/ws/broadcast", post(api::broadcast::<A>))
         .route("/api/publish", post(api::publish::<A>))
-        .route(
-            "/api/users/{user_id}/disconnect",
-            post(api::disconnect_user::<A>),
-        )
+        .route("/api/users/{user_id}/disconnect", post(api::disconnect_user::<A>))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(api)
 }
@@ -50,19 +44,13 @@ pub fn router<A: Adapter>(api: Api<A>) -> Router {
 pub fn cors(origins: &str) -> anyhow::Result<CorsLayer> {
     let origins = origins.trim();
     if origins == "*" {
-        return Ok(CorsLayer::new()
-            .allow_origin(Any)
-            .allow_methods(Any)
-            .allow_headers(Any));
+        return Ok(CorsLayer::new().allow_origin(Any).allow_methods(Any).allow_headers(Any));
     }
     let list = origins
         .split(',')
         .map(str::trim)
         .filter(|o| !o.is_empty())
-        .map(|o| {
-            o.parse()
-                .map_err(|_| anyhow::anyhow!("CORS_ORIGINS: invalid origin '{o}'"))
-        })
+        .map(|o| o.parse().map_err(|_| anyhow::anyhow!("CORS_ORIGINS: invalid origin '{o}'")))
         .collect::<anyhow::Result<Vec<axum::http::HeaderValue>>>()?;
     if list.is_empty() {
         anyhow::bail!("CORS_ORIGINS: empty list");
@@ -72,9 +60,5 @@ pub fn cors(origins: &str) -> anyhow::Result<CorsLayer> {
         .allow_origin(AllowOrigin::list(list))
         .allow_credentials(true)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::HeaderName::from_static("x-api-key"),
-        ]))
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("x-api-key")]))
 }

@@ -24,11 +24,7 @@ struct Expiring<V> {
 
 impl<V> Expiring<V> {
     fn new(ttl_secs: u64) -> Self {
-        Self {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            ttl: Duration::from_secs(ttl_secs),
-        }
+        Self { map: HashMap::new(), order: VecDeque::new(), ttl: Duration::from_secs(ttl_secs) }
     }
     fn purge(&mut self, now: Instant) {
         while let Some((at, _)) = self.order.front() {
@@ -102,10 +98,7 @@ impl Store for MemoryStore {
             return Ok(existing.clone());
         }
         for m in &room.members {
-            g.rooms_by_user
-                .entry(m.clone())
-                .or_default()
-                .push(room.id.clone());
+            g.rooms_by_user.entry(m.clone()).or_default().push(room.id.clone());
         }
         g.rooms.insert(room.id.clone(), room.clone());
         Ok(room)
@@ -119,11 +112,7 @@ impl Store for MemoryStore {
         let g = self.lock();
         Ok(g.rooms_by_user
             .get(user_id)
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|id| g.rooms.get(id).cloned())
-                    .collect()
-            })
+            .map(|ids| ids.iter().filter_map(|id| g.rooms.get(id).cloned()).collect())
             .unwrap_or_default())
     }
 
@@ -160,18 +149,12 @@ impl Store for MemoryStore {
 
     async fn message(&self, room: &str, id: &str) -> StoreResult<Option<Message>> {
         let g = self.lock();
-        Ok(g.history
-            .get(room)
-            .and_then(|h| h.iter().find(|m| m.id == id).cloned()))
+        Ok(g.history.get(room).and_then(|h| h.iter().find(|m| m.id == id).cloned()))
     }
 
     async fn edit(&self, room: &str, id: &str, edit: Edit) -> StoreResult<Option<Message>> {
         let mut g = self.lock();
-        let Some(m) = g
-            .history
-            .get_mut(room)
-            .and_then(|h| h.iter_mut().find(|m| m.id == id && !m.deleted))
-        else {
+        let Some(m) = g.history.get_mut(room).and_then(|h| h.iter_mut().find(|m| m.id == id && !m.deleted)) else {
             return Ok(None);
         };
         match edit {
@@ -253,14 +236,10 @@ impl Store for MemoryStore {
         Ok(user_ids
             .iter()
             .map(|u| match g.presence.get(u) {
-                Some(e) => Presence {
-                    status: e.status.clone().unwrap_or_else(|| "offline".into()),
-                    last_seen: e.last_seen,
-                },
-                None => Presence {
-                    status: "offline".into(),
-                    last_seen: None,
-                },
+                Some(e) => {
+                    Presence { status: e.status.clone().unwrap_or_else(|| "offline".into()), last_seen: e.last_seen }
+                }
+                None => Presence { status: "offline".into(), last_seen: None },
             })
             .collect())
     }
@@ -272,10 +251,7 @@ impl Store for MemoryStore {
         while q.front().is_some_and(|(_, exp)| *exp <= now) {
             q.pop_front();
         }
-        q.push_back((
-            msg.clone(),
-            now + Duration::from_secs(self.limits.queue_ttl_secs),
-        ));
+        q.push_back((msg.clone(), now + Duration::from_secs(self.limits.queue_ttl_secs)));
         while q.len() > self.limits.queue_per_user {
             q.pop_front();
         }
@@ -285,10 +261,7 @@ impl Store for MemoryStore {
     async fn take_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>> {
         let now = Instant::now();
         let q = self.lock().queues.remove(user_id).unwrap_or_default();
-        Ok(q.into_iter()
-            .filter(|(_, exp)| *exp > now)
-            .map(|(m, _)| m)
-            .collect())
+        Ok(q.into_iter().filter(|(_, exp)| *exp > now).map(|(m, _)| m).collect())
     }
 
     async fn restore_queue(&self, user_id: &str, msgs: Vec<PrivateMessage>) -> StoreResult<()> {
@@ -306,9 +279,7 @@ impl Store for MemoryStore {
     }
 
     async fn remember_receipt(&self, id: &str, from: &str, to: &str) -> StoreResult<()> {
-        self.lock()
-            .receipts
-            .insert(id.to_string(), (from.to_string(), to.to_string()));
+        self.lock().receipts.insert(id.to_string(), (from.to_string(), to.to_string()));
         Ok(())
     }
 
@@ -330,13 +301,29 @@ impl Store for MemoryStore {
         Ok(self.lock().calls.remove(id))
     }
 
+    async fn answer_call(&self, id: &str, callee_sid: &str) -> StoreResult<Option<Call>> {
+        let mut g = self.lock();
+        match g.calls.get_mut(id) {
+            Some(c) if c.state == CallState::Ringing => {
+                c.state = CallState::Active;
+                c.callee_sid = Some(callee_sid.to_string());
+                Ok(Some(c.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn remove_ringing_call(&self, id: &str) -> StoreResult<Option<Call>> {
+        let mut g = self.lock();
+        if g.calls.get(id).is_some_and(|c| c.state == CallState::Ringing) {
+            return Ok(g.calls.remove(id));
+        }
+        Ok(None)
+    }
+
     async fn calls_of(&self, user_id: &str) -> StoreResult<Vec<Call>> {
         let g = self.lock();
-        Ok(g.calls
-            .values()
-            .filter(|c| c.caller == user_id || c.callee == user_id)
-            .cloned()
-            .collect())
+        Ok(g.calls.values().filter(|c| c.caller == user_id || c.callee == user_id).cloned().collect())
     }
 }
 
@@ -345,12 +332,7 @@ mod tests {
     use super::*;
 
     fn user(id: &str) -> User {
-        User {
-            user_id: id.into(),
-            email: None,
-            name: None,
-            role: "user".into(),
-        }
+        User { user_id: id.into(), email: None, name: None, role: "user".into() }
     }
 
     fn msg(room: &str, id: &str) -> Message {
@@ -369,11 +351,7 @@ mod tests {
     }
 
     fn store() -> MemoryStore {
-        MemoryStore::new(Limits {
-            history_per_room: 5,
-            queue_per_user: 3,
-            ..Limits::default()
-        })
+        MemoryStore::new(Limits { history_per_room: 5, queue_per_user: 3, ..Limits::default() })
     }
 
     #[tokio::test]
@@ -383,49 +361,26 @@ mod tests {
             s.append(&msg("r", &i.to_string())).await.unwrap();
         }
         let (all, more) = s.history("r", None, 50).await.unwrap().unwrap();
-        assert_eq!(
-            all.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
-            ["3", "4", "5", "6", "7"]
-        );
+        assert_eq!(all.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["3", "4", "5", "6", "7"]);
         assert!(!more);
         let (page, more) = s.history("r", Some("6"), 2).await.unwrap().unwrap();
-        assert_eq!(
-            page.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
-            ["4", "5"]
-        );
+        assert_eq!(page.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["4", "5"]);
         assert!(more);
-        assert!(
-            s.history("r", Some("0"), 2).await.unwrap().is_none(),
-            "trimmed id is unknown"
-        );
+        assert!(s.history("r", Some("0"), 2).await.unwrap().is_none(), "trimmed id is unknown");
         assert!(s.history("empty", Some("x"), 2).await.unwrap().is_none());
-        assert_eq!(
-            s.history("empty", None, 2).await.unwrap().unwrap().0.len(),
-            0
-        );
+        assert_eq!(s.history("empty", None, 2).await.unwrap().unwrap().0.len(), 0);
     }
 
     #[tokio::test]
     async fn edits_and_deletes() {
         let s = store();
         s.append(&msg("r", "1")).await.unwrap();
-        let m = s
-            .edit("r", "1", Edit::Content("new".into()))
-            .await
-            .unwrap()
-            .unwrap();
+        let m = s.edit("r", "1", Edit::Content("new".into())).await.unwrap().unwrap();
         assert!(m.edited && m.content == "new");
         let m = s.edit("r", "1", Edit::Delete).await.unwrap().unwrap();
         assert!(m.deleted && m.content.is_empty());
-        assert!(s
-            .edit("r", "1", Edit::Content("again".into()))
-            .await
-            .unwrap()
-            .is_none());
-        assert!(
-            s.message("r", "1").await.unwrap().unwrap().deleted,
-            "history keeps it"
-        );
+        assert!(s.edit("r", "1", Edit::Content("again".into())).await.unwrap().is_none());
+        assert!(s.message("r", "1").await.unwrap().unwrap().deleted, "history keeps it");
     }
 
     #[tokio::test]
@@ -444,11 +399,7 @@ mod tests {
         s.create_room(room.clone()).await.unwrap();
         let mut other = room.clone();
         other.name = "y".into();
-        assert_eq!(
-            s.create_room(other).await.unwrap().name,
-            "x",
-            "existing room wins"
-        );
+        assert_eq!(s.create_room(other).await.unwrap().name, "x", "existing room wins");
         assert_eq!(s.rooms_of("b").await.unwrap().len(), 1);
         assert!(s.rooms_of("c").await.unwrap().is_empty());
     }
@@ -462,10 +413,7 @@ mod tests {
         assert!(!s.mark_offline_if_idle("a", 5).await.unwrap());
         assert_eq!(s.socket_down("a", "s2").await.unwrap(), 0);
         assert!(s.mark_offline_if_idle("a", 6).await.unwrap());
-        assert_eq!(
-            s.presence(&["a".into(), "z".into()]).await.unwrap()[0].status,
-            "offline"
-        );
+        assert_eq!(s.presence(&["a".into(), "z".into()]).await.unwrap()[0].status, "offline");
         assert!(s.socket_up(&user("a"), "s3").await.unwrap(), "back online");
 
         for i in 0..5 {
@@ -481,11 +429,7 @@ mod tests {
             s.enqueue(&pm).await.unwrap();
         }
         let q = s.take_queue("a").await.unwrap();
-        assert_eq!(
-            q.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
-            ["2", "3", "4"],
-            "capped, oldest dropped"
-        );
+        assert_eq!(q.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["2", "3", "4"], "capped, oldest dropped");
         assert!(s.take_queue("a").await.unwrap().is_empty());
         s.restore_queue("a", q).await.unwrap();
         assert_eq!(s.take_queue("a").await.unwrap().len(), 3);

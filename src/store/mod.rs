@@ -190,6 +190,10 @@ pub trait Store: Send + Sync + 'static {
     async fn put_call(&self, call: &Call) -> StoreResult<()>;
     async fn call(&self, id: &str) -> StoreResult<Option<Call>>;
     async fn remove_call(&self, id: &str) -> StoreResult<Option<Call>>;
+    /// Marks a ringing call answered by `callee_sid`; `None` if it is not ringing (or unknown).
+    async fn answer_call(&self, id: &str, callee_sid: &str) -> StoreResult<Option<Call>>;
+    /// Removes the call only if it is still ringing (the ring timeout).
+    async fn remove_ringing_call(&self, id: &str) -> StoreResult<Option<Call>>;
     /// Live calls the user is a party of.
     async fn calls_of(&self, user_id: &str) -> StoreResult<Vec<Call>>;
 }
@@ -198,9 +202,5 @@ pub trait Store: Send + Sync + 'static {
 pub fn new_id(prefix: &str) -> String {
     use rand::Rng;
     let r: u64 = rand::rng().random();
-    format!(
-        "{prefix}{:011x}{:012x}",
-        crate::auth::unix_now_ms(),
-        r & 0xffff_ffff_ffff
-    )
+    format!("{prefix}{:011x}{:012x}", crate::auth::unix_now_ms(), r & 0xffff_ffff_ffff)
 }
