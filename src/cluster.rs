@@ -1,11 +1,22 @@
-//! Cluster-wide figures: this node alone, or (with Redis) every live node's published figures.
+//! The cluster: each node's heartbeat and figures in Redis, cluster-wide stats, and the reaper that
+//! takes a dead node's users out of presence.
+//!
+//! Every second a node writes `<prefix>:nodes[<node>] = now` and its figures to
+//! `<prefix>:node-stats:<node>` (expiring). A node whose heartbeat is older than
+//! [`NODE_LIVENESS_MS`] counts as dead: presence ignores its sockets at once, and one live node (the
+//! one that wins a short lock) removes its entries and runs the presence grace for its users.
 
+use std::time::Duration;
+
+use redis::AsyncCommands;
 use serde::Serialize;
 use socketioxide::adapter::Adapter;
 use socketioxide::SocketIo;
 
 use crate::events::stats::{local_stats, Stats};
 use crate::state::AppState;
+use crate::store::redis::NODE_LIVENESS_MS;
+use crate::timers::Job;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -19,8 +30,126 @@ pub struct ClusterStats {
     pub nodes: Vec<NodeInfo>,
 }
 
+fn key(state: &AppState, parts: &[&str]) -> String {
+    let mut k = state.config.redis_prefix.clone();
+    for p in parts {
+        k.push(':');
+        k.push_str(p);
+    }
+    k
+}
+
+/// This node's figures plus every other live node's last published ones.
 pub async fn cluster_stats<A: Adapter>(io: &SocketIo<A>, state: &AppState) -> ClusterStats {
     let own = local_stats(io, state).await;
-    let nodes = vec![NodeInfo { node_id: state.node_id.clone(), connections: own.total_connections }];
-    ClusterStats { stats: own, nodes }
+    let mut nodes = vec![NodeInfo { node_id: state.node_id.clone(), connections: own.total_connections }];
+    let mut total = own.clone();
+    if let Some(redis) = &state.redis {
+        match others(state, redis).await {
+            Ok((others, online)) => {
+                for (id, s) in others {
+                    total.add(&s);
+                    nodes.push(NodeInfo { node_id: id, connections: s.total_connections });
+                }
+                // Users online on two nodes count once.
+                total.online_users = online.max(own.online_users);
+            }
+            Err(e) => tracing::warn!("cluster stats: {e}; showing this node only"),
+        }
+    }
+    ClusterStats { stats: total, nodes }
+}
+
+async fn others(
+    state: &AppState,
+    redis: &crate::redis_link::RedisLink,
+) -> redis::RedisResult<(Vec<(String, Stats)>, u64)> {
+    let mut conn = redis.conn.clone();
+    let beats: Vec<(String, u64)> = conn.hgetall(key(state, &["nodes"])).await?;
+    let now = crate::auth::unix_now_ms();
+    let live: Vec<String> = beats
+        .into_iter()
+        .filter(|(id, beat)| *id != state.node_id && now.saturating_sub(*beat) < NODE_LIVENESS_MS)
+        .map(|(id, _)| id)
+        .collect();
+    let mut out = Vec::new();
+    if !live.is_empty() {
+        let keys: Vec<String> = live.iter().map(|id| key(state, &["node-stats", id])).collect();
+        let raw: Vec<Option<String>> = conn.mget(keys).await?;
+        for (id, r) in live.into_iter().zip(raw) {
+            if let Some(s) = r.and_then(|r| serde_json::from_str::<Stats>(&r).ok()) {
+                out.push((id, s));
+            }
+        }
+    }
+    let online: u64 = conn.scard(key(state, &["online"])).await?;
+    Ok((out, online))
+}
+
+/// The heartbeat (every second) and the reaper of dead nodes (every few seconds).
+pub fn spawn_heartbeat<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<tokio::task::JoinHandle<()>> {
+    let redis = state.redis.clone()?;
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        loop {
+            tick.tick().await;
+            n += 1;
+            let stats = local_stats(&io, &state).await;
+            let mut conn = redis.conn.clone();
+            let beat: redis::RedisResult<()> = redis::pipe()
+                .hset(key(&state, &["nodes"]), &state.node_id, crate::auth::unix_now_ms())
+                .set_ex(
+                    key(&state, &["node-stats", &state.node_id]),
+                    serde_json::to_string(&stats).unwrap_or_default(),
+                    NODE_LIVENESS_MS / 1000,
+                )
+                .query_async(&mut conn)
+                .await;
+            redis.set_up(beat.is_ok());
+            if beat.is_ok() && n % 3 == 0 {
+                if let Err(e) = reap(&state, &mut conn).await {
+                    tracing::debug!("reaper: {e}");
+                }
+            }
+        }
+    }))
+}
+
+/// Removes dead nodes: their presence entries go, and their users get the presence grace.
+async fn reap(state: &AppState, conn: &mut redis::aio::ConnectionManager) -> redis::RedisResult<()> {
+    let beats: Vec<(String, u64)> = conn.hgetall(key(state, &["nodes"])).await?;
+    let now = crate::auth::unix_now_ms();
+    for (node, beat) in beats {
+        if node == state.node_id || now.saturating_sub(beat) < NODE_LIVENESS_MS + 5_000 {
+            continue;
+        }
+        let won: bool = redis::cmd("SET")
+            .arg(key(state, &["reap", &node]))
+            .arg(&state.node_id)
+            .arg("NX")
+            .arg("EX")
+            .arg(60)
+            .query_async(conn)
+            .await?;
+        if !won {
+            continue;
+        }
+        let users: Vec<String> = conn.smembers(key(state, &["node-users", &node])).await?;
+        tracing::warn!(node, users = users.len(), "reaping a dead node");
+        for user in &users {
+            let _: () = conn.hdel(key(state, &["presence", user]), format!("n:{node}")).await?;
+            state.timers.schedule(
+                Duration::from_millis(state.config.presence_grace_ms),
+                Job::PresenceCheck { user_id: user.clone() },
+            );
+        }
+        let _: () = redis::pipe()
+            .del(key(state, &["node-users", &node]))
+            .hdel(key(state, &["nodes"]), &node)
+            .query_async(conn)
+            .await?;
+    }
+    Ok(())
 }

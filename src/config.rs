@@ -118,6 +118,9 @@ pub struct Config {
     #[arg(long, env = "AUTH_EXPIRY_GRACE_MS", value_name = "AUTH_EXPIRY_GRACE_MS", default_value_t = 10000,
           value_parser = clap::value_parser!(u64).range(0..=30000))]
     pub auth_expiry_grace_ms: u64,
+    /// Prefix of every Redis key and of the adapter's pub/sub channels (`<prefix>-sio-...`).
+    #[arg(long, env = "REDIS_PREFIX", value_name = "REDIS_PREFIX", default_value = "rtg")]
+    pub redis_prefix: String,
     /// This node's id in `/health` and `/api/stats`; random when unset.
     #[arg(long, env = "NODE_ID", value_name = "NODE_ID")]
     pub node_id: Option<String>,

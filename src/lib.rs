@@ -3,6 +3,7 @@
 //! Data flows client → middleware (`events::authenticate`) → dispatcher (`events`) → handler →
 //! store/adapter → clients. All state lives in one [`state::AppState`].
 
+pub mod adapter;
 pub mod auth;
 pub mod cluster;
 pub mod config;

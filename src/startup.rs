@@ -15,6 +15,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 
+use crate::adapter::GatewayDriver;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::events::{authenticate, on_connect};
@@ -23,7 +24,9 @@ use crate::policy::Policy;
 use crate::redis_link::RedisLink;
 use crate::state::AppState;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
 use crate::store::{Limits, Store};
+use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 /// A bound, ready gateway. `run` serves it until the shutdown signal.
 pub struct Gateway {
@@ -48,8 +51,14 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         None => None,
     };
     let limits = Limits { history_per_room: config.max_room_history as usize, ..Limits::default() };
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(limits));
-    let state = AppState::new(config, auth, policy, redis, store);
+    let node_id = config.node_id.clone().unwrap_or_else(crate::state::random_node_id);
+    let store: Arc<dyn Store> = match &redis {
+        Some(link) => Arc::new(RedisStore::new(link.clone(), &config.redis_prefix, &node_id, limits)),
+        None => Arc::new(MemoryStore::new(limits)),
+    };
+    let mut config = config;
+    config.node_id = Some(node_id);
+    let state = AppState::new(config, auth, policy, redis.clone(), store);
     let cfg = &state.config;
     let listener = bind(&cfg.host, cfg.port).await?;
 
@@ -58,9 +67,27 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         .max_payload(cfg.max_payload_bytes)
         .ping_interval(cfg.ping_interval())
         .ping_timeout(cfg.ping_timeout());
-    let (layer, io) = builder.build_layer();
-    io.ns("/", on_connect.with(authenticate));
-    Ok(assemble(io, layer, state, cors, listener))
+    match (&redis, cfg.redis_url.as_deref()) {
+        (Some(link), Some(url)) => {
+            let driver = GatewayDriver::new(url, link.clone())?;
+            let adapter_config = RedisAdapterConfig::new()
+                .with_prefix(format!("{}-sio", cfg.redis_prefix))
+                .with_request_timeout(Duration::from_secs(2));
+            let (layer, io) = builder
+                .with_adapter::<CustomRedisAdapter<_, GatewayDriver>>(RedisAdapterCtr::new_with_driver(
+                    driver,
+                    adapter_config,
+                ))
+                .build_layer();
+            io.ns("/", on_connect.with(authenticate)).await.map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
+            Ok(assemble(io, layer, state, cors, listener))
+        }
+        _ => {
+            let (layer, io) = builder.build_layer();
+            io.ns("/", on_connect.with(authenticate));
+            Ok(assemble(io, layer, state, cors, listener))
+        }
+    }
 }
 
 /// Wires the HTTP routes, the Socket.IO layer and the background tasks for any adapter.
@@ -73,6 +100,7 @@ fn assemble<A: Adapter>(
 ) -> Gateway {
     let mut tasks = vec![crate::events::spawn_expiry_sweeper(io.clone(), state.clone())];
     tasks.push(crate::timers::spawn(io.clone(), state.clone()));
+    tasks.extend(crate::cluster::spawn_heartbeat(io.clone(), state.clone()));
     tasks.extend(crate::ingress::spawn(io.clone(), state.clone()));
     let api = Api { state: state.clone(), io: io.clone() };
     let router = crate::http::router(api).layer(layer).layer(cors);

@@ -73,7 +73,7 @@ impl AppState {
     }
 }
 
-fn random_node_id() -> String {
+pub fn random_node_id() -> String {
     use rand::Rng;
     let n: u32 = rand::rng().random();
     format!("node-{n:08x}")

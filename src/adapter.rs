@@ -1,0 +1,151 @@
+//! The pub/sub transport of the socketioxide-redis adapter, on a self-healing Redis connection.
+//!
+//! socketioxide-redis's own driver holds one connection that never comes back after Redis restarts,
+//! and its broadcast fails entirely (local sockets included) when a publish fails. This driver keeps
+//! a redis-rs `ConnectionManager` that reconnects with backoff and resubscribes by itself, retries
+//! subscriptions made while Redis is down, and degrades to this node alone while Redis is away: a
+//! failed publish is logged and swallowed (the local part of a broadcast still happens) and the
+//! server count falls back to this node (requests then answer from local sockets only).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, FromRedisValue, PushInfo, PushKind};
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tokio::sync::mpsc;
+
+use crate::redis_link::RedisLink;
+
+type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
+
+#[derive(Clone)]
+pub struct GatewayDriver {
+    conn: ConnectionManager,
+    handlers: Handlers,
+    link: Arc<RedisLink>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct DriverError(#[from] redis::RedisError);
+
+/// Adds `protocol=resp3` to a Redis URL that does not choose a protocol: pub/sub pushes on a
+/// multiplexed connection need RESP3.
+pub fn resp3_url(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+impl GatewayDriver {
+    pub fn new(url: &str, link: Arc<RedisLink>) -> anyhow::Result<Self> {
+        let client = redis::Client::open(resp3_url(url))?;
+        let handlers: Handlers = Arc::default();
+        let sink = handlers.clone();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(2))
+            .set_push_sender(move |msg: PushInfo| {
+                route(msg, &sink);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .set_automatic_resubscription();
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self { conn, handlers, link })
+    }
+
+    /// Subscribes, retrying in the background while Redis is unreachable; once subscribed, the
+    /// connection manager resubscribes after every reconnect.
+    fn subscribe_until_done(&self, chan: String) {
+        let mut conn = self.conn.clone();
+        let handlers = self.handlers.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if !handlers.read().unwrap_or_else(|e| e.into_inner()).contains_key(&chan) {
+                    return; // unsubscribed meanwhile
+                }
+                match conn.subscribe(chan.as_str()).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::debug!(chan, "adapter subscribe: {e}; retrying"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+}
+
+fn route(msg: PushInfo, handlers: &Handlers) {
+    if !matches!(msg.kind, PushKind::Message | PushKind::SMessage) || msg.data.len() < 2 {
+        return;
+    }
+    let mut it = msg.data.into_iter();
+    let (Some(chan), Some(body)) = (it.next(), it.next()) else { return };
+    let (Ok(chan), Ok(body)) = (String::from_redis_value(chan), Vec::<u8>::from_redis_value(body)) else {
+        return;
+    };
+    if let Some(tx) = handlers.read().unwrap_or_else(|e| e.into_inner()).get(&chan) {
+        if let Err(e) = tx.try_send((chan, body)) {
+            tracing::warn!("adapter: pub/sub queue full, message dropped: {e}");
+        }
+    }
+}
+
+impl Driver for GatewayDriver {
+    type Error = DriverError;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), DriverError> {
+        let res: redis::RedisResult<redis::Value> = self.conn.clone().publish(chan, val).await;
+        match res {
+            Ok(_) => {
+                self.link.set_up(true);
+                Ok(())
+            }
+            Err(e) => {
+                // Keep serving this node's sockets: the local part of the broadcast still runs.
+                self.link.set_up(false);
+                tracing::debug!("adapter publish failed (Redis down?): {e}");
+                Ok(())
+            }
+        }
+    }
+
+    async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, DriverError> {
+        let (tx, rx) = mpsc::channel(size);
+        self.handlers.write().unwrap_or_else(|e| e.into_inner()).insert(chan.clone(), tx);
+        self.subscribe_until_done(chan);
+        Ok(MessageStream::new(rx))
+    }
+
+    async fn unsubscribe(&self, chan: String) -> Result<(), DriverError> {
+        self.handlers.write().unwrap_or_else(|e| e.into_inner()).remove(&chan);
+        let _ = self.conn.clone().unsubscribe(chan).await;
+        Ok(())
+    }
+
+    async fn num_serv(&self, chan: &str) -> Result<u16, DriverError> {
+        let res: redis::RedisResult<(String, u16)> =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg(chan).query_async(&mut self.conn.clone()).await;
+        // While Redis is away, this node is the whole cluster.
+        Ok(res.map(|(_, n)| n.max(1)).unwrap_or(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn resp3() {
+        assert_eq!(super::resp3_url("redis://h:1"), "redis://h:1?protocol=resp3");
+        assert_eq!(super::resp3_url("redis://h:1/0?x=1"), "redis://h:1/0?x=1&protocol=resp3");
+        assert_eq!(super::resp3_url("redis://h?protocol=resp2"), "redis://h?protocol=resp2");
+    }
+}
