@@ -108,7 +108,7 @@ pub fn spawn_heartbeat<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<t
                 .query_async(&mut conn)
                 .await;
             redis.set_up(beat.is_ok());
-            if beat.is_ok() && n % 3 == 0 {
+            if beat.is_ok() && n.is_multiple_of(3) {
                 if let Err(e) = reap(&state, &mut conn).await {
                     tracing::debug!("reaper: {e}");
                 }
