@@ -67,6 +67,9 @@ pub enum AuthError {
     /// Authenticated, but over the per-user socket cap.
     #[error("Too many connections for this user")]
     TooManySockets,
+    /// Over the per-IP connection rate.
+    #[error("Too many connections from this address")]
+    TooManyConnections,
 }
 
 impl AuthError {
@@ -76,6 +79,7 @@ impl AuthError {
             AuthError::Required => "no token",
             AuthError::Failed(r) => r,
             AuthError::TooManySockets => "socket cap",
+            AuthError::TooManyConnections => "connection rate",
         }
     }
 }

@@ -118,6 +118,13 @@ pub struct Config {
     #[arg(long, env = "AUTH_EXPIRY_GRACE_MS", value_name = "AUTH_EXPIRY_GRACE_MS", default_value_t = 10000,
           value_parser = clap::value_parser!(u64).range(0..=30000))]
     pub auth_expiry_grace_ms: u64,
+    /// Socket.IO connections per second from one IP address (bursts of twice that); 0 turns it off.
+    #[arg(long, env = "CONNECT_RATE_PER_IP", value_name = "CONNECT_RATE_PER_IP", default_value_t = 50)]
+    pub connect_rate_per_ip: u32,
+    /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
+    #[arg(long, env = "TRUST_PROXY_HEADERS", value_name = "TRUST_PROXY_HEADERS", default_value = "false",
+          value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub trust_proxy_headers: bool,
     /// Prefix of every Redis key and of the adapter's pub/sub channels (`<prefix>-sio-...`).
     #[arg(long, env = "REDIS_PREFIX", value_name = "REDIS_PREFIX", default_value = "rtg")]
     pub redis_prefix: String,

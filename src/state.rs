@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use socketioxide::socket::Sid;
 
 use crate::auth::{Authenticator, User};
@@ -33,6 +37,9 @@ pub struct Inner {
     pub redis: Option<Arc<RedisLink>>,
     pub store: Arc<dyn Store>,
     pub timers: Timers,
+    pub quotas: Quotas,
+    /// Connections per IP address; `None` when `CONNECT_RATE_PER_IP=0`.
+    pub connect_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// Who is typing where on this node: (room, user) → generation of the last `typing`.
     pub typing: Mutex<HashMap<(String, String), u64>>,
     /// Chat rooms a user's sockets were in when they left, until the presence grace decides.
@@ -55,6 +62,11 @@ impl AppState {
         store: Arc<dyn Store>,
     ) -> Self {
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
+        let quotas = Quotas::from_config(&config);
+        let connect_limiter = NonZeroU32::new(config.connect_rate_per_ip).map(|rate| {
+            let burst = rate.checked_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)).unwrap_or(rate);
+            DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
         AppState(Arc::new(Inner {
             config,
             auth,
@@ -67,6 +79,8 @@ impl AppState {
             redis,
             store,
             timers: Timers::default(),
+            quotas,
+            connect_limiter,
             typing: Mutex::new(HashMap::new()),
             departed_rooms: Mutex::new(HashMap::new()),
         }))
@@ -80,16 +94,43 @@ pub fn random_node_id() -> String {
 }
 
 /// What a socket is, fixed at connect (the expiry moves with `refresh-token`). Kept small: one per socket.
-#[derive(Debug)]
 pub struct Session {
     pub user: Option<User>,
     /// Token expiry in seconds since the epoch; 0 for anonymous sockets.
     exp: AtomicU64,
+    /// The socket's event budget (`RATE_LIMIT_PER_SEC`, bursts of `RATE_LIMIT_BURST`).
+    pub limiter: DefaultDirectRateLimiter,
+    /// The budget of refused events: a socket that exhausts it too is flooding, and is dropped.
+    pub strikes: DefaultDirectRateLimiter,
+}
+
+/// The per-socket rate quotas, computed once from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas {
+    pub events: Quota,
+    pub strikes: Quota,
+}
+
+impl Quotas {
+    pub fn from_config(cfg: &Config) -> Self {
+        let per_sec = NonZeroU32::new(cfg.rate_limit_per_sec).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(cfg.rate_limit_burst).unwrap_or(NonZeroU32::MIN);
+        let half = NonZeroU32::new((cfg.rate_limit_per_sec / 2).max(1)).unwrap_or(NonZeroU32::MIN);
+        Quotas {
+            events: Quota::per_second(per_sec).allow_burst(burst),
+            strikes: Quota::per_second(half).allow_burst(burst),
+        }
+    }
 }
 
 impl Session {
-    pub fn new(user: Option<User>, exp: u64) -> Self {
-        Self { user, exp: AtomicU64::new(exp) }
+    pub fn new(user: Option<User>, exp: u64, quotas: &Quotas) -> Self {
+        Self {
+            user,
+            exp: AtomicU64::new(exp),
+            limiter: DefaultDirectRateLimiter::direct(quotas.events),
+            strikes: DefaultDirectRateLimiter::direct(quotas.strikes),
+        }
     }
     pub fn exp(&self) -> u64 {
         self.exp.load(Ordering::Relaxed)

@@ -633,11 +633,11 @@ test('typing stops when the typist leaves the room', async (t) => {
 test('typing stops when the typist disconnects (several typists, each closing its socket)', async (t) => {
   // Repeated because a disconnect can race with the transport close on the server: every one must count.
   const login = clients(t);
-  const room = uniq('typing-gone');
   const bob = await login(uniq('bob'));
-  await join(bob, room);
   const missing = [];
   for (let i = 0; i < 12; i++) {
+    const room = uniq(`typing-gone${i}`);
+    await join(bob, room);
     const alice = await login(uniq(`alice${i}`));
     await join(alice, room);
     const typing = next(bob.socket, 'user-typing');

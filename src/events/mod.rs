@@ -40,11 +40,18 @@ pub async fn authenticate<A: Adapter>(
     let header = parts.headers.get("authorization").and_then(|h| h.to_str().ok());
     let auth = auth.ok();
     let token = find_token(auth.as_ref(), parts.uri.query(), header);
+    if let Some(limiter) = &state.connect_limiter {
+        if let Some(ip) = client_ip(parts, state.config.trust_proxy_headers) {
+            if limiter.check_key(&ip).is_err() {
+                return refuse(&socket, &state, None, AuthError::TooManyConnections);
+            }
+        }
+    }
     let session = match token {
-        None if state.config.allow_anonymous => Session::new(None, 0),
+        None if state.config.allow_anonymous => Session::new(None, 0, &state.quotas),
         None => return refuse(&socket, &state, None, AuthError::Required),
         Some(token) => match state.auth.verify(&token) {
-            Ok(v) => Session::new(Some(v.user), v.exp),
+            Ok(v) => Session::new(Some(v.user), v.exp, &state.quotas),
             Err(e) => return refuse(&socket, &state, None, e),
         },
     };
@@ -66,6 +73,22 @@ fn refuse<A: Adapter>(
     state.metrics.refused();
     tracing::info!(sid = %socket.id, user_id = user.unwrap_or("-"), reason = err.reason(), "connection refused");
     Err(err)
+}
+
+/// The client's address: the first `X-Forwarded-For` entry when trusted, else the TCP peer.
+fn client_ip(parts: &axum::http::request::Parts, trust_proxy: bool) -> Option<std::net::IpAddr> {
+    if trust_proxy {
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.split(',').next())
+            .and_then(|ip| ip.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
 }
 
 /// The `connected` greeting (SPEC §2).
@@ -97,6 +120,10 @@ pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, io: SocketIo<A>, State
 
     socket.on_fallback(dispatch::<A>);
     socket.on_disconnect(on_disconnect::<A>);
+    // Presence first, so that once a client holds `connected` every node sees it online.
+    if let Some(user) = &session.user {
+        presence::socket_up(&io, &state, user, &socket.id.to_string()).await;
+    }
 
     let greeting = Connected {
         session_id: socket.id.to_string(),
@@ -108,8 +135,6 @@ pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, io: SocketIo<A>, State
     let _ = socket.emit("connected", &greeting);
 
     if let Some(user) = &session.user {
-        let sid = socket.id.to_string();
-        presence::socket_up(&io, &state, user, &sid).await;
         private::deliver_pending(&io, &state, socket, &user.user_id).await;
     }
 }
@@ -197,6 +222,12 @@ impl<A: Adapter> Msg<A> {
             };
             if let Err(e) = sent {
                 tracing::debug!(sid = %socket.id, event, "ack not sent: {e}");
+                // A client that does not read its socket fills the bounded buffer: drop it rather
+                // than keep working for it.
+                if matches!(e, socketioxide::SendError::Socket(socketioxide::SocketError::InternalChannelFull)) {
+                    tracing::warn!(sid = %socket.id, "slow consumer: buffer full, disconnecting");
+                    let _ = socket.disconnect();
+                }
             }
         } else if let Err(e) = &result {
             let _ = socket.emit("error", &ErrorEvent { event, error: &e.message, code: e.code });
@@ -236,6 +267,17 @@ async fn dispatch<A: Adapter>(socket: SocketRef<A>, io: SocketIo<A>, State(state
         return;
     };
     state.metrics.event_in(&event);
+    if session.limiter.check().is_err() {
+        if session.strikes.check().is_err() {
+            tracing::warn!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"), "event flood: disconnecting");
+            state.metrics.error(Code::RateLimited);
+            let _ = socket.disconnect();
+            return;
+        }
+        state.metrics.error(Code::RateLimited);
+        msg.answer(&event, Err(ApiError::new(Code::RateLimited, "Too many events")));
+        return;
+    }
     let ctx = Ctx { socket, io, state, session };
     let run = AssertUnwindSafe(route(&ctx, &event, &mut msg)).catch_unwind();
     let result = match run.await {
@@ -290,9 +332,17 @@ pub fn spawn_expiry_sweeper<A: Adapter>(io: SocketIo<A>, state: AppState) -> tok
     tokio::spawn(async move {
         let grace_secs = state.config.auth_expiry_grace_ms.div_ceil(1000);
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        let mut ticks: u64 = 0;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            ticks = ticks.wrapping_add(1);
+            if ticks.is_multiple_of(240) {
+                // Once a minute: forget the connection-rate state of quiet addresses.
+                if let Some(l) = &state.connect_limiter {
+                    l.retain_recent();
+                }
+            }
             let now = crate::auth::unix_now();
             for (_, step, sid) in state.expiry.take_due(now) {
                 let Some(socket) = io.get_socket(sid) else {
