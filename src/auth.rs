@@ -143,14 +143,20 @@ impl Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
-        match &cfg.jwt_audience {
-            Some(aud) => validation.set_audience(&[aud]),
+        // A configured issuer or audience must be present in the token, not merely right when present.
+        let mut required = vec!["exp"];
+        match cfg.jwt_audience.as_deref().filter(|a| !a.is_empty()) {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
-        if let Some(iss) = &cfg.jwt_issuer {
+        if let Some(iss) = cfg.jwt_issuer.as_deref().filter(|i| !i.is_empty()) {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         Ok(Arc::new(Self {
             keys,
             validation_base: validation,
@@ -219,6 +225,8 @@ fn reason(kind: &ErrorKind) -> &'static str {
         ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
             "invalid algorithm"
         }
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => "invalid audience",
+        ErrorKind::MissingRequiredClaim(c) if c == "iss" => "invalid issuer",
         ErrorKind::MissingRequiredClaim(_) => "missing exp claim",
         ErrorKind::InvalidClaimFormat(_) => "invalid claim",
         _ => "malformed token",

@@ -118,6 +118,11 @@ pub struct Config {
     #[arg(long, env = "AUTH_EXPIRY_GRACE_MS", value_name = "AUTH_EXPIRY_GRACE_MS", default_value_t = 10000,
           value_parser = clap::value_parser!(u64).range(0..=30000))]
     pub auth_expiry_grace_ms: u64,
+    /// Packets that may wait in one socket's outgoing buffer; a socket whose buffer is full when the
+    /// gateway answers it is a slow consumer and is dropped.
+    #[arg(long, env = "SOCKET_BUFFER_PACKETS", value_name = "SOCKET_BUFFER_PACKETS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    pub socket_buffer_packets: u64,
     /// Socket.IO connections per second from one IP address (bursts of twice that); 0 turns it off.
     #[arg(long, env = "CONNECT_RATE_PER_IP", value_name = "CONNECT_RATE_PER_IP", default_value_t = 50)]
     pub connect_rate_per_ip: u32,

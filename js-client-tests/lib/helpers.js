@@ -79,11 +79,19 @@ export function connectV2(url, opts = {}) {
 
 function greeted(socket) {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { socket.close(); reject(new Error('no connected event')); }, 10000);
-    socket.once('connected', (hello) => { clearTimeout(timer); resolve({ socket, hello }); });
-    const fail = (err) => { clearTimeout(timer); socket.close(); reject(err); };
+    const timer = setTimeout(() => { cleanup(); socket.close(); reject(new Error('no connected event')); }, 10000);
+    const onHello = (hello) => { cleanup(); resolve({ socket, hello }); };
+    const fail = (err) => { cleanup(); socket.close(); reject(err instanceof Error ? err : new Error(String(err))); };
+    // Only until the greeting: afterwards `error` events belong to the test.
+    const cleanup = () => {
+      clearTimeout(timer);
+      socket.off('connected', onHello);
+      socket.off('connect_error', fail);
+      socket.off('error', fail);
+    };
+    socket.once('connected', onHello);
     socket.once('connect_error', fail);
-    socket.once('error', (e) => fail(e instanceof Error ? e : new Error(String(e))));
+    socket.once('error', fail);
   });
 }
 
@@ -195,4 +203,44 @@ export async function http(url, { method = 'GET', headers = {}, body } = {}) {
   let parsed = text;
   try { parsed = JSON.parse(text); } catch { /* not JSON */ }
   return { status: res.status, body: parsed, headers: res.headers };
+}
+
+/**
+ * A raw Socket.IO v5 client over a WebSocket (no client library): every frame is visible, so a test
+ * can count how many answers the server sent for one ack id.
+ */
+export async function rawSocket(url, auth = {}) {
+  const { default: WebSocket } = await import('ws');
+  const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket`);
+  const frames = [];
+  const waiters = [];
+  ws.on('message', (data, isBinary) => {
+    const text = isBinary ? null : data.toString();
+    if (text === '2') { ws.send('3'); return; } // answer the server's pings
+    frames.push(text);
+    for (const w of [...waiters]) w();
+  });
+  await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+  const waitFor = (pred, ms = 5000) => new Promise((resolve, reject) => {
+    const check = () => {
+      const hit = frames.find(pred);
+      if (hit !== undefined) { waiters.splice(waiters.indexOf(check), 1); clearTimeout(t); resolve(hit); }
+    };
+    const t = setTimeout(() => { waiters.splice(waiters.indexOf(check), 1); reject(new Error('raw: no matching frame')); }, ms);
+    waiters.push(check);
+    check();
+  });
+  await waitFor((f) => f?.startsWith('0'));
+  ws.send(`40${JSON.stringify(auth)}`);
+  await waitFor((f) => f?.startsWith('40') || f?.startsWith('44'));
+  return {
+    ws,
+    frames,
+    waitFor,
+    /** Sends `42<id>[event, ...args]` (or without id when `id` is null). */
+    emit(id, event, ...args) { ws.send(`42${id ?? ''}${JSON.stringify([event, ...args])}`); },
+    /** The ack frames (`43<id>[...]`) received for `id`. */
+    acks(id) { return frames.filter((f) => f?.startsWith(`43${id}[`)).map((f) => JSON.parse(f.slice(2 + String(id).length))); },
+    close() { ws.close(); },
+  };
 }
