@@ -88,11 +88,13 @@ async fn others(
 
 /// The heartbeat (every second) and the reaper of dead nodes (every few seconds).
 pub fn spawn_heartbeat<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<tokio::task::JoinHandle<()>> {
+    // `tick` below: the first beat is immediate.
     let redis = state.redis.clone()?;
     Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
+        let mut was_up = false;
         loop {
             tick.tick().await;
             n += 1;
@@ -108,8 +110,13 @@ pub fn spawn_heartbeat<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<t
                 .query_async(&mut conn)
                 .await;
             redis.set_up(beat.is_ok());
+            if beat.is_ok() && !was_up {
+                // First beat, or Redis is back: make presence match this node's live sockets.
+                resync(&io, &state).await;
+            }
+            was_up = beat.is_ok();
             if beat.is_ok() && n.is_multiple_of(3) {
-                if let Err(e) = reap(&state, &mut conn).await {
+                if let Err(e) = reap(&io, &state, &mut conn).await {
                     tracing::debug!("reaper: {e}");
                 }
             }
@@ -117,8 +124,38 @@ pub fn spawn_heartbeat<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<t
     }))
 }
 
+/// Rewrites this node's presence counts from its live sockets.
+async fn resync<A: Adapter>(io: &SocketIo<A>, state: &AppState) {
+    let mut local: Vec<(crate::auth::User, u64)> = Vec::new();
+    for s in io.local().sockets() {
+        let Some(user) = s.extensions.get::<std::sync::Arc<crate::state::Session>>().and_then(|s| s.user.clone())
+        else {
+            continue;
+        };
+        match local.iter_mut().find(|(u, _)| u.user_id == user.user_id) {
+            Some((_, n)) => *n += 1,
+            None => local.push((user, 1)),
+        }
+    }
+    match state.store.resync(&local).await {
+        Ok(gone) => {
+            tracing::info!(users = local.len(), stale = gone.len(), "presence resynced with redis");
+            for user_id in gone {
+                state
+                    .timers
+                    .schedule(Duration::from_millis(state.config.presence_grace_ms), Job::PresenceCheck { user_id });
+            }
+        }
+        Err(e) => tracing::warn!("presence resync: {e}"),
+    }
+}
+
 /// Removes dead nodes: their presence entries go, and their users get the presence grace.
-async fn reap(state: &AppState, conn: &mut redis::aio::ConnectionManager) -> redis::RedisResult<()> {
+async fn reap<A: Adapter>(
+    io: &SocketIo<A>,
+    state: &AppState,
+    conn: &mut redis::aio::ConnectionManager,
+) -> redis::RedisResult<()> {
     let beats: Vec<(String, u64)> = conn.hgetall(key(state, &["nodes"])).await?;
     let now = crate::auth::unix_now_ms();
     for (node, beat) in beats {
@@ -140,6 +177,7 @@ async fn reap(state: &AppState, conn: &mut redis::aio::ConnectionManager) -> red
         tracing::warn!(node, users = users.len(), "reaping a dead node");
         for user in &users {
             let _: () = conn.hdel(key(state, &["presence", user]), format!("n:{node}")).await?;
+            crate::events::calls::node_gone(io, state, user, &node).await;
             state.timers.schedule(
                 Duration::from_millis(state.config.presence_grace_ms),
                 Job::PresenceCheck { user_id: user.clone() },

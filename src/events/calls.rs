@@ -90,7 +90,9 @@ pub async fn call_user<A: Adapter>(ctx: &Ctx<A>, req: CallUser) -> HandlerResult
         caller: user.user_id.clone(),
         callee: req.target_user_id,
         caller_sid: ctx.socket.id.to_string(),
+        caller_node: ctx.state.node_id.clone(),
         callee_sid: None,
+        callee_node: None,
         call_type,
         state: CallState::Ringing,
         created_at: crate::auth::unix_now_ms(),
@@ -141,7 +143,7 @@ pub async fn call_answer<A: Adapter>(ctx: &Ctx<A>, req: CallAnswer) -> HandlerRe
     }
     sized(&req.answer, MAX_SDP_BYTES, "answer")?;
     let sid = ctx.socket.id.to_string();
-    let Some(call) = ctx.state.store.answer_call(&call.id, &sid).await? else {
+    let Some(call) = ctx.state.store.answer_call(&call.id, &sid, &ctx.state.node_id).await? else {
         return Err(ApiError::forbidden("Call already answered"));
     };
     ctx.socket.join(callee_room(&call.id));
@@ -227,9 +229,10 @@ pub async fn hang_up<A: Adapter>(ctx: &Ctx<A>, req: HangUp) -> HandlerResult {
     let Some(call) = ctx.state.store.remove_call(&call.id).await? else {
         return Err(ApiError::not_found("Call not found"));
     };
-    let other = if call.caller == user.user_id { callee_side(&call) } else { caller_room(&call.id) };
+    // Both sides but the hanging-up socket: the other party, and the hanger's own other devices
+    // (a ringing callee's other devices stop ringing; an in-call socket hears it if another hung up).
     let note = json!({ "callId": call.id, "reason": "hang-up" });
-    let _ = ctx.io.to(other).emit("call-ended", &note).await;
+    let _ = ctx.socket.to(vec![caller_room(&call.id), callee_side(&call)]).emit("call-ended", &note).await;
     leave_call_rooms(&ctx.io, &call).await;
     tracing::info!(call_id = %call.id, by = %user.user_id, "call hung up");
     Ok(json!({ "success": true }))
@@ -272,6 +275,24 @@ pub async fn socket_gone<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id
             let _ = io.to(other).emit("call-ended", &note).await;
             leave_call_rooms(io, &call).await;
             tracing::info!(call_id = %call.id, user_id, "call ended: party disconnected");
+        }
+    }
+}
+
+/// A node died: its users' calls whose socket was there end, and the other side hears `disconnected`.
+pub async fn node_gone<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: &str, node: &str) {
+    let Ok(calls) = state.store.calls_of(user_id).await else { return };
+    for call in calls {
+        let as_caller = call.caller == user_id && call.caller_node == node;
+        let as_callee = call.callee == user_id && call.callee_node.as_deref() == Some(node);
+        if !(as_caller || as_callee) {
+            continue;
+        }
+        if let Ok(Some(call)) = state.store.remove_call(&call.id).await {
+            let other = if as_caller { callee_side(&call) } else { caller_room(&call.id) };
+            let note = json!({ "callId": call.id, "reason": "disconnected" });
+            let _ = io.to(other).emit("call-ended", &note).await;
+            leave_call_rooms(io, &call).await;
         }
     }
 }

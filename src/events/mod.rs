@@ -159,7 +159,7 @@ async fn on_disconnect<A: Adapter>(
         .filter_map(|r| r.strip_prefix(crate::names::CHAT_PREFIX).map(str::to_string))
         .collect();
     for room in &chat_rooms {
-        rooms::departed(&io, &state, &user.user_id, room).await;
+        rooms::departed(&io, &state, &user.user_id, room, Some(socket.id)).await;
     }
     let sid = socket.id.to_string();
     let left = presence::socket_down(&state, &user.user_id, &sid, chat_rooms).await;

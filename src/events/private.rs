@@ -41,6 +41,7 @@ pub async fn private_message<A: Adapter>(ctx: &Ctx<A>, req: PrivateRequest) -> H
     let store = &ctx.state.store;
     let id = new_id("pm");
     let delivered = store.sockets_of(&req.target_user_id).await? > 0;
+    let req_cmid = req.client_message_id.clone();
     if let Some(cmid) = &req.client_message_id {
         let key = format!("pm:{}:{cmid}", user.user_id);
         if let Claim::Seen(first) = store.claim(&key, &format!("{id}|{delivered}")).await? {
@@ -57,12 +58,22 @@ pub async fn private_message<A: Adapter>(ctx: &Ctx<A>, req: PrivateRequest) -> H
         timestamp: crate::auth::unix_now_ms(),
         read: false,
     };
-    store.remember_receipt(&pm.id, &pm.from_user_id, &pm.to_user_id).await?;
+    let stored = async {
+        store.remember_receipt(&pm.id, &pm.from_user_id, &pm.to_user_id).await?;
+        if !delivered {
+            store.enqueue(&pm).await?;
+        }
+        Ok::<(), crate::store::StoreError>(())
+    };
+    if let Err(e) = stored.await {
+        if let Some(cmid) = &req_cmid {
+            let _ = store.release(&format!("pm:{}:{cmid}", user.user_id)).await;
+        }
+        return Err(e.into());
+    }
     let mut targets = vec![names::user(&user.user_id)];
     if delivered {
         targets.push(names::user(&pm.to_user_id));
-    } else {
-        store.enqueue(&pm).await?;
     }
     ctx.state.metrics.event_out();
     if let Err(e) = ctx.socket.to(targets).emit("private-message", &pm).await {

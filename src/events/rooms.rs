@@ -85,12 +85,18 @@ fn joined<A: Adapter>(ctx: &Ctx<A>, room: &str) -> bool {
     ctx.socket.rooms().iter().any(|r| r == room)
 }
 
-/// Every user with a socket in the adapter room, on any node, once each.
-pub async fn members<A: Adapter>(io: &SocketIo<A>, state: &AppState, room: &str) -> Vec<Value> {
+/// Every user with a socket in the adapter room, on any node, with their socket count there;
+/// `except` leaves one socket out (one that is leaving).
+pub async fn room_users<A: Adapter>(
+    io: &SocketIo<A>,
+    state: &AppState,
+    room: &str,
+    except: Option<socketioxide::socket::Sid>,
+) -> Vec<(User, usize)> {
     let sockets = match io.within(room.to_string()).fetch_sockets().await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(room, "members: {e:?}");
+            tracing::warn!(room, "room users: {e:?}");
             Vec::new()
         }
     };
@@ -98,6 +104,9 @@ pub async fn members<A: Adapter>(io: &SocketIo<A>, state: &AppState, room: &str)
     let mut remote = Vec::new();
     for rs in &sockets {
         let sid = rs.data().id;
+        if Some(sid) == except {
+            continue;
+        }
         match io.get_socket(sid) {
             Some(s) => {
                 if let Some(u) =
@@ -114,12 +123,14 @@ pub async fn members<A: Adapter>(io: &SocketIo<A>, state: &AppState, room: &str)
             users.extend(found.into_iter().flatten());
         }
     }
-    let mut seen = std::collections::HashSet::new();
-    users
-        .into_iter()
-        .filter(|u| seen.insert(u.user_id.clone()))
-        .map(|u| json!({ "userId": u.user_id, "user": u }))
-        .collect()
+    let mut out: Vec<(User, usize)> = Vec::new();
+    for u in users {
+        match out.iter_mut().find(|(x, _)| x.user_id == u.user_id) {
+            Some((_, n)) => *n += 1,
+            None => out.push((u, 1)),
+        }
+    }
+    out
 }
 
 pub async fn join_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
@@ -130,8 +141,11 @@ pub async fn join_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult 
     let already = joined(ctx, &room);
     ctx.socket.join(room.clone());
     let (recent, _) = ctx.state.store.history(&id, None, RECENT).await?.unwrap_or_default();
-    let members = members(&ctx.io, &ctx.state, &room).await;
-    if !already {
+    let users = room_users(&ctx.io, &ctx.state, &room, None).await;
+    // The others hear of a user arriving, not of a second device of someone already there.
+    let arrived = !already && users.iter().all(|(u, n)| u.user_id != user.user_id || *n <= 1);
+    let members: Vec<Value> = users.into_iter().map(|(u, _)| json!({ "userId": u.user_id, "user": u })).collect();
+    if arrived {
         let note = json!({ "userId": user.user_id, "user": user, "roomId": id });
         let _ = ctx.io.to(room).except(names::user(&user.user_id)).emit("user-joined", &note).await;
     }
@@ -144,15 +158,25 @@ pub async fn leave_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult
     let room = names::chat(&id);
     if joined(ctx, &room) {
         ctx.socket.leave(room.clone());
-        departed(&ctx.io, &ctx.state, &user.user_id, &id).await;
+        departed(&ctx.io, &ctx.state, &user.user_id, &id, None).await;
     }
     Ok(json!({ "success": true }))
 }
 
-/// What the others in a room see when one of a user's sockets leaves it (leave or disconnect).
-pub async fn departed<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: &str, room_id: &str) {
+/// What the others in a room see when one of a user's sockets leaves it (leave, or disconnect of
+/// `leaving`): typing stops, and `user-left` unless the user is still there on another device.
+pub async fn departed<A: Adapter>(
+    io: &SocketIo<A>,
+    state: &AppState,
+    user_id: &str,
+    room_id: &str,
+    leaving: Option<socketioxide::socket::Sid>,
+) {
     stop_typing_in(io, state, user_id, room_id).await;
     let room = names::chat(room_id);
+    if room_users(io, state, &room, leaving).await.iter().any(|(u, _)| u.user_id == user_id) {
+        return;
+    }
     let note = json!({ "userId": user_id, "roomId": room_id });
     let _ = io.to(room).except(names::user(user_id)).emit("user-left", &note).await;
 }
@@ -265,6 +289,7 @@ pub async fn message<A: Adapter>(ctx: &Ctx<A>, req: SendMessage) -> HandlerResul
     }
     let msg_id = new_id("m");
     let timestamp = crate::auth::unix_now_ms();
+    let req_cmid = req.client_message_id.clone();
     if let Some(cmid) = &req.client_message_id {
         let key = format!("msg:{}:{cmid}", user.user_id);
         if let Claim::Seen(first) = ctx.state.store.claim(&key, &format!("{msg_id}|{timestamp}")).await? {
@@ -286,7 +311,12 @@ pub async fn message<A: Adapter>(ctx: &Ctx<A>, req: SendMessage) -> HandlerResul
         edited: false,
         deleted: false,
     };
-    ctx.state.store.append(&msg).await?;
+    if let Err(e) = ctx.state.store.append(&msg).await {
+        if let Some(cmid) = &req_cmid {
+            let _ = ctx.state.store.release(&format!("msg:{}:{cmid}", user.user_id)).await;
+        }
+        return Err(e.into());
+    }
     ctx.state.metrics.event_out();
     if let Err(e) = ctx.io.to(room).emit("new-message", &msg).await {
         tracing::warn!("new-message broadcast: {e}");

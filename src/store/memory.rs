@@ -179,6 +179,16 @@ impl Store for MemoryStore {
         Ok(Claim::New)
     }
 
+    async fn release(&self, key: &str) -> StoreResult<()> {
+        self.lock().dedup.map.remove(key);
+        Ok(())
+    }
+
+    async fn resync(&self, _local: &[(User, u64)]) -> StoreResult<Vec<String>> {
+        // One node, one process: the counts never leave it.
+        Ok(Vec::new())
+    }
+
     async fn socket_up(&self, user: &User, _sid: &str) -> StoreResult<bool> {
         let mut g = self.lock();
         let e = g.presence.entry(user.user_id.clone()).or_default();
@@ -301,12 +311,13 @@ impl Store for MemoryStore {
         Ok(self.lock().calls.remove(id))
     }
 
-    async fn answer_call(&self, id: &str, callee_sid: &str) -> StoreResult<Option<Call>> {
+    async fn answer_call(&self, id: &str, callee_sid: &str, node: &str) -> StoreResult<Option<Call>> {
         let mut g = self.lock();
         match g.calls.get_mut(id) {
             Some(c) if c.state == CallState::Ringing => {
                 c.state = CallState::Active;
                 c.callee_sid = Some(callee_sid.to_string());
+                c.callee_node = Some(node.to_string());
                 Ok(Some(c.clone()))
             }
             _ => Ok(None),

@@ -72,8 +72,14 @@ pub struct Call {
     pub caller: String,
     pub callee: String,
     pub caller_sid: String,
+    /// The node holding the caller's socket.
+    #[serde(default)]
+    pub caller_node: String,
     /// The callee socket that answered; `None` while ringing.
     pub callee_sid: Option<String>,
+    /// The node holding the answering socket.
+    #[serde(default)]
+    pub callee_node: Option<String>,
     pub call_type: String,
     pub state: CallState,
     pub created_at: u64,
@@ -161,6 +167,8 @@ pub trait Store: Send + Sync + 'static {
     // --- de-duplication ---
     /// Claims `key` for `ttl_secs`, remembering `value`; a second claim gets the first value.
     async fn claim(&self, key: &str, value: &str) -> StoreResult<Claim>;
+    /// Gives a claim back (the work it guarded failed), so that a retry is not taken for a duplicate.
+    async fn release(&self, key: &str) -> StoreResult<()>;
 
     // --- presence ---
     /// Counts a connected socket of the user; true when the user was offline (status `offline`).
@@ -175,6 +183,10 @@ pub trait Store: Send + Sync + 'static {
     /// Marks the user offline if they have no socket; true if they went offline now.
     async fn mark_offline_if_idle(&self, user_id: &str, now: u64) -> StoreResult<bool>;
     async fn presence(&self, user_ids: &[String]) -> StoreResult<Vec<Presence>>;
+    /// Makes this node's presence entries match its live sockets (`local`: user and socket count),
+    /// after Redis was away or the node restarted under the same id. Returns the users whose count
+    /// on this node dropped to zero (they may have gone offline).
+    async fn resync(&self, local: &[(User, u64)]) -> StoreResult<Vec<String>>;
 
     // --- private messages ---
     async fn enqueue(&self, msg: &PrivateMessage) -> StoreResult<()>;
@@ -190,8 +202,8 @@ pub trait Store: Send + Sync + 'static {
     async fn put_call(&self, call: &Call) -> StoreResult<()>;
     async fn call(&self, id: &str) -> StoreResult<Option<Call>>;
     async fn remove_call(&self, id: &str) -> StoreResult<Option<Call>>;
-    /// Marks a ringing call answered by `callee_sid`; `None` if it is not ringing (or unknown).
-    async fn answer_call(&self, id: &str, callee_sid: &str) -> StoreResult<Option<Call>>;
+    /// Marks a ringing call answered by `callee_sid` on `node`; `None` if it is not ringing (or unknown).
+    async fn answer_call(&self, id: &str, callee_sid: &str, node: &str) -> StoreResult<Option<Call>>;
     /// Removes the call only if it is still ringing (the ring timeout).
     async fn remove_ringing_call(&self, id: &str) -> StoreResult<Option<Call>>;
     /// Live calls the user is a party of.

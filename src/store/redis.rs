@@ -375,6 +375,36 @@ impl Store for RedisStore {
         Ok(first.map_or(Claim::New, Claim::Seen))
     }
 
+    async fn release(&self, key: &str) -> StoreResult<()> {
+        self.ok(self.conn().del(self.key(&["dedup", key])).await)
+    }
+
+    async fn resync(&self, local: &[(User, u64)]) -> StoreResult<Vec<String>> {
+        let node_users = self.key(&["node-users", &self.node_id]);
+        let field = format!("n:{}", self.node_id);
+        let before: Vec<String> = self.ok(self.conn().smembers(&node_users).await)?;
+        let gone: Vec<String> = before.into_iter().filter(|u| !local.iter().any(|(l, _)| l.user_id == *u)).collect();
+        let mut p = ::redis::pipe();
+        for u in &gone {
+            p.hdel(self.key(&["presence", u]), &field).srem(&node_users, u);
+        }
+        for (user, n) in local {
+            let pkey = self.key(&["presence", &user.user_id]);
+            p.hset(&pkey, &field, *n).sadd(&node_users, &user.user_id).sadd(self.key(&["online"]), &user.user_id);
+            // A user with a live socket here is online unless they chose away/busy.
+            p.cmd("HSETNX").arg(&pkey).arg("status").arg("online");
+        }
+        self.ok(p.query_async::<()>(&mut self.conn()).await)?;
+        for (user, _) in local {
+            let pkey = self.key(&["presence", &user.user_id]);
+            let status: Option<String> = self.ok(self.conn().hget(&pkey, "status").await)?;
+            if status.as_deref() == Some("offline") {
+                let _: () = self.ok(self.conn().hset(&pkey, "status", "online").await)?;
+            }
+        }
+        Ok(gone)
+    }
+
     async fn socket_up(&self, user: &User, sid: &str) -> StoreResult<bool> {
         let now = crate::auth::unix_now_ms();
         let r: ::redis::RedisResult<i64> = self
@@ -543,12 +573,13 @@ impl Store for RedisStore {
         self.update_call(id, |_| Some(None)).await
     }
 
-    async fn answer_call(&self, id: &str, callee_sid: &str) -> StoreResult<Option<Call>> {
+    async fn answer_call(&self, id: &str, callee_sid: &str, node: &str) -> StoreResult<Option<Call>> {
         self.update_call(id, |c| {
             (c.state == CallState::Ringing).then(|| {
                 let mut next = c.clone();
                 next.state = CallState::Active;
                 next.callee_sid = Some(callee_sid.to_string());
+                next.callee_node = Some(node.to_string());
                 Some(next)
             })
         })
