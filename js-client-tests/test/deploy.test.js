@@ -18,6 +18,7 @@ test('docker-compose.yml: Redis, two gateway nodes on Redis, and a load balancer
     assert.equal(g.environment.NODE_ID, name);
     assert.ok(g.environment.JWT_SECRET);
     assert.equal(g.depends_on.redis.condition, 'service_healthy');
+    assert.equal(g.environment.TRUST_PROXY_HEADERS, 'true');
   }
   assert.notEqual(s.gateway1.environment.NODE_ID, s.gateway2.environment.NODE_ID);
   assert.ok(s.haproxy.ports.includes('8080:8080'));
@@ -31,6 +32,7 @@ test('haproxy.cfg: sticky cookie and both nodes with health checks', () => {
   assert.match(cfg, /server node2 gateway2:8888 check cookie node2/);
   assert.match(cfg, /option httpchk GET \/health/);
   assert.match(cfg, /timeout tunnel/);
+  assert.match(cfg, /option forwardfor/);
 });
 
 test('Dockerfile: multi-stage, small runtime, non-root', () => {

@@ -97,10 +97,10 @@ test('offline: to the sockets of the chat rooms the user was in (many users leav
   const bob = await login(uniq('bob'));
   const updates = collect(bob.socket, 'presence-update');
   const users = [];
-  for (let i = 0; i < 24; i++) {
+  for (let i = 0; i < 32; i++) {
     const room = uniq(`lobby${i}`);
     await join(bob, room);
-    const u = await login(uniq(`u${i}`), i % 2 ? { transports: ['websocket'] } : {});
+    const u = await login(uniq(`u${i}`), i % 4 ? { transports: ['websocket'] } : {});
     await join(u, room);
     users.push(u);
   }

@@ -251,3 +251,16 @@ test('slow consumer: a client that stops reading is dropped, memory stays bounde
     socket.close();
   } finally { await g.stop(); }
 });
+
+test('TRUST_PROXY_HEADERS: behind a proxy the per-IP budget is per forwarded client address', async () => {
+  const g = await startGateway({ CONNECT_RATE_PER_IP: '1', TRUST_PROXY_HEADERS: 'true' });
+  try {
+    const from = (ip) => ({ extraHeaders: { 'X-Forwarded-For': `${ip}, 127.0.0.1` } });
+    const a = [];
+    a.push((await connect(g.url, from('198.51.100.7'))).socket);
+    a.push((await connect(g.url, from('198.51.100.7'))).socket);
+    assert.equal((await refused(g.url, from('198.51.100.7'))).message, 'Too many connections from this address');
+    a.push((await connect(g.url, from('198.51.100.8'))).socket); // another client behind the same proxy
+    a.forEach((s) => s.close());
+  } finally { await g.stop(); }
+});
