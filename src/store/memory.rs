@@ -157,16 +157,7 @@ impl Store for MemoryStore {
         let Some(m) = g.history.get_mut(room).and_then(|h| h.iter_mut().find(|m| m.id == id && !m.deleted)) else {
             return Ok(None);
         };
-        match edit {
-            Edit::Content(c) => {
-                m.content = c;
-                m.edited = true;
-            }
-            Edit::Delete => {
-                m.content.clear();
-                m.deleted = true;
-            }
-        }
+        m.apply(&edit);
         Ok(Some(m.clone()))
     }
 

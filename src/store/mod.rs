@@ -99,6 +99,22 @@ pub enum Edit {
     Delete,
 }
 
+impl Message {
+    /// Applies an edit: new content marks it edited; a delete empties it and marks it deleted.
+    pub fn apply(&mut self, edit: &Edit) {
+        match edit {
+            Edit::Content(c) => {
+                self.content.clone_from(c);
+                self.edited = true;
+            }
+            Edit::Delete => {
+                self.content.clear();
+                self.deleted = true;
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]

@@ -332,16 +332,7 @@ impl Store for RedisStore {
             if m.deleted {
                 return Ok(None);
             }
-            match &edit {
-                Edit::Content(c) => {
-                    m.content = c.clone();
-                    m.edited = true;
-                }
-                Edit::Delete => {
-                    m.content.clear();
-                    m.deleted = true;
-                }
-            }
+            m.apply(&edit);
             let n: i64 = self.ok(self
                 .scripts
                 .cas_hash
