@@ -123,6 +123,11 @@ pub struct Config {
     #[arg(long, env = "SOCKET_BUFFER_PACKETS", value_name = "SOCKET_BUFFER_PACKETS", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub socket_buffer_packets: u64,
+    /// Bytes read at a time from each WebSocket: small keeps idle connections light (larger frames
+    /// are still read whole, in several reads).
+    #[arg(long, env = "WS_READ_BUFFER_BYTES", value_name = "WS_READ_BUFFER_BYTES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
+    pub ws_read_buffer_bytes: u64,
     /// Socket.IO connections per second from one IP address (bursts of twice that); 0 turns it off.
     #[arg(long, env = "CONNECT_RATE_PER_IP", value_name = "CONNECT_RATE_PER_IP", default_value_t = 50)]
     pub connect_rate_per_ip: u32,

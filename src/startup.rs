@@ -68,6 +68,7 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         .max_buffer_size(cfg.socket_buffer_packets as usize)
         .ws_max_message_size(cfg.max_payload_bytes as usize)
         .ws_max_frame_size(cfg.max_payload_bytes as usize)
+        .ws_read_buffer_size(cfg.ws_read_buffer_bytes as usize)
         .ping_interval(cfg.ping_interval())
         .ping_timeout(cfg.ping_timeout());
     match (&redis, cfg.redis_url.as_deref()) {
