@@ -42,6 +42,7 @@ pub struct Inner {
     pub connect_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// Who is typing where on this node: (room, user) → generation of the last `typing`.
     pub typing: Mutex<HashMap<(String, String), u64>>,
+    pub typing_seq: AtomicU64,
     /// Chat rooms a user's sockets were in when they left, until the presence grace decides.
     pub departed_rooms: Mutex<HashMap<String, HashSet<String>>>,
 }
@@ -82,6 +83,7 @@ impl AppState {
             quotas,
             connect_limiter,
             typing: Mutex::new(HashMap::new()),
+            typing_seq: AtomicU64::new(0),
             departed_rooms: Mutex::new(HashMap::new()),
         }))
     }
@@ -102,6 +104,9 @@ pub struct Session {
     pub limiter: DefaultDirectRateLimiter,
     /// The budget of refused events: a socket that exhausts it too is flooding, and is dropped.
     pub strikes: DefaultDirectRateLimiter,
+    /// The chat rooms (ids) this socket joined. Kept here rather than read back from the adapter:
+    /// socketioxide may empty a closing socket's rooms before its disconnect handler runs.
+    rooms: Mutex<Vec<String>>,
 }
 
 /// The per-socket rate quotas, computed once from the configuration.
@@ -130,7 +135,31 @@ impl Session {
             exp: AtomicU64::new(exp),
             limiter: DefaultDirectRateLimiter::direct(quotas.events),
             strikes: DefaultDirectRateLimiter::direct(quotas.strikes),
+            rooms: Mutex::new(Vec::new()),
         }
+    }
+    /// Records a joined chat room; false if it was already joined.
+    pub fn join_room(&self, room_id: &str) -> bool {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if rooms.iter().any(|r| r == room_id) {
+            return false;
+        }
+        rooms.push(room_id.to_string());
+        true
+    }
+    /// Forgets a chat room; false if it was not joined.
+    pub fn leave_room(&self, room_id: &str) -> bool {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let before = rooms.len();
+        rooms.retain(|r| r != room_id);
+        rooms.len() != before
+    }
+    pub fn in_room(&self, room_id: &str) -> bool {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|r| r == room_id)
+    }
+    /// The joined chat rooms, emptied (the socket is leaving).
+    pub fn take_rooms(&self) -> Vec<String> {
+        std::mem::take(&mut *self.rooms.lock().unwrap_or_else(|e| e.into_inner()))
     }
     pub fn exp(&self) -> u64 {
         self.exp.load(Ordering::Relaxed)

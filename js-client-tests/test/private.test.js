@@ -11,13 +11,18 @@ after(async () => { await gw.stop(); });
 
 let seq = 0;
 const uniq = (p) => `${p}-${process.pid}-${Date.now().toString(36)}-${++seq}`;
+// Every socket here uses one transport from the start (websocket, or polling without an upgrade): a
+// socket.io-client closed while engine.io-client is switching from polling to websocket can keep its 45 s
+// ping timer alive after the close, holding the test process open (a client library quirk).
+const WS = { transports: ['websocket'] };
+const POLLING = { transports: ['polling'] };
 
 /** A login function for one test: its sockets are closed when the test ends. */
 function clients(t, g = gw) {
   const open = [];
   t.after(() => { for (const s of open) s.close(); });
   return async (userId, opts = {}) => {
-    const { socket, hello } = await connect(g.url, { auth: { token: token(userId) }, ...opts });
+    const { socket, hello } = await connect(g.url, { ...WS, auth: { token: token(userId) }, ...opts });
     open.push(socket);
     return { socket, hello, user: hello.user, id: userId };
   };
@@ -29,7 +34,7 @@ function clients(t, g = gw) {
  * event is acked unless `ack` is false. Resolves once `connected` arrived.
  */
 function connectWithPending(url, userId, { ack = true, ...opts } = {}) {
-  const socket = io(url, { forceNew: true, reconnection: false, auth: { token: token(userId) }, ...opts });
+  const socket = io(url, { forceNew: true, reconnection: false, ...WS, auth: { token: token(userId) }, ...opts });
   const pending = [];
   socket.on('pending-messages', (msgs, cb) => {
     pending.push(msgs);
@@ -67,7 +72,7 @@ test('private-message: ack, delivered to every socket of the target and the send
   const a1 = await login(aliceId);
   const a2 = await login(aliceId);
   const b1 = await login(bobId);
-  const b2 = await login(bobId, { transports: ['websocket'] });
+  const b2 = await login(bobId, POLLING);
   const carol = await login(uniq('carol'));
   const a1Seen = collect(a1.socket, 'private-message');
   const carolSeen = collect(carol.socket, 'private-message');
@@ -109,7 +114,7 @@ test('offline target: delivered:false, queued, one pending-messages oldest first
   }
   await until(() => b2Seen.length === 3, 5000, "the sender's other socket gets its messages");
 
-  const alice = await connectWithPending(gw.url, aliceId);
+  const alice = await connectWithPending(gw.url, aliceId, POLLING); // pending-messages may share a payload with connected
   t.after(() => alice.socket.close());
   await until(() => alice.pending.length > 0, 5000, 'pending-messages');
   assert.equal(alice.pending.length, 1);
@@ -162,9 +167,9 @@ test('during the presence grace the target counts as offline: queued, delivered:
   const g = await startGateway({ PRESENCE_GRACE_MS: '5000' });
   const open = [];
   try {
-    const bob = await connect(g.url, { auth: { token: token('bob') } });
+    const bob = await connect(g.url, { ...WS, auth: { token: token('bob') } });
     open.push(bob.socket);
-    const alice = await connect(g.url, { auth: { token: token('alice') } });
+    const alice = await connect(g.url, { ...WS, auth: { token: token('alice') } });
     alice.socket.close();
     await until(async () => (await http(`${g.url}/health`)).body.authenticated === 1, 5000, 'alice gone');
     const ack = await request(bob.socket, 'private-message', { targetUserId: 'alice', content: 'in the grace' });
@@ -184,7 +189,7 @@ test('the offline queue keeps the last 1000 messages per user', async () => {
   const g = await startGateway({ RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000' });
   const open = [];
   try {
-    const bob = await connect(g.url, { auth: { token: token('bob') }, transports: ['websocket'] });
+    const bob = await connect(g.url, { ...WS, auth: { token: token('bob') } });
     open.push(bob.socket);
     const N = 1005;
     const ids = [];
@@ -194,7 +199,7 @@ test('the offline queue keeps the last 1000 messages per user', async () => {
       assert.equal(ack.delivered, false, JSON.stringify(ack));
       ids.push(ack.messageId);
     }
-    const alice = await connectWithPending(g.url, 'alice', { transports: ['websocket'] });
+    const alice = await connectWithPending(g.url, 'alice');
     open.push(alice.socket);
     await until(() => alice.pending.length > 0, 10000, 'pending-messages');
     const [queued] = alice.pending;
@@ -309,7 +314,7 @@ test('validation: INVALID_PAYLOAD for a missing or empty targetUserId or content
     assert.equal(ack.code, 'INVALID_PAYLOAD', JSON.stringify(payload));
   }
 
-  const { socket } = await connect(gw.url);
+  const { socket } = await connect(gw.url, WS);
   try {
     for (const [event, arg] of [['private-message', { targetUserId: 'bob', content: 'x' }], ['mark-read', { messageIds: ['m1'] }]]) {
       const ack = await request(socket, event, arg);

@@ -152,12 +152,7 @@ async fn on_disconnect<A: Adapter>(
     tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"), %reason, "disconnected");
     let Some(user) = &session.user else { return };
     state.expiry.cancel(session.exp(), ExpiryStep::Warn, socket.id);
-    // The socket is still in its rooms until this handler returns.
-    let chat_rooms: Vec<String> = socket
-        .rooms()
-        .into_iter()
-        .filter_map(|r| r.strip_prefix(crate::names::CHAT_PREFIX).map(str::to_string))
-        .collect();
+    let chat_rooms = session.take_rooms();
     for room in &chat_rooms {
         rooms::departed(&io, &state, &user.user_id, room, Some(socket.id)).await;
     }

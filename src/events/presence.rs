@@ -93,7 +93,8 @@ pub async fn socket_down(state: &AppState, user_id: &str, sid: &str, chat_rooms:
 
 /// The end of the grace: offline unless a socket came back meanwhile (on any node).
 pub async fn grace_over<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: &str) {
-    match state.store.mark_offline_if_idle(user_id, crate::auth::unix_now_ms()).await {
+    let now = crate::auth::unix_now_ms();
+    match state.store.mark_offline_if_idle(user_id, now, state.config.presence_grace_ms).await {
         Ok(true) => {
             let rooms: Vec<String> = state
                 .departed_rooms

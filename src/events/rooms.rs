@@ -81,8 +81,9 @@ async fn access<A: Adapter>(ctx: &Ctx<A>, user: &User, id: &str) -> Result<Value
     }
 }
 
-fn joined<A: Adapter>(ctx: &Ctx<A>, room: &str) -> bool {
-    ctx.socket.rooms().iter().any(|r| r == room)
+/// Is this socket joined to the chat room `room_id`?
+fn joined<A: Adapter>(ctx: &Ctx<A>, room_id: &str) -> bool {
+    ctx.session.in_room(room_id)
 }
 
 /// Every user with a socket in the adapter room, on any node, with their socket count there;
@@ -138,7 +139,7 @@ pub async fn join_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult 
     let id = req.into_valid()?;
     let room_info = access(ctx, user, &id).await?;
     let room = names::chat(&id);
-    let already = joined(ctx, &room);
+    let already = !ctx.session.join_room(&id);
     ctx.socket.join(room.clone());
     let (recent, _) = ctx.state.store.history(&id, None, RECENT).await?.unwrap_or_default();
     let users = room_users(&ctx.io, &ctx.state, &room, None).await;
@@ -156,7 +157,7 @@ pub async fn leave_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult
     let user = ctx.user()?;
     let id = req.into_valid()?;
     let room = names::chat(&id);
-    if joined(ctx, &room) {
+    if ctx.session.leave_room(&id) {
         ctx.socket.leave(room.clone());
         departed(&ctx.io, &ctx.state, &user.user_id, &id, None).await;
     }
@@ -283,10 +284,10 @@ pub async fn message<A: Adapter>(ctx: &Ctx<A>, req: SendMessage) -> HandlerResul
     {
         return Err(ApiError::invalid("replyTo and clientMessageId are at most 128 characters"));
     }
-    let room = names::chat(&id);
-    if !joined(ctx, &room) {
+    if !joined(ctx, &id) {
         return Err(ApiError::new(Code::NotInRoom, "Not in room"));
     }
+    let room = names::chat(&id);
     let msg_id = new_id("m");
     let timestamp = crate::auth::unix_now_ms();
     let req_cmid = req.client_message_id.clone();
@@ -352,7 +353,7 @@ async fn own_message<A: Adapter>(ctx: &Ctx<A>, room: &str, id: &str) -> Result<M
 /// Sends a room update to the room, and to the calling socket when it is not joined.
 async fn tell_room<A: Adapter>(ctx: &Ctx<A>, room_id: &str, event: &str, data: &impl serde::Serialize) {
     let room = names::chat(room_id);
-    let in_room = joined(ctx, &room);
+    let in_room = joined(ctx, room_id);
     if let Err(e) = ctx.io.to(room).emit(event, data).await {
         tracing::warn!("{event} broadcast: {e}");
     }
@@ -443,15 +444,15 @@ pub async fn load_messages<A: Adapter>(ctx: &Ctx<A>, req: LoadMessages) -> Handl
 pub async fn typing<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
     let user = ctx.user()?;
     let id = req.into_valid()?;
-    let room = names::chat(&id);
-    if !joined(ctx, &room) {
+    if !joined(ctx, &id) {
         return Err(ApiError::new(Code::NotInRoom, "Not in room"));
     }
+    let room = names::chat(&id);
     let generation = {
-        let mut typing = ctx.state.typing.lock().unwrap_or_else(|e| e.into_inner());
-        let g = typing.entry((id.clone(), user.user_id.clone())).or_insert(0);
-        *g += 1;
-        *g
+        // A node-wide sequence, so that a timer left over from an earlier typing never matches a new one.
+        let g = ctx.state.typing_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        ctx.state.typing.lock().unwrap_or_else(|e| e.into_inner()).insert((id.clone(), user.user_id.clone()), g);
+        g
     };
     ctx.state.timers.schedule(
         Duration::from_millis(ctx.state.config.typing_timeout_ms),

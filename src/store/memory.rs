@@ -219,13 +219,16 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn mark_offline_if_idle(&self, user_id: &str, now: u64) -> StoreResult<bool> {
+    async fn mark_offline_if_idle(&self, user_id: &str, now: u64, grace_ms: u64) -> StoreResult<bool> {
         let mut g = self.lock();
         let Some(e) = g.presence.get_mut(user_id) else {
             return Ok(false);
         };
         if e.sockets > 0 || e.status.as_deref() == Some("offline") {
             return Ok(false);
+        }
+        if now + GRACE_TOLERANCE_MS < e.last_seen.unwrap_or(0) + grace_ms {
+            return Ok(false); // a later disconnect: its own check will decide
         }
         e.status = Some("offline".into());
         e.last_seen = Some(now);
@@ -412,9 +415,11 @@ mod tests {
         assert!(s.socket_up(&user("a"), "s1").await.unwrap());
         assert!(!s.socket_up(&user("a"), "s2").await.unwrap());
         assert_eq!(s.socket_down("a", "s1").await.unwrap(), 1);
-        assert!(!s.mark_offline_if_idle("a", 5).await.unwrap());
+        assert!(!s.mark_offline_if_idle("a", u64::MAX / 2, 0).await.unwrap(), "a socket is left");
         assert_eq!(s.socket_down("a", "s2").await.unwrap(), 0);
-        assert!(s.mark_offline_if_idle("a", 6).await.unwrap());
+        let now = crate::auth::unix_now_ms();
+        assert!(!s.mark_offline_if_idle("a", now, 10_000).await.unwrap(), "still in the grace");
+        assert!(s.mark_offline_if_idle("a", now + 10_000, 10_000).await.unwrap());
         assert_eq!(s.presence(&["a".into(), "z".into()]).await.unwrap()[0].status, "offline");
         assert!(s.socket_up(&user("a"), "s3").await.unwrap(), "back online");
 

@@ -134,6 +134,9 @@ pub enum Claim {
     Seen(String),
 }
 
+/// Timers fire on the monotonic clock, `lastSeen` is wall-clock: allow this much disagreement.
+pub const GRACE_TOLERANCE_MS: u64 = 50;
+
 /// Limits every implementation enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -196,8 +199,9 @@ pub trait Store: Send + Sync + 'static {
     /// The user behind each socket id (for members on other nodes).
     async fn socket_users(&self, sids: &[String]) -> StoreResult<Vec<Option<User>>>;
     async fn set_status(&self, user_id: &str, status: &str, now: u64) -> StoreResult<()>;
-    /// Marks the user offline if they have no socket; true if they went offline now.
-    async fn mark_offline_if_idle(&self, user_id: &str, now: u64) -> StoreResult<bool>;
+    /// Marks the user offline if they have no socket and none left less than `grace_ms` ago (a
+    /// later disconnect restarts the grace); true if they went offline now.
+    async fn mark_offline_if_idle(&self, user_id: &str, now: u64, grace_ms: u64) -> StoreResult<bool>;
     async fn presence(&self, user_ids: &[String]) -> StoreResult<Vec<Presence>>;
     /// Makes this node's presence entries match its live sockets (`local`: user and socket count),
     /// after Redis was away or the node restarted under the same id. Returns the users whose count

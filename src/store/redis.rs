@@ -102,12 +102,14 @@ return total(KEYS[1], KEYS[2], ARGV[2], ARGV[4])
             ),
             // KEYS: presence, nodes. ARGV: now, liveness.
             sockets_of: with_total("return total(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"),
-            // KEYS: presence, nodes, online set. ARGV: now, liveness, user id.
+            // KEYS: presence, nodes, online set. ARGV: now, liveness, user id, grace (ms, tolerance included).
             offline_if_idle: with_total(
                 r#"
 if total(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) > 0 then return 0 end
 local st = redis.call('HGET', KEYS[1], 'status')
 if (not st) or st == 'offline' then return 0 end
+local seen = tonumber(redis.call('HGET', KEYS[1], 'lastSeen') or '0')
+if tonumber(ARGV[1]) < seen + tonumber(ARGV[4]) then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'offline', 'lastSeen', ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[3])
 return 1
@@ -461,7 +463,7 @@ impl Store for RedisStore {
         self.ok(self.conn().hset_multiple(key, &[("status", status.to_string()), ("lastSeen", now.to_string())]).await)
     }
 
-    async fn mark_offline_if_idle(&self, user_id: &str, now: u64) -> StoreResult<bool> {
+    async fn mark_offline_if_idle(&self, user_id: &str, now: u64, grace_ms: u64) -> StoreResult<bool> {
         let r: ::redis::RedisResult<i64> = self
             .scripts
             .offline_if_idle
@@ -471,6 +473,7 @@ impl Store for RedisStore {
             .arg(now)
             .arg(NODE_LIVENESS_MS)
             .arg(user_id)
+            .arg(grace_ms.saturating_sub(GRACE_TOLERANCE_MS))
             .invoke_async(&mut self.conn())
             .await;
         Ok(self.ok(r)? == 1)
