@@ -11,7 +11,11 @@ use redis::AsyncCommands;
 pub struct RedisLink {
     pub client: redis::Client,
     pub conn: ConnectionManager,
+    /// Confirmed reachable (for `/health`): false until the first success.
     up: AtomicBool,
+    /// Seen failing and not yet back: requests fail fast instead of each waiting out a reconnect;
+    /// the heartbeat keeps probing and clears it.
+    down: AtomicBool,
 }
 
 impl RedisLink {
@@ -25,14 +29,20 @@ impl RedisLink {
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .context("REDIS_URL: cannot set up the connection")?;
-        Ok(Self { client, conn, up: AtomicBool::new(false) })
+        Ok(Self { client, conn, up: AtomicBool::new(false), down: AtomicBool::new(false) })
     }
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// True while Redis is known to be unreachable: skip it rather than wait.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
     pub fn set_up(&self, up: bool) {
+        self.down.store(!up, Ordering::Relaxed);
         let was = self.up.swap(up, Ordering::Relaxed);
         if was != up {
             if up {
@@ -44,6 +54,9 @@ impl RedisLink {
     }
 
     pub async fn publish(&self, channel: &str, payload: String) -> anyhow::Result<()> {
+        if self.is_down() {
+            anyhow::bail!("redis is down");
+        }
         let mut conn = self.conn.clone();
         let res: redis::RedisResult<i64> = conn.publish(channel, payload).await;
         self.set_up(res.is_ok());

@@ -182,8 +182,12 @@ impl RedisStore {
         self.key(&["nodes"])
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// The connection, or `Unavailable` at once while Redis is known to be down.
+    fn conn(&self) -> StoreResult<ConnectionManager> {
+        if self.link.is_down() {
+            return Err(StoreError::Unavailable("redis is down".into()));
+        }
+        Ok(self.conn.clone())
     }
 
     /// Maps a Redis result, keeping the node's up/down flag current.
@@ -203,13 +207,16 @@ impl RedisStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let raw: Vec<Option<String>> =
-            self.ok(::redis::cmd("HMGET").arg(self.key(&["msgs", room])).arg(ids).query_async(&mut self.conn()).await)?;
+        let raw: Vec<Option<String>> = self.ok(::redis::cmd("HMGET")
+            .arg(self.key(&["msgs", room]))
+            .arg(ids)
+            .query_async(&mut self.conn()?)
+            .await)?;
         raw.into_iter().flatten().map(|s| parse(&s)).collect()
     }
 
     async fn cas(&self, key: &str, old: &str, new: &str) -> StoreResult<bool> {
-        let n: i64 = self.ok(self.scripts.cas_key.key(key).arg(old).arg(new).invoke_async(&mut self.conn()).await)?;
+        let n: i64 = self.ok(self.scripts.cas_key.key(key).arg(old).arg(new).invoke_async(&mut self.conn()?).await)?;
         Ok(n == 1)
     }
 
@@ -217,7 +224,7 @@ impl RedisStore {
     async fn update_call(&self, id: &str, f: impl Fn(&Call) -> Option<Option<Call>>) -> StoreResult<Option<Call>> {
         let key = self.key(&["call", id]);
         for _ in 0..5 {
-            let raw: Option<String> = self.ok(self.conn().get(&key).await)?;
+            let raw: Option<String> = self.ok(self.conn()?.get(&key).await)?;
             let Some(raw) = raw else { return Ok(None) };
             let call: Call = parse(&raw)?;
             let Some(next) = f(&call) else { return Ok(None) };
@@ -240,7 +247,7 @@ impl RedisStore {
         let mut p = ::redis::pipe();
         p.srem(self.key(&["user-calls", &call.caller]), &call.id)
             .srem(self.key(&["user-calls", &call.callee]), &call.id);
-        self.ok(p.query_async::<()>(&mut self.conn()).await)
+        self.ok(p.query_async::<()>(&mut self.conn()?).await)
     }
 }
 
@@ -249,9 +256,9 @@ impl Store for RedisStore {
     async fn create_room(&self, room: Room) -> StoreResult<Room> {
         let key = self.key(&["room", &room.id]);
         let created: bool =
-            self.ok(::redis::cmd("SET").arg(&key).arg(json(&room)?).arg("NX").query_async(&mut self.conn()).await)?;
+            self.ok(::redis::cmd("SET").arg(&key).arg(json(&room)?).arg("NX").query_async(&mut self.conn()?).await)?;
         if !created {
-            let raw: Option<String> = self.ok(self.conn().get(&key).await)?;
+            let raw: Option<String> = self.ok(self.conn()?.get(&key).await)?;
             return match raw {
                 Some(r) => parse(&r),
                 None => Err(StoreError::Unavailable("room vanished".into())),
@@ -261,22 +268,22 @@ impl Store for RedisStore {
         for m in &room.members {
             p.sadd(self.key(&["user-rooms", m]), &room.id);
         }
-        self.ok(p.query_async::<()>(&mut self.conn()).await)?;
+        self.ok(p.query_async::<()>(&mut self.conn()?).await)?;
         Ok(room)
     }
 
     async fn room(&self, id: &str) -> StoreResult<Option<Room>> {
-        let raw: Option<String> = self.ok(self.conn().get(self.key(&["room", id])).await)?;
+        let raw: Option<String> = self.ok(self.conn()?.get(self.key(&["room", id])).await)?;
         raw.map(|r| parse(&r)).transpose()
     }
 
     async fn rooms_of(&self, user_id: &str) -> StoreResult<Vec<Room>> {
-        let ids: Vec<String> = self.ok(self.conn().smembers(self.key(&["user-rooms", user_id])).await)?;
+        let ids: Vec<String> = self.ok(self.conn()?.smembers(self.key(&["user-rooms", user_id])).await)?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|id| self.key(&["room", id])).collect();
-        let raw: Vec<Option<String>> = self.ok(self.conn().mget(keys).await)?;
+        let raw: Vec<Option<String>> = self.ok(self.conn()?.mget(keys).await)?;
         raw.into_iter().flatten().map(|r| parse(&r)).collect()
     }
 
@@ -289,7 +296,7 @@ impl Store for RedisStore {
             .arg(&msg.id)
             .arg(json(msg)?)
             .arg(self.limits.history_per_room)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await;
         self.ok(r).map(|_| ())
     }
@@ -306,12 +313,12 @@ impl Store for RedisStore {
                 let (len, ids): (usize, Vec<String>) = self.ok(::redis::pipe()
                     .llen(&ids_key)
                     .lrange(&ids_key, -(limit as isize), -1)
-                    .query_async(&mut self.conn())
+                    .query_async(&mut self.conn()?)
                     .await)?;
                 (ids, len.saturating_sub(limit))
             }
             Some(before) => {
-                let all: Vec<String> = self.ok(self.conn().lrange(&ids_key, 0, -1).await)?;
+                let all: Vec<String> = self.ok(self.conn()?.lrange(&ids_key, 0, -1).await)?;
                 let Some(end) = all.iter().position(|id| id == before) else { return Ok(None) };
                 let start = end.saturating_sub(limit);
                 (all[start..end].to_vec(), start)
@@ -321,14 +328,14 @@ impl Store for RedisStore {
     }
 
     async fn message(&self, room: &str, id: &str) -> StoreResult<Option<Message>> {
-        let raw: Option<String> = self.ok(self.conn().hget(self.key(&["msgs", room]), id).await)?;
+        let raw: Option<String> = self.ok(self.conn()?.hget(self.key(&["msgs", room]), id).await)?;
         raw.map(|r| parse(&r)).transpose()
     }
 
     async fn edit(&self, room: &str, id: &str, edit: Edit) -> StoreResult<Option<Message>> {
         let key = self.key(&["msgs", room]);
         for _ in 0..5 {
-            let raw: Option<String> = self.ok(self.conn().hget(&key, id).await)?;
+            let raw: Option<String> = self.ok(self.conn()?.hget(&key, id).await)?;
             let Some(raw) = raw else { return Ok(None) };
             let mut m: Message = parse(&raw)?;
             if m.deleted {
@@ -342,7 +349,7 @@ impl Store for RedisStore {
                 .arg(id)
                 .arg(&raw)
                 .arg(json(&m)?)
-                .invoke_async(&mut self.conn())
+                .invoke_async(&mut self.conn()?)
                 .await)?;
             if n == 1 {
                 return Ok(Some(m));
@@ -359,23 +366,23 @@ impl Store for RedisStore {
             .arg("NX")
             .arg("EX")
             .arg(self.limits.dedup_ttl_secs)
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn()?)
             .await)?;
         if set.is_some() {
             return Ok(Claim::New);
         }
-        let first: Option<String> = self.ok(self.conn().get(&k).await)?;
+        let first: Option<String> = self.ok(self.conn()?.get(&k).await)?;
         Ok(first.map_or(Claim::New, Claim::Seen))
     }
 
     async fn release(&self, key: &str) -> StoreResult<()> {
-        self.ok(self.conn().del(self.key(&["dedup", key])).await)
+        self.ok(self.conn()?.del(self.key(&["dedup", key])).await)
     }
 
     async fn resync(&self, local: &[(User, u64)]) -> StoreResult<Vec<String>> {
         let node_users = self.key(&["node-users", &self.node_id]);
         let field = format!("n:{}", self.node_id);
-        let before: Vec<String> = self.ok(self.conn().smembers(&node_users).await)?;
+        let before: Vec<String> = self.ok(self.conn()?.smembers(&node_users).await)?;
         let gone: Vec<String> = before.into_iter().filter(|u| !local.iter().any(|(l, _)| l.user_id == *u)).collect();
         let mut p = ::redis::pipe();
         for u in &gone {
@@ -387,12 +394,12 @@ impl Store for RedisStore {
             // A user with a live socket here is online unless they chose away/busy.
             p.cmd("HSETNX").arg(&pkey).arg("status").arg("online");
         }
-        self.ok(p.query_async::<()>(&mut self.conn()).await)?;
+        self.ok(p.query_async::<()>(&mut self.conn()?).await)?;
         for (user, _) in local {
             let pkey = self.key(&["presence", &user.user_id]);
-            let status: Option<String> = self.ok(self.conn().hget(&pkey, "status").await)?;
+            let status: Option<String> = self.ok(self.conn()?.hget(&pkey, "status").await)?;
             if status.as_deref() == Some("offline") {
-                let _: () = self.ok(self.conn().hset(&pkey, "status", "online").await)?;
+                let _: () = self.ok(self.conn()?.hset(&pkey, "status", "online").await)?;
             }
         }
         Ok(gone)
@@ -410,10 +417,10 @@ impl Store for RedisStore {
             .arg(&self.node_id)
             .arg(now)
             .arg(&user.user_id)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await;
         let became = self.ok(r)? == 1;
-        let _: () = self.ok(self.conn().set_ex(self.key(&["sock", sid]), json(user)?, SOCKET_TTL_SECS).await)?;
+        let _: () = self.ok(self.conn()?.set_ex(self.key(&["sock", sid]), json(user)?, SOCKET_TTL_SECS).await)?;
         Ok(became)
     }
 
@@ -429,10 +436,10 @@ impl Store for RedisStore {
             .arg(now)
             .arg(user_id)
             .arg(NODE_LIVENESS_MS)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await;
         let left = self.ok(r)?.max(0) as u64;
-        let _: () = self.ok(self.conn().del(self.key(&["sock", sid])).await)?;
+        let _: () = self.ok(self.conn()?.del(self.key(&["sock", sid])).await)?;
         Ok(left)
     }
 
@@ -444,7 +451,7 @@ impl Store for RedisStore {
             .key(self.nodes_key())
             .arg(crate::auth::unix_now_ms())
             .arg(NODE_LIVENESS_MS)
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await;
         Ok(self.ok(r)?.max(0) as u64)
     }
@@ -454,13 +461,13 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = sids.iter().map(|s| self.key(&["sock", s])).collect();
-        let raw: Vec<Option<String>> = self.ok(self.conn().mget(keys).await)?;
+        let raw: Vec<Option<String>> = self.ok(self.conn()?.mget(keys).await)?;
         Ok(raw.into_iter().map(|r| r.and_then(|s| serde_json::from_str(&s).ok())).collect())
     }
 
     async fn set_status(&self, user_id: &str, status: &str, now: u64) -> StoreResult<()> {
         let key = self.key(&["presence", user_id]);
-        self.ok(self.conn().hset_multiple(key, &[("status", status.to_string()), ("lastSeen", now.to_string())]).await)
+        self.ok(self.conn()?.hset_multiple(key, &[("status", status.to_string()), ("lastSeen", now.to_string())]).await)
     }
 
     async fn mark_offline_if_idle(&self, user_id: &str, now: u64, grace_ms: u64) -> StoreResult<bool> {
@@ -474,7 +481,7 @@ impl Store for RedisStore {
             .arg(NODE_LIVENESS_MS)
             .arg(user_id)
             .arg(grace_ms.saturating_sub(GRACE_TOLERANCE_MS))
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut self.conn()?)
             .await;
         Ok(self.ok(r)? == 1)
     }
@@ -487,7 +494,7 @@ impl Store for RedisStore {
         for u in user_ids {
             p.cmd("HMGET").arg(self.key(&["presence", u])).arg("status").arg("lastSeen");
         }
-        let rows: Vec<(Option<String>, Option<u64>)> = self.ok(p.query_async(&mut self.conn()).await)?;
+        let rows: Vec<(Option<String>, Option<u64>)> = self.ok(p.query_async(&mut self.conn()?).await)?;
         Ok(rows
             .into_iter()
             .map(|(status, last_seen)| Presence { status: status.unwrap_or_else(|| "offline".into()), last_seen })
@@ -501,13 +508,13 @@ impl Store for RedisStore {
             .rpush(&key, json(msg)?)
             .ltrim(&key, -cap, -1)
             .expire(&key, self.limits.queue_ttl_secs as i64)
-            .query_async::<()>(&mut self.conn())
+            .query_async::<()>(&mut self.conn()?)
             .await)
     }
 
     async fn take_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>> {
         let raw: Vec<String> =
-            self.ok(self.scripts.take_queue.key(self.key(&["queue", user_id])).invoke_async(&mut self.conn()).await)?;
+            self.ok(self.scripts.take_queue.key(self.key(&["queue", user_id])).invoke_async(&mut self.conn()?).await)?;
         let oldest = crate::auth::unix_now_ms().saturating_sub(self.limits.queue_ttl_secs * 1000);
         Ok(raw
             .iter()
@@ -530,13 +537,13 @@ impl Store for RedisStore {
             .lpush(&key, raw)
             .ltrim(&key, -cap, -1)
             .expire(&key, self.limits.queue_ttl_secs as i64)
-            .query_async::<()>(&mut self.conn())
+            .query_async::<()>(&mut self.conn()?)
             .await)
     }
 
     async fn remember_receipt(&self, id: &str, from: &str, to: &str) -> StoreResult<()> {
         let value = json(&(from, to))?;
-        self.ok(self.conn().set_ex(self.key(&["receipt", id]), value, self.limits.receipt_ttl_secs).await)
+        self.ok(self.conn()?.set_ex(self.key(&["receipt", id]), value, self.limits.receipt_ttl_secs).await)
     }
 
     async fn receipts(&self, ids: &[String]) -> StoreResult<Vec<Option<(String, String)>>> {
@@ -544,7 +551,7 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|id| self.key(&["receipt", id])).collect();
-        let raw: Vec<Option<String>> = self.ok(self.conn().mget(keys).await)?;
+        let raw: Vec<Option<String>> = self.ok(self.conn()?.mget(keys).await)?;
         Ok(raw.into_iter().map(|r| r.and_then(|s| serde_json::from_str(&s).ok())).collect())
     }
 
@@ -555,11 +562,11 @@ impl Store for RedisStore {
             let k = self.key(&["user-calls", u]);
             p.sadd(&k, &call.id).expire(&k, CALL_TTL_SECS as i64);
         }
-        self.ok(p.query_async::<()>(&mut self.conn()).await)
+        self.ok(p.query_async::<()>(&mut self.conn()?).await)
     }
 
     async fn call(&self, id: &str) -> StoreResult<Option<Call>> {
-        let raw: Option<String> = self.ok(self.conn().get(self.key(&["call", id])).await)?;
+        let raw: Option<String> = self.ok(self.conn()?.get(self.key(&["call", id])).await)?;
         raw.map(|r| parse(&r)).transpose()
     }
 
@@ -586,12 +593,12 @@ impl Store for RedisStore {
 
     async fn calls_of(&self, user_id: &str) -> StoreResult<Vec<Call>> {
         let set = self.key(&["user-calls", user_id]);
-        let ids: Vec<String> = self.ok(self.conn().smembers(&set).await)?;
+        let ids: Vec<String> = self.ok(self.conn()?.smembers(&set).await)?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|id| self.key(&["call", id])).collect();
-        let raw: Vec<Option<String>> = self.ok(self.conn().mget(keys).await)?;
+        let raw: Vec<Option<String>> = self.ok(self.conn()?.mget(keys).await)?;
         let mut calls = Vec::new();
         let mut gone = Vec::new();
         for (id, r) in ids.into_iter().zip(raw) {
@@ -601,7 +608,7 @@ impl Store for RedisStore {
             }
         }
         if !gone.is_empty() {
-            let _: () = self.ok(self.conn().srem(&set, gone).await)?;
+            let _: () = self.ok(self.conn()?.srem(&set, gone).await)?;
         }
         Ok(calls)
     }
