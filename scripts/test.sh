@@ -21,8 +21,8 @@ need_redis() {
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 need_redis
 
@@ -35,4 +35,4 @@ cargo test --quiet
 step "js-client-tests (socket.io-client 4 and 2)"
 cd js-client-tests
 if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
-GATEWAY_BIN="$(pwd)/../target/debug/realtime-gateway" node --test --test-concurrency=2 --test-reporter=spec test/
+GATEWAY_BIN="$(pwd)/../target/debug/realtime-gateway" node --test --test-concurrency=2 test/

@@ -30,17 +30,11 @@ pub async fn announce<A: Adapter>(
     status: &str,
     chat_rooms: &[String],
 ) {
-    let mut targets: Vec<String> = chat_rooms.iter().map(|r| names::chat(r)).collect();
+    let mut targets: std::collections::HashSet<String> = chat_rooms.iter().map(|r| names::chat(r)).collect();
     match state.store.rooms_of(user_id).await {
         Ok(rooms) => {
-            for room in rooms {
-                for m in room.members {
-                    let t = names::user(&m);
-                    if m != user_id && !targets.contains(&t) {
-                        targets.push(t);
-                    }
-                }
-            }
+            let members = rooms.into_iter().flat_map(|r| r.members).filter(|m| m != user_id);
+            targets.extend(members.map(|m| names::user(&m)));
         }
         Err(e) => tracing::warn!(user_id, "presence: rooms of user: {e}"),
     }
@@ -48,6 +42,7 @@ pub async fn announce<A: Adapter>(
         return;
     }
     let note = json!({ "userId": user_id, "status": status, "timestamp": crate::auth::unix_now_ms() });
+    let targets: Vec<String> = targets.into_iter().collect();
     if let Err(e) = io.to(targets).except(names::user(user_id)).emit("presence-update", &note).await {
         tracing::warn!(user_id, "presence-update: {e}");
     }
