@@ -81,7 +81,9 @@ pub fn spawn<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<tokio::task
                 Ok(()) => tracing::warn!("redis ingress: subscription closed"),
                 Err(e) => tracing::warn!("redis ingress: {e}"),
             }
-            redis.set_up(false);
+            // Whether Redis is down is the heartbeat's call (every second): this subscriber's own
+            // connection may drop while the node's command connection is fine.
+            redis.set_ingress(false);
             if subscribed {
                 backoff = Duration::from_millis(100);
             }
@@ -108,6 +110,7 @@ async fn run_once<A: Adapter>(
     *subscribed = true;
     if let Some(r) = &state.redis {
         r.set_up(true);
+        r.set_ingress(true);
     }
     tracing::info!(patterns = patterns.len(), "redis ingress subscribed");
     let mut stream = pubsub.on_message();

@@ -16,6 +16,8 @@ pub struct RedisLink {
     /// Seen failing and not yet back: requests fail fast instead of each waiting out a reconnect;
     /// the heartbeat keeps probing and clears it.
     down: AtomicBool,
+    /// The ingress subscriber is subscribed (`/health` says `up` only then).
+    ingress: AtomicBool,
 }
 
 impl RedisLink {
@@ -29,11 +31,26 @@ impl RedisLink {
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .context("REDIS_URL: cannot set up the connection")?;
-        Ok(Self { client, conn, up: AtomicBool::new(false), down: AtomicBool::new(false) })
+        Ok(Self {
+            client,
+            conn,
+            up: AtomicBool::new(false),
+            down: AtomicBool::new(false),
+            ingress: AtomicBool::new(false),
+        })
     }
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Reachable and the ingress subscribed: what `/health` calls `up`.
+    pub fn is_serving(&self) -> bool {
+        self.is_up() && self.ingress.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ingress(&self, subscribed: bool) {
+        self.ingress.store(subscribed, Ordering::Relaxed);
     }
 
     /// True while Redis is known to be unreachable: skip it rather than wait.
@@ -41,6 +58,8 @@ impl RedisLink {
         self.down.load(Ordering::Relaxed)
     }
 
+    /// Set by the heartbeat alone (and the ingress when it subscribes): one failed request elsewhere
+    /// must not switch the whole node to "down".
     pub fn set_up(&self, up: bool) {
         self.down.store(!up, Ordering::Relaxed);
         let was = self.up.swap(up, Ordering::Relaxed);
@@ -59,7 +78,6 @@ impl RedisLink {
         }
         let mut conn = self.conn.clone();
         let res: redis::RedisResult<i64> = conn.publish(channel, payload).await;
-        self.set_up(res.is_ok());
         res.map(|_| ()).context("redis publish")
     }
 }

@@ -14,7 +14,7 @@ use crate::events::stats::local_stats;
 pub fn redis_status(api_state: &crate::state::AppState) -> &'static str {
     match &api_state.redis {
         None => "disabled",
-        Some(r) if r.is_up() => "up",
+        Some(r) if r.is_serving() => "up",
         Some(_) => "down",
     }
 }

@@ -191,16 +191,9 @@ impl RedisStore {
     }
 
     /// Maps a Redis result, keeping the node's up/down flag current.
+    /// Maps a Redis result to the store's error.
     fn ok<T>(&self, r: ::redis::RedisResult<T>) -> StoreResult<T> {
-        match r {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
-                    self.link.set_up(false);
-                }
-                Err(StoreError::Unavailable(e.to_string()))
-            }
-        }
+        r.map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     async fn messages(&self, room: &str, ids: &[String]) -> StoreResult<Vec<Message>> {
@@ -394,7 +387,9 @@ impl Store for RedisStore {
             // A user with a live socket here is online unless they chose away/busy.
             p.cmd("HSETNX").arg(&pkey).arg("status").arg("online");
         }
-        self.ok(p.query_async::<()>(&mut self.conn()?).await)?;
+        if !gone.is_empty() || !local.is_empty() {
+            self.ok(p.query_async::<()>(&mut self.conn()?).await)?;
+        }
         for (user, _) in local {
             let pkey = self.key(&["presence", &user.user_id]);
             let status: Option<String> = self.ok(self.conn()?.hget(&pkey, "status").await)?;
