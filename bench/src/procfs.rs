@@ -43,3 +43,15 @@ pub fn cpu_us_all(pids: &[u32]) -> u64 {
 pub fn rss_kib_all(pids: &[u32]) -> u64 {
     pids.iter().map(|p| rss_kib(*p)).sum()
 }
+
+/// Busy time of the whole machine (every core: user, nice, system, irq, softirq, steal) in µs,
+/// from the `cpu` line of /proc/stat. Minus the server's and the generator's own CPU time it tells
+/// how much else ran during a measurement (other processes, interrupts not charged to either).
+pub fn machine_busy_us() -> u64 {
+    let Ok(s) = fs::read_to_string("/proc/stat") else { return 0 };
+    let Some(line) = s.lines().find(|l| l.starts_with("cpu ")) else { return 0 };
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = [0usize, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum::<u64>();
+    busy * 1_000_000 / CLK_TCK
+}
