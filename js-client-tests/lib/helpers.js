@@ -244,3 +244,23 @@ export async function rawSocket(url, auth = {}) {
     close() { ws.close(); },
   };
 }
+
+let seq = 0;
+/** A name no other test (or earlier run against the same Redis) uses. */
+export const uniq = (p) => `${p}-${process.pid}-${Date.now().toString(36)}-${++seq}`;
+// One transport from the start (websocket, or polling without an upgrade): a socket.io-client closed while
+// engine.io-client is switching from polling to websocket can keep its 45 s ping timer alive after the close,
+// holding the test process open (a client library quirk).
+export const WS = { transports: ['websocket'] };
+export const POLLING = { transports: ['polling'] };
+
+/** A login function for one test against gateway `g`: its sockets are closed when the test ends. */
+export function clients(t, g) {
+  const open = [];
+  t.after(() => { for (const s of open) s.close(); });
+  return async (userId, { role = 'user', ...opts } = {}) => {
+    const { socket, hello } = await connect(g.url, { ...WS, auth: { token: token(userId, { role }) }, ...opts });
+    open.push(socket);
+    return { socket, hello, user: hello.user, id: userId };
+  };
+}

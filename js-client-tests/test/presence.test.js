@@ -2,32 +2,15 @@
 // create-room room that lists the user), the PRESENCE_GRACE_MS grace and flapping, update-status, get-presence.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startGateway, connect, request, next, collect, token, until, http } from '../lib/helpers.js';
+import { startGateway, connect, request, next, collect, token, until, http, uniq, WS, POLLING, clients } from '../lib/helpers.js';
 
 const GRACE = 500;
 let gw;
 before(async () => { gw = await startGateway({ PRESENCE_GRACE_MS: String(GRACE) }); });
 after(async () => { await gw.stop(); });
 
-let seq = 0;
-const uniq = (p) => `${p}-${process.pid}-${Date.now().toString(36)}-${++seq}`;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-// Every socket here uses one transport from the start (websocket, or polling without an upgrade): a
-// socket.io-client closed while engine.io-client is switching from polling to websocket can keep its 45 s
-// ping timer alive after the close, holding the test process open (a client library quirk).
-const WS = { transports: ['websocket'] };
-const POLLING = { transports: ['polling'] };
 
-/** A login function for one test: its sockets are closed when the test ends. */
-function clients(t, g = gw) {
-  const open = [];
-  t.after(() => { for (const s of open) s.close(); });
-  return async (userId, opts = {}) => {
-    const { socket, hello } = await connect(g.url, { ...WS, auth: { token: token(userId) }, ...opts });
-    open.push(socket);
-    return { socket, hello, user: hello.user, id: userId };
-  };
-}
 
 /** A create-room group made by `c` that lists `members`. */
 async function group(c, members) {
@@ -55,7 +38,7 @@ function assertUpdate(ev, userId, status, from) {
 }
 
 test('online: presence-update to the members of a create-room room that lists the user, not to strangers', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const aliceId = uniq('alice');
   const bob = await login(uniq('bob'));
   const carol = await login(uniq('carol')); // shares no room with alice
@@ -77,7 +60,7 @@ test('online: presence-update to the members of a create-room room that lists th
 });
 
 test('offline: only after PRESENCE_GRACE_MS, to the members of a create-room room', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const aliceId = uniq('alice');
   const bob = await login(uniq('bob'));
   await group(bob, [aliceId]);
@@ -98,7 +81,7 @@ test('offline: only after PRESENCE_GRACE_MS, to the members of a create-room roo
 test('offline: to the sockets of the chat rooms the user was in (rounds of users leaving at once)', async (t) => {
   // Many at once, in rounds, because every disconnect must count, including those whose namespace
   // disconnect and transport close reach the gateway together (what socket.close() sends).
-  const login = clients(t);
+  const login = clients(t, gw);
   const bob = await login(uniq('bob'));
   const updates = collect(bob.socket, 'presence-update');
   const offline = (u) => updates.some((e) => e.userId === u.id && e.status === 'offline');
@@ -220,7 +203,7 @@ test('offline comes a full grace after the last socket left, even after an earli
 });
 
 test('update-status: away, busy and online go to those who share a room; anything else is INVALID_PAYLOAD', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('status');
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob')); // shares a chat room with alice
@@ -250,7 +233,7 @@ test('update-status: away, busy and online go to those who share a room; anythin
 });
 
 test('get-presence: online, away, offline with lastSeen, and unknown users offline with lastSeen null', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob'));
   const carol = await login(uniq('carol'));

@@ -3,30 +3,13 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { io } from 'socket.io-client';
-import { startGateway, connect, request, next, collect, token, until, http } from '../lib/helpers.js';
+import { startGateway, connect, request, next, collect, token, until, http, uniq, WS, POLLING, clients } from '../lib/helpers.js';
 
 let gw;
 before(async () => { gw = await startGateway(); });
 after(async () => { await gw.stop(); });
 
-let seq = 0;
-const uniq = (p) => `${p}-${process.pid}-${Date.now().toString(36)}-${++seq}`;
-// Every socket here uses one transport from the start (websocket, or polling without an upgrade): a
-// socket.io-client closed while engine.io-client is switching from polling to websocket can keep its 45 s
-// ping timer alive after the close, holding the test process open (a client library quirk).
-const WS = { transports: ['websocket'] };
-const POLLING = { transports: ['polling'] };
 
-/** A login function for one test: its sockets are closed when the test ends. */
-function clients(t, g = gw) {
-  const open = [];
-  t.after(() => { for (const s of open) s.close(); });
-  return async (userId, opts = {}) => {
-    const { socket, hello } = await connect(g.url, { ...WS, auth: { token: token(userId) }, ...opts });
-    open.push(socket);
-    return { socket, hello, user: hello.user, id: userId };
-  };
-}
 
 /**
  * Connects with a `pending-messages` listener in place before the connection is made (the event may
@@ -66,7 +49,7 @@ function assertPrivate(msg, { ack, from, to, content }) {
 }
 
 test('private-message: ack, delivered to every socket of the target and the sender\'s other sockets, not the sending one', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const aliceId = uniq('alice');
   const bobId = uniq('bob');
   const a1 = await login(aliceId);
@@ -100,7 +83,7 @@ test('private-message: ack, delivered to every socket of the target and the send
 });
 
 test('offline target: delivered:false, queued, one pending-messages oldest first on the next connect, then gone', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const aliceId = uniq('alice'); // never connected yet
   const b1 = await login(uniq('bob'));
   const b2 = await login(b1.id);
@@ -143,7 +126,7 @@ test('offline target: delivered:false, queued, one pending-messages oldest first
 });
 
 test('pending-messages not acked is still handed over only once', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const aliceId = uniq('alice');
   const bob = await login(uniq('bob'));
   const ack = await pm(bob, aliceId, 'while away');
@@ -213,7 +196,7 @@ test('the offline queue keeps the last 1000 messages per user', async () => {
 });
 
 test('clientMessageId: the same id returns the first messageId and is not delivered or queued again', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const aliceId = uniq('alice');
   const a1 = await login(aliceId);
   const a2 = await login(aliceId);
@@ -244,7 +227,7 @@ test('clientMessageId: the same id returns the first messageId and is not delive
 });
 
 test('mark-read: messages-read to every socket of each sender, with only their messages to the reader', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const alice = await login(uniq('alice')); // the reader
   const b1 = await login(uniq('bob'));
   const b2 = await login(b1.id);
@@ -293,7 +276,7 @@ test('mark-read: messages-read to every socket of each sender, with only their m
 });
 
 test('validation: INVALID_PAYLOAD for a missing or empty targetUserId or content; anonymous UNAUTHENTICATED', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const alice = await login(uniq('alice'));
   for (const payload of [
     { content: 'no target' },

@@ -2,7 +2,7 @@
 // message and its de-duplication, edit/delete, list-rooms, load-messages, validation, typing and its timers.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startGateway, connect, request, next, collect, token, until } from '../lib/helpers.js';
+import { startGateway, connect, request, next, collect, token, until, uniq, WS, POLLING, clients } from '../lib/helpers.js';
 
 let gw;
 before(async () => { gw = await startGateway(); });
@@ -11,26 +11,8 @@ after(async () => { await gw.stop(); });
 const ACCESS_DENIED = { success: false, error: 'Access denied', code: 'FORBIDDEN' };
 const NOT_IN_ROOM = { success: false, error: 'Not in room', code: 'NOT_IN_ROOM' };
 
-let seq = 0;
-/** A name no other test uses (users and rooms live as long as the shared gateway). */
-const uniq = (p) => `${p}-${process.pid}-${Date.now().toString(36)}-${++seq}`;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-// Every socket here uses one transport from the start (websocket, or polling without an upgrade): a
-// socket.io-client closed while engine.io-client is switching from polling to websocket can keep its 45 s
-// ping timer alive after the close, holding the test process open (a client library quirk).
-const WS = { transports: ['websocket'] };
-const POLLING = { transports: ['polling'] };
 
-/** A login function for one test: its sockets are closed when the test ends. */
-function clients(t, g = gw) {
-  const open = [];
-  t.after(() => { for (const s of open) s.close(); });
-  return async (userId, { role = 'user', ...opts } = {}) => {
-    const { socket, hello } = await connect(g.url, { ...WS, auth: { token: token(userId, { role }) }, ...opts });
-    open.push(socket);
-    return { socket, hello, user: hello.user, id: userId };
-  };
-}
 
 async function join(c, roomId) {
   const ack = await request(c.socket, 'join-room', roomId);
@@ -64,7 +46,7 @@ function expectedMessage(sender, roomId, ack, content, { type = 'text', replyTo 
 const tick = () => sleep(5);
 
 test('join-room: room, members with the joiner, recent messages oldest first; user-joined to the others only', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('lobby');
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob'));
@@ -103,7 +85,7 @@ test('join-room: room, members with the joiner, recent messages oldest first; us
 });
 
 test('multi-device: a user with several sockets is one member, and each joined socket gets the messages', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('devices');
   const aliceId = uniq('alice');
   const phone = await login(aliceId);
@@ -130,7 +112,7 @@ test('multi-device: a user with several sockets is one member, and each joined s
 });
 
 test('leave-room: ack, user-left to the others, then no messages and NOT_IN_ROOM', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('leave');
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob'));
@@ -156,7 +138,7 @@ test('leave-room: ack, user-left to the others, then no messages and NOT_IN_ROOM
 });
 
 test('create-room group: the creator is always a member; only members and admins may join', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob'));
   const carol = await login(uniq('carol'));
@@ -192,7 +174,7 @@ test('create-room group: the creator is always a member; only members and admins
 });
 
 test('create-room direct: the same room whoever creates it, closed to others', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob'));
   const carol = await login(uniq('carol'));
@@ -219,7 +201,7 @@ test('create-room direct: the same room whoever creates it, closed to others', a
 });
 
 test('message: ack, then new-message with the Message shape to everyone in the room, the sender included', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('chat');
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob'));
@@ -260,13 +242,13 @@ test('message: ack, then new-message with the Message shape to everyone in the r
 });
 
 test('message in a room not joined: NOT_IN_ROOM', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const alice = await login(uniq('alice'));
   assert.deepEqual(await request(alice.socket, 'message', { roomId: uniq('never-joined'), content: 'x' }), NOT_IN_ROOM);
 });
 
 test('clientMessageId: the same id from the same user returns the first messageId and is not broadcast again', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('dedup');
   const aliceId = uniq('alice');
   const alice = await login(aliceId);
@@ -293,7 +275,7 @@ test('clientMessageId: the same id from the same user returns the first messageI
 });
 
 test('edit-message: message-updated with the whole message to the room, the editor included; history keeps it', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('edit');
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob'));
@@ -323,7 +305,7 @@ test('edit-message: message-updated with the whole message to the room, the edit
 });
 
 test('delete-message: message-deleted to the room; history keeps it deleted with empty content; then NOT_FOUND', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('delete');
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob'));
@@ -357,7 +339,7 @@ test('delete-message: message-deleted to the room; history keeps it deleted with
 });
 
 test('edit and delete: only the author or an admin (FORBIDDEN), joined or not; unknown messages NOT_FOUND', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('perm');
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob'));
@@ -409,7 +391,7 @@ test('edit and delete: only the author or an admin (FORBIDDEN), joined or not; u
 });
 
 test('list-rooms: the created rooms that list the caller, newest message (else newest room) first', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob'));
   const carol = await login(uniq('carol'));
@@ -461,7 +443,7 @@ test('list-rooms: the created rooms that list the caller, newest message (else n
 });
 
 test('load-messages: history order, before, limit and hasMore', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('history');
   const alice = await login(uniq('alice'));
   await join(alice, room);
@@ -497,7 +479,7 @@ test('load-messages: history order, before, limit and hasMore', async (t) => {
 });
 
 test('load-messages: a limit outside 1..100 is INVALID_PAYLOAD, an unknown before is NOT_FOUND', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('limits');
   const alice = await login(uniq('alice'));
   await join(alice, room);
@@ -515,7 +497,7 @@ test('load-messages: a limit outside 1..100 is INVALID_PAYLOAD, an unknown befor
 });
 
 test('a history longer than 50: join-room returns the last 50, load-messages pages back to the rest', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('long');
   const alice = await login(uniq('alice'));
   await join(alice, room);
@@ -568,7 +550,7 @@ test('anonymous sockets get UNAUTHENTICATED for every chat event', async () => {
 });
 
 test('invalid room ids are INVALID_PAYLOAD; ids at the limits are accepted', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const alice = await login(uniq('alice'));
   const bad = ['', 'x'.repeat(129), 'has space', 'user:alice', 'system:x', 'socket:abc', 'ünïcode'];
   for (const id of bad) {
@@ -592,7 +574,7 @@ test('invalid room ids are INVALID_PAYLOAD; ids at the limits are accepted', asy
 });
 
 test('typing: user-typing to the others; stop-typing sends user-stopped-typing', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('typing');
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob'));
@@ -616,7 +598,7 @@ test('typing: user-typing to the others; stop-typing sends user-stopped-typing',
 });
 
 test('typing stops when the typist leaves the room', async (t) => {
-  const login = clients(t);
+  const login = clients(t, gw);
   const room = uniq('typing-leave');
   const alice = await login(uniq('alice'));
   const bob = await login(uniq('bob'));
@@ -638,7 +620,7 @@ test('typing stops when the typist leaves the room', async (t) => {
 test('typing stops when the typist disconnects (rounds of typists closing their sockets at once)', async (t) => {
   // Many at once, in rounds, because the gateway must handle every disconnect, including those whose
   // namespace disconnect and transport close reach it together (what socket.close() sends).
-  const login = clients(t);
+  const login = clients(t, gw);
   const bob = await login(uniq('bob'));
   const stops = collect(bob.socket, 'user-stopped-typing');
   const lefts = collect(bob.socket, 'user-left');
