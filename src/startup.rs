@@ -107,7 +107,11 @@ fn assemble<A: Adapter>(
     tasks.extend(crate::cluster::spawn_heartbeat(io.clone(), state.clone()));
     tasks.extend(crate::ingress::spawn(io.clone(), state.clone()));
     let api = Api { state: state.clone(), io: io.clone() };
-    let router = crate::http::router(api).layer(layer).layer(cors);
+    // The head compaction runs before the Socket.IO layer sees the request (see http/compact.rs).
+    let router = crate::http::router(api)
+        .layer(layer)
+        .layer(tower::util::MapRequestLayer::new(crate::http::compact::compact_head))
+        .layer(cors);
     let shutdown = Box::new(move || -> BoxFuture<'static, ()> {
         Box::pin(async move {
             for t in &tasks {

@@ -1,6 +1,7 @@
 //! HTTP routes on the gateway's port (SPEC §8).
 
 pub mod api;
+pub mod compact;
 pub mod health;
 
 use axum::routing::{get, post};
