@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         let listener = TcpListener::bind(addr).await?;
         eprintln!("raw server listening on {}", listener.local_addr()?);
         let hub: HubRef = Rc::default();
-        let cfg = WebSocketConfig::default().read_buffer_size(cli.read_buffer).write_buffer_size(0);
+        let cfg = WebSocketConfig::default().read_buffer_size(cli.read_buffer);
         let ping = Duration::from_millis(cli.ping_interval_ms);
         let mut next_id = 0u64;
         loop {
