@@ -100,7 +100,7 @@ def summarise(runs):
                 "all": [d.get("connects_per_sec") for d in docs],
             }
         out["s4"] = r
-    for sc in ("s2", "s5"):
+    for sc in ("s2", "s5", "s6"):
         if sc not in runs:
             continue
         r = {}
@@ -230,20 +230,31 @@ def tables(s):
         row("", "server CPU µs per delivery (both nodes) at that rate",
             fmt(g(s, "s5", "gateway", "cpu_us_per_delivery_at_best"), 2),
             fmt(g(s, "s5", "node", "cpu_us_per_delivery_at_best"), 2), "", "", "", "")
+    if "s6" in s:
+        gw, nd = g(s, "s6", "gateway", "best_rate"), g(s, "s6", "node", "best_rate")
+        m = g(s, "s6", "gateway", "members") or g(s, "s6", "node", "members")
+        row(f"S6 fan-out {fmt(m)}", "highest rate, p99 < 50 ms, no loss (msg/s)", fmt(gw), fmt(nd), "",
+            fmt(ratio(gw, nd), 2), "(no goal: the size of the third-party measurement)", "")
+        row("", "deliveries/s at that rate", fmt(g(s, "s6", "gateway", "best_deliveries_per_sec")),
+            fmt(g(s, "s6", "node", "best_deliveries_per_sec")), "", "", "", "")
+        row("", "p99 at that rate (ms)", fmt(g(s, "s6", "gateway", "p99_at_best_ms"), 1),
+            fmt(g(s, "s6", "node", "p99_at_best_ms"), 1), "", "", "", "")
+        row("", "load generator CPU at that rate (% of its core)", fmt(g(s, "s6", "gateway", "gen_cpu_pct_at_best"), 0),
+            fmt(g(s, "s6", "node", "gen_cpu_pct_at_best"), 0), "", "", "", "")
     lines.append("")
     lines.append("Disturbance check: the largest share of a core used by anything but the server and the generator "
                  "during a measurement (other processes, unattributed interrupts), per scenario and server: "
-                 + "; ".join(f"{sc} {srv} {v['other_cpu_max_pct']:.0f}%" for sc in ("s1", "s2", "s3", "s4", "s5")
+                 + "; ".join(f"{sc} {srv} {v['other_cpu_max_pct']:.0f}%" for sc in ("s1", "s2", "s3", "s4", "s5", "s6")
                              if sc in s for srv, v in s[sc].items() if v.get("other_cpu_max_pct") is not None))
     lines.append("")
     lines.append("Runs per server (each value; the table shows the median):")
     lines.append("")
     for sc, key in (("s1", "rss_per_conn_kib"), ("s2", "best_rate"), ("s3", "best_rate"), ("s4", "connects_per_sec"),
-                    ("s5", "best_rate")):
+                    ("s5", "best_rate"), ("s6", "best_rate")):
         if sc in s:
             parts = [f"{srv} {s[sc][srv]['all']}" for srv in SERVERS if srv in s[sc]]
             lines.append(f"- {sc} {key}: " + "; ".join(parts))
-    for sc in ("s2", "s5"):
+    for sc in ("s2", "s5", "s6"):
         if sc not in s:
             continue
         lines.append("")

@@ -2,7 +2,7 @@
 # Benchmarks of issue 8: the gateway side by side with Node socket.io 4.8 (and a raw tokio-tungstenite
 # broadcast server for the physical limit), each server pinned to core 0, the load generator to core 1.
 #
-#   bench/run.sh [s1|s2|s3|s4|s5|all ...]     (default: all)
+#   bench/run.sh [s1|s2|s3|s4|s5|s6|all ...]     (default: all)
 #   RUNS=3           runs per scenario and server (the table shows the median)
 #   SERVERS="gateway node raw"   restrict the servers
 #   NO_BUILD=1       use the binaries copied by an earlier run
@@ -22,7 +22,7 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="$HERE/results/$STAMP"
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(all)
-if [ "${SCENARIOS[0]}" = all ]; then SCENARIOS=(s1 s4 s2 s3 s5); fi
+if [ "${SCENARIOS[0]}" = all ]; then SCENARIOS=(s1 s4 s2 s3 s5 s6); fi
 
 log() { printf '[run.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -166,6 +166,8 @@ gen() { # args...: the load generator on core 1, bounded
 S2_RATES=${S2_RATES:-25,50,75,100,125,150,200,250,300,350,400,500,600,800,1000,1250,1500,2000}
 S3_RATES=${S3_RATES:-2000,3000,4000,5000,7500,10000,15000,20000,25000,30000,35000,40000,50000,60000}
 S5_RATES=${S5_RATES:-50,100,200,300,400,600,800,1000,1500,2000,2500,3000,3500,4000,5000,6000}
+# S6: S2 at 10,000 sockets in the room, the size at which a third party measured socketioxide slower than Node.
+S6_RATES=${S6_RATES:-2,5,10,15,20,25,30,40,50}
 
 one_run() { # scenario server run
   local sc=$1 srv=$2 run=$3 port file
@@ -189,6 +191,13 @@ one_run() { # scenario server run
       gen fanout --server "127.0.0.1:$port" --pid "$SERVER_PID" --label "$srv" --clients 1000 \
         --concurrency 50 --rates "$S2_RATES" --step-secs 2 --drain-secs 2 --p99-limit-ms 50 --stop-after 2 \
         --max-secs 150 --out "$file" >/dev/null || log "s2 $srv run $run failed"
+      stop_pid "$SERVER_PID"
+      ;;
+    s6)
+      start_server "$srv" "$port"
+      gen fanout --server "127.0.0.1:$port" --pid "$SERVER_PID" --label "$srv" --clients 10000 --users 1 \
+        --concurrency 200 --rates "$S6_RATES" --step-secs 3 --drain-secs 3 --p99-limit-ms 1000 --stop-after 2 \
+        --max-secs 400 --out "$file" >/dev/null || log "s6 $srv run $run failed"
       stop_pid "$SERVER_PID"
       ;;
     s3)
@@ -227,7 +236,7 @@ servers_for() { # scenario -> the servers it runs against
 
 T0=$(date +%s)
 for sc in "${SCENARIOS[@]}"; do
-  case $sc in s1|s2|s3|s4|s5) ;; *) log "unknown scenario $sc (s1..s5 or all)"; exit 2 ;; esac
+  case $sc in s1|s2|s3|s4|s5|s6) ;; *) log "unknown scenario $sc (s1..s6 or all)"; exit 2 ;; esac
   for run in $(seq 1 "$RUNS"); do
     for srv in $(servers_for "$sc"); do
       quiet

@@ -69,6 +69,10 @@ struct Common {
     /// `sub` prefix of the clients' tokens.
     #[arg(long, default_value = "u")]
     user_prefix: String,
+    /// Distinct users among the clients (client i is user i mod N); 0: one user per client. S6 uses
+    /// 1 so that 10,000 joins do not each announce `user-joined` to everyone already in the room.
+    #[arg(long, default_value_t = 0)]
+    users: usize,
     /// Hard limit on the whole run, in seconds.
     #[arg(long, default_value_t = 180)]
     max_secs: u64,
@@ -239,7 +243,7 @@ where
     F: Fn(usize, Ws) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let tokens = proto::tokens(&c.secret, &c.user_prefix, n);
+    let tokens = proto::tokens(&c.secret, &c.user_prefix, n, c.users);
     let cfg = proto::ws_config(c.read_buffer);
     let src = Sources { first: c.src_first, last: c.src_last };
     let hist = RefCell::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).unwrap());

@@ -27,7 +27,7 @@ pub fn now_us() -> u64 {
 }
 
 /// HS256 tokens, one per client (`sub` unique), expiring in an hour.
-pub fn tokens(secret: &str, prefix: &str, n: usize) -> Vec<String> {
+pub fn tokens(secret: &str, prefix: &str, n: usize, users: usize) -> Vec<String> {
     #[derive(serde::Serialize)]
     struct Claims<'a> {
         sub: String,
@@ -40,7 +40,8 @@ pub fn tokens(secret: &str, prefix: &str, n: usize) -> Vec<String> {
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     (0..n)
         .map(|i| {
-            let claims = Claims { sub: format!("{prefix}{i}"), role: "user", exp: now + 3600, iat: now };
+            let user = if users == 0 { i } else { i % users };
+            let claims = Claims { sub: format!("{prefix}{user}"), role: "user", exp: now + 3600, iat: now };
             jsonwebtoken::encode(&header, &claims, &key).expect("jwt encode")
         })
         .collect()

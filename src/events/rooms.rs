@@ -5,6 +5,7 @@
 //! stored with their member list and only those members (and admins) may join or read them. The
 //! prefixes `dm:` and `grp:` belong to such rooms, so nobody can squat an id before it is created.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -101,7 +102,17 @@ pub async fn room_users<A: Adapter>(
             Vec::new()
         }
     };
-    let mut users: Vec<User> = Vec::new();
+    // Counted per user as we go (a map from user id to position): a room of N sockets costs O(N),
+    // and a user's second socket costs no copy of the user.
+    let mut out: Vec<(User, usize)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut count = |u: &User| match index.get(&u.user_id) {
+        Some(&i) => out[i].1 += 1,
+        None => {
+            index.insert(u.user_id.clone(), out.len());
+            out.push((u.clone(), 1));
+        }
+    };
     let mut remote = Vec::new();
     for rs in &sockets {
         let sid = rs.data().id;
@@ -110,10 +121,10 @@ pub async fn room_users<A: Adapter>(
         }
         match io.get_socket(sid) {
             Some(s) => {
-                if let Some(u) =
-                    s.extensions.get::<std::sync::Arc<crate::state::Session>>().and_then(|s| s.user.clone())
-                {
-                    users.push(u);
+                if let Some(session) = s.extensions.get::<std::sync::Arc<crate::state::Session>>() {
+                    if let Some(u) = &session.user {
+                        count(u);
+                    }
                 }
             }
             None => remote.push(sid.to_string()),
@@ -121,14 +132,7 @@ pub async fn room_users<A: Adapter>(
     }
     if !remote.is_empty() {
         if let Ok(found) = state.store.socket_users(&remote).await {
-            users.extend(found.into_iter().flatten());
-        }
-    }
-    let mut out: Vec<(User, usize)> = Vec::new();
-    for u in users {
-        match out.iter_mut().find(|(x, _)| x.user_id == u.user_id) {
-            Some((_, n)) => *n += 1,
-            None => out.push((u, 1)),
+            found.iter().flatten().for_each(&mut count);
         }
     }
     out
