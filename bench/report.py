@@ -233,7 +233,7 @@ def tables(s):
     if "s6" in s:
         gw, nd = g(s, "s6", "gateway", "best_rate"), g(s, "s6", "node", "best_rate")
         m = g(s, "s6", "gateway", "members") or g(s, "s6", "node", "members")
-        row(f"S6 fan-out {fmt(m)}", "highest rate, p99 < 50 ms, no loss (msg/s)", fmt(gw), fmt(nd), "",
+        row(f"S6 fan-out {fmt(m)}", "highest rate, p99 < 1 s, no loss (msg/s)", fmt(gw), fmt(nd), "",
             fmt(ratio(gw, nd), 2), "(no goal: the size of the third-party measurement)", "")
         row("", "deliveries/s at that rate", fmt(g(s, "s6", "gateway", "best_deliveries_per_sec")),
             fmt(g(s, "s6", "node", "best_deliveries_per_sec")), "", "", "", "")

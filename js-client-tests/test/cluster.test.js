@@ -3,7 +3,7 @@
 // a node killed with SIGKILL and its users served by the other.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startGateway, startRedis, connect, request, next, token, http, collect, until } from '../lib/helpers.js';
+import { startGateway, startRedis, connect, refused, request, next, token, http, collect, until } from '../lib/helpers.js';
 
 let redis;
 let A;
@@ -42,6 +42,20 @@ test('a room spans nodes: members, user-joined, new-message, history written on 
     assert.deepEqual(j.recentMessages.map((m) => m.id), [sent.messageId]);
     carol.close();
   } finally { alice.close(); bob.close(); }
+});
+
+test('MAX_SOCKETS_PER_USER (20 by default) counts the user\'s sockets on every node', async () => {
+  const socks = [];
+  try {
+    for (let i = 0; i < 20; i++) socks.push(await user(i % 2 ? B : A, 'c-many'));
+    const e = await refused(B.url, { auth: { token: token('c-many') } });
+    assert.equal(e.message, 'Too many connections for this user');
+    // One gone on A frees a slot on B (once A has counted it down).
+    socks.shift().close();
+    const accepted = () => refused(B.url, { auth: { token: token('c-many') } })
+      .then(() => false, (e) => (e.message === 'connected, expected a refusal' ? true : Promise.reject(e)));
+    assert.equal(await until(accepted, 5000, 'a freed slot'), true);
+  } finally { socks.forEach((s) => s.close()); }
 });
 
 test('private messages reach every device on both nodes; queues are served by either node', async () => {

@@ -56,12 +56,21 @@ pub async fn authenticate<A: Adapter>(
         },
     };
     if let Some(uid) = session.user_id() {
-        if !state.counters.has_room_for(uid, state.config.max_sockets_per_user) {
+        if !has_room_for(&state, uid).await {
             return refuse(&socket, &state, Some(uid), AuthError::TooManySockets);
         }
     }
     socket.extensions.insert(Arc::new(session));
     Ok(())
+}
+
+/// May this user open one more socket (`MAX_SOCKETS_PER_USER`)? Counted on this node, and across the
+/// cluster from the store's presence counts (live nodes only). The cluster count is best effort: two
+/// nodes accepting the user's last slot at the same instant both succeed; a store error falls back to
+/// the local count rather than refusing everyone while Redis is away.
+async fn has_room_for(state: &AppState, uid: &str) -> bool {
+    let cap = state.config.max_sockets_per_user;
+    state.counters.has_room_for(uid, cap) && state.store.sockets_of(uid).await.map_or(true, |n| n < cap as u64)
 }
 
 fn refuse<A: Adapter>(
