@@ -202,8 +202,11 @@ impl Authenticator {
 }
 
 fn claims_to_user(c: Claims) -> Result<Verified, AuthError> {
-    let user_id =
-        c.sub.or(c.user_id).filter(|s| !s.is_empty() && s.len() <= 128).ok_or(AuthError::Failed("missing subject"))?;
+    let user_id = c.sub.or(c.user_id).filter(|s| !s.is_empty()).ok_or(AuthError::Failed("missing subject"))?;
+    // User ids appear in channel names (`user:<id>`), room names and Redis keys: the id alphabet only.
+    if !crate::names::valid_id(&user_id) {
+        return Err(AuthError::Failed("invalid subject"));
+    }
     Ok(Verified {
         user: User {
             user_id,

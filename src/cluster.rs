@@ -1,10 +1,12 @@
 //! The cluster: each node's heartbeat and figures in Redis, cluster-wide stats, and the reaper that
 //! takes a dead node's users out of presence.
 //!
-//! Every second a node writes `<prefix>:nodes[<node>] = now` and its figures to
-//! `<prefix>:node-stats:<node>` (expiring). A node whose heartbeat is older than
-//! [`NODE_LIVENESS_MS`] counts as dead: presence ignores its sockets at once, and one live node (the
-//! one that wins a short lock) removes its entries and runs the presence grace for its users.
+//! Every second a node renews its liveness key `<prefix>:node:<node>` (expiring after
+//! [`NODE_LIVENESS_MS`]), lists itself in `<prefix>:nodes`, and writes its figures to
+//! `<prefix>:node-stats:<node>` (expiring too). Liveness is Redis's key expiry, not a comparison of
+//! the nodes' wall clocks: when a node's key has expired, presence ignores its sockets at once, and
+//! one live node (the one that wins a short lock) removes its entries, ends its calls and schedules
+//! the offline check of its users.
 
 use std::time::Duration;
 
@@ -16,7 +18,6 @@ use socketioxide::SocketIo;
 use crate::events::stats::{local_stats, Stats};
 use crate::state::AppState;
 use crate::store::redis::NODE_LIVENESS_MS;
-use crate::timers::Job;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -64,14 +65,10 @@ async fn others(
     state: &AppState,
     redis: &crate::redis_link::RedisLink,
 ) -> redis::RedisResult<(Vec<(String, Stats)>, u64)> {
-    let mut conn = redis.conn.clone();
-    let beats: Vec<(String, u64)> = conn.hgetall(key(state, &["nodes"])).await?;
-    let now = crate::auth::unix_now_ms();
-    let live: Vec<String> = beats
-        .into_iter()
-        .filter(|(id, beat)| *id != state.node_id && now.saturating_sub(*beat) < NODE_LIVENESS_MS)
-        .map(|(id, _)| id)
-        .collect();
+    let mut conn = redis.commands();
+    // The others' figures expire with their heartbeat: a missing one is a dead node.
+    let nodes: Vec<String> = conn.hkeys(key(state, &["nodes"])).await?;
+    let live: Vec<String> = nodes.into_iter().filter(|id| *id != state.node_id).collect();
     let mut out = Vec::new();
     if !live.is_empty() {
         let keys: Vec<String> = live.iter().map(|id| key(state, &["node-stats", id])).collect();
@@ -99,8 +96,9 @@ pub fn spawn_heartbeat<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<t
             tick.tick().await;
             n += 1;
             let stats = local_stats(&io, &state).await;
-            let mut conn = redis.conn.clone();
+            let mut conn = redis.commands();
             let beat: redis::RedisResult<()> = redis::pipe()
+                .pset_ex(key(&state, &["node", &state.node_id]), 1, NODE_LIVENESS_MS)
                 .hset(key(&state, &["nodes"]), &state.node_id, crate::auth::unix_now_ms())
                 .set_ex(
                     key(&state, &["node-stats", &state.node_id]),
@@ -141,9 +139,9 @@ async fn resync<A: Adapter>(io: &SocketIo<A>, state: &AppState) {
         Ok(gone) => {
             tracing::info!(users = local.len(), stale = gone.len(), "presence resynced with redis");
             for user_id in gone {
-                state
-                    .timers
-                    .schedule(Duration::from_millis(state.config.presence_grace_ms), Job::PresenceCheck { user_id });
+                if let Err(e) = state.store.schedule_offline_check(&user_id, state.config.presence_grace_ms).await {
+                    tracing::warn!(user_id, "offline check: {e}");
+                }
             }
         }
         Err(e) => tracing::warn!("presence resync: {e}"),
@@ -154,12 +152,15 @@ async fn resync<A: Adapter>(io: &SocketIo<A>, state: &AppState) {
 async fn reap<A: Adapter>(
     io: &SocketIo<A>,
     state: &AppState,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::redis_link::RetryConn,
 ) -> redis::RedisResult<()> {
-    let beats: Vec<(String, u64)> = conn.hgetall(key(state, &["nodes"])).await?;
-    let now = crate::auth::unix_now_ms();
-    for (node, beat) in beats {
-        if node == state.node_id || now.saturating_sub(beat) < NODE_LIVENESS_MS + 5_000 {
+    let nodes: Vec<String> = conn.hkeys(key(state, &["nodes"])).await?;
+    for node in nodes {
+        if node == state.node_id {
+            continue;
+        }
+        let alive: bool = conn.exists(key(state, &["node", &node])).await?;
+        if alive {
             continue;
         }
         let won: bool = redis::cmd("SET")
@@ -178,10 +179,9 @@ async fn reap<A: Adapter>(
         for user in &users {
             let _: () = conn.hdel(key(state, &["presence", user]), format!("n:{node}")).await?;
             crate::events::calls::node_gone(io, state, user, &node).await;
-            state.timers.schedule(
-                Duration::from_millis(state.config.presence_grace_ms),
-                Job::PresenceCheck { user_id: user.clone() },
-            );
+            if let Err(e) = state.store.schedule_offline_check(user, state.config.presence_grace_ms).await {
+                tracing::warn!(user, "offline check: {e}");
+            }
         }
         let _: () = redis::pipe()
             .del(key(state, &["node-users", &node]))

@@ -128,8 +128,9 @@ pub struct Config {
     #[arg(long, env = "WS_READ_BUFFER_BYTES", value_name = "WS_READ_BUFFER_BYTES", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
     pub ws_read_buffer_bytes: u64,
-    /// Socket.IO connections per second from one IP address (bursts of twice that); 0 turns it off.
-    #[arg(long, env = "CONNECT_RATE_PER_IP", value_name = "CONNECT_RATE_PER_IP", default_value_t = 50)]
+    /// Connections per second from one IP address (bursts of twice that); 0 turns it off. The default
+    /// lets 10,000 clients behind one address (a NAT, a proxy) reconnect within about 8 s after a deploy.
+    #[arg(long, env = "CONNECT_RATE_PER_IP", value_name = "CONNECT_RATE_PER_IP", default_value_t = 1000)]
     pub connect_rate_per_ip: u32,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
     #[arg(long, env = "TRUST_PROXY_HEADERS", value_name = "TRUST_PROXY_HEADERS", default_value = "false",
@@ -156,6 +157,30 @@ pub struct Config {
     #[arg(long, env = "MAX_ROOM_HISTORY", value_name = "MAX_ROOM_HISTORY", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(50..))]
     pub max_room_history: u64,
+    /// Bytes of message content kept per room: the oldest messages go first when a room is over it.
+    #[arg(long, env = "MAX_ROOM_HISTORY_BYTES", value_name = "MAX_ROOM_HISTORY_BYTES", default_value_t = 2 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_room_history_bytes: u64,
+    /// Largest `content` of a room or private message, in bytes (SPEC §1).
+    #[arg(long, env = "MAX_MESSAGE_BYTES", value_name = "MAX_MESSAGE_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(1..=16 * 1024 * 1024))]
+    pub max_message_bytes: u64,
+    /// Rooms made with `create-room` that one user may have created (and that still exist).
+    #[arg(long, env = "MAX_CREATED_ROOMS_PER_USER", value_name = "MAX_CREATED_ROOMS_PER_USER", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_created_rooms_per_user: u64,
+    /// A room's history, and a room made with `create-room`, are forgotten after this long without a message.
+    #[arg(long, env = "ROOM_IDLE_TTL_SECS", value_name = "ROOM_IDLE_TTL_SECS", default_value_t = 30 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(60..))]
+    pub room_idle_ttl_secs: u64,
+    /// Chat rooms one socket may be joined to at once.
+    #[arg(long, env = "MAX_ROOMS_PER_SOCKET", value_name = "MAX_ROOMS_PER_SOCKET", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_rooms_per_socket: u64,
+    /// Live calls (ringing or active) one user may be a party of.
+    #[arg(long, env = "MAX_CALLS_PER_USER", value_name = "MAX_CALLS_PER_USER", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_calls_per_user: u64,
 }
 
 impl Config {

@@ -39,6 +39,33 @@ pub const KNOWN_EVENTS: &[&str] = &[
     "hang-up",
 ];
 
+/// Server events the gateway emits by name; the label set of `realtime_events_out_total` (a named
+/// event from the REST API or `realtime:emit` counts as `other`).
+pub const SERVER_EVENTS: &[&str] = &[
+    "connected",
+    "event",
+    "new-message",
+    "message-updated",
+    "message-deleted",
+    "user-joined",
+    "user-left",
+    "user-typing",
+    "user-stopped-typing",
+    "presence-update",
+    "private-message",
+    "messages-read",
+    "pending-messages",
+    "incoming-call",
+    "call-answered",
+    "call-handled-elsewhere",
+    "call-rejected",
+    "call-ended",
+    "ice-candidate",
+    "auth-expired",
+    "server-shutdown",
+    "error",
+];
+
 const CODES: &[Code] = &[
     Code::Unauthenticated,
     Code::Forbidden,
@@ -56,7 +83,8 @@ pub struct Metrics {
     handle: PrometheusHandle,
     events_in: HashMap<&'static str, Counter>,
     events_in_unknown: Counter,
-    events_out: Counter,
+    events_out: HashMap<&'static str, Counter>,
+    events_out_other: Counter,
     acks_ok: Counter,
     acks_error: Counter,
     errors: HashMap<&'static str, Counter>,
@@ -89,7 +117,10 @@ impl Metrics {
         let describe =
             |name: &'static str, help: &'static str| recorder.describe_counter(name.into(), None, help.into());
         describe("realtime_events_in_total", "Client events received, by event name");
-        describe("realtime_events_out_total", "Server events emitted (one per emit call, not per recipient)");
+        describe(
+            "realtime_events_out_total",
+            "Server events emitted, by event name (one per emit call, not per recipient)",
+        );
         describe("realtime_acks_total", "Acks sent to clients, by result");
         describe("realtime_errors_total", "Failed client events, by error code");
         describe("realtime_connections_refused_total", "Connections refused at the handshake");
@@ -115,7 +146,11 @@ impl Metrics {
         Metrics {
             events_in,
             events_in_unknown: counter("realtime_events_in_total", vec![Label::new("event", "unknown")]),
-            events_out: counter("realtime_events_out_total", vec![]),
+            events_out: SERVER_EVENTS
+                .iter()
+                .map(|e| (*e, counter("realtime_events_out_total", vec![Label::new("event", *e)])))
+                .collect(),
+            events_out_other: counter("realtime_events_out_total", vec![Label::new("event", "other")]),
             acks_ok: counter("realtime_acks_total", vec![Label::new("result", "ok")]),
             acks_error: counter("realtime_acks_total", vec![Label::new("result", "error")]),
             errors,
@@ -135,8 +170,8 @@ impl Metrics {
     pub fn event_in(&self, event: &str) {
         self.events_in.get(event).unwrap_or(&self.events_in_unknown).increment(1);
     }
-    pub fn event_out(&self) {
-        self.events_out.increment(1);
+    pub fn event_out(&self, event: &str) {
+        self.events_out.get(event).unwrap_or(&self.events_out_other).increment(1);
     }
     pub fn ack(&self, ok: bool) {
         if ok { &self.acks_ok } else { &self.acks_error }.increment(1);

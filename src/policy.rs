@@ -148,9 +148,7 @@ impl Policy {
             (Who::Authenticated, Some(_)) => true,
             (Who::Admin, Some(u)) => u.is_admin(),
             (Who::Role(r), Some(u)) => &u.role == r,
-            (Who::Owner, Some(u)) => {
-                rule.pattern.contains("{userId}") && glob(&rule.pattern.replace("{userId}", &u.user_id), channel)
-            }
+            (Who::Owner, Some(u)) => owner_matches(&rule.pattern, &u.user_id, channel),
         })
     }
 
@@ -201,20 +199,47 @@ fn pattern_matches(pattern: &str, channel: &str) -> bool {
     }
 }
 
+/// A pattern character: `None` is a star.
+type Tok = Option<u8>;
+
+fn tokens(pattern: &str, out: &mut Vec<Tok>) {
+    out.extend(pattern.bytes().map(|b| (b != b'*').then_some(b)));
+}
+
+/// Does the owner rule `pattern` match `channel` with the user's id in place of `{userId}`? The id
+/// is matched literally: a `*` in it is a character, never a wildcard.
+fn owner_matches(pattern: &str, user_id: &str, channel: &str) -> bool {
+    if !pattern.contains("{userId}") {
+        return false;
+    }
+    let mut toks = Vec::with_capacity(pattern.len() + user_id.len());
+    let mut parts = pattern.split("{userId}");
+    tokens(parts.next().unwrap_or_default(), &mut toks);
+    for part in parts {
+        toks.extend(user_id.bytes().map(Some));
+        tokens(part, &mut toks);
+    }
+    glob_tokens(&toks, channel.as_bytes())
+}
+
 /// `*` matches one or more characters; everything else matches itself.
 pub fn glob(pattern: &str, text: &str) -> bool {
-    let p = pattern.as_bytes();
-    let t = text.as_bytes();
+    let mut toks = Vec::with_capacity(pattern.len());
+    tokens(pattern, &mut toks);
+    glob_tokens(&toks, text.as_bytes())
+}
+
+fn glob_tokens(p: &[Tok], t: &[u8]) -> bool {
     // Classic two-pointer wildcard match, with each star consuming at least one byte.
     let (mut pi, mut ti) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
+        if pi < p.len() && p[pi].is_none() {
             // The star takes t[ti] at least.
             star = Some((pi, ti + 1));
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
+        } else if pi < p.len() && p[pi] == Some(t[ti]) {
             pi += 1;
             ti += 1;
         } else if let Some((sp, st)) = star {
@@ -234,6 +259,17 @@ mod tests {
 
     fn user(id: &str, role: &str) -> User {
         User { user_id: id.into(), email: None, name: None, role: role.into() }
+    }
+
+    #[test]
+    fn owner_rule_matches_the_id_literally() {
+        let p = Policy::default();
+        let star = user("*", "user");
+        assert!(!p.may_subscribe(Some(&star), "user:alice"), "a '*' subject is no wildcard");
+        assert!(p.may_subscribe(Some(&star), "user:*"));
+        assert!(owner_matches("me:{userId}:inbox", "a*", "me:a*:inbox"));
+        assert!(!owner_matches("me:{userId}:inbox", "a*", "me:ab:inbox"));
+        assert!(owner_matches("me:{userId}:*", "bob", "me:bob:x"));
     }
 
     #[test]

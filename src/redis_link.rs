@@ -81,3 +81,50 @@ impl RedisLink {
         res.map(|_| ()).context("redis publish")
     }
 }
+
+/// A command connection that retries a command once when the connection was found dropped: after a
+/// Redis restart the first command on a [`ConnectionManager`] fails with a broken pipe (it was never
+/// executed) while the manager reconnects; the retry waits for the new connection. Other errors
+/// (timeouts, script errors) are not retried, so nothing that may have run is run twice.
+#[derive(Clone)]
+pub struct RetryConn(pub ConnectionManager);
+
+fn dropped(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+impl redis::aio::ConnectionLike for RetryConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            match self.0.req_packed_command(cmd).await {
+                Err(e) if dropped(&e) => self.0.req_packed_command(cmd).await,
+                r => r,
+            }
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            match self.0.req_packed_commands(pipeline, offset, count).await {
+                Err(e) if dropped(&e) => self.0.req_packed_commands(pipeline, offset, count).await,
+                r => r,
+            }
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+impl RedisLink {
+    /// A command connection that survives a Redis restart (see [`RetryConn`]).
+    pub fn commands(&self) -> RetryConn {
+        RetryConn(self.conn.clone())
+    }
+}

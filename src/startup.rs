@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use futures_util::future::BoxFuture;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
@@ -50,7 +51,7 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         Some(url) => Some(Arc::new(RedisLink::open(url)?)),
         None => None,
     };
-    let limits = Limits { history_per_room: config.max_room_history as usize, ..Limits::default() };
+    let limits = Limits::from_config(&config);
     let node_id = config.node_id.clone().unwrap_or_else(crate::state::random_node_id);
     let store: Arc<dyn Store> = match &redis {
         Some(link) => Arc::new(RedisStore::new(link.clone(), &config.redis_prefix, &node_id, limits)),
@@ -103,7 +104,12 @@ fn assemble<A: Adapter>(
     listener: TcpListener,
 ) -> Gateway {
     let mut tasks = vec![crate::events::spawn_expiry_sweeper(io.clone(), state.clone())];
-    tasks.push(crate::timers::spawn(io.clone(), state.clone()));
+    let (timer_io, timer_state) = (io.clone(), state.clone());
+    tasks.push(state.timers.spawn(move |job| {
+        let (io, state) = (timer_io.clone(), timer_state.clone());
+        async move { crate::events::run_job(&io, &state, job).await }
+    }));
+    tasks.push(crate::events::presence::spawn_sweeper(io.clone(), state.clone()));
     tasks.extend(crate::cluster::spawn_heartbeat(io.clone(), state.clone()));
     tasks.extend(crate::ingress::spawn(io.clone(), state.clone()));
     let api = Api { state: state.clone(), io: io.clone() };
@@ -112,18 +118,28 @@ fn assemble<A: Adapter>(
         .layer(layer)
         .layer(tower::util::MapRequestLayer::new(crate::http::compact::compact_head))
         .layer(cors);
+    let drain_state = state.clone();
     let shutdown = Box::new(move || -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            for t in &tasks {
-                t.abort();
-            }
-            // Tell every client first, then close transports (not a Socket.IO disconnect), so
-            // socket.io clients see `transport close` and reconnect by themselves.
+            // The listener is already closed (see `Gateway::run`). Tell every client first, then
+            // close transports (not a Socket.IO disconnect), so socket.io clients see `transport
+            // close` and reconnect by themselves, to another node when there is one.
             let notice = serde_json::json!({ "reason": "shutdown", "timestamp": crate::iso_now() });
+            drain_state.metrics.event_out("server-shutdown");
             if let Err(e) = io.local().emit("server-shutdown", &notice).await {
                 tracing::warn!("server-shutdown not sent to every socket: {e}");
             }
             io.close().await;
+            // The disconnect handlers store each socket's departure, and with it the offline check
+            // of users who are gone: in Redis, so another node runs it after the grace. Only then
+            // stop the background tasks.
+            let wait = tokio::time::Instant::now() + Duration::from_secs(5);
+            while drain_state.counters.connections() > 0 && tokio::time::Instant::now() < wait {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for t in &tasks {
+                t.abort();
+            }
         })
     });
     Gateway { listener, router, state, shutdown }
@@ -138,6 +154,50 @@ async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
 }
 
+/// The TCP listener, closed on demand: `accept` drops it when told to and says so, so that
+/// shutdown can refuse new connections before it tells the connected clients.
+struct ClosingListener {
+    inner: Option<TcpListener>,
+    close: tokio::sync::watch::Receiver<bool>,
+    closed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl axum::serve::Listener for ClosingListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Some(listener) = &self.inner else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = self.close.changed() => {
+                    self.inner = None;
+                    if let Some(tx) = self.closed.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                res = listener.accept() => match res {
+                    Ok(conn) => return conn,
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    Err(e) => {
+                        tracing::debug!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match &self.inner {
+            Some(l) => l.local_addr(),
+            None => Err(std::io::Error::other("listener closed")),
+        }
+    }
+}
+
 impl Gateway {
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener has an address")
@@ -147,7 +207,10 @@ impl Gateway {
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Gateway { listener, router, shutdown, .. } = self;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        let (close_tx, close_rx) = tokio::sync::watch::channel(false);
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+        let listener = ClosingListener { inner: Some(listener), close: close_rx, closed: Some(closed_tx) };
+        let server = axum::serve(listener.tap_io(|_| {}), router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.await;
             });
@@ -156,12 +219,16 @@ impl Gateway {
             res = &mut server => return res.context("server task")?.context("server"),
             _ = signal => {}
         }
-        tracing::info!("shutting down: notifying clients");
+        // Stop accepting first (SPEC §1): the listener closes before any client hears of the
+        // shutdown, so a client reconnecting at once is refused here and goes to another node.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_BUDGET;
+        let _ = close_tx.send(true);
+        let _ = tokio::time::timeout_at(deadline, closed_rx).await;
+        tracing::info!("shutting down: listener closed, notifying clients");
+        let _ = stop_tx.send(());
         if tokio::time::timeout_at(deadline, shutdown()).await.is_err() {
             tracing::warn!("closing transports took too long; exiting anyway");
         }
-        let _ = stop_tx.send(());
         match tokio::time::timeout_at(deadline, server).await {
             Ok(res) => res.context("server task")?.context("server")?,
             Err(_) => tracing::warn!("connections still open at the deadline; exiting anyway"),

@@ -1,6 +1,6 @@
 //! The one shared state of a node, and the small per-socket session.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +31,7 @@ pub struct Inner {
     pub node_id: String,
     pub started: Instant,
     pub expiry: ExpiryQueue,
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
     pub metrics: Metrics,
     /// Set when `REDIS_URL` is.
     pub redis: Option<Arc<RedisLink>>,
@@ -40,11 +40,8 @@ pub struct Inner {
     pub quotas: Quotas,
     /// Connections per IP address; `None` when `CONNECT_RATE_PER_IP=0`.
     pub connect_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    /// Who is typing where on this node: (room, user) → generation of the last `typing`.
-    pub typing: Mutex<HashMap<(String, String), u64>>,
-    pub typing_seq: AtomicU64,
-    /// Chat rooms a user's sockets were in when they left, until the presence grace decides.
-    pub departed_rooms: Mutex<HashMap<String, HashSet<String>>>,
+    /// Who is typing where on this node: (room, user) → when the indicator stops unless renewed.
+    pub typing: Mutex<HashMap<(String, String), Instant>>,
 }
 
 impl Deref for AppState {
@@ -75,7 +72,7 @@ impl AppState {
             node_id,
             started: Instant::now(),
             expiry: ExpiryQueue::default(),
-            counters: Counters::default(),
+            counters: Arc::new(Counters::default()),
             metrics: Metrics::new(),
             redis,
             store,
@@ -83,8 +80,6 @@ impl AppState {
             quotas,
             connect_limiter,
             typing: Mutex::new(HashMap::new()),
-            typing_seq: AtomicU64::new(0),
-            departed_rooms: Mutex::new(HashMap::new()),
         }))
     }
 }
@@ -105,8 +100,23 @@ pub struct Session {
     /// The budget of refused events: a socket that exhausts it too is flooding, and is dropped.
     pub strikes: DefaultDirectRateLimiter,
     /// The chat rooms (ids) this socket joined. Kept here rather than read back from the adapter:
-    /// socketioxide may empty a closing socket's rooms before its disconnect handler runs.
+    /// socketioxide may empty a closing socket's rooms before its disconnect handler runs. Its lock
+    /// also makes check-then-join sequences (caps) atomic per socket.
     rooms: Mutex<Vec<String>>,
+    /// This socket's place under the per-user cap; given back when the session is dropped, so a
+    /// socket that never completes its connect cannot leak it.
+    _slot: Option<Slot>,
+    /// The store counted this socket and the user was offline before it (announce `online`).
+    pub became_online: std::sync::atomic::AtomicBool,
+}
+
+/// The outcome of [`Session::join_room`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    New,
+    Already,
+    /// At the per-socket room cap.
+    Full,
 }
 
 /// The per-socket rate quotas, computed once from the configuration.
@@ -129,23 +139,33 @@ impl Quotas {
 }
 
 impl Session {
-    pub fn new(user: Option<User>, exp: u64, quotas: &Quotas) -> Self {
+    pub fn new(user: Option<User>, exp: u64, quotas: &Quotas, slot: Option<Slot>) -> Self {
         Self {
             user,
             exp: AtomicU64::new(exp),
             limiter: DefaultDirectRateLimiter::direct(quotas.events),
             strikes: DefaultDirectRateLimiter::direct(quotas.strikes),
             rooms: Mutex::new(Vec::new()),
+            _slot: slot,
+            became_online: std::sync::atomic::AtomicBool::new(false),
         }
     }
-    /// Records a joined chat room; false if it was already joined.
-    pub fn join_room(&self, room_id: &str) -> bool {
+    /// Records a joined chat room, unless the socket already holds `cap` rooms.
+    pub fn join_room(&self, room_id: &str, cap: usize) -> Joined {
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         if rooms.iter().any(|r| r == room_id) {
-            return false;
+            return Joined::Already;
+        }
+        if rooms.len() >= cap {
+            return Joined::Full;
         }
         rooms.push(room_id.to_string());
-        true
+        Joined::New
+    }
+    /// Runs `f` while no other check-then-act of this socket runs (the subscription cap).
+    pub fn exclusive<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _guard = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        f()
     }
     /// Forgets a chat room; false if it was not joined.
     pub fn leave_room(&self, room_id: &str) -> bool {
@@ -183,32 +203,50 @@ pub struct Counters {
     per_user: Mutex<HashMap<String, usize>>,
 }
 
+/// One socket's place under the per-user cap on this node (see [`Counters::reserve`]).
+pub struct Slot {
+    counters: Arc<Counters>,
+    user_id: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.counters.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.user_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.user_id);
+            }
+        }
+    }
+}
+
 impl Counters {
-    /// Whether this user may open one more socket on this node.
-    pub fn has_room_for(&self, user_id: &str, cap: usize) -> bool {
-        let map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(user_id).copied().unwrap_or(0) < cap
+    /// Takes one of the user's `cap` places on this node, checked and counted under one lock so
+    /// that concurrent connects cannot both take the last one.
+    pub fn reserve(self: &Arc<Self>, user_id: &str, cap: usize) -> Option<Slot> {
+        let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(user_id.to_string()).or_insert(0);
+        if *n >= cap {
+            if *n == 0 {
+                map.remove(user_id);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Slot { counters: self.clone(), user_id: user_id.to_string() })
     }
 
     /// Counts a connected socket.
-    pub fn add(&self, user_id: Option<&str>) {
-        if let Some(uid) = user_id {
-            let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-            *map.entry(uid.to_string()).or_insert(0) += 1;
+    pub fn add(&self, authenticated: bool) {
+        if authenticated {
             self.authenticated.fetch_add(1, Ordering::Relaxed);
         }
         self.connections.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn remove(&self, user_id: Option<&str>) {
-        if let Some(uid) = user_id {
-            let mut map = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = map.get_mut(uid) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(uid);
-                }
-            }
+    pub fn remove(&self, authenticated: bool) {
+        if authenticated {
             self.authenticated.fetch_sub(1, Ordering::Relaxed);
         }
         self.connections.fetch_sub(1, Ordering::Relaxed);
@@ -269,16 +307,30 @@ mod tests {
 
     #[test]
     fn per_user_cap() {
-        let c = Counters::default();
-        assert!(c.has_room_for("a", 2));
-        c.add(Some("a"));
-        c.add(Some("a"));
-        assert!(!c.has_room_for("a", 2));
-        c.add(None);
-        assert_eq!((c.connections(), c.authenticated(), c.online_users()), (3, 2, 1));
-        c.remove(Some("a"));
-        c.remove(Some("a"));
+        let c = Arc::new(Counters::default());
+        let a1 = c.reserve("a", 2).expect("first place");
+        let a2 = c.reserve("a", 2).expect("second place");
+        assert!(c.reserve("a", 2).is_none(), "the cap holds");
+        assert_eq!(c.online_users(), 1);
+        drop(a1);
+        let a3 = c.reserve("a", 2).expect("a place given back is free again");
+        drop((a2, a3));
         assert_eq!(c.online_users(), 0);
+        assert!(c.reserve("b", 0).is_none());
+        assert_eq!(c.online_users(), 0, "a refused reservation leaves nothing behind");
+        c.add(true);
+        c.add(false);
+        assert_eq!((c.connections(), c.authenticated()), (2, 1));
+    }
+
+    #[test]
+    fn per_user_cap_is_atomic_under_threads() {
+        let c = Arc::new(Counters::default());
+        let got: Vec<Option<Slot>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16).map(|_| s.spawn(|| c.reserve("u", 3))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(got.iter().filter(|s| s.is_some()).count(), 3);
     }
 
     #[test]

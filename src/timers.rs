@@ -1,63 +1,98 @@
-//! One timer wheel per node for every delayed action (typing auto-stop, presence grace, call ring
-//! timeout): no task or timer per socket. Jobs carry plain data and re-check the state when they fire,
-//! so a cancelled or superseded job simply does nothing.
+//! One timer wheel per node for delayed actions (typing auto-stop, call ring timeout): no task or
+//! timer per socket. Jobs carry plain data and re-check the state when they fire, so a cancelled or
+//! superseded job simply does nothing.
+//!
+//! Bounded: jobs reach the wheel through a channel of [`QUEUE`] entries, and the callers keep at most
+//! one pending job per thing they time (one per typing user and room, one per call). Presence is not
+//! here: its offline checks live in the store, so they survive the node (see `events::presence`).
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use socketioxide::adapter::Adapter;
-use socketioxide::SocketIo;
 use tokio::sync::mpsc;
 use tokio_util::time::DelayQueue;
 
-use crate::state::AppState;
+/// Jobs waiting to enter the wheel; past it a job is dropped with a warning.
+const QUEUE: usize = 65_536;
 
 #[derive(Debug, Clone)]
 pub enum Job {
-    /// The presence grace of a user whose last socket left: offline unless they came back.
-    PresenceCheck { user_id: String },
-    /// `TYPING_TIMEOUT_MS` after a `typing`: stop unless a newer `typing` came (generation).
-    TypingStop { room: String, user_id: String, generation: u64 },
+    /// A typing indicator's deadline may have passed: stop it unless a newer `typing` moved it.
+    TypingStop { room: String, user_id: String },
     /// `CALL_RING_TIMEOUT_MS` after `call-user`: end the call if still ringing.
     CallTimeout { call_id: String },
 }
 
 pub struct Timers {
-    tx: mpsc::UnboundedSender<(Duration, Job)>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<(Duration, Job)>>>,
+    tx: mpsc::Sender<(Duration, Job)>,
+    rx: Mutex<Option<mpsc::Receiver<(Duration, Job)>>>,
 }
 
 impl Default for Timers {
     fn default() -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         Timers { tx, rx: Mutex::new(Some(rx)) }
     }
 }
 
 impl Timers {
     pub fn schedule(&self, after: Duration, job: Job) {
-        let _ = self.tx.send((after, job));
+        if let Err(e) = self.tx.try_send((after, job)) {
+            tracing::warn!("timer queue full or closed, job dropped: {e}");
+        }
+    }
+
+    /// Runs the wheel: each due job is handed to `run` on its own short task.
+    pub fn spawn<F, Fut>(&self, run: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Job) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        tokio::spawn(async move {
+            let Some(mut rx) = rx else { return };
+            let mut queue: DelayQueue<Job> = DelayQueue::new();
+            loop {
+                tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Some((after, job)) => { queue.insert(job, after); }
+                        None => return,
+                    },
+                    Some(expired) = queue.next(), if !queue.is_empty() => {
+                        tokio::spawn(run(expired.into_inner()));
+                    }
+                }
+            }
+        })
     }
 }
 
-/// Runs the wheel: each due job is handed to [`crate::events::run_job`] on its own short task.
-pub fn spawn<A: Adapter>(io: SocketIo<A>, state: AppState) -> tokio::task::JoinHandle<()> {
-    let rx = state.timers.rx.lock().unwrap_or_else(|e| e.into_inner()).take();
-    tokio::spawn(async move {
-        let Some(mut rx) = rx else { return };
-        let mut queue: DelayQueue<Job> = DelayQueue::new();
-        loop {
-            tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some((after, job)) => { queue.insert(job, after); }
-                    None => return,
-                },
-                Some(expired) = queue.next(), if !queue.is_empty() => {
-                    let (io, state) = (io.clone(), state.clone());
-                    tokio::spawn(async move { crate::events::run_job(&io, &state, expired.into_inner()).await });
-                }
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_fire_and_the_queue_is_bounded() {
+        let timers = Timers::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Fill the channel before the wheel runs: past QUEUE, jobs are dropped, not queued.
+        for i in 0..QUEUE + 10 {
+            timers.schedule(Duration::from_millis(1), Job::CallTimeout { call_id: i.to_string() });
         }
-    })
+        let task = timers.spawn(move |job| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(job);
+            }
+        });
+        let mut fired = 0;
+        while fired < QUEUE {
+            tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("jobs fire").expect("open");
+            fired += 1;
+        }
+        assert!(tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.is_err(), "the excess was dropped");
+        task.abort();
+    }
 }

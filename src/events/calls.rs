@@ -24,8 +24,6 @@ use crate::timers::Job;
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
 /// Largest ICE candidate (serialised JSON).
 pub const MAX_CANDIDATE_BYTES: usize = 8 * 1024;
-/// Calls one user may be a party of at once.
-pub const MAX_CALLS_PER_USER: usize = 4;
 
 fn caller_room(id: &str) -> String {
     format!("c:{id}:a")
@@ -77,8 +75,9 @@ pub async fn call_user<A: Adapter>(ctx: &Ctx<A>, req: CallUser) -> HandlerResult
         return Err(ApiError::invalid("callType must be \"audio\" or \"video\""));
     }
     let store = &ctx.state.store;
-    if store.calls_of(&user.user_id).await?.len() >= MAX_CALLS_PER_USER
-        || store.calls_of(&req.target_user_id).await?.len() >= MAX_CALLS_PER_USER
+    let max_calls = ctx.state.config.max_calls_per_user as usize;
+    if store.calls_of(&user.user_id).await?.len() >= max_calls
+        || store.calls_of(&req.target_user_id).await?.len() >= max_calls
     {
         return Err(ApiError::new(Code::RateLimited, "Too many concurrent calls"));
     }
@@ -106,7 +105,7 @@ pub async fn call_user<A: Adapter>(ctx: &Ctx<A>, req: CallUser) -> HandlerResult
     let incoming = json!({
         "callId": call.id, "fromUserId": user.user_id, "fromUser": user, "offer": req.offer, "callType": call.call_type,
     });
-    ctx.state.metrics.event_out();
+    ctx.state.metrics.event_out("incoming-call");
     let _ = ctx.io.to(names::user(&call.callee)).emit("incoming-call", &incoming).await;
     tracing::info!(call_id = %call.id, caller = %call.caller, callee = %call.callee, "call ringing");
     Ok(json!({ "success": true, "callId": call.id }))

@@ -40,14 +40,18 @@ pub async fn subscribe<A: Adapter>(ctx: &Ctx<A>, req: ChannelRequest) -> Handler
         return Err(ApiError::forbidden("Not authorized to subscribe to this channel"));
     }
     let room = names::channel(&channel);
-    let current = subscribed(ctx);
-    if !current.contains(&channel) {
-        let cap = ctx.state.config.max_subscriptions_per_socket;
-        if current.len() >= cap {
-            return Err(ApiError::new(Code::Forbidden, format!("Subscription limit reached ({cap} per socket)")));
+    let cap = ctx.state.config.max_subscriptions_per_socket;
+    // Count and join under the session's lock: concurrent subscribes cannot both take the last place.
+    ctx.session.exclusive(|| {
+        let current = subscribed(ctx);
+        if !current.contains(&channel) {
+            if current.len() >= cap {
+                return Err(ApiError::new(Code::Forbidden, format!("Subscription limit reached ({cap} per socket)")));
+            }
+            ctx.socket.join(room);
         }
-        ctx.socket.join(room);
-    }
+        Ok(())
+    })?;
     Ok(json!({ "success": true, "channel": channel }))
 }
 

@@ -47,30 +47,40 @@ pub async fn authenticate<A: Adapter>(
             }
         }
     }
-    let session = match token {
-        None if state.config.allow_anonymous => Session::new(None, 0, &state.quotas),
+    let (user, exp) = match token {
+        None if state.config.allow_anonymous => (None, 0),
         None => return refuse(&socket, &state, None, AuthError::Required),
         Some(token) => match state.auth.verify(&token) {
-            Ok(v) => Session::new(Some(v.user), v.exp, &state.quotas),
+            Ok(v) => (Some(v.user), v.exp),
             Err(e) => return refuse(&socket, &state, None, e),
         },
     };
-    if let Some(uid) = session.user_id() {
-        if !has_room_for(&state, uid).await {
-            return refuse(&socket, &state, Some(uid), AuthError::TooManySockets);
+    let Some(user) = user else {
+        socket.extensions.insert(Arc::new(Session::new(None, 0, &state.quotas, None)));
+        return Ok(());
+    };
+    // The per-user cap, checked and counted in one step on this node and then in the store
+    // (cluster-wide), so that concurrent connects cannot both take the last place.
+    let cap = state.config.max_sockets_per_user;
+    let Some(slot) = state.counters.reserve(&user.user_id, cap) else {
+        return refuse(&socket, &state, Some(&user.user_id), AuthError::TooManySockets);
+    };
+    // In the user's room before the store counts the socket: whoever sees it counted (a private
+    // message deciding between live delivery and the offline queue) reaches it live.
+    socket.join(crate::names::user(&user.user_id));
+    let became_online = match state.store.socket_up(&user, &socket.id.to_string(), cap).await {
+        Ok(Some(became)) => became,
+        Ok(None) => return refuse(&socket, &state, Some(&user.user_id), AuthError::TooManySockets),
+        Err(e) => {
+            // Redis away: this node's count still holds; presence is resynced when it is back.
+            tracing::warn!(user_id = %user.user_id, "presence up: {e}");
+            false
         }
-    }
+    };
+    let session = Session::new(Some(user), exp, &state.quotas, Some(slot));
+    session.became_online.store(became_online, std::sync::atomic::Ordering::Relaxed);
     socket.extensions.insert(Arc::new(session));
     Ok(())
-}
-
-/// May this user open one more socket (`MAX_SOCKETS_PER_USER`)? Counted on this node, and across the
-/// cluster from the store's presence counts (live nodes only). The cluster count is best effort: two
-/// nodes accepting the user's last slot at the same instant both succeed; a store error falls back to
-/// the local count rather than refusing everyone while Redis is away.
-async fn has_room_for(state: &AppState, uid: &str) -> bool {
-    let cap = state.config.max_sockets_per_user;
-    state.counters.has_room_for(uid, cap) && state.store.sockets_of(uid).await.map_or(true, |n| n < cap as u64)
 }
 
 fn refuse<A: Adapter>(
@@ -84,14 +94,18 @@ fn refuse<A: Adapter>(
     Err(err)
 }
 
-/// The client's address: the first `X-Forwarded-For` entry when trusted, else the TCP peer.
-fn client_ip(parts: &axum::http::request::Parts, trust_proxy: bool) -> Option<std::net::IpAddr> {
+/// The client's address: when proxy headers are trusted, the last `X-Forwarded-For` entry (the one
+/// the trusted proxy wrote; entries before it come from the client and prove nothing), else the
+/// TCP peer.
+pub fn client_ip(parts: &axum::http::request::Parts, trust_proxy: bool) -> Option<std::net::IpAddr> {
     if trust_proxy {
         let forwarded = parts
             .headers
-            .get("x-forwarded-for")
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
             .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.split(',').next())
+            .and_then(|h| h.rsplit(',').next())
             .and_then(|ip| ip.trim().parse().ok());
         if forwarded.is_some() {
             return forwarded;
@@ -117,10 +131,7 @@ pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, io: SocketIo<A>, State
         let _ = socket.disconnect();
         return;
     };
-    state.counters.add(session.user_id());
-    if let Some(uid) = session.user_id() {
-        socket.join(crate::names::user(uid));
-    }
+    state.counters.add(session.user.is_some());
     if session.user.is_some() {
         state.expiry.schedule(session.exp(), ExpiryStep::Warn, socket.id);
     }
@@ -129,9 +140,11 @@ pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, io: SocketIo<A>, State
 
     socket.on_fallback(dispatch::<A>);
     socket.on_disconnect(on_disconnect::<A>);
-    // Presence first, so that once a client holds `connected` every node sees it online.
+    // Presence first, so that once a client holds `connected` everyone sharing a room heard of it.
     if let Some(user) = &session.user {
-        presence::socket_up(&io, &state, user, &socket.id.to_string()).await;
+        if session.became_online.load(std::sync::atomic::Ordering::Relaxed) {
+            presence::announce(&io, &state, &user.user_id, "online", &[]).await;
+        }
     }
 
     let greeting = Connected {
@@ -144,7 +157,7 @@ pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, io: SocketIo<A>, State
     let _ = socket.emit("connected", &greeting);
 
     if let Some(user) = &session.user {
-        private::deliver_pending(&io, &state, socket, &user.user_id).await;
+        private::deliver_pending(&state, socket, &user.user_id).await;
     }
 }
 
@@ -157,16 +170,18 @@ async fn on_disconnect<A: Adapter>(
     let Some(session) = socket.extensions.get::<Arc<Session>>() else {
         return;
     };
-    state.counters.remove(session.user_id());
+    state.counters.remove(session.user.is_some());
     tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"), %reason, "disconnected");
     let Some(user) = &session.user else { return };
     state.expiry.cancel(session.exp(), ExpiryStep::Warn, socket.id);
     let chat_rooms = session.take_rooms();
-    for room in &chat_rooms {
-        rooms::departed(&io, &state, &user.user_id, room, Some(socket.id)).await;
-    }
+    // Every room at once: the cluster requests of a room run concurrently, not one after another.
+    futures_util::future::join_all(
+        chat_rooms.iter().map(|room| rooms::departed(&io, &state, &user.user_id, room, Some(socket.id))),
+    )
+    .await;
     let sid = socket.id.to_string();
-    let left = presence::socket_down(&state, &user.user_id, &sid, chat_rooms).await;
+    let left = presence::socket_down(&state, &user.user_id, &sid, &chat_rooms).await;
     calls::socket_gone(&io, &state, &user.user_id, &sid, left).await;
 }
 
@@ -174,10 +189,7 @@ async fn on_disconnect<A: Adapter>(
 pub async fn run_job<A: Adapter>(io: &SocketIo<A>, state: &AppState, job: crate::timers::Job) {
     use crate::timers::Job;
     match job {
-        Job::PresenceCheck { user_id } => presence::grace_over(io, state, &user_id).await,
-        Job::TypingStop { room, user_id, generation } => {
-            rooms::typing_timeout(io, state, &room, &user_id, generation).await
-        }
+        Job::TypingStop { room, user_id } => rooms::typing_timeout(io, state, &room, &user_id).await,
         Job::CallTimeout { call_id } => calls::ring_timeout(io, state, &call_id).await,
     }
 }

@@ -14,11 +14,9 @@ use socketioxide::adapter::Adapter;
 use socketioxide::SocketIo;
 
 use super::Ctx;
-use crate::auth::User;
 use crate::error::{ApiError, HandlerResult};
 use crate::names;
 use crate::state::AppState;
-use crate::timers::Job;
 
 const STATUSES: &[&str] = &["online", "away", "busy"];
 
@@ -48,36 +46,10 @@ pub async fn announce<A: Adapter>(
     }
 }
 
-/// A socket of an authenticated user connected: online if they were offline.
-pub async fn socket_up<A: Adapter>(io: &SocketIo<A>, state: &AppState, user: &User, sid: &str) {
-    state.departed_rooms.lock().unwrap_or_else(|e| e.into_inner()).remove(&user.user_id);
-    match state.store.socket_up(user, sid).await {
-        Ok(true) => announce(io, state, &user.user_id, "online", &[]).await,
-        Ok(false) => {}
-        Err(e) => tracing::warn!(user_id = %user.user_id, "presence up: {e}"),
-    }
-}
-
-/// A socket left: remember its rooms, and start the grace if it was the user's last one. Returns
-/// the user's remaining sockets.
-pub async fn socket_down(state: &AppState, user_id: &str, sid: &str, chat_rooms: Vec<String>) -> u64 {
-    if !chat_rooms.is_empty() {
-        state
-            .departed_rooms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(user_id.to_string())
-            .or_default()
-            .extend(chat_rooms);
-    }
-    match state.store.socket_down(user_id, sid).await {
-        Ok(0) => {
-            state.timers.schedule(
-                Duration::from_millis(state.config.presence_grace_ms),
-                Job::PresenceCheck { user_id: user_id.to_string() },
-            );
-            0
-        }
+/// A socket left: the store remembers its rooms and, if it was the user's last socket anywhere,
+/// schedules the offline check. Returns the user's remaining sockets.
+pub async fn socket_down(state: &AppState, user_id: &str, sid: &str, chat_rooms: &[String]) -> u64 {
+    match state.store.socket_down(user_id, sid, chat_rooms, state.config.presence_grace_ms).await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(user_id, "presence down: {e}");
@@ -86,23 +58,40 @@ pub async fn socket_down(state: &AppState, user_id: &str, sid: &str, chat_rooms:
     }
 }
 
-/// The end of the grace: offline unless a socket came back meanwhile (on any node).
+/// The end of the grace: offline unless a socket came back meanwhile (on any node), announced to
+/// the rooms every socket of the user was in when it left.
 pub async fn grace_over<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: &str) {
-    let now = crate::auth::unix_now_ms();
-    match state.store.mark_offline_if_idle(user_id, now, state.config.presence_grace_ms).await {
-        Ok(true) => {
-            let rooms: Vec<String> = state
-                .departed_rooms
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(user_id)
-                .map(|s| s.into_iter().collect())
-                .unwrap_or_default();
-            announce(io, state, user_id, "offline", &rooms).await;
-        }
-        Ok(false) => {}
+    match state.store.mark_offline_if_idle(user_id, state.config.presence_grace_ms).await {
+        Ok(Some(rooms)) => announce(io, state, user_id, "offline", &rooms).await,
+        Ok(None) => {}
         Err(e) => tracing::warn!(user_id, "presence grace: {e}"),
     }
+}
+
+/// Polls the store for due offline checks (4 times a second) and runs each on this node; also the
+/// store's upkeep once a minute. Every node polls: a check scheduled by a node that has since died
+/// or shut down is run by another one.
+pub fn spawn_sweeper<A: Adapter>(io: SocketIo<A>, state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks: u64 = 0;
+        loop {
+            tick.tick().await;
+            ticks = ticks.wrapping_add(1);
+            if ticks.is_multiple_of(240) {
+                state.store.purge().await;
+            }
+            match state.store.due_offline_checks().await {
+                Ok(users) => {
+                    for user_id in users {
+                        grace_over(&io, &state, &user_id).await;
+                    }
+                }
+                Err(e) => tracing::debug!("offline checks: {e}"),
+            }
+        }
+    })
 }
 
 /// `"away"` or `{status: "away"}`.

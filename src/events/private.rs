@@ -8,7 +8,6 @@ use serde::Deserialize;
 use serde_json::json;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
-use socketioxide::SocketIo;
 
 use super::rooms::valid_content;
 use super::Ctx;
@@ -34,19 +33,20 @@ pub async fn private_message<A: Adapter>(ctx: &Ctx<A>, req: PrivateRequest) -> H
     if req.target_user_id.is_empty() || req.target_user_id.len() > 128 {
         return Err(ApiError::invalid("targetUserId must be a user id of 1 to 128 characters"));
     }
-    valid_content(&req.content)?;
+    valid_content(&ctx.state, &req.content)?;
     if req.client_message_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
         return Err(ApiError::invalid("clientMessageId is 1 to 128 characters"));
     }
     let store = &ctx.state.store;
     let id = new_id("pm");
-    let delivered = store.sockets_of(&req.target_user_id).await? > 0;
     let req_cmid = req.client_message_id.clone();
-    if let Some(cmid) = &req.client_message_id {
-        let key = format!("pm:{}:{cmid}", user.user_id);
-        if let Claim::Seen(first) = store.claim(&key, &format!("{id}|{delivered}")).await? {
-            let (first_id, was) = first.split_once('|').unwrap_or((first.as_str(), "false"));
-            return Ok(json!({ "success": true, "messageId": first_id, "delivered": was == "true" }));
+    let dedup_key = req_cmid.as_ref().map(|cmid| format!("pm:{}:{cmid}", user.user_id));
+    if let Some(key) = &dedup_key {
+        if let Claim::Seen(first) = store.claim(key, &id).await? {
+            // The first send's answer: its id, and whether it is still waiting in the queue.
+            let first_id = first.split_once('|').map_or(first.as_str(), |(i, _)| i);
+            let queued = store.peek_queue(&req.target_user_id).await?.iter().any(|m| m.id == first_id);
+            return Ok(json!({ "success": true, "messageId": first_id, "delivered": !queued }));
         }
     }
     let pm = PrivateMessage {
@@ -58,26 +58,35 @@ pub async fn private_message<A: Adapter>(ctx: &Ctx<A>, req: PrivateRequest) -> H
         timestamp: crate::auth::unix_now_ms(),
         read: false,
     };
+    // Queued or not is decided in one step with the target's presence count, so a target that
+    // connects meanwhile either finds it in its queue or is in its user room for the live emit.
     let stored = async {
         store.remember_receipt(&pm.id, &pm.from_user_id, &pm.to_user_id).await?;
-        if !delivered {
-            store.enqueue(&pm).await?;
-        }
-        Ok::<(), crate::store::StoreError>(())
+        store.enqueue_if_offline(&pm).await
     };
-    if let Err(e) = stored.await {
-        if let Some(cmid) = &req_cmid {
-            let _ = store.release(&format!("pm:{}:{cmid}", user.user_id)).await;
+    let queued = match stored.await {
+        Ok(q) => q,
+        Err(e) => {
+            if let Some(key) = &dedup_key {
+                let _ = store.release(key).await;
+            }
+            return Err(e.into());
         }
-        return Err(e.into());
-    }
+    };
     let mut targets = vec![names::user(&user.user_id)];
-    if delivered {
+    if !queued {
         targets.push(names::user(&pm.to_user_id));
     }
-    ctx.state.metrics.event_out();
+    ctx.state.metrics.event_out("private-message");
     if let Err(e) = ctx.socket.to(targets).emit("private-message", &pm).await {
         tracing::warn!("private-message: {e}");
+    }
+    let mut delivered = !queued;
+    if delivered && store.sockets_of(&pm.to_user_id).await.unwrap_or(1) == 0 {
+        // The target's last socket left while this was on its way: keep it for the next connect
+        // (the client may see it twice, with the same id).
+        store.enqueue(&pm).await?;
+        delivered = false;
     }
     Ok(json!({ "success": true, "messageId": pm.id, "delivered": delivered }))
 }
@@ -116,12 +125,47 @@ pub async fn mark_read<A: Adapter>(ctx: &Ctx<A>, req: MarkRead) -> HandlerResult
     Ok(json!({ "success": true }))
 }
 
-/// On connect: hands the user's queue to this socket as one `pending-messages`. It is removed once
-/// the client acks, or once the ack wait is over with the socket still connected; a socket that is
-/// gone by then puts it back for the next connect.
-pub async fn deliver_pending<A: Adapter>(io: &SocketIo<A>, state: &AppState, socket: SocketRef<A>, user_id: &str) {
-    let _ = io;
-    let msgs = match state.store.take_queue(user_id).await {
+/// On connect: hands the user's queue to this socket as one `pending-messages`, under a lease so
+/// that two sockets connecting together do not both get it. The messages stay queued until the
+/// client acks, or until the ack wait is over with the socket still connected (it was handed over);
+/// a socket gone by then, or a node that dies meanwhile, leaves them for the next hand-over: a socket
+/// that found the lease taken tries once more when it has run out. Messages queued meanwhile are
+/// not touched.
+pub async fn deliver_pending<A: Adapter>(state: &AppState, socket: SocketRef<A>, user_id: &str) {
+    let lease_key = format!("pending:{user_id}");
+    let lease_ms = PENDING_ACK_TIMEOUT.as_millis() as u64 + 1000;
+    let mut leased = false;
+    for attempt in 0..2 {
+        match state.store.lease(&lease_key, lease_ms).await {
+            Ok(true) => {
+                leased = true;
+                break;
+            }
+            Ok(false) if attempt == 0 => {
+                // Another socket of the user is being handed the queue: see what is left after it.
+                tokio::time::sleep(Duration::from_millis(lease_ms + 100)).await;
+                if !socket.connected() {
+                    return;
+                }
+            }
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(user_id, "pending queue lease: {e}");
+                return;
+            }
+        }
+    }
+    if !leased {
+        return;
+    }
+    hand_over(state, &socket, user_id).await;
+    if let Err(e) = state.store.unlease(&lease_key).await {
+        tracing::debug!(user_id, "pending queue unlease: {e}");
+    }
+}
+
+async fn hand_over<A: Adapter>(state: &AppState, socket: &SocketRef<A>, user_id: &str) {
+    let msgs = match state.store.peek_queue(user_id).await {
         Ok(m) if m.is_empty() => return,
         Ok(m) => m,
         Err(e) => {
@@ -130,6 +174,7 @@ pub async fn deliver_pending<A: Adapter>(io: &SocketIo<A>, state: &AppState, soc
         }
     };
     let n = msgs.len();
+    state.metrics.event_out("pending-messages");
     let acked = match socket
         .timeout(PENDING_ACK_TIMEOUT)
         .emit_with_ack::<_, serde_json::Value>("pending-messages", &(&msgs,))
@@ -139,7 +184,8 @@ pub async fn deliver_pending<A: Adapter>(io: &SocketIo<A>, state: &AppState, soc
     };
     if acked || socket.connected() {
         tracing::debug!(user_id, n, acked, "pending messages handed over");
-    } else if let Err(e) = state.store.restore_queue(user_id, msgs).await {
-        tracing::warn!(user_id, "pending queue restore: {e}");
+        if let Err(e) = state.store.ack_queue(user_id, &msgs).await {
+            tracing::warn!(user_id, "pending queue ack: {e}");
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! prefixes `dm:` and `grp:` belong to such rooms, so nobody can squat an id before it is created.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -17,12 +17,10 @@ use super::Ctx;
 use crate::auth::User;
 use crate::error::{ApiError, Code, HandlerResult};
 use crate::names;
-use crate::state::AppState;
+use crate::state::{AppState, Joined};
 use crate::store::{new_id, Claim, Edit, Message, Room};
 use crate::timers::Job;
 
-/// Longest message content, in bytes.
-pub const MAX_CONTENT_BYTES: usize = 65_536;
 /// Most members a created room may list.
 pub const MAX_ROOM_MEMBERS: usize = 1000;
 /// Messages `join-room` returns.
@@ -54,11 +52,13 @@ fn valid_room(id: String) -> Result<String, ApiError> {
     }
 }
 
-pub fn valid_content(content: &str) -> Result<(), ApiError> {
+/// Message content: not empty, at most `MAX_MESSAGE_BYTES` bytes.
+pub fn valid_content(state: &AppState, content: &str) -> Result<(), ApiError> {
+    let max = state.config.max_message_bytes;
     if content.is_empty() {
         Err(ApiError::invalid("content must not be empty"))
-    } else if content.len() > MAX_CONTENT_BYTES {
-        Err(ApiError::new(Code::PayloadTooLarge, format!("content is over {MAX_CONTENT_BYTES} bytes")))
+    } else if content.len() as u64 > max {
+        Err(ApiError::new(Code::PayloadTooLarge, format!("content is over {max} bytes")))
     } else {
         Ok(())
     }
@@ -143,7 +143,12 @@ pub async fn join_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult 
     let id = req.into_valid()?;
     let room_info = access(ctx, user, &id).await?;
     let room = names::chat(&id);
-    let already = !ctx.session.join_room(&id);
+    let cap = ctx.state.config.max_rooms_per_socket as usize;
+    let already = match ctx.session.join_room(&id, cap) {
+        Joined::New => false,
+        Joined::Already => true,
+        Joined::Full => return Err(ApiError::new(Code::RateLimited, "Too many rooms joined")),
+    };
     ctx.socket.join(room.clone());
     let (recent, _) = ctx.state.store.history(&id, None, RECENT).await?.unwrap_or_default();
     let users = room_users(&ctx.io, &ctx.state, &room, None).await;
@@ -249,7 +254,9 @@ pub async fn create_room<A: Adapter>(ctx: &Ctx<A>, req: CreateRoom) -> HandlerRe
         created_by: user.user_id.clone(),
         created_at: crate::auth::unix_now_ms(),
     };
-    let room = ctx.state.store.create_room(wanted.clone()).await?;
+    let Some(room) = ctx.state.store.create_room(wanted.clone()).await? else {
+        return Err(ApiError::new(Code::RateLimited, "Too many rooms"));
+    };
     let same_members = {
         let (mut a, mut b) = (room.members.clone(), wanted.members.clone());
         a.sort();
@@ -278,7 +285,7 @@ pub struct SendMessage {
 pub async fn message<A: Adapter>(ctx: &Ctx<A>, req: SendMessage) -> HandlerResult {
     let user = ctx.user()?;
     let id = valid_room(req.room_id)?;
-    valid_content(&req.content)?;
+    valid_content(&ctx.state, &req.content)?;
     let kind = req.kind.unwrap_or_else(|| "text".into());
     if kind.is_empty() || kind.len() > 32 {
         return Err(ApiError::invalid("type must be 1 to 32 characters"));
@@ -322,7 +329,7 @@ pub async fn message<A: Adapter>(ctx: &Ctx<A>, req: SendMessage) -> HandlerResul
         }
         return Err(e.into());
     }
-    ctx.state.metrics.event_out();
+    ctx.state.metrics.event_out("new-message");
     if let Err(e) = ctx.io.to(room).emit("new-message", &msg).await {
         tracing::warn!("new-message broadcast: {e}");
     }
@@ -369,7 +376,7 @@ async fn tell_room<A: Adapter>(ctx: &Ctx<A>, room_id: &str, event: &str, data: &
 pub async fn edit_message<A: Adapter>(ctx: &Ctx<A>, req: EditMessage) -> HandlerResult {
     let id = valid_room(req.room_id)?;
     let content = req.content.ok_or_else(|| ApiError::invalid("content is required"))?;
-    valid_content(&content)?;
+    valid_content(&ctx.state, &content)?;
     own_message(ctx, &id, &req.message_id).await?;
     let updated = ctx
         .state
@@ -452,16 +459,18 @@ pub async fn typing<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
         return Err(ApiError::new(Code::NotInRoom, "Not in room"));
     }
     let room = names::chat(&id);
-    let generation = {
-        // A node-wide sequence, so that a timer left over from an earlier typing never matches a new one.
-        let g = ctx.state.typing_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        ctx.state.typing.lock().unwrap_or_else(|e| e.into_inner()).insert((id.clone(), user.user_id.clone()), g);
-        g
-    };
-    ctx.state.timers.schedule(
-        Duration::from_millis(ctx.state.config.typing_timeout_ms),
-        Job::TypingStop { room: id.clone(), user_id: user.user_id.clone(), generation },
-    );
+    let timeout = Duration::from_millis(ctx.state.config.typing_timeout_ms);
+    let was_typing = ctx
+        .state
+        .typing
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((id.clone(), user.user_id.clone()), Instant::now() + timeout)
+        .is_some();
+    // One pending timer per typist and room: a renewal only moves the deadline the timer re-reads.
+    if !was_typing {
+        ctx.state.timers.schedule(timeout, Job::TypingStop { room: id.clone(), user_id: user.user_id.clone() });
+    }
     let note = json!({ "userId": user.user_id, "user": user, "roomId": id });
     let _ = ctx.io.to(room).except(names::user(&user.user_id)).emit("user-typing", &note).await;
     Ok(json!({ "success": true }))
@@ -488,18 +497,27 @@ pub async fn stop_typing_in<A: Adapter>(io: &SocketIo<A>, state: &AppState, user
     }
 }
 
-/// The typing timer: stops unless a newer `typing` superseded this one.
-pub async fn typing_timeout<A: Adapter>(
-    io: &SocketIo<A>,
-    state: &AppState,
-    room: &str,
-    user_id: &str,
-    generation: u64,
-) {
-    let current =
-        state.typing.lock().unwrap_or_else(|e| e.into_inner()).get(&(room.to_string(), user_id.to_string())).copied();
-    if current == Some(generation) {
-        stop_typing_in(io, state, user_id, room).await;
+/// The typing timer: stops at the deadline, or waits again when a newer `typing` moved it.
+pub async fn typing_timeout<A: Adapter>(io: &SocketIo<A>, state: &AppState, room: &str, user_id: &str) {
+    let key = (room.to_string(), user_id.to_string());
+    let now = Instant::now();
+    let wait = {
+        let mut map = state.typing.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&key).copied() {
+            None => return,
+            Some(deadline) if deadline > now => Some(deadline - now),
+            Some(_) => {
+                map.remove(&key);
+                None
+            }
+        }
+    };
+    match wait {
+        Some(rest) => state.timers.schedule(rest, Job::TypingStop { room: key.0, user_id: key.1 }),
+        None => {
+            let note = json!({ "userId": user_id, "roomId": room });
+            let _ = io.to(names::chat(room)).except(names::user(user_id)).emit("user-stopped-typing", &note).await;
+        }
     }
 }
 

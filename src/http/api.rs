@@ -106,10 +106,35 @@ pub async fn broadcast<A: Adapter>(
     _: Admin,
     State(api): State<Api<A>>,
     JsonBody(req): JsonBody<EmitRequest>,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Response, HttpError> {
     let target = req.target().map_err(bad_request)?;
-    api.emit(&req, &target).await?;
-    Ok(Json(json!({ "success": true })))
+    let scope = api.emit(&req, &target).await?;
+    Ok(answer(scope))
+}
+
+/// Where a REST emit reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every node (through Redis), or the only node there is.
+    Cluster,
+    /// Redis is configured but unavailable: this node's sockets only.
+    Node,
+}
+
+/// `200 {success:true}`; `202` with `scope:"node"` and a warning when only this node was reached.
+fn answer(scope: Scope) -> Response {
+    match scope {
+        Scope::Cluster => Json(json!({ "success": true })).into_response(),
+        Scope::Node => (
+            axum::http::StatusCode::ACCEPTED,
+            Json(json!({
+                "success": true,
+                "scope": "node",
+                "warning": "Redis unavailable: delivered to this node's sockets only",
+            })),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -124,12 +149,12 @@ pub async fn publish<A: Adapter>(
     _: Admin,
     State(api): State<Api<A>>,
     JsonBody(req): JsonBody<PublishRequest>,
-) -> Result<Json<Value>, HttpError> {
+) -> Result<Response, HttpError> {
     if !names::valid_id(&req.channel) {
         return Err(bad_request("invalid channel"));
     }
-    api.publish(&req.channel, &req.data).await?;
-    Ok(Json(json!({ "success": true })))
+    let scope = api.publish(&req.channel, &req.data).await?;
+    Ok(answer(scope))
 }
 
 /// `POST /api/users/{userId}/disconnect`: closes every socket of the user, on every node.
@@ -157,33 +182,39 @@ fn internal(e: impl std::fmt::Display) -> HttpError {
 impl<A: Adapter> Api<A> {
     /// Emits through Redis when configured (every node delivers to its own sockets, exactly once).
     /// Without Redis, or while it is down, this node delivers to its own sockets.
-    pub async fn emit(&self, req: &EmitRequest, target: &delivery::Target) -> Result<(), HttpError> {
-        self.state.metrics.event_out();
+    pub async fn emit(&self, req: &EmitRequest, target: &delivery::Target) -> Result<Scope, HttpError> {
+        self.state.metrics.event_out(&req.event);
+        let mut scope = Scope::Cluster;
         if let Some(redis) = &self.state.redis {
             let payload = serde_json::to_string(req).map_err(internal)?;
             match redis.publish(crate::ingress::EMIT_CHANNEL, payload).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Scope::Cluster),
                 Err(e) => {
-                    tracing::warn!("broadcast via redis failed, delivering locally only: {e:#}")
+                    tracing::warn!("broadcast via redis failed, delivering locally only: {e:#}");
+                    scope = Scope::Node;
                 }
             }
         }
-        delivery::emit(&self.io, target, &req.event, &req.data, true).await.map_err(internal)
+        delivery::emit(&self.io, target, &req.event, &req.data, true).await.map_err(internal)?;
+        Ok(scope)
     }
 
     /// The same as a Redis ingress publish; local delivery without Redis or while it is down.
-    pub async fn publish(&self, channel: &str, data: &Value) -> Result<(), HttpError> {
-        self.state.metrics.event_out();
+    pub async fn publish(&self, channel: &str, data: &Value) -> Result<Scope, HttpError> {
+        self.state.metrics.event_out("event");
+        let mut scope = Scope::Cluster;
         if let Some(redis) = &self.state.redis {
             let payload = serde_json::to_string(data).map_err(internal)?;
             match redis.publish(channel, payload).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Scope::Cluster),
                 Err(e) => {
-                    tracing::warn!("publish via redis failed, delivering locally only: {e:#}")
+                    tracing::warn!("publish via redis failed, delivering locally only: {e:#}");
+                    scope = Scope::Node;
                 }
             }
         }
         self.state.metrics.ingress_messages.increment(1);
-        delivery::publish(&self.io, channel, data, true).await.map_err(internal)
+        delivery::publish(&self.io, channel, data, true).await.map_err(internal)?;
+        Ok(scope)
     }
 }

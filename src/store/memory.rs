@@ -1,6 +1,6 @@
 //! The single-node store: plain maps behind one mutex, held only for short, await-free sections.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,8 @@ struct PresenceEntry {
     sockets: u64,
     status: Option<String>,
     last_seen: Option<u64>,
+    /// Chat rooms the user's sockets were in when they left, until the grace decides.
+    departed: HashSet<String>,
 }
 
 /// Keys that expire after a fixed TTL, oldest first, so purging is popping the front.
@@ -52,15 +54,48 @@ impl<V> Expiring<V> {
     }
 }
 
+/// One room's history, with its size and when it was last written.
+#[derive(Default)]
+struct History {
+    msgs: VecDeque<Message>,
+    bytes: usize,
+    written: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Queue {
+    msgs: VecDeque<(PrivateMessage, Instant)>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn pop_front(&mut self) {
+        if let Some((m, _)) = self.msgs.pop_front() {
+            self.bytes = self.bytes.saturating_sub(queued_cost(&m));
+        }
+    }
+    fn drop_expired(&mut self, now: Instant) {
+        while self.msgs.front().is_some_and(|(_, exp)| *exp <= now) {
+            self.pop_front();
+        }
+    }
+}
+
 struct Inner {
     rooms: HashMap<String, Room>,
     rooms_by_user: HashMap<String, Vec<String>>,
-    history: HashMap<String, VecDeque<Message>>,
+    /// Rooms each user created (that still exist): the per-user cap.
+    created_by: HashMap<String, usize>,
+    history: HashMap<String, History>,
+    history_bytes: usize,
     dedup: Expiring<String>,
     presence: HashMap<String, PresenceEntry>,
-    queues: HashMap<String, VecDeque<(PrivateMessage, Instant)>>,
+    /// Offline checks: (due, ms since the epoch; user).
+    offline_due: BTreeSet<(u64, String)>,
+    queues: HashMap<String, Queue>,
     receipts: Expiring<(String, String)>,
     calls: HashMap<String, Call>,
+    leases: HashMap<String, Instant>,
 }
 
 pub struct MemoryStore {
@@ -75,12 +110,16 @@ impl MemoryStore {
             inner: Mutex::new(Inner {
                 rooms: HashMap::new(),
                 rooms_by_user: HashMap::new(),
+                created_by: HashMap::new(),
                 history: HashMap::new(),
+                history_bytes: 0,
                 dedup: Expiring::new(limits.dedup_ttl_secs),
                 presence: HashMap::new(),
+                offline_due: BTreeSet::new(),
                 queues: HashMap::new(),
                 receipts: Expiring::new(limits.receipt_ttl_secs),
                 calls: HashMap::new(),
+                leases: HashMap::new(),
             }),
         }
     }
@@ -88,20 +127,77 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Forgets rooms and histories idle for `room_idle_ttl_secs`, and expired queues: what `purge`
+    /// runs, with the clock given (tests move it).
+    fn purge_at(&self, now: Instant) {
+        let ttl = Duration::from_secs(self.limits.room_idle_ttl_secs);
+        let mut g = self.lock();
+        let idle = |written: Option<Instant>| written.is_some_and(|w| now.saturating_duration_since(w) >= ttl);
+        let stale: Vec<String> = g.history.iter().filter(|(_, h)| idle(h.written)).map(|(id, _)| id.clone()).collect();
+        for id in stale {
+            g.forget_history(&id);
+        }
+        let created_before = crate::auth::unix_now_ms().saturating_sub(ttl.as_millis() as u64);
+        let old_rooms: Vec<String> = g
+            .rooms
+            .values()
+            .filter(|r| r.created_at < created_before && !g.history.contains_key(&r.id))
+            .map(|r| r.id.clone())
+            .collect();
+        for id in old_rooms {
+            g.forget_room(&id);
+        }
+        g.queues.retain(|_, q| {
+            q.drop_expired(now);
+            !q.msgs.is_empty()
+        });
+    }
+}
+
+impl Inner {
+    fn forget_history(&mut self, id: &str) {
+        if let Some(h) = self.history.remove(id) {
+            self.history_bytes = self.history_bytes.saturating_sub(h.bytes);
+        }
+    }
+
+    fn forget_room(&mut self, id: &str) {
+        let Some(room) = self.rooms.remove(id) else { return };
+        for m in &room.members {
+            if let Some(ids) = self.rooms_by_user.get_mut(m) {
+                ids.retain(|r| r != id);
+                if ids.is_empty() {
+                    self.rooms_by_user.remove(m);
+                }
+            }
+        }
+        if let Some(n) = self.created_by.get_mut(&room.created_by) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.created_by.remove(&room.created_by);
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn create_room(&self, room: Room) -> StoreResult<Room> {
+    async fn create_room(&self, room: Room) -> StoreResult<Option<Room>> {
         let mut g = self.lock();
         if let Some(existing) = g.rooms.get(&room.id) {
-            return Ok(existing.clone());
+            return Ok(Some(existing.clone()));
         }
+        let created = g.created_by.entry(room.created_by.clone()).or_insert(0);
+        if *created >= self.limits.created_rooms_per_user {
+            return Ok(None);
+        }
+        *created += 1;
         for m in &room.members {
             g.rooms_by_user.entry(m.clone()).or_default().push(room.id.clone());
         }
         g.rooms.insert(room.id.clone(), room.clone());
-        Ok(room)
+        Ok(Some(room))
     }
 
     async fn room(&self, id: &str) -> StoreResult<Option<Room>> {
@@ -118,10 +214,34 @@ impl Store for MemoryStore {
 
     async fn append(&self, msg: &Message) -> StoreResult<()> {
         let mut g = self.lock();
+        let g = &mut *g;
         let h = g.history.entry(msg.room_id.clone()).or_default();
-        h.push_back(msg.clone());
-        while h.len() > self.limits.history_per_room {
-            h.pop_front();
+        let cost = message_cost(msg);
+        h.msgs.push_back(msg.clone());
+        h.bytes += cost;
+        h.written = Some(Instant::now());
+        g.history_bytes += cost;
+        while h.msgs.len() > 1
+            && (h.msgs.len() > self.limits.history_per_room || h.bytes > self.limits.history_bytes_per_room)
+        {
+            if let Some(old) = h.msgs.pop_front() {
+                let c = message_cost(&old);
+                h.bytes = h.bytes.saturating_sub(c);
+                g.history_bytes = g.history_bytes.saturating_sub(c);
+            }
+        }
+        // All rooms together: forget the least recently written ones (never the one just written).
+        while g.history_bytes > self.limits.history_bytes_total {
+            let oldest = g
+                .history
+                .iter()
+                .filter(|(id, _)| **id != msg.room_id)
+                .min_by_key(|(_, h)| h.written)
+                .map(|(id, _)| id.clone());
+            match oldest {
+                Some(id) => g.forget_history(&id),
+                None => break,
+            }
         }
         Ok(())
     }
@@ -136,6 +256,7 @@ impl Store for MemoryStore {
         let Some(h) = g.history.get(room) else {
             return Ok(before.is_none().then(|| (Vec::new(), false)));
         };
+        let h = &h.msgs;
         let end = match before {
             None => h.len(),
             Some(id) => match h.iter().position(|m| m.id == id) {
@@ -149,15 +270,21 @@ impl Store for MemoryStore {
 
     async fn message(&self, room: &str, id: &str) -> StoreResult<Option<Message>> {
         let g = self.lock();
-        Ok(g.history.get(room).and_then(|h| h.iter().find(|m| m.id == id).cloned()))
+        Ok(g.history.get(room).and_then(|h| h.msgs.iter().find(|m| m.id == id).cloned()))
     }
 
     async fn edit(&self, room: &str, id: &str, edit: Edit) -> StoreResult<Option<Message>> {
         let mut g = self.lock();
-        let Some(m) = g.history.get_mut(room).and_then(|h| h.iter_mut().find(|m| m.id == id && !m.deleted)) else {
+        let g = &mut *g;
+        let Some(h) = g.history.get_mut(room) else { return Ok(None) };
+        let Some(m) = h.msgs.iter_mut().find(|m| m.id == id && !m.deleted) else {
             return Ok(None);
         };
+        let before = message_cost(m);
         m.apply(&edit);
+        let after = message_cost(m);
+        h.bytes = (h.bytes + after).saturating_sub(before);
+        g.history_bytes = (g.history_bytes + after).saturating_sub(before);
         Ok(Some(m.clone()))
     }
 
@@ -175,31 +302,62 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn lease(&self, key: &str, ms: u64) -> StoreResult<bool> {
+        let now = Instant::now();
+        let mut g = self.lock();
+        g.leases.retain(|_, until| *until > now);
+        if g.leases.contains_key(key) {
+            return Ok(false);
+        }
+        g.leases.insert(key.to_string(), now + Duration::from_millis(ms));
+        Ok(true)
+    }
+
+    async fn unlease(&self, key: &str) -> StoreResult<()> {
+        self.lock().leases.remove(key);
+        Ok(())
+    }
+
     async fn resync(&self, _local: &[(User, u64)]) -> StoreResult<Vec<String>> {
         // One node, one process: the counts never leave it.
         Ok(Vec::new())
     }
 
-    async fn socket_up(&self, user: &User, _sid: &str) -> StoreResult<bool> {
+    async fn socket_up(&self, user: &User, _sid: &str, cap: usize) -> StoreResult<Option<bool>> {
         let mut g = self.lock();
         let e = g.presence.entry(user.user_id.clone()).or_default();
+        if e.sockets >= cap as u64 {
+            return Ok(None);
+        }
         e.sockets += 1;
         e.last_seen = Some(crate::auth::unix_now_ms());
+        e.departed.clear();
         let was_offline = matches!(e.status.as_deref(), None | Some("offline"));
         if was_offline {
             e.status = Some("online".into());
         }
-        Ok(was_offline)
+        Ok(Some(was_offline))
     }
 
-    async fn socket_down(&self, user_id: &str, _sid: &str) -> StoreResult<u64> {
+    async fn socket_down(&self, user_id: &str, _sid: &str, rooms: &[String], grace_ms: u64) -> StoreResult<u64> {
         let mut g = self.lock();
         let Some(e) = g.presence.get_mut(user_id) else {
             return Ok(0);
         };
         e.sockets = e.sockets.saturating_sub(1);
-        e.last_seen = Some(crate::auth::unix_now_ms());
-        Ok(e.sockets)
+        let now = crate::auth::unix_now_ms();
+        e.last_seen = Some(now);
+        for r in rooms {
+            if e.departed.len() >= self.limits.departed_rooms_per_user {
+                break;
+            }
+            e.departed.insert(r.clone());
+        }
+        let left = e.sockets;
+        if left == 0 {
+            g.offline_due.insert((now + grace_ms, user_id.to_string()));
+        }
+        Ok(left)
     }
 
     async fn sockets_of(&self, user_id: &str) -> StoreResult<u64> {
@@ -219,20 +377,35 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn mark_offline_if_idle(&self, user_id: &str, now: u64, grace_ms: u64) -> StoreResult<bool> {
+    async fn schedule_offline_check(&self, user_id: &str, grace_ms: u64) -> StoreResult<()> {
+        let due = crate::auth::unix_now_ms() + grace_ms;
+        self.lock().offline_due.insert((due, user_id.to_string()));
+        Ok(())
+    }
+
+    async fn due_offline_checks(&self) -> StoreResult<Vec<String>> {
+        let now = crate::auth::unix_now_ms();
+        let mut g = self.lock();
+        let rest = g.offline_due.split_off(&(now + 1, String::new()));
+        let due = std::mem::replace(&mut g.offline_due, rest);
+        Ok(due.into_iter().map(|(_, u)| u).collect())
+    }
+
+    async fn mark_offline_if_idle(&self, user_id: &str, grace_ms: u64) -> StoreResult<Option<Vec<String>>> {
+        let now = crate::auth::unix_now_ms();
         let mut g = self.lock();
         let Some(e) = g.presence.get_mut(user_id) else {
-            return Ok(false);
+            return Ok(None);
         };
         if e.sockets > 0 || e.status.as_deref() == Some("offline") {
-            return Ok(false);
+            return Ok(None);
         }
         if now + GRACE_TOLERANCE_MS < e.last_seen.unwrap_or(0) + grace_ms {
-            return Ok(false); // a later disconnect: its own check will decide
+            return Ok(None); // a later disconnect: its own check will decide
         }
         e.status = Some("offline".into());
         e.last_seen = Some(now);
-        Ok(true)
+        Ok(Some(std::mem::take(&mut e.departed).into_iter().collect()))
     }
 
     async fn presence(&self, user_ids: &[String]) -> StoreResult<Vec<Presence>> {
@@ -248,36 +421,38 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<bool> {
+        let mut g = self.lock();
+        if g.presence.get(&msg.to_user_id).is_some_and(|e| e.sockets > 0) {
+            return Ok(false);
+        }
+        self.push(&mut g, msg);
+        Ok(true)
+    }
+
     async fn enqueue(&self, msg: &PrivateMessage) -> StoreResult<()> {
         let mut g = self.lock();
-        let now = Instant::now();
-        let q = g.queues.entry(msg.to_user_id.clone()).or_default();
-        while q.front().is_some_and(|(_, exp)| *exp <= now) {
-            q.pop_front();
-        }
-        q.push_back((msg.clone(), now + Duration::from_secs(self.limits.queue_ttl_secs)));
-        while q.len() > self.limits.queue_per_user {
-            q.pop_front();
-        }
+        self.push(&mut g, msg);
         Ok(())
     }
 
-    async fn take_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>> {
+    async fn peek_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>> {
         let now = Instant::now();
-        let q = self.lock().queues.remove(user_id).unwrap_or_default();
-        Ok(q.into_iter().filter(|(_, exp)| *exp > now).map(|(m, _)| m).collect())
+        let g = self.lock();
+        Ok(g.queues
+            .get(user_id)
+            .map(|q| q.msgs.iter().filter(|(_, exp)| *exp > now).map(|(m, _)| m.clone()).collect())
+            .unwrap_or_default())
     }
 
-    async fn restore_queue(&self, user_id: &str, msgs: Vec<PrivateMessage>) -> StoreResult<()> {
+    async fn ack_queue(&self, user_id: &str, msgs: &[PrivateMessage]) -> StoreResult<()> {
         let mut g = self.lock();
-        let exp = Instant::now() + Duration::from_secs(self.limits.queue_ttl_secs);
-        let q = g.queues.entry(user_id.to_string()).or_default();
-        // The restored messages are older than anything queued meanwhile: they go first.
-        for m in msgs.into_iter().rev() {
-            q.push_front((m, exp));
-        }
-        while q.len() > self.limits.queue_per_user {
-            q.pop_front();
+        let Some(q) = g.queues.get_mut(user_id) else { return Ok(()) };
+        let ids: HashSet<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
+        q.msgs.retain(|(m, _)| !ids.contains(m.id.as_str()));
+        q.bytes = q.msgs.iter().map(|(m, _)| queued_cost(m)).sum();
+        if q.msgs.is_empty() {
+            g.queues.remove(user_id);
         }
         Ok(())
     }
@@ -330,6 +505,26 @@ impl Store for MemoryStore {
         let g = self.lock();
         Ok(g.calls.values().filter(|c| c.caller == user_id || c.callee == user_id).cloned().collect())
     }
+
+    async fn purge(&self) {
+        self.purge_at(Instant::now());
+    }
+}
+
+impl MemoryStore {
+    /// Appends to the target's queue, dropping expired and then the oldest messages past the caps.
+    fn push(&self, g: &mut Inner, msg: &PrivateMessage) {
+        let now = Instant::now();
+        let q = g.queues.entry(msg.to_user_id.clone()).or_default();
+        q.drop_expired(now);
+        q.msgs.push_back((msg.clone(), now + Duration::from_secs(self.limits.queue_ttl_secs)));
+        q.bytes += queued_cost(msg);
+        while q.msgs.len() > 1
+            && (q.msgs.len() > self.limits.queue_per_user || q.bytes > self.limits.queue_bytes_per_user)
+        {
+            q.pop_front();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -355,6 +550,29 @@ mod tests {
         }
     }
 
+    fn pm(id: &str, to: &str, content: &str) -> PrivateMessage {
+        PrivateMessage {
+            id: id.into(),
+            from_user_id: "b".into(),
+            from_user: user("b"),
+            to_user_id: to.into(),
+            content: content.into(),
+            timestamp: 1,
+            read: false,
+        }
+    }
+
+    fn room(id: &str, by: &str) -> Room {
+        Room {
+            id: id.into(),
+            name: "x".into(),
+            kind: "group".into(),
+            members: vec![by.into(), "b".into()],
+            created_by: by.into(),
+            created_at: 1,
+        }
+    }
+
     fn store() -> MemoryStore {
         MemoryStore::new(Limits { history_per_room: 5, queue_per_user: 3, ..Limits::default() })
     }
@@ -377,6 +595,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn history_is_bounded_by_bytes_per_room_and_in_total() {
+        let s = MemoryStore::new(Limits {
+            history_bytes_per_room: 3 * (1000 + 256),
+            history_bytes_total: 5 * (1000 + 256),
+            ..Limits::default()
+        });
+        for i in 0..6 {
+            let mut m = msg("big", &i.to_string());
+            m.content = "x".repeat(1000);
+            s.append(&m).await.unwrap();
+        }
+        let (kept, _) = s.history("big", None, 100).await.unwrap().unwrap();
+        assert_eq!(kept.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["3", "4", "5"], "newest kept");
+        // Two more rooms of two messages each: the total bound forgets the least recently written room.
+        for room in ["r2", "r3"] {
+            for i in 0..2 {
+                let mut m = msg(room, &i.to_string());
+                m.content = "y".repeat(1000);
+                s.append(&m).await.unwrap();
+            }
+        }
+        assert!(s.history("big", None, 100).await.unwrap().unwrap().0.is_empty(), "oldest room forgotten");
+        assert_eq!(s.history("r3", None, 100).await.unwrap().unwrap().0.len(), 2);
+        assert!(s.lock().history_bytes <= 5 * (1000 + 256));
+    }
+
+    #[tokio::test]
+    async fn idle_rooms_and_expired_queues_are_purged() {
+        let s = MemoryStore::new(Limits { room_idle_ttl_secs: 60, queue_ttl_secs: 60, ..Limits::default() });
+        s.append(&msg("r", "1")).await.unwrap();
+        s.create_room(room("grp:1", "a")).await.unwrap();
+        s.enqueue(&pm("p1", "nobody", "hi")).await.unwrap();
+        s.purge_at(Instant::now());
+        assert_eq!(s.history("r", None, 10).await.unwrap().unwrap().0.len(), 1, "fresh history stays");
+        assert_eq!(s.lock().queues.len(), 1);
+        s.purge_at(Instant::now() + Duration::from_secs(61));
+        assert!(s.history("r", None, 10).await.unwrap().unwrap().0.is_empty(), "idle history forgotten");
+        assert!(s.room("grp:1").await.unwrap().is_none(), "idle created room forgotten");
+        assert!(s.rooms_of("b").await.unwrap().is_empty());
+        assert!(s.lock().queues.is_empty(), "a queue nobody collects is purged");
+        assert!(s.lock().created_by.is_empty(), "the creator's count is given back");
+    }
+
+    #[tokio::test]
+    async fn created_rooms_per_user_are_capped() {
+        let s = MemoryStore::new(Limits { created_rooms_per_user: 2, ..Limits::default() });
+        assert!(s.create_room(room("grp:1", "a")).await.unwrap().is_some());
+        assert!(s.create_room(room("grp:2", "a")).await.unwrap().is_some());
+        assert!(s.create_room(room("grp:3", "a")).await.unwrap().is_none(), "third refused");
+        assert!(s.create_room(room("grp:1", "a")).await.unwrap().is_some(), "an existing room is still found");
+        assert!(s.create_room(room("grp:4", "c")).await.unwrap().is_some(), "others are not affected");
+    }
+
+    #[tokio::test]
     async fn edits_and_deletes() {
         let s = store();
         s.append(&msg("r", "1")).await.unwrap();
@@ -393,52 +665,66 @@ mod tests {
         let s = store();
         assert_eq!(s.claim("k", "v1").await.unwrap(), Claim::New);
         assert_eq!(s.claim("k", "v2").await.unwrap(), Claim::Seen("v1".into()));
-        let room = Room {
-            id: "dm".into(),
-            name: "x".into(),
-            kind: "direct".into(),
-            members: vec!["a".into(), "b".into()],
-            created_by: "a".into(),
-            created_at: 1,
-        };
-        s.create_room(room.clone()).await.unwrap();
-        let mut other = room.clone();
+        let r = room("dm", "a");
+        s.create_room(r.clone()).await.unwrap();
+        let mut other = r.clone();
         other.name = "y".into();
-        assert_eq!(s.create_room(other).await.unwrap().name, "x", "existing room wins");
+        assert_eq!(s.create_room(other).await.unwrap().unwrap().name, "x", "existing room wins");
         assert_eq!(s.rooms_of("b").await.unwrap().len(), 1);
         assert!(s.rooms_of("c").await.unwrap().is_empty());
     }
 
     #[tokio::test]
-    async fn presence_and_queue() {
+    async fn presence_cap_grace_and_departed_rooms() {
         let s = store();
-        assert!(s.socket_up(&user("a"), "s1").await.unwrap());
-        assert!(!s.socket_up(&user("a"), "s2").await.unwrap());
-        assert_eq!(s.socket_down("a", "s1").await.unwrap(), 1);
-        assert!(!s.mark_offline_if_idle("a", u64::MAX / 2, 0).await.unwrap(), "a socket is left");
-        assert_eq!(s.socket_down("a", "s2").await.unwrap(), 0);
-        let now = crate::auth::unix_now_ms();
-        assert!(!s.mark_offline_if_idle("a", now, 10_000).await.unwrap(), "still in the grace");
-        assert!(s.mark_offline_if_idle("a", now + 10_000, 10_000).await.unwrap());
+        assert_eq!(s.socket_up(&user("a"), "s1", 2).await.unwrap(), Some(true));
+        assert_eq!(s.socket_up(&user("a"), "s2", 2).await.unwrap(), Some(false));
+        assert_eq!(s.socket_up(&user("a"), "s3", 2).await.unwrap(), None, "at the cap");
+        assert_eq!(s.socket_down("a", "s1", &["r1".into()], 0).await.unwrap(), 1);
+        assert!(s.mark_offline_if_idle("a", 0).await.unwrap().is_none(), "a socket is left");
+        assert_eq!(s.socket_down("a", "s2", &["r2".into()], 10_000).await.unwrap(), 0);
+        assert!(s.due_offline_checks().await.unwrap().is_empty(), "not due yet");
+        assert!(s.mark_offline_if_idle("a", 10_000).await.unwrap().is_none(), "still in the grace");
+        s.schedule_offline_check("a", 0).await.unwrap();
+        assert_eq!(s.due_offline_checks().await.unwrap(), ["a"]);
+        assert!(s.due_offline_checks().await.unwrap().is_empty(), "claimed once");
+        let mut rooms = s.mark_offline_if_idle("a", 0).await.unwrap().expect("offline now");
+        rooms.sort();
+        assert_eq!(rooms, ["r1", "r2"], "the rooms of every socket that left");
         assert_eq!(s.presence(&["a".into(), "z".into()]).await.unwrap()[0].status, "offline");
-        assert!(s.socket_up(&user("a"), "s3").await.unwrap(), "back online");
+        assert_eq!(s.socket_up(&user("a"), "s3", 2).await.unwrap(), Some(true), "back online");
+    }
 
+    #[tokio::test]
+    async fn leases_exclude_and_expire() {
+        let s = store();
+        assert!(s.lease("k", 60_000).await.unwrap());
+        assert!(!s.lease("k", 60_000).await.unwrap(), "held");
+        s.unlease("k").await.unwrap();
+        assert!(s.lease("k", 0).await.unwrap(), "given back");
+        assert!(s.lease("k", 60_000).await.unwrap(), "an expired lease is free");
+    }
+
+    #[tokio::test]
+    async fn queue_is_capped_and_acked() {
+        let s = store();
+        assert!(s.socket_up(&user("on"), "s", 5).await.unwrap().is_some());
+        assert!(!s.enqueue_if_offline(&pm("x", "on", "x")).await.unwrap(), "online: not queued");
         for i in 0..5 {
-            let pm = PrivateMessage {
-                id: i.to_string(),
-                from_user_id: "b".into(),
-                from_user: user("b"),
-                to_user_id: "a".into(),
-                content: "x".into(),
-                timestamp: i,
-                read: false,
-            };
-            s.enqueue(&pm).await.unwrap();
+            assert!(s.enqueue_if_offline(&pm(&i.to_string(), "a", "x")).await.unwrap());
         }
-        let q = s.take_queue("a").await.unwrap();
+        let q = s.peek_queue("a").await.unwrap();
         assert_eq!(q.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["2", "3", "4"], "capped, oldest dropped");
-        assert!(s.take_queue("a").await.unwrap().is_empty());
-        s.restore_queue("a", q).await.unwrap();
-        assert_eq!(s.take_queue("a").await.unwrap().len(), 3);
+        assert_eq!(s.peek_queue("a").await.unwrap().len(), 3, "peeking leaves it");
+        s.enqueue(&pm("5", "a", "x")).await.unwrap();
+        s.ack_queue("a", &q).await.unwrap();
+        let rest = s.peek_queue("a").await.unwrap();
+        assert_eq!(rest.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["5"], "only the handed ones go");
+
+        let s = MemoryStore::new(Limits { queue_bytes_per_user: 2 * (1000 + 256), ..Limits::default() });
+        for i in 0..4 {
+            s.enqueue(&pm(&i.to_string(), "a", &"z".repeat(1000))).await.unwrap();
+        }
+        assert_eq!(s.peek_queue("a").await.unwrap().len(), 2, "bytes cap");
     }
 }

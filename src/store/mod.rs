@@ -3,7 +3,8 @@
 //!
 //! One trait, two implementations: [`memory::MemoryStore`] for a single node and
 //! [`redis::RedisStore`] for a cluster, so that any node can serve any user. Every collection is
-//! bounded: history per room, queue per user, TTLs on de-dup keys, receipts and queues.
+//! bounded: history per room (count and bytes), queue per user (count and bytes), created rooms per
+//! user, and TTLs on rooms, history, de-dup keys, receipts and queues.
 
 pub mod memory;
 pub mod redis;
@@ -134,42 +135,84 @@ pub enum Claim {
     Seen(String),
 }
 
-/// Timers fire on the monotonic clock, `lastSeen` is wall-clock: allow this much disagreement.
+/// Offline checks are polled, and `lastSeen` is wall-clock: allow this much disagreement.
 pub const GRACE_TOLERANCE_MS: u64 = 50;
 
 /// Limits every implementation enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub history_per_room: usize,
+    /// Bytes of stored messages per room (the oldest go first).
+    pub history_bytes_per_room: usize,
+    /// A room's history and a created room go after this long without a message.
+    pub room_idle_ttl_secs: u64,
+    /// Rooms made with `create-room` that one user may have created.
+    pub created_rooms_per_user: usize,
     pub queue_per_user: usize,
+    /// Bytes of queued private messages per user (the oldest go first).
+    pub queue_bytes_per_user: usize,
     pub queue_ttl_secs: u64,
     pub dedup_ttl_secs: u64,
     pub receipt_ttl_secs: u64,
+    /// Rooms remembered per user between a disconnect and the end of the presence grace.
+    pub departed_rooms_per_user: usize,
+    /// The in-memory store's bound on all rooms' history together: past it, the least recently
+    /// written rooms are forgotten first.
+    pub history_bytes_total: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             history_per_room: 1000,
+            history_bytes_per_room: 2 * 1024 * 1024,
+            room_idle_ttl_secs: 30 * 24 * 3600,
+            created_rooms_per_user: 200,
             queue_per_user: 1000,
+            queue_bytes_per_user: 4 * 1024 * 1024,
             queue_ttl_secs: 7 * 24 * 3600,
             dedup_ttl_secs: 300,
             receipt_ttl_secs: 7 * 24 * 3600,
+            departed_rooms_per_user: 2000,
+            history_bytes_total: 256 * 1024 * 1024,
         }
     }
+}
+
+impl Limits {
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Limits {
+            history_per_room: cfg.max_room_history as usize,
+            history_bytes_per_room: cfg.max_room_history_bytes as usize,
+            room_idle_ttl_secs: cfg.room_idle_ttl_secs,
+            created_rooms_per_user: cfg.max_created_rooms_per_user as usize,
+            ..Limits::default()
+        }
+    }
+}
+
+/// What counts against a room's history bytes: the content plus a fixed allowance for the rest.
+pub fn message_cost(msg: &Message) -> usize {
+    msg.content.len() + 256
+}
+
+/// What counts against a user's offline queue bytes.
+pub fn queued_cost(msg: &PrivateMessage) -> usize {
+    msg.content.len() + 256
 }
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // --- rooms made with create-room ---
-    /// Stores a room unless one with its id exists; returns the stored room either way.
-    async fn create_room(&self, room: Room) -> StoreResult<Room>;
+    /// Stores a room unless one with its id exists; returns the stored room either way, or `None`
+    /// when the creator already has `created_rooms_per_user` rooms.
+    async fn create_room(&self, room: Room) -> StoreResult<Option<Room>>;
     async fn room(&self, id: &str) -> StoreResult<Option<Room>>;
     /// Rooms that list this user.
     async fn rooms_of(&self, user_id: &str) -> StoreResult<Vec<Room>>;
 
     // --- history ---
-    /// Appends, trimming the room to `history_per_room`.
+    /// Appends, trimming the room to `history_per_room` messages and `history_bytes_per_room`.
     async fn append(&self, msg: &Message) -> StoreResult<()>;
     /// Up to `limit` messages just before `before` (or the newest), oldest first, and whether older
     /// ones exist. `None` when `before` is not in the history.
@@ -188,20 +231,34 @@ pub trait Store: Send + Sync + 'static {
     async fn claim(&self, key: &str, value: &str) -> StoreResult<Claim>;
     /// Gives a claim back (the work it guarded failed), so that a retry is not taken for a duplicate.
     async fn release(&self, key: &str) -> StoreResult<()>;
+    /// Takes a lease on `key` for `ms` unless someone holds it: true when taken. It ends with
+    /// [`Store::unlease`] or by itself after `ms`, so a holder that dies cannot keep it.
+    async fn lease(&self, key: &str, ms: u64) -> StoreResult<bool>;
+    async fn unlease(&self, key: &str) -> StoreResult<()>;
 
     // --- presence ---
-    /// Counts a connected socket of the user; true when the user was offline (status `offline`).
-    async fn socket_up(&self, user: &User, sid: &str) -> StoreResult<bool>;
-    /// Uncounts a socket; returns the user's remaining sockets cluster-wide.
-    async fn socket_down(&self, user_id: &str, sid: &str) -> StoreResult<u64>;
+    /// Counts a connected socket of the user unless they already hold `cap` sockets cluster-wide
+    /// (checked and counted in one step). `None`: at the cap, nothing counted. `Some(true)`: the
+    /// user was offline (status `offline`) and is online now.
+    async fn socket_up(&self, user: &User, sid: &str, cap: usize) -> StoreResult<Option<bool>>;
+    /// Uncounts a socket and remembers the chat rooms it was in. When it was the user's last socket
+    /// cluster-wide, an offline check falls due after `grace_ms` (see [`Store::due_offline_checks`]).
+    /// Returns the user's remaining sockets cluster-wide.
+    async fn socket_down(&self, user_id: &str, sid: &str, rooms: &[String], grace_ms: u64) -> StoreResult<u64>;
     /// Sockets the user has connected, cluster-wide.
     async fn sockets_of(&self, user_id: &str) -> StoreResult<u64>;
     /// The user behind each socket id (for members on other nodes).
     async fn socket_users(&self, sids: &[String]) -> StoreResult<Vec<Option<User>>>;
     async fn set_status(&self, user_id: &str, status: &str, now: u64) -> StoreResult<()>;
+    /// Schedules an offline check of the user after `grace_ms` (a dead node's users).
+    async fn schedule_offline_check(&self, user_id: &str, grace_ms: u64) -> StoreResult<()>;
+    /// Takes (claims) the offline checks that are due: each is handed to exactly one caller, on any
+    /// node, so a check survives the node that scheduled it.
+    async fn due_offline_checks(&self) -> StoreResult<Vec<String>>;
     /// Marks the user offline if they have no socket and none left less than `grace_ms` ago (a
-    /// later disconnect restarts the grace); true if they went offline now.
-    async fn mark_offline_if_idle(&self, user_id: &str, now: u64, grace_ms: u64) -> StoreResult<bool>;
+    /// later disconnect restarts the grace). `Some(rooms)`: they went offline now; `rooms` are the
+    /// chat rooms their sockets were in when they left.
+    async fn mark_offline_if_idle(&self, user_id: &str, grace_ms: u64) -> StoreResult<Option<Vec<String>>>;
     async fn presence(&self, user_ids: &[String]) -> StoreResult<Vec<Presence>>;
     /// Makes this node's presence entries match its live sockets (`local`: user and socket count),
     /// after Redis was away or the node restarted under the same id. Returns the users whose count
@@ -209,10 +266,15 @@ pub trait Store: Send + Sync + 'static {
     async fn resync(&self, local: &[(User, u64)]) -> StoreResult<Vec<String>>;
 
     // --- private messages ---
+    /// Queues the message unless its target has a connected socket, in one step with the check, so
+    /// that a target connecting meanwhile either finds it in its queue or receives it live. True
+    /// when queued.
+    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<bool>;
     async fn enqueue(&self, msg: &PrivateMessage) -> StoreResult<()>;
-    /// Takes the whole queue (oldest first); `restore` puts it back if it could not be handed over.
-    async fn take_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>>;
-    async fn restore_queue(&self, user_id: &str, msgs: Vec<PrivateMessage>) -> StoreResult<()>;
+    /// The user's queue, oldest first, left in place until [`Store::ack_queue`].
+    async fn peek_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>>;
+    /// Removes these messages from the user's queue (they were handed over).
+    async fn ack_queue(&self, user_id: &str, msgs: &[PrivateMessage]) -> StoreResult<()>;
     /// Remembers who sent a private message to whom, for `mark-read`.
     async fn remember_receipt(&self, id: &str, from: &str, to: &str) -> StoreResult<()>;
     /// (from, to) of each message id, when known.
@@ -228,6 +290,9 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_ringing_call(&self, id: &str) -> StoreResult<Option<Call>>;
     /// Live calls the user is a party of.
     async fn calls_of(&self, user_id: &str) -> StoreResult<Vec<Call>>;
+
+    /// Periodic upkeep (once a minute): forget what expired. Redis expires keys by itself.
+    async fn purge(&self) {}
 }
 
 /// A new unique id: time-ordered hex milliseconds plus randomness (`m18c3f...-9f3a1b2c`).

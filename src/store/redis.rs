@@ -3,23 +3,23 @@
 //! scripts; edits of stored JSON use compare-and-set.
 //!
 //! Presence counts sockets per node (`n:<node>` fields of `presence:<user>`), and only nodes whose
-//! heartbeat is fresh count, so a dead node's sockets stop counting within seconds (see
+//! liveness key `node:<id>` exists count: each node renews it every second with a 10 s expiry, so a
+//! dead node's sockets stop counting when Redis expires the key. No wall clock of any node is
+//! compared with another's: times that decide (grace, `lastSeen`) come from Redis's own clock (see
 //! [`crate::cluster`] for the heartbeat and the reaper).
 
 use std::sync::Arc;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::{AsyncCommands, Script};
 use async_trait::async_trait;
 
 use super::*;
-use crate::redis_link::RedisLink;
+use crate::redis_link::{RedisLink, RetryConn};
 
-/// A node whose heartbeat is older than this no longer counts.
+/// The lifetime of a node's liveness key, renewed every second.
 pub const NODE_LIVENESS_MS: u64 = 10_000;
 
 pub struct RedisStore {
-    conn: ConnectionManager,
     link: Arc<RedisLink>,
     prefix: String,
     node_id: String,
@@ -29,99 +29,160 @@ pub struct RedisStore {
 
 struct Scripts {
     append: Script,
+    create_room: Script,
     socket_up: Script,
     socket_down: Script,
     sockets_of: Script,
     offline_if_idle: Script,
-    take_queue: Script,
+    schedule_offline: Script,
+    due_offline: Script,
+    enqueue: Script,
+    enqueue_if_offline: Script,
+    ack_queue: Script,
     cas_hash: Script,
     cas_key: Script,
 }
 
-/// Lua: the live socket count of a presence hash (KEYS[1]) given the node heartbeats (KEYS[2]).
-const TOTAL_FN: &str = r#"
-local function total(pkey, nodes, now, live)
+/// Lua helpers: Redis's clock in ms, and the live socket count of a presence hash (nodes whose
+/// liveness key `<nodeprefix><id>` exists).
+const LIB: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function ms(n) return string.format('%.0f', n) end
+local function total(pkey, nodeprefix)
   local t = 0
   local f = redis.call('HGETALL', pkey)
   for i = 1, #f, 2 do
     if string.sub(f[i], 1, 2) == 'n:' then
-      local beat = redis.call('HGET', nodes, string.sub(f[i], 3))
-      if beat and (tonumber(now) - tonumber(beat)) < tonumber(live) then
+      if redis.call('EXISTS', nodeprefix .. string.sub(f[i], 3)) == 1 then
         t = t + tonumber(f[i + 1])
       end
     end
   end
   return t
 end
+local function push(qkey, bkey, raw, cap, maxbytes, ttl)
+  redis.call('RPUSH', qkey, raw)
+  local bytes = redis.call('INCRBY', bkey, #raw)
+  while redis.call('LLEN', qkey) > 1 and (redis.call('LLEN', qkey) > tonumber(cap) or bytes > tonumber(maxbytes)) do
+    local old = redis.call('LPOP', qkey)
+    bytes = redis.call('DECRBY', bkey, #old)
+  end
+  redis.call('EXPIRE', qkey, ttl)
+  redis.call('EXPIRE', bkey, ttl)
+end
 "#;
 
 impl Scripts {
     fn new() -> Self {
-        let with_total = |body: &str| Script::new(&format!("{TOTAL_FN}\n{body}"));
+        let lua = |body: &str| Script::new(&format!("{LIB}\n{body}"));
         Scripts {
-            // KEYS: ids list, msgs hash. ARGV: id, json, max.
-            append: Script::new(
-                r#"
+            // KEYS: ids list, msgs hash, bytes, room. ARGV: id, json, max, max bytes, idle ttl.
+            append: lua(r#"
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-local extra = redis.call('LLEN', KEYS[1]) - tonumber(ARGV[3])
-if extra > 0 then
-  local old = redis.call('LRANGE', KEYS[1], 0, extra - 1)
-  redis.call('LTRIM', KEYS[1], extra, -1)
-  for _, id in ipairs(old) do redis.call('HDEL', KEYS[2], id) end
+local bytes = redis.call('INCRBY', KEYS[3], #ARGV[2])
+while redis.call('LLEN', KEYS[1]) > 1 and (redis.call('LLEN', KEYS[1]) > tonumber(ARGV[3]) or bytes > tonumber(ARGV[4])) do
+  local old = redis.call('LPOP', KEYS[1])
+  bytes = redis.call('DECRBY', KEYS[3], redis.call('HSTRLEN', KEYS[2], old))
+  redis.call('HDEL', KEYS[2], old)
 end
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 return 1
-"#,
-            ),
-            // KEYS: presence, nodes, node-users, online set. ARGV: node, now, user id.
-            socket_up: Script::new(
-                r#"
+"#),
+            // KEYS: room, the creator's created set. ARGV: json, cap, room id, idle ttl, room key prefix.
+            // Returns the stored room's JSON, or false when the creator is at the cap.
+            create_room: lua(r#"
+local existing = redis.call('GET', KEYS[1])
+if existing then return existing end
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('EXISTS', ARGV[5] .. id) == 0 then redis.call('SREM', KEYS[2], id) end
+end
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[2]) then return false end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return ARGV[1]
+"#),
+            // KEYS: presence, node-users, online set, departed. ARGV: node, user id, cap, node prefix.
+            // Returns -1 at the cap, 1 when the user came online, else 0.
+            socket_up: lua(r#"
+if total(KEYS[1], ARGV[4]) >= tonumber(ARGV[3]) then return -1 end
 redis.call('HINCRBY', KEYS[1], 'n:' .. ARGV[1], 1)
-redis.call('HSET', KEYS[1], 'lastSeen', ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[1], 'lastSeen', ms(now_ms()))
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[4])
 local st = redis.call('HGET', KEYS[1], 'status')
 if (not st) or st == 'offline' then
   redis.call('HSET', KEYS[1], 'status', 'online')
-  redis.call('SADD', KEYS[4], ARGV[3])
+  redis.call('SADD', KEYS[3], ARGV[2])
   return 1
 end
 return 0
-"#,
-            ),
-            // KEYS: presence, nodes, node-users. ARGV: node, now, user id, liveness.
-            socket_down: with_total(
-                r#"
+"#),
+            // KEYS: presence, node-users, departed, offline-due. ARGV: node, user id, node prefix,
+            // grace ms, departed cap, then the rooms.
+            socket_down: lua(r#"
 local n = redis.call('HINCRBY', KEYS[1], 'n:' .. ARGV[1], -1)
 if n <= 0 then
   redis.call('HDEL', KEYS[1], 'n:' .. ARGV[1])
-  redis.call('SREM', KEYS[3], ARGV[3])
+  redis.call('SREM', KEYS[2], ARGV[2])
 end
-redis.call('HSET', KEYS[1], 'lastSeen', ARGV[2])
-return total(KEYS[1], KEYS[2], ARGV[2], ARGV[4])
-"#,
-            ),
-            // KEYS: presence, nodes. ARGV: now, liveness.
-            sockets_of: with_total("return total(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"),
-            // KEYS: presence, nodes, online set. ARGV: now, liveness, user id, grace (ms, tolerance included).
-            offline_if_idle: with_total(
-                r#"
-if total(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) > 0 then return 0 end
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'lastSeen', ms(now))
+for i = 6, #ARGV do
+  if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[5]) then break end
+  redis.call('SADD', KEYS[3], ARGV[i])
+end
+redis.call('EXPIRE', KEYS[3], 86400)
+local left = total(KEYS[1], ARGV[3])
+if left == 0 then redis.call('ZADD', KEYS[4], ms(now + tonumber(ARGV[4])), ARGV[2]) end
+return left
+"#),
+            // KEYS: presence. ARGV: node prefix.
+            sockets_of: lua("return total(KEYS[1], ARGV[1])"),
+            // KEYS: presence, online set, departed. ARGV: node prefix, user id, grace (ms, tolerance
+            // included). Returns {1, rooms...} when the user went offline now, else {0}.
+            offline_if_idle: lua(r#"
+if total(KEYS[1], ARGV[1]) > 0 then return {0} end
 local st = redis.call('HGET', KEYS[1], 'status')
-if (not st) or st == 'offline' then return 0 end
+if (not st) or st == 'offline' then return {0} end
 local seen = tonumber(redis.call('HGET', KEYS[1], 'lastSeen') or '0')
-if tonumber(ARGV[1]) < seen + tonumber(ARGV[4]) then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'offline', 'lastSeen', ARGV[1])
-redis.call('SREM', KEYS[3], ARGV[3])
+local now = now_ms()
+if now < seen + tonumber(ARGV[3]) then return {0} end
+redis.call('HSET', KEYS[1], 'status', 'offline', 'lastSeen', ms(now))
+redis.call('SREM', KEYS[2], ARGV[2])
+local rooms = redis.call('SMEMBERS', KEYS[3])
+redis.call('DEL', KEYS[3])
+table.insert(rooms, 1, 1)
+return rooms
+"#),
+            // KEYS: offline-due. ARGV: user id, grace ms.
+            schedule_offline: lua("return redis.call('ZADD', KEYS[1], ms(now_ms() + tonumber(ARGV[2])), ARGV[1])"),
+            // KEYS: offline-due. Claims up to 500 due checks.
+            due_offline: lua(r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms(now_ms()), 'LIMIT', 0, 500)
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"#),
+            // KEYS: queue, queue bytes. ARGV: json, cap, max bytes, ttl.
+            enqueue: lua("push(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) return 1"),
+            // KEYS: presence, queue, queue bytes. ARGV: node prefix, json, cap, max bytes, ttl.
+            enqueue_if_offline: lua(r#"
+if total(KEYS[1], ARGV[1]) > 0 then return 0 end
+push(KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 return 1
-"#,
-            ),
-            take_queue: Script::new(
-                r#"
-local q = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return q
-"#,
-            ),
+"#),
+            // KEYS: queue, queue bytes. ARGV: the handed-over messages' JSON.
+            ack_queue: lua(r#"
+for i = 1, #ARGV do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) > 0 then redis.call('DECRBY', KEYS[2], #ARGV[i]) end
+end
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+return 1
+"#),
             // KEYS: hash. ARGV: field, old, new.
             cas_hash: Script::new(
                 r#"
@@ -159,14 +220,7 @@ const SOCKET_TTL_SECS: u64 = 7 * 24 * 3600;
 
 impl RedisStore {
     pub fn new(link: Arc<RedisLink>, prefix: &str, node_id: &str, limits: Limits) -> Self {
-        RedisStore {
-            conn: link.conn.clone(),
-            link,
-            prefix: prefix.to_string(),
-            node_id: node_id.to_string(),
-            limits,
-            scripts: Scripts::new(),
-        }
+        RedisStore { link, prefix: prefix.to_string(), node_id: node_id.to_string(), limits, scripts: Scripts::new() }
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -178,19 +232,19 @@ impl RedisStore {
         k
     }
 
-    pub fn nodes_key(&self) -> String {
-        self.key(&["nodes"])
+    /// The prefix of the nodes' liveness keys (`<prefix>:node:<id>`).
+    fn node_prefix(&self) -> String {
+        format!("{}:node:", self.prefix)
     }
 
     /// The connection, or `Unavailable` at once while Redis is known to be down.
-    fn conn(&self) -> StoreResult<ConnectionManager> {
+    fn conn(&self) -> StoreResult<RetryConn> {
         if self.link.is_down() {
             return Err(StoreError::Unavailable("redis is down".into()));
         }
-        Ok(self.conn.clone())
+        Ok(self.link.commands())
     }
 
-    /// Maps a Redis result, keeping the node's up/down flag current.
     /// Maps a Redis result to the store's error.
     fn ok<T>(&self, r: ::redis::RedisResult<T>) -> StoreResult<T> {
         r.map_err(|e| StoreError::Unavailable(e.to_string()))
@@ -246,23 +300,31 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn create_room(&self, room: Room) -> StoreResult<Room> {
-        let key = self.key(&["room", &room.id]);
-        let created: bool =
-            self.ok(::redis::cmd("SET").arg(&key).arg(json(&room)?).arg("NX").query_async(&mut self.conn()?).await)?;
-        if !created {
-            let raw: Option<String> = self.ok(self.conn()?.get(&key).await)?;
-            return match raw {
-                Some(r) => parse(&r),
-                None => Err(StoreError::Unavailable("room vanished".into())),
-            };
+    async fn create_room(&self, room: Room) -> StoreResult<Option<Room>> {
+        let ttl = self.limits.room_idle_ttl_secs;
+        let stored: Option<String> = self.ok(self
+            .scripts
+            .create_room
+            .key(self.key(&["room", &room.id]))
+            .key(self.key(&["created", &room.created_by]))
+            .arg(json(&room)?)
+            .arg(self.limits.created_rooms_per_user)
+            .arg(&room.id)
+            .arg(ttl)
+            .arg(self.key(&["room", ""]))
+            .invoke_async(&mut self.conn()?)
+            .await)?;
+        let Some(stored) = stored else { return Ok(None) };
+        let stored: Room = parse(&stored)?;
+        if stored == room {
+            let mut p = ::redis::pipe();
+            for m in &room.members {
+                let k = self.key(&["user-rooms", m]);
+                p.sadd(&k, &room.id).expire(&k, ttl as i64);
+            }
+            self.ok(p.query_async::<()>(&mut self.conn()?).await)?;
         }
-        let mut p = ::redis::pipe();
-        for m in &room.members {
-            p.sadd(self.key(&["user-rooms", m]), &room.id);
-        }
-        self.ok(p.query_async::<()>(&mut self.conn()?).await)?;
-        Ok(room)
+        Ok(Some(stored))
     }
 
     async fn room(&self, id: &str) -> StoreResult<Option<Room>> {
@@ -277,6 +339,11 @@ impl Store for RedisStore {
         }
         let keys: Vec<String> = ids.iter().map(|id| self.key(&["room", id])).collect();
         let raw: Vec<Option<String>> = self.ok(self.conn()?.mget(keys).await)?;
+        let gone: Vec<&String> = ids.iter().zip(&raw).filter(|(_, r)| r.is_none()).map(|(id, _)| id).collect();
+        if !gone.is_empty() {
+            // Rooms that expired: forget them here too.
+            let _: () = self.ok(self.conn()?.srem(self.key(&["user-rooms", user_id]), gone).await)?;
+        }
         raw.into_iter().flatten().map(|r| parse(&r)).collect()
     }
 
@@ -286,9 +353,13 @@ impl Store for RedisStore {
             .append
             .key(self.key(&["hist", &msg.room_id]))
             .key(self.key(&["msgs", &msg.room_id]))
+            .key(self.key(&["histbytes", &msg.room_id]))
+            .key(self.key(&["room", &msg.room_id]))
             .arg(&msg.id)
             .arg(json(msg)?)
             .arg(self.limits.history_per_room)
+            .arg(self.limits.history_bytes_per_room)
+            .arg(self.limits.room_idle_ttl_secs)
             .invoke_async(&mut self.conn()?)
             .await;
         self.ok(r).map(|_| ())
@@ -372,6 +443,22 @@ impl Store for RedisStore {
         self.ok(self.conn()?.del(self.key(&["dedup", key])).await)
     }
 
+    async fn lease(&self, key: &str, ms: u64) -> StoreResult<bool> {
+        let set: Option<String> = self.ok(::redis::cmd("SET")
+            .arg(self.key(&["lease", key]))
+            .arg(&self.node_id)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms.max(1))
+            .query_async(&mut self.conn()?)
+            .await)?;
+        Ok(set.is_some())
+    }
+
+    async fn unlease(&self, key: &str) -> StoreResult<()> {
+        self.ok(self.conn()?.del(self.key(&["lease", key])).await)
+    }
+
     async fn resync(&self, local: &[(User, u64)]) -> StoreResult<Vec<String>> {
         let node_users = self.key(&["node-users", &self.node_id]);
         let field = format!("n:{}", self.node_id);
@@ -400,37 +487,42 @@ impl Store for RedisStore {
         Ok(gone)
     }
 
-    async fn socket_up(&self, user: &User, sid: &str) -> StoreResult<bool> {
-        let now = crate::auth::unix_now_ms();
+    async fn socket_up(&self, user: &User, sid: &str, cap: usize) -> StoreResult<Option<bool>> {
         let r: ::redis::RedisResult<i64> = self
             .scripts
             .socket_up
             .key(self.key(&["presence", &user.user_id]))
-            .key(self.nodes_key())
             .key(self.key(&["node-users", &self.node_id]))
             .key(self.key(&["online"]))
+            .key(self.key(&["departed", &user.user_id]))
             .arg(&self.node_id)
-            .arg(now)
             .arg(&user.user_id)
+            .arg(cap)
+            .arg(self.node_prefix())
             .invoke_async(&mut self.conn()?)
             .await;
-        let became = self.ok(r)? == 1;
+        let became = match self.ok(r)? {
+            -1 => return Ok(None),
+            n => n == 1,
+        };
         let _: () = self.ok(self.conn()?.set_ex(self.key(&["sock", sid]), json(user)?, SOCKET_TTL_SECS).await)?;
-        Ok(became)
+        Ok(Some(became))
     }
 
-    async fn socket_down(&self, user_id: &str, sid: &str) -> StoreResult<u64> {
-        let now = crate::auth::unix_now_ms();
+    async fn socket_down(&self, user_id: &str, sid: &str, rooms: &[String], grace_ms: u64) -> StoreResult<u64> {
         let r: ::redis::RedisResult<i64> = self
             .scripts
             .socket_down
             .key(self.key(&["presence", user_id]))
-            .key(self.nodes_key())
             .key(self.key(&["node-users", &self.node_id]))
+            .key(self.key(&["departed", user_id]))
+            .key(self.key(&["offline-due"]))
             .arg(&self.node_id)
-            .arg(now)
             .arg(user_id)
-            .arg(NODE_LIVENESS_MS)
+            .arg(self.node_prefix())
+            .arg(grace_ms)
+            .arg(self.limits.departed_rooms_per_user)
+            .arg(rooms)
             .invoke_async(&mut self.conn()?)
             .await;
         let left = self.ok(r)?.max(0) as u64;
@@ -443,9 +535,7 @@ impl Store for RedisStore {
             .scripts
             .sockets_of
             .key(self.key(&["presence", user_id]))
-            .key(self.nodes_key())
-            .arg(crate::auth::unix_now_ms())
-            .arg(NODE_LIVENESS_MS)
+            .arg(self.node_prefix())
             .invoke_async(&mut self.conn()?)
             .await;
         Ok(self.ok(r)?.max(0) as u64)
@@ -465,20 +555,42 @@ impl Store for RedisStore {
         self.ok(self.conn()?.hset_multiple(key, &[("status", status.to_string()), ("lastSeen", now.to_string())]).await)
     }
 
-    async fn mark_offline_if_idle(&self, user_id: &str, now: u64, grace_ms: u64) -> StoreResult<bool> {
+    async fn schedule_offline_check(&self, user_id: &str, grace_ms: u64) -> StoreResult<()> {
         let r: ::redis::RedisResult<i64> = self
+            .scripts
+            .schedule_offline
+            .key(self.key(&["offline-due"]))
+            .arg(user_id)
+            .arg(grace_ms)
+            .invoke_async(&mut self.conn()?)
+            .await;
+        self.ok(r).map(|_| ())
+    }
+
+    async fn due_offline_checks(&self) -> StoreResult<Vec<String>> {
+        let r: ::redis::RedisResult<Vec<String>> =
+            self.scripts.due_offline.key(self.key(&["offline-due"])).invoke_async(&mut self.conn()?).await;
+        self.ok(r)
+    }
+
+    async fn mark_offline_if_idle(&self, user_id: &str, grace_ms: u64) -> StoreResult<Option<Vec<String>>> {
+        let r: ::redis::RedisResult<Vec<::redis::Value>> = self
             .scripts
             .offline_if_idle
             .key(self.key(&["presence", user_id]))
-            .key(self.nodes_key())
             .key(self.key(&["online"]))
-            .arg(now)
-            .arg(NODE_LIVENESS_MS)
+            .key(self.key(&["departed", user_id]))
+            .arg(self.node_prefix())
             .arg(user_id)
             .arg(grace_ms.saturating_sub(GRACE_TOLERANCE_MS))
             .invoke_async(&mut self.conn()?)
             .await;
-        Ok(self.ok(r)? == 1)
+        let mut reply = self.ok(r)?.into_iter();
+        let went = matches!(reply.next(), Some(::redis::Value::Int(1)));
+        if !went {
+            return Ok(None);
+        }
+        Ok(Some(reply.filter_map(|v| ::redis::from_redis_value::<String>(v).ok()).collect()))
     }
 
     async fn presence(&self, user_ids: &[String]) -> StoreResult<Vec<Presence>> {
@@ -496,20 +608,40 @@ impl Store for RedisStore {
             .collect())
     }
 
-    async fn enqueue(&self, msg: &PrivateMessage) -> StoreResult<()> {
-        let key = self.key(&["queue", &msg.to_user_id]);
-        let cap = self.limits.queue_per_user as isize;
-        self.ok(::redis::pipe()
-            .rpush(&key, json(msg)?)
-            .ltrim(&key, -cap, -1)
-            .expire(&key, self.limits.queue_ttl_secs as i64)
-            .query_async::<()>(&mut self.conn()?)
-            .await)
+    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<bool> {
+        let r: ::redis::RedisResult<i64> = self
+            .scripts
+            .enqueue_if_offline
+            .key(self.key(&["presence", &msg.to_user_id]))
+            .key(self.key(&["queue", &msg.to_user_id]))
+            .key(self.key(&["qbytes", &msg.to_user_id]))
+            .arg(self.node_prefix())
+            .arg(json(msg)?)
+            .arg(self.limits.queue_per_user)
+            .arg(self.limits.queue_bytes_per_user)
+            .arg(self.limits.queue_ttl_secs)
+            .invoke_async(&mut self.conn()?)
+            .await;
+        Ok(self.ok(r)? == 1)
     }
 
-    async fn take_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>> {
-        let raw: Vec<String> =
-            self.ok(self.scripts.take_queue.key(self.key(&["queue", user_id])).invoke_async(&mut self.conn()?).await)?;
+    async fn enqueue(&self, msg: &PrivateMessage) -> StoreResult<()> {
+        let r: ::redis::RedisResult<i64> = self
+            .scripts
+            .enqueue
+            .key(self.key(&["queue", &msg.to_user_id]))
+            .key(self.key(&["qbytes", &msg.to_user_id]))
+            .arg(json(msg)?)
+            .arg(self.limits.queue_per_user)
+            .arg(self.limits.queue_bytes_per_user)
+            .arg(self.limits.queue_ttl_secs)
+            .invoke_async(&mut self.conn()?)
+            .await;
+        self.ok(r).map(|_| ())
+    }
+
+    async fn peek_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>> {
+        let raw: Vec<String> = self.ok(self.conn()?.lrange(self.key(&["queue", user_id]), 0, -1).await)?;
         let oldest = crate::auth::unix_now_ms().saturating_sub(self.limits.queue_ttl_secs * 1000);
         Ok(raw
             .iter()
@@ -518,22 +650,21 @@ impl Store for RedisStore {
             .collect())
     }
 
-    async fn restore_queue(&self, user_id: &str, msgs: Vec<PrivateMessage>) -> StoreResult<()> {
+    async fn ack_queue(&self, user_id: &str, msgs: &[PrivateMessage]) -> StoreResult<()> {
         if msgs.is_empty() {
             return Ok(());
         }
-        let key = self.key(&["queue", user_id]);
-        let mut raw = Vec::with_capacity(msgs.len());
-        for m in msgs.iter().rev() {
-            raw.push(json(m)?);
-        }
-        let cap = self.limits.queue_per_user as isize;
-        self.ok(::redis::pipe()
-            .lpush(&key, raw)
-            .ltrim(&key, -cap, -1)
-            .expire(&key, self.limits.queue_ttl_secs as i64)
-            .query_async::<()>(&mut self.conn()?)
-            .await)
+        // Stored as `json(msg)`: serialising the same message again gives the same bytes.
+        let raw = msgs.iter().map(json).collect::<StoreResult<Vec<String>>>()?;
+        let r: ::redis::RedisResult<i64> = self
+            .scripts
+            .ack_queue
+            .key(self.key(&["queue", user_id]))
+            .key(self.key(&["qbytes", user_id]))
+            .arg(raw)
+            .invoke_async(&mut self.conn()?)
+            .await;
+        self.ok(r).map(|_| ())
     }
 
     async fn remember_receipt(&self, id: &str, from: &str, to: &str) -> StoreResult<()> {
