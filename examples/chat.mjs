@@ -2,33 +2,58 @@
 // connect with JWTs, join a room, typing indicators, messages (a reply, an edit), history, a private
 // message with a read receipt, then leave and exit (code 0 on success, 1 on any failure).
 //
-// Run it (the gateway and this script must share the JWT secret):
+// Run it from the repository root (the same commands as the README's "Example: a chat"):
 //
-//   JWT_SECRET=s3cret cargo run --release                              # terminal 1: the gateway on :8888
-//   cd js-client-tests && JWT_SECRET=s3cret node ../examples/chat.mjs   # terminal 2
+//   (cd js-client-tests && npm ci)                  # once: socket.io-client and jsonwebtoken
+//   JWT_SECRET=s3cret cargo run --release           # terminal 1: the gateway on :8888
+//   JWT_SECRET=s3cret node examples/chat.mjs        # terminal 2: the chat
 //
-// (`npm install` in js-client-tests first if its node_modules is missing: socket.io-client, jsonwebtoken.)
+// The script signs alice's and bob's tokens with JWT_SECRET, which must be the gateway's. Against a gateway
+// started without JWT_SECRET (plain `cargo run --release`: a random secret that no client can know), pass
+// the two tokens it printed in its log instead, the user token (`alice`) and the admin token (`admin`,
+// who then plays bob's part):
 //
-// Settings (environment): GATEWAY_URL (default http://localhost:8888), JWT_SECRET (default s3cret, the
-// secret of the commands above; a gateway started without JWT_SECRET uses a random one that no client
-// can know), ROOM (default lobby). The modules are loaded from js-client-tests/node_modules, found next to
-// this file, so the script runs from any directory.
+//   ALICE_TOKEN=<user token> BOB_TOKEN=<admin token> node examples/chat.mjs
+//
+// Any token works as ALICE_TOKEN / BOB_TOKEN, e.g. one minted for the gateway's secret with
+// `JWT_SECRET=s3cret cargo run --release -- token --sub bob`; the tokens win over JWT_SECRET.
+//
+// Settings (environment): GATEWAY_URL (default http://localhost:8888), JWT_SECRET, ALICE_TOKEN, BOB_TOKEN,
+// ROOM (default lobby). The modules are loaded from js-client-tests/node_modules, found next to this file,
+// so the script runs from any directory.
 
 import { createRequire } from 'node:module';
 
 const require = createRequire(new URL('../js-client-tests/package.json', import.meta.url));
-const { io } = require('socket.io-client');
-const jwt = require('jsonwebtoken');
+let io;
+let jwt;
+try {
+  ({ io } = require('socket.io-client'));
+  jwt = require('jsonwebtoken');
+} catch {
+  console.error('chat example: socket.io-client or jsonwebtoken not found in js-client-tests/node_modules; ' +
+    'run `(cd js-client-tests && npm ci)` first');
+  process.exit(1);
+}
 
 const GATEWAY_URL = process.env.GATEWAY_URL || 'http://localhost:8888';
-const SECRET = process.env.JWT_SECRET || 's3cret';
+const SECRET = process.env.JWT_SECRET || '';
 const ROOM = process.env.ROOM || 'lobby';
 
-// Whatever happens, do not hang: a missing event fails the run.
+if (!(process.env.ALICE_TOKEN && process.env.BOB_TOKEN) && !SECRET) {
+  console.error('chat example: set JWT_SECRET to the gateway\'s secret (e.g. JWT_SECRET=s3cret, as in ' +
+    '`JWT_SECRET=s3cret cargo run --release`), or ALICE_TOKEN and BOB_TOKEN to two tokens the gateway accepts ' +
+    '(a gateway started without JWT_SECRET prints a user token and an admin token)');
+  process.exit(1);
+}
+
 const watchdog = setTimeout(() => fail(new Error('timed out after 20 s')), 20_000);
 
-/** An HS256 token as the gateway expects it: `sub` is the user id, `exp` is required. */
+/** The token for `sub`: from the environment (`ALICE_TOKEN`, ...), else HS256-signed with JWT_SECRET
+ * (`sub` is the user id, `exp` is required). */
 function token(sub, name) {
+  const given = process.env[`${sub.toUpperCase()}_TOKEN`];
+  if (given) return given;
   return jwt.sign({ sub, name, role: 'user' }, SECRET, { algorithm: 'HS256', expiresIn: '1h' });
 }
 
@@ -36,7 +61,8 @@ function say(who, ...what) {
   console.log(`${who.padEnd(6)}|`, ...what);
 }
 
-/** Connects and resolves once the gateway's `connected` greeting arrived. */
+/** Connects and resolves once the gateway's `connected` greeting arrived, with the socket and the user id
+ * the gateway took from the token. */
 function connect(userId, name, { onPending } = {}) {
   const socket = io(GATEWAY_URL, { auth: { token: token(userId, name) }, reconnection: false, forceNew: true });
   // Listeners that must not miss what the server sends right after `connected` go on before connecting.
@@ -44,7 +70,7 @@ function connect(userId, name, { onPending } = {}) {
   return new Promise((resolve, reject) => {
     socket.once('connected', (hello) => {
       say(userId, `connected as ${hello.userId} (session ${hello.sessionId})`);
-      resolve(socket);
+      resolve({ socket, id: hello.userId });
     });
     socket.once('connect_error', (err) => {
       socket.close();
@@ -91,10 +117,12 @@ async function main() {
       messages.map((m) => `${m.fromUserId}: ${m.content}`).join(' / '));
     if (typeof ack === 'function') ack();
   };
-  const alice = await connect('alice', 'Alice', { onPending: onPending('alice') });
+  // A and B: the user ids behind the two tokens ('alice' and 'bob', unless ALICE_TOKEN / BOB_TOKEN say otherwise).
+  const { socket: alice, id: A } = await connect('alice', 'Alice', { onPending: onPending('alice') });
   sockets.push(alice);
-  const bob = await connect('bob', 'Bob', { onPending: onPending('bob') });
+  const { socket: bob, id: B } = await connect('bob', 'Bob', { onPending: onPending('bob') });
   sockets.push(bob);
+  if (!A || !B || A === B) throw new Error(`two different users are needed, got ${A} and ${B}`);
 
   for (const [who, s] of [['alice', alice], ['bob', bob]]) {
     s.on('user-joined', (e) => say(who, `${e.userId} joined ${e.roomId}`));
@@ -111,28 +139,28 @@ async function main() {
   const joined = await request(alice, 'join-room', ROOM);
   say('alice', `joined ${joined.room.id} (${joined.room.type}), ${joined.recentMessages.length} earlier message(s),`,
     `members: ${joined.members.map((m) => m.userId).join(', ')}`);
-  const bobSeen = waitFor(alice, 'user-joined', (e) => e.userId === 'bob');
+  const bobSeen = waitFor(alice, 'user-joined', (e) => e.userId === B);
   const bobJoin = await request(bob, 'join-room', { roomId: ROOM });
   await bobSeen;
   say('bob', `joined ${ROOM}, members: ${bobJoin.members.map((m) => m.userId).sort().join(', ')}`);
 
   // Typing, then the message itself. The others see user-typing; stop-typing (or 3 s without a new
   // `typing`) sends user-stopped-typing.
-  let seen = waitFor(bob, 'user-typing', (e) => e.userId === 'alice');
+  let seen = waitFor(bob, 'user-typing', (e) => e.userId === A);
   await request(alice, 'typing', { roomId: ROOM });
   await seen;
-  seen = waitFor(bob, 'new-message', (m) => m.userId === 'alice');
+  seen = waitFor(bob, 'new-message', (m) => m.userId === A);
   const first = await request(alice, 'message', {
     roomId: ROOM,
     content: 'Hi Bob, how are you?',
     clientMessageId: `hello-${Date.now()}`, // a retry with the same id would not post twice
   });
-  const stopped = waitFor(bob, 'user-stopped-typing', (e) => e.userId === 'alice');
+  const stopped = waitFor(bob, 'user-stopped-typing', (e) => e.userId === A);
   await request(alice, 'stop-typing', { roomId: ROOM });
   await Promise.all([seen, stopped]);
 
   // Bob answers, as a reply to alice's message.
-  seen = waitFor(alice, 'new-message', (m) => m.userId === 'bob');
+  seen = waitFor(alice, 'new-message', (m) => m.userId === B);
   await request(bob, 'message', { roomId: ROOM, content: 'Fine, thanks!', replyTo: first.messageId });
   await seen;
 
@@ -147,17 +175,17 @@ async function main() {
     history.messages.map((m) => `${m.userId}: ${m.content}${m.edited ? ' (edited)' : ''}`).join(' / '));
 
   // A private message, and its read receipt.
-  const pm = waitFor(alice, 'private-message', (m) => m.fromUserId === 'bob');
-  const sent = await request(bob, 'private-message', { targetUserId: 'alice', content: 'Lunch at noon?' });
-  say('bob', `private message ${sent.messageId} ${sent.delivered ? 'delivered' : 'queued (alice offline)'}`);
+  const pm = waitFor(alice, 'private-message', (m) => m.fromUserId === B);
+  const sent = await request(bob, 'private-message', { targetUserId: A, content: 'Lunch at noon?' });
+  say('bob', `private message ${sent.messageId} ${sent.delivered ? 'delivered' : `queued (${A} offline)`}`);
   const got = await pm;
   say('alice', `private from ${got.fromUserId}: ${got.content}`);
-  const read = waitFor(bob, 'messages-read', (r) => r.readerId === 'alice');
+  const read = waitFor(bob, 'messages-read', (r) => r.readerId === A);
   await request(alice, 'mark-read', { messageIds: [got.id] });
-  say('bob', `alice read ${(await read).messageIds.join(', ')}`);
+  say('bob', `${A} read ${(await read).messageIds.join(', ')}`);
 
   // Done: leave the room (the other sees user-left) and disconnect.
-  const left = waitFor(alice, 'user-left', (e) => e.userId === 'bob');
+  const left = waitFor(alice, 'user-left', (e) => e.userId === B);
   await request(bob, 'leave-room', ROOM);
   await left;
   await request(alice, 'leave-room', ROOM);

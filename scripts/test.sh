@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what it needs (npm deps, redis-server
-# from Debian's packages when missing), checks formatting and lints, then runs the Rust unit and
-# integration tests and the js-client-tests (real socket.io-client, real redis-server).
+# from Debian's packages when missing), checks formatting, lints and the Dockerfile, then runs the Rust
+# unit and integration tests and the js-client-tests (real socket.io-client 2, 3 and 4, real
+# redis-server, the chat example) against the binary cargo built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+die() { printf '\nerror: %s\n' "$*" >&2; exit 1; }
+
+# Every node test gets this long at most (ms): a hung wait fails its test instead of hanging the run.
+NODE_TEST_TIMEOUT_MS="${NODE_TEST_TIMEOUT_MS:-180000}"
+
+need_node() {
+  command -v node >/dev/null 2>&1 || die "node is not installed: the js-client-tests need Node.js 20 or later"
+  local major
+  major="$(node -p 'process.versions.node.split(".")[0]')"
+  [ "$major" -ge 20 ] || die "node $(node --version) is too old: the js-client-tests need Node.js 20 or later"
+  command -v npm >/dev/null 2>&1 || die "npm is not installed (it comes with Node.js)"
+  node --version
+}
 
 need_redis() {
   if ! command -v redis-server >/dev/null 2>&1; then
@@ -18,21 +32,52 @@ need_redis() {
   redis-server --version
 }
 
+need_node
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+step "Dockerfile: the build stage replayed, then cargo check (scripts/check-dockerfile.sh)"
+./scripts/check-dockerfile.sh
+
 need_redis
 
 step "cargo build (the binary the js-client-tests start)"
-cargo build --quiet
+# The path comes from cargo itself (the bin artifact's `executable`), so CARGO_TARGET_DIR, a
+# build.target-dir in a cargo config or a --target triple cannot make the tests start a stale binary.
+GATEWAY_BIN="$(
+  cargo build --quiet -p realtime-gateway --bin realtime-gateway --message-format=json-render-diagnostics |
+    node -e '
+      let buf = "";
+      process.stdin.on("data", (d) => { buf += d; });
+      process.stdin.on("end", () => {
+        let exe = "";
+        for (const line of buf.split("\n")) {
+          if (!line.startsWith("{")) continue;
+          const m = JSON.parse(line);
+          if (m.reason === "compiler-artifact" && m.target && m.target.name === "realtime-gateway"
+              && m.target.kind.includes("bin") && m.executable) exe = m.executable;
+        }
+        if (!exe) { console.error("cargo build reported no realtime-gateway executable"); process.exit(1); }
+        console.log(exe);
+      });
+    '
+)"
+[ -x "$GATEWAY_BIN" ] || die "the gateway binary cargo reported, '$GATEWAY_BIN', does not exist or is not executable"
+export GATEWAY_BIN
+echo "gateway binary: $GATEWAY_BIN"
 
 step "cargo test (unit and integration)"
 cargo test --quiet
 
-step "js-client-tests (socket.io-client 4 and 2)"
+step "js-client-tests (socket.io-client 2, 3 and 4; the chat example)"
 cd js-client-tests
 if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
-GATEWAY_BIN="$(pwd)/../target/debug/realtime-gateway" node --test --test-concurrency=2 test/
+# cargo test may have rebuilt it: check again right before the tests start it.
+[ -x "$GATEWAY_BIN" ] || die "the gateway binary '$GATEWAY_BIN' is missing: the js-client-tests cannot start it"
+# Explicit files, expanded by the shell (Node 22 loads a directory argument as a module; Node 20 does not
+# expand globs itself). The same command as `npm test`.
+node --test --test-concurrency=2 --test-timeout="$NODE_TEST_TIMEOUT_MS" test/*.test.js

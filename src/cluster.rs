@@ -97,19 +97,31 @@ pub fn spawn_heartbeat<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<t
             n += 1;
             let stats = local_stats(&io, &state).await;
             let mut conn = redis.commands();
-            let beat: redis::RedisResult<()> = redis::pipe()
-                .pset_ex(key(&state, &["node", &state.node_id]), 1, NODE_LIVENESS_MS)
+            // The liveness key's previous value: missing when this is the first beat, when the
+            // node was away longer than its lifetime, or when Redis lost its data (a restart
+            // without persistence). Each of those needs this node's presence written again.
+            let beat: redis::RedisResult<(Option<String>,)> = redis::pipe()
+                .cmd("SET")
+                .arg(key(&state, &["node", &state.node_id]))
+                .arg(1)
+                .arg("PX")
+                .arg(NODE_LIVENESS_MS)
+                .arg("GET")
                 .hset(key(&state, &["nodes"]), &state.node_id, crate::auth::unix_now_ms())
+                .ignore()
                 .set_ex(
                     key(&state, &["node-stats", &state.node_id]),
                     serde_json::to_string(&stats).unwrap_or_default(),
                     NODE_LIVENESS_MS / 1000,
                 )
+                .ignore()
                 .query_async(&mut conn)
                 .await;
             redis.set_up(beat.is_ok());
-            if beat.is_ok() && !was_up {
-                // First beat, or Redis is back: make presence match this node's live sockets.
+            let lost = matches!(&beat, Ok((None,)));
+            if beat.is_ok() && (!was_up || lost) {
+                // First beat, Redis is back, or it forgot this node: make presence match this
+                // node's live sockets.
                 resync(&io, &state).await;
             }
             was_up = beat.is_ok();

@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use socketioxide::adapter::Adapter;
+use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use socketioxide::SocketIo;
+use socketioxide::{BroadcastError, SendError, SocketError, SocketIo};
 
 use crate::names;
 
@@ -124,7 +125,51 @@ pub async fn emit<A: Adapter>(
 pub async fn publish<A: Adapter>(io: &SocketIo<A>, channel: &str, data: &Value, local: bool) -> Result<(), String> {
     let envelope = Envelope { channel, data, timestamp: crate::iso_now() };
     let ops = if local { io.local() } else { io.broadcast() };
-    ops.to(names::channel(channel)).emit("event", &envelope).await.map_err(|e| e.to_string())
+    let room = names::channel(channel);
+    let res = ops.to(room.clone()).emit("event", &envelope).await;
+    shed_slow_consumers(io, vec![room], &res);
+    res.map_err(|e| e.to_string())
+}
+
+/// An argument that never serialises: see [`buffer_full`].
+struct Probe;
+
+impl Serialize for Probe {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("probe"))
+    }
+}
+
+/// Is the socket's outgoing buffer full? socketioxide takes a place in the buffer before it
+/// serialises an emit's argument, so an argument that cannot be serialised asks the question and
+/// sends nothing.
+pub fn buffer_full<A: Adapter>(socket: &SocketRef<A>) -> bool {
+    matches!(socket.emit("", &Probe), Err(SendError::Socket(SocketError::InternalChannelFull)))
+}
+
+/// Closes a socket whose client does not read what it is sent: its TCP connection is closed under
+/// it (socketioxide's disconnect needs a place in the full buffer), which runs its disconnect handler.
+pub fn close_slow_consumer<A: Adapter>(socket: &SocketRef<A>) {
+    tracing::warn!(sid = %socket.id, "slow consumer: buffer full, disconnecting");
+    match socket.req_parts().extensions.get::<axum::extract::ConnectInfo<crate::http::conn::Peer>>() {
+        Some(peer) => peer.0.kill(),
+        None => {
+            let _ = socket.clone().disconnect();
+        }
+    }
+}
+
+/// After a broadcast to `rooms`: when some buffers were full, closes this node's slow consumers there.
+pub fn shed_slow_consumers<A: Adapter>(io: &SocketIo<A>, rooms: Vec<String>, res: &Result<(), BroadcastError>) {
+    let Err(BroadcastError::Socket(errors)) = res else { return };
+    if !errors.iter().any(|e| matches!(e, SocketError::InternalChannelFull)) {
+        return;
+    }
+    for socket in io.local().within(rooms).sockets() {
+        if buffer_full(&socket) {
+            close_slow_consumer(&socket);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 
@@ -20,6 +21,7 @@ use crate::adapter::GatewayDriver;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::events::{authenticate, on_connect};
+use crate::http::conn::{Closable, Peer};
 use crate::http::Api;
 use crate::policy::Policy;
 use crate::redis_link::RedisLink;
@@ -129,14 +131,18 @@ fn assemble<A: Adapter>(
             if let Err(e) = io.local().emit("server-shutdown", &notice).await {
                 tracing::warn!("server-shutdown not sent to every socket: {e}");
             }
+            // Each socket's departure (presence, rooms, calls) while the adapter still carries it to
+            // the other nodes; offline checks go to the store, where another node runs them after
+            // the grace. socketioxide's `close` runs no disconnect handler, so this is the only time.
+            let sockets = io.local().sockets();
+            futures_util::stream::iter(sockets)
+                .for_each_concurrent(64, |s| {
+                    let (io, state) = (io.clone(), drain_state.clone());
+                    async move { crate::events::depart(&io, &state, &s, "server shutting down").await }
+                })
+                .await;
             io.close().await;
-            // The disconnect handlers store each socket's departure, and with it the offline check
-            // of users who are gone: in Redis, so another node runs it after the grace. Only then
-            // stop the background tasks.
-            let wait = tokio::time::Instant::now() + Duration::from_secs(5);
-            while drain_state.counters.connections() > 0 && tokio::time::Instant::now() < wait {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            // Only then stop the background tasks.
             for t in &tasks {
                 t.abort();
             }
@@ -163,8 +169,8 @@ struct ClosingListener {
 }
 
 impl axum::serve::Listener for ClosingListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = SocketAddr;
+    type Io = Closable<tokio::net::TcpStream>;
+    type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
@@ -179,7 +185,7 @@ impl axum::serve::Listener for ClosingListener {
                     }
                 }
                 res = listener.accept() => match res {
-                    Ok(conn) => return conn,
+                    Ok((stream, addr)) => return Peer::wrap(stream, addr),
                     // Out of file descriptors and the like: wait a little rather than spin.
                     Err(e) => {
                         tracing::debug!("accept: {e}");
@@ -190,9 +196,9 @@ impl axum::serve::Listener for ClosingListener {
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    fn local_addr(&self) -> std::io::Result<Peer> {
         match &self.inner {
-            Some(l) => l.local_addr(),
+            Some(l) => Ok(Peer::wrap((), l.local_addr()?).1),
             None => Err(std::io::Error::other("listener closed")),
         }
     }
@@ -210,7 +216,7 @@ impl Gateway {
         let (close_tx, close_rx) = tokio::sync::watch::channel(false);
         let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = ClosingListener { inner: Some(listener), close: close_rx, closed: Some(closed_tx) };
-        let server = axum::serve(listener.tap_io(|_| {}), router.into_make_service_with_connect_info::<SocketAddr>())
+        let server = axum::serve(listener.tap_io(|_| {}), router.into_make_service_with_connect_info::<Peer>())
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.await;
             });

@@ -108,6 +108,8 @@ pub struct Session {
     _slot: Option<Slot>,
     /// The store counted this socket and the user was offline before it (announce `online`).
     pub became_online: std::sync::atomic::AtomicBool,
+    /// Its departure ran (see `events::depart`).
+    pub departed: std::sync::atomic::AtomicBool,
 }
 
 /// The outcome of [`Session::join_room`].
@@ -148,6 +150,7 @@ impl Session {
             rooms: Mutex::new(Vec::new()),
             _slot: slot,
             became_online: std::sync::atomic::AtomicBool::new(false),
+            departed: std::sync::atomic::AtomicBool::new(false),
         }
     }
     /// Records a joined chat room, unless the socket already holds `cap` rooms.

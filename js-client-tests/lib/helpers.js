@@ -6,6 +6,7 @@ import path from 'node:path';
 import jwt from 'jsonwebtoken';
 import { io as ioV4 } from 'socket.io-client';
 import ioV2 from 'socket.io-client-v2';
+import { io as ioV3 } from 'socket.io-client-v3';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const ROOT = path.resolve(here, '..', '..');
@@ -75,6 +76,34 @@ export function connect(url, opts = {}) {
 export function connectV2(url, opts = {}) {
   const socket = ioV2(url, { forceNew: true, reconnection: false, ...opts });
   return greeted(socket);
+}
+
+/** A socket.io-client 3 socket (Engine.IO 4, `auth` in the handshake); resolves once `connected` arrived. */
+export function connectV3(url, opts = {}) {
+  const socket = ioV3(url, { forceNew: true, reconnection: false, ...opts });
+  return greeted(socket);
+}
+
+/** Resolves with the `connect_error` of a refused connection (v3 client). */
+export function refusedV3(url, opts = {}) {
+  const socket = ioV3(url, { forceNew: true, reconnection: false, ...opts });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { socket.close(); reject(new Error('not refused')); }, 10000);
+    socket.once('connect_error', (err) => { clearTimeout(timer); socket.close(); resolve(err); });
+    socket.once('connected', () => { clearTimeout(timer); socket.close(); reject(new Error('connected, expected a refusal')); });
+  });
+}
+
+/**
+ * Emits with an ack callback and resolves with the answer (rejects after `ms`): for clients without
+ * `timeout()`/`emitWithAck` (socket.io-client 2 and 3).
+ */
+export function requestCb(socket, event, ...args) {
+  const ms = 5000;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ack for ${event} within ${ms} ms`)), ms);
+    socket.emit(event, ...args, (answer) => { clearTimeout(timer); resolve(answer); });
+  });
 }
 
 function greeted(socket) {
@@ -263,4 +292,76 @@ export function clients(t, g) {
     open.push(socket);
     return { socket, hello, user: hello.user, id: userId };
   };
+}
+
+/**
+ * Like startRedis, but the handle can also `kill(signal)` the server (SIGKILL: no shutdown, no final
+ * write) and tells its `pid()`. With `persist:false` it keeps nothing: `start()` after a kill brings it
+ * back empty on the same port.
+ */
+export async function startRedisKillable({ persist = true } = {}) {
+  const { mkdtempSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), 'rtg-redis-'));
+  let proc = null;
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
+    '--appendonly', persist ? 'yes' : 'no', '--appendfsync', 'always'];
+  async function start() {
+    proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`redis-server did not start:\n${out}`)), 10000);
+      proc.stdout.on('data', (d) => {
+        out += d.toString();
+        if (/Ready to accept connections/.test(out)) { clearTimeout(timer); resolve(); }
+      });
+      proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`redis-server exited ${code}:\n${out}`)); });
+    });
+  }
+  async function kill(signal = 'SIGTERM') {
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const p = proc;
+    const exited = once(p, 'exit');
+    p.kill(signal);
+    await exited;
+  }
+  await start();
+  return { url: `redis://127.0.0.1:${port}`, port, start, stop: () => kill('SIGTERM'), kill, pid: () => proc?.pid };
+}
+
+/**
+ * A tiny TCP forwarder on 127.0.0.1 (a stand-in for a load balancer): every new connection goes to the
+ * port last given to `target(port)`. `dropAll()` cuts the open connections; `close()` stops it.
+ */
+export async function tcpProxy(targetPort) {
+  const net = await import('node:net');
+  let target = targetPort;
+  const open = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(target, '127.0.0.1');
+    open.add(client); open.add(upstream);
+    const done = () => { client.destroy(); upstream.destroy(); open.delete(client); open.delete(upstream); };
+    client.on('error', done); upstream.on('error', done);
+    client.on('close', done); upstream.on('close', done);
+    client.pipe(upstream); upstream.pipe(client);
+  });
+  await new Promise((resolve, reject) => { server.once('error', reject); server.listen(0, '127.0.0.1', resolve); });
+  const { port } = server.address();
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    target(p) { target = p; },
+    dropAll() { for (const s of [...open]) s.destroy(); },
+    close() { for (const s of [...open]) s.destroy(); return new Promise((r) => server.close(() => r())); },
+  };
+}
+
+/** Waits for the first `event` on `socket` whose argument satisfies `pred` (rejects after `ms`). */
+export function nextWhere(socket, event, pred, ms = 5000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { socket.off(event, on); reject(new Error(`no matching ${event} within ${ms} ms`)); }, ms);
+    const on = (arg) => { if (pred(arg)) { clearTimeout(timer); socket.off(event, on); resolve(arg); } };
+    socket.on(event, on);
+  });
 }

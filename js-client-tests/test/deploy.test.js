@@ -2,6 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import YAML from 'yaml';
 import { ROOT } from '../lib/helpers.js';
@@ -32,7 +33,21 @@ test('haproxy.cfg: sticky cookie and both nodes with health checks', () => {
   assert.match(cfg, /server node2 gateway2:8888 check cookie node2/);
   assert.match(cfg, /option httpchk GET \/health/);
   assert.match(cfg, /timeout tunnel/);
-  assert.match(cfg, /option forwardfor/);
+});
+
+test('haproxy.cfg: X-Forwarded-For is overwritten with the client address, never appended to', () => {
+  // The gateway (TRUST_PROXY_HEADERS=true) counts connections by the last X-Forwarded-For entry: the proxy
+  // must replace whatever the client sent. `option forwardfor` appends, keeping the client's value.
+  const lines = readFileSync(path.join(ROOT, 'deploy', 'haproxy.cfg'), 'utf8')
+    .split('\n').map((l) => l.replace(/#.*$/, '').trim()).filter(Boolean);
+  assert.ok(lines.includes('http-request set-header X-Forwarded-For %[src]'), lines.join('\n'));
+  assert.ok(!lines.some((l) => /^option\s+forwardfor\b/.test(l)), 'option forwardfor is still there');
+  assert.ok(!lines.some((l) => /^http-request\s+add-header\s+X-Forwarded-For\b/i.test(l)), 'X-Forwarded-For appended');
+  // In the frontend every request passes through (a defaults section with http-request rules needs a name).
+  const frontend = lines.slice(lines.findIndex((l) => /^frontend\b/.test(l)));
+  const end = frontend.slice(1).findIndex((l) => /^(frontend|backend|defaults|listen|global)\b/.test(l));
+  const section = end === -1 ? frontend : frontend.slice(0, end + 1);
+  assert.ok(section.includes('http-request set-header X-Forwarded-For %[src]'), section.join('\n'));
 });
 
 test('Dockerfile: multi-stage, small runtime, non-root', () => {
@@ -44,4 +59,16 @@ test('Dockerfile: multi-stage, small runtime, non-root', () => {
   assert.ok(user && !/root|^USER 0/.test(user), user);
   assert.ok(lines.some((l) => /COPY --from=build .*realtime-gateway/.test(l)));
   assert.ok(lines.some((l) => /^ENTRYPOINT \["\/usr\/local\/bin\/realtime-gateway"\]/.test(l)));
+});
+
+test('Dockerfile: the build stage copies every workspace manifest (check-dockerfile.sh, dry run: no cargo)', () => {
+  // The full check (cargo metadata and cargo check in the replayed tree) runs in scripts/test.sh.
+  const out = execFileSync(path.join(ROOT, 'scripts', 'check-dockerfile.sh'), {
+    env: { ...process.env, DRY_RUN: '1' },
+    encoding: 'utf8',
+  });
+  assert.match(out, /COPY bench\/Cargo\.toml/);
+  assert.match(out, /would run: cargo check .*-p realtime-gateway/);
+  assert.match(out, /^ {2}\/src\/src\/main\.rs$/m);
+  assert.match(out, /^ {2}\/src\/bench\/Cargo\.toml$/m);
 });

@@ -43,6 +43,8 @@ test('JWT attack suite: every forged, stale or malformed token is refused', asyn
     'HS512 with the right secret': jwt.sign({ sub: 'victim', exp: now + 60 }, SECRET, { algorithm: 'HS512' }),
     'no subject': jwt.sign({ exp: now + 60, role: 'admin' }, SECRET),
     'subject too long': token('x'.repeat(500)),
+    'subject "*" (a wildcard in user:{sub})': token('*'),
+    'subject with a space': token('a b'),
     'two segments': `${h}.${p}`,
     'garbage': 'not-a-token',
     'empty segments': '..',
@@ -234,28 +236,52 @@ test('MAX_PAYLOAD_BYTES: an oversized packet closes that socket only; the node k
   } finally { await g.stop(); }
 });
 
-test('slow consumer: a client that stops reading is dropped, memory stays bounded', async () => {
-  const g = await startGateway({ PING_INTERVAL_MS: '300', PING_TIMEOUT_MS: '300', API_KEY: 'k' });
+test('slow consumer: a client that stops reading is dropped for its full buffer (not the heartbeat), memory stays bounded', async () => {
+  // The heartbeat is out of the picture (60 s + 60 s); the outgoing buffer is small (16 packets).
+  const g = await startGateway({ PING_INTERVAL_MS: '60000', PING_TIMEOUT_MS: '60000', SOCKET_BUFFER_PACKETS: '16',
+    RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000' });
   try {
-    const { socket } = await connect(g.url, { transports: ['websocket'], auth: { token: token('sloth') } });
-    await request(socket, 'subscribe', 'announcements');
-    // Stop reading: pause the TCP socket under the WebSocket.
-    socket.io.engine.transport.ws._socket.pause();
+    const room = 'slow-room';
+    const writer = (await connect(g.url, { transports: ['websocket'], auth: { token: token('slow-writer') } })).socket;
+    await request(writer, 'join-room', room);
+    // 20 messages of 30 KB: every load-messages answer is about 600 KB.
+    for (let i = 0; i < 20; i++) {
+      assert.equal((await request(writer, 'message', { roomId: room, content: `${i}`.padEnd(30000, 's') })).success, true);
+    }
+    const raw = await rawSocket(g.url, { token: token('sloth') });
+    raw.emit(0, 'join-room', room);
+    await raw.waitFor((f) => f?.startsWith('430'));
+    const before = (await http(`${g.url}/health`)).body.connections;
+    // Stop reading: pause the TCP socket under the WebSocket (sending still works).
+    raw.ws._socket.pause();
     const started = Date.now();
-    const body = { channel: 'announcements', data: 'x'.repeat(10000) };
-    for (let i = 0; i < 200; i++) await http(`${g.url}/api/publish`, { method: 'POST', headers: { 'x-api-key': 'k' }, body });
-    await until(async () => (await http(`${g.url}/health`)).body.connections === 0, 10000, 'slow consumer dropped');
+    // It asks for answers it does not read, and the writer floods its room: the loopback buffers take a
+    // few MB, then the 16-packet buffer fills (whichever fills it first, answers or room broadcasts).
+    for (let i = 1; i <= 200; i++) raw.emit(i, 'load-messages', { roomId: room, limit: 100 });
+    for (let i = 0; i < 200 && Date.now() - started < 10000; i++) {
+      const a = await request(writer, 'message', { roomId: room, content: `f${i}`.padEnd(30000, 'f') });
+      assert.equal(a.success, true, JSON.stringify(a));
+      if ((await http(`${g.url}/health`)).body.connections < before) break;
+    }
+    await until(async () => (await http(`${g.url}/health`)).body.connections === before - 1, 15000, 'slow consumer dropped');
+    const droppedMs = Date.now() - started;
     const rss = Number((await import('node:fs')).readFileSync(`/proc/${g.proc.pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]);
-    console.log(`# figures: slow consumer dropped after ${Date.now() - started} ms, 2 MB published, gateway RSS ${rss} KiB`);
+    console.log(`# figures: slow consumer dropped after ${droppedMs} ms (heartbeat 120 s away), gateway RSS ${rss} KiB`);
+    assert.ok(droppedMs < 15000, `${droppedMs} ms`);
+    assert.match(g.logs(), /slow consumer/, 'dropped as a slow consumer');
     assert.ok(rss < 200 * 1024, `RSS ${rss} KiB`);
-    socket.close();
+    // The writer, in the same room, is unaffected.
+    assert.equal((await request(writer, 'list_channels')).success, true);
+    raw.ws._socket.destroy();
+    writer.close();
   } finally { await g.stop(); }
 });
 
-test('TRUST_PROXY_HEADERS: behind a proxy the per-IP budget is per forwarded client address', async () => {
+test('TRUST_PROXY_HEADERS: behind a proxy the per-IP budget is per forwarded client address (the entry the proxy appended)', async () => {
   const g = await startGateway({ CONNECT_RATE_PER_IP: '1', TRUST_PROXY_HEADERS: 'true' });
   try {
-    const from = (ip) => ({ extraHeaders: { 'X-Forwarded-For': `${ip}, 127.0.0.1` } });
+    // A proxy appends the address it saw: the last entry is the client, anything before it the client may have made up.
+    const from = (ip) => ({ extraHeaders: { 'X-Forwarded-For': `203.0.113.200, ${ip}` } });
     const a = [];
     a.push((await connect(g.url, from('198.51.100.7'))).socket);
     a.push((await connect(g.url, from('198.51.100.7'))).socket);

@@ -111,7 +111,7 @@ pub fn client_ip(parts: &axum::http::request::Parts, trust_proxy: bool) -> Optio
             return forwarded;
         }
     }
-    parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+    parts.extensions.get::<axum::extract::ConnectInfo<crate::http::conn::Peer>>().map(|c| c.0.addr.ip())
 }
 
 /// The `connected` greeting (SPEC §2).
@@ -167,22 +167,46 @@ async fn on_disconnect<A: Adapter>(
     State(state): State<AppState>,
     reason: DisconnectReason,
 ) {
+    depart(&io, &state, &socket, &reason.to_string()).await;
+}
+
+/// Everything a socket's departure does, once: from its disconnect handler, or from the shutdown
+/// (socketioxide's `close` runs no disconnect handler, and the departure must reach the store
+/// before this node stops).
+pub async fn depart<A: Adapter>(io: &SocketIo<A>, state: &AppState, socket: &SocketRef<A>, reason: &str) {
     let Some(session) = socket.extensions.get::<Arc<Session>>() else {
         return;
     };
+    if session.departed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"), reason, "disconnected");
+    if let Some(user) = &session.user {
+        user_left(io, state, socket, &session, user).await;
+    }
     state.counters.remove(session.user.is_some());
-    tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"), %reason, "disconnected");
-    let Some(user) = &session.user else { return };
+}
+
+/// One of the user's sockets is gone: its rooms, presence and calls.
+async fn user_left<A: Adapter>(
+    io: &SocketIo<A>,
+    state: &AppState,
+    socket: &SocketRef<A>,
+    session: &Session,
+    user: &crate::auth::User,
+) {
     state.expiry.cancel(session.exp(), ExpiryStep::Warn, socket.id);
     let chat_rooms = session.take_rooms();
+    let sid = socket.id.to_string();
+    // The store first: it is what another node needs to finish the job if this one is shutting
+    // down (then the adapter may already be closed and the room notices below may fail).
+    let left = presence::socket_down(state, &user.user_id, &sid, &chat_rooms).await;
     // Every room at once: the cluster requests of a room run concurrently, not one after another.
     futures_util::future::join_all(
-        chat_rooms.iter().map(|room| rooms::departed(&io, &state, &user.user_id, room, Some(socket.id))),
+        chat_rooms.iter().map(|room| rooms::departed(io, state, &user.user_id, room, Some(socket.id))),
     )
     .await;
-    let sid = socket.id.to_string();
-    let left = presence::socket_down(&state, &user.user_id, &sid, &chat_rooms).await;
-    calls::socket_gone(&io, &state, &user.user_id, &sid, left).await;
+    calls::socket_gone(io, state, &user.user_id, &sid, left).await;
 }
 
 /// Runs a due timer job (see [`crate::timers`]).
@@ -241,8 +265,7 @@ impl<A: Adapter> Msg<A> {
                 // A client that does not read its socket fills the bounded buffer: drop it rather
                 // than keep working for it.
                 if matches!(e, socketioxide::SendError::Socket(socketioxide::SocketError::InternalChannelFull)) {
-                    tracing::warn!(sid = %socket.id, "slow consumer: buffer full, disconnecting");
-                    let _ = socket.disconnect();
+                    crate::delivery::close_slow_consumer(&socket);
                 }
             }
         } else if let Err(e) = &result {

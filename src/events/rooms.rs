@@ -330,8 +330,10 @@ pub async fn message<A: Adapter>(ctx: &Ctx<A>, req: SendMessage) -> HandlerResul
         return Err(e.into());
     }
     ctx.state.metrics.event_out("new-message");
-    if let Err(e) = ctx.io.to(room).emit("new-message", &msg).await {
-        tracing::warn!("new-message broadcast: {e}");
+    let res = ctx.io.to(room.clone()).emit("new-message", &msg).await;
+    crate::delivery::shed_slow_consumers(&ctx.io, vec![room], &res);
+    if let Err(e) = res {
+        tracing::debug!("new-message broadcast: {e}");
     }
     Ok(json!({ "success": true, "messageId": msg.id, "timestamp": timestamp }))
 }
@@ -365,8 +367,10 @@ async fn own_message<A: Adapter>(ctx: &Ctx<A>, room: &str, id: &str) -> Result<M
 async fn tell_room<A: Adapter>(ctx: &Ctx<A>, room_id: &str, event: &str, data: &impl serde::Serialize) {
     let room = names::chat(room_id);
     let in_room = joined(ctx, room_id);
-    if let Err(e) = ctx.io.to(room).emit(event, data).await {
-        tracing::warn!("{event} broadcast: {e}");
+    let res = ctx.io.to(room.clone()).emit(event, data).await;
+    crate::delivery::shed_slow_consumers(&ctx.io, vec![room], &res);
+    if let Err(e) = res {
+        tracing::debug!("{event} broadcast: {e}");
     }
     if !in_room {
         let _ = ctx.socket.emit(event, data);

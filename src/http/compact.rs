@@ -15,7 +15,7 @@
 //! sees the request as it arrived. A handler that starts reading another header of
 //! `socket.req_parts()` must add it to [`KEPT_HEADERS`] (a test lists them).
 
-use std::net::SocketAddr;
+use crate::http::conn::Peer;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -51,7 +51,7 @@ pub fn compact_head(req: Request<Body>) -> Request<Body> {
     if let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
         extensions.insert(upgrade);
     }
-    if let Some(peer) = parts.extensions.remove::<ConnectInfo<SocketAddr>>() {
+    if let Some(peer) = parts.extensions.remove::<ConnectInfo<Peer>>() {
         extensions.insert(peer);
     }
     parts.extensions = extensions;
@@ -75,7 +75,7 @@ mod tests {
     use super::*;
 
     fn request(uri: &str) -> Request<Body> {
-        let peer: SocketAddr = "10.1.2.3:4567".parse().unwrap();
+        let (_, peer) = Peer::wrap((), "10.1.2.3:4567".parse().unwrap());
         let mut req = Request::builder()
             .uri(uri)
             .header("authorization", "Bearer abc")
@@ -100,8 +100,8 @@ mod tests {
         assert_eq!(forwarded, ["192.0.2.1", "192.0.2.2"]);
         assert!(req.headers().get("cookie").is_none(), "unread headers are dropped");
         assert_eq!(req.headers().len(), 4);
-        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().unwrap();
-        assert_eq!(peer.0.to_string(), "10.1.2.3:4567");
+        let peer = req.extensions().get::<ConnectInfo<Peer>>().unwrap();
+        assert_eq!(peer.0.addr.to_string(), "10.1.2.3:4567");
         assert!(req.extensions().get::<u32>().is_none());
     }
 

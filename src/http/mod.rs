@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod compact;
+pub mod conn;
 pub mod health;
 
 use axum::routing::{get, post};
