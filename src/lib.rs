@@ -1,4 +1,4 @@
-//! realtime-gateway: a Socket.IO-compatible real-time gateway (see `../shared/SPEC.md` and `docs/`).
+//! realtime-gateway: a Socket.IO-compatible real-time gateway (the protocol is in `docs/protocol.md`, the design in `docs/`).
 //!
 //! Data flows client → middleware (`events::authenticate`) → dispatcher (`events`) → handler →
 //! store/adapter → clients. All state lives in one [`state::AppState`].

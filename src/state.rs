@@ -61,10 +61,7 @@ impl AppState {
     ) -> Self {
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
         let quotas = Quotas::from_config(&config);
-        let connect_limiter = NonZeroU32::new(config.connect_rate_per_ip).map(|rate| {
-            let burst = rate.checked_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)).unwrap_or(rate);
-            DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
-        });
+        let connect_limiter = connect_quota(config.connect_rate_per_ip).map(DefaultKeyedRateLimiter::keyed);
         AppState(Arc::new(Inner {
             config,
             auth,
@@ -82,6 +79,14 @@ impl AppState {
             typing: Mutex::new(HashMap::new()),
         }))
     }
+}
+
+/// The per-address connection quota: `rate` per second, bursts of twice that; `None` for 0 (off).
+pub fn connect_quota(rate: u32) -> Option<Quota> {
+    NonZeroU32::new(rate).map(|rate| {
+        let burst = rate.checked_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)).unwrap_or(rate);
+        Quota::per_second(rate).allow_burst(burst)
+    })
 }
 
 pub fn random_node_id() -> String {
@@ -334,6 +339,29 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(got.iter().filter(|s| s.is_some()).count(), 3);
+    }
+
+    #[test]
+    fn default_connect_rate_lets_10k_clients_behind_one_address_back_within_30s() {
+        use governor::clock::FakeRelativeClock;
+        let rate = Config::default_for_tests().connect_rate_per_ip;
+        let quota = connect_quota(rate).expect("on by default");
+        let clock = FakeRelativeClock::default();
+        let limiter = governor::RateLimiter::direct_with_clock(quota, clock.clone());
+        // 10,000 clients behind one NAT, all retrying every 100 ms after a deploy.
+        let (mut waiting, mut elapsed_ms) = (10_000u32, 0u64);
+        while waiting > 0 && elapsed_ms <= 30_000 {
+            while waiting > 0 && limiter.check().is_ok() {
+                waiting -= 1;
+            }
+            clock.advance(std::time::Duration::from_millis(100));
+            elapsed_ms += 100;
+        }
+        assert_eq!(waiting, 0, "CONNECT_RATE_PER_IP={rate} leaves clients out after 30 s");
+        assert!(elapsed_ms <= 10_000, "all back in {elapsed_ms} ms");
+        // The old default (50/s) would not have.
+        let old = governor::RateLimiter::direct_with_clock(connect_quota(50).unwrap(), FakeRelativeClock::default());
+        assert!((0..10_000).filter(|_| old.check().is_ok()).count() < 10_000);
     }
 
     #[test]

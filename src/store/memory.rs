@@ -696,6 +696,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn departed_rooms_are_capped_per_user() {
+        let s = MemoryStore::new(Limits { departed_rooms_per_user: 2, ..Limits::default() });
+        assert!(s.socket_up(&user("a"), "s1", 5).await.unwrap().is_some());
+        let rooms: Vec<String> = (0..5).map(|i| format!("r{i}")).collect();
+        assert_eq!(s.socket_down("a", "s1", &rooms, 0).await.unwrap(), 0);
+        assert_eq!(s.mark_offline_if_idle("a", 0).await.unwrap().expect("offline").len(), 2);
+    }
+
+    #[tokio::test]
     async fn leases_exclude_and_expire() {
         let s = store();
         assert!(s.lease("k", 60_000).await.unwrap());
