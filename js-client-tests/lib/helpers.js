@@ -168,7 +168,8 @@ export async function freePort() {
 
 /**
  * Starts a real redis-server on a free loopback port, without persistence to disk unless `persist`.
- * Returns {url, port, stop(), start()} (stop + start = a restart on the same port and data dir).
+ * Returns {url, port, stop(), start(), kill(signal), pid()} (stop + start = a restart on the same port and
+ * data dir; `kill('SIGKILL')` stops it with no shutdown and no final write).
  */
 export async function startRedis({ persist = true } = {}) {
   const { mkdtempSync } = await import('node:fs');
@@ -190,15 +191,15 @@ export async function startRedis({ persist = true } = {}) {
       proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`redis-server exited ${code}:\n${out}`)); });
     });
   }
-  async function stop() {
-    if (!proc || proc.exitCode !== null) return;
+  async function kill(signal = 'SIGTERM') {
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
     const p = proc;
     const exited = once(p, 'exit');
-    p.kill('SIGTERM');
+    p.kill(signal);
     await exited;
   }
   await start();
-  return { url: `redis://127.0.0.1:${port}`, port, start, stop };
+  return { url: `redis://127.0.0.1:${port}`, port, start, stop: () => kill('SIGTERM'), kill, pid: () => proc?.pid };
 }
 
 /** A node-redis client for PUBLISH from tests. */
@@ -294,41 +295,8 @@ export function clients(t, g) {
   };
 }
 
-/**
- * Like startRedis, but the handle can also `kill(signal)` the server (SIGKILL: no shutdown, no final
- * write) and tells its `pid()`. With `persist:false` it keeps nothing: `start()` after a kill brings it
- * back empty on the same port.
- */
-export async function startRedisKillable({ persist = true } = {}) {
-  const { mkdtempSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
-  const port = await freePort();
-  const dir = mkdtempSync(path.join(tmpdir(), 'rtg-redis-'));
-  let proc = null;
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
-    '--appendonly', persist ? 'yes' : 'no', '--appendfsync', 'always'];
-  async function start() {
-    proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`redis-server did not start:\n${out}`)), 10000);
-      proc.stdout.on('data', (d) => {
-        out += d.toString();
-        if (/Ready to accept connections/.test(out)) { clearTimeout(timer); resolve(); }
-      });
-      proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`redis-server exited ${code}:\n${out}`)); });
-    });
-  }
-  async function kill(signal = 'SIGTERM') {
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    const p = proc;
-    const exited = once(p, 'exit');
-    p.kill(signal);
-    await exited;
-  }
-  await start();
-  return { url: `redis://127.0.0.1:${port}`, port, start, stop: () => kill('SIGTERM'), kill, pid: () => proc?.pid };
-}
+/** The same handle as {@link startRedis} (kept for the tests that name it). */
+export const startRedisKillable = startRedis;
 
 /**
  * A tiny TCP forwarder on 127.0.0.1 (a stand-in for a load balancer): every new connection goes to the
