@@ -39,8 +39,7 @@ pub async fn private_message<A: Adapter>(ctx: &Ctx<A>, req: PrivateRequest) -> H
     }
     let store = &ctx.state.store;
     let id = new_id("pm");
-    let req_cmid = req.client_message_id.clone();
-    let dedup_key = req_cmid.as_ref().map(|cmid| format!("pm:{}:{cmid}", user.user_id));
+    let dedup_key = req.client_message_id.as_ref().map(|cmid| format!("pm:{}:{cmid}", user.user_id));
     if let Some(key) = &dedup_key {
         if let Claim::Seen(first) = store.claim(key, &id).await? {
             // The first send's answer: its id, and whether it is still waiting in the queue.
