@@ -10,28 +10,16 @@
 
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use redis::AsyncCommands;
-use serde::Serialize;
-use socketioxide::adapter::Adapter;
-use socketioxide::SocketIo;
 
-use crate::events::stats::{local_stats, Stats};
 use crate::state::AppState;
+use crate::stats::local_stats;
 use crate::store::redis::NODE_LIVENESS_MS;
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeInfo {
-    pub node_id: String,
-    pub connections: u64,
-}
-
-pub struct ClusterStats {
-    pub stats: Stats,
-    pub nodes: Vec<NodeInfo>,
-}
-
-fn key(state: &AppState, parts: &[&str]) -> String {
+/// The heartbeat (every second) and the reaper of dead nodes (every few seconds).
+/// `<prefix>:<part>:<part>...`
+pub fn key(state: &AppState, parts: &[&str]) -> String {
     let mut k = state.config.redis_prefix.clone();
     for p in parts {
         k.push(':');
@@ -40,51 +28,11 @@ fn key(state: &AppState, parts: &[&str]) -> String {
     k
 }
 
-/// This node's figures plus every other live node's last published ones.
-pub async fn cluster_stats<A: Adapter>(io: &SocketIo<A>, state: &AppState) -> ClusterStats {
-    let own = local_stats(io, state).await;
-    let mut nodes = vec![NodeInfo { node_id: state.node_id.clone(), connections: own.total_connections }];
-    let mut total = own.clone();
-    if let Some(redis) = &state.redis {
-        match others(state, redis).await {
-            Ok((others, online)) => {
-                for (id, s) in others {
-                    total.add(&s);
-                    nodes.push(NodeInfo { node_id: id, connections: s.total_connections });
-                }
-                // Users online on two nodes count once.
-                total.online_users = online.max(own.online_users);
-            }
-            Err(e) => tracing::warn!("cluster stats: {e}; showing this node only"),
-        }
-    }
-    ClusterStats { stats: total, nodes }
-}
+/// What the reaper does for each user of a dead node (their calls there end): given by `startup`,
+/// so that this module needs nothing from the event handlers.
+pub type OnNodeGone = std::sync::Arc<dyn Fn(AppState, String, String) -> BoxFuture<'static, ()> + Send + Sync>;
 
-async fn others(
-    state: &AppState,
-    redis: &crate::redis_link::RedisLink,
-) -> redis::RedisResult<(Vec<(String, Stats)>, u64)> {
-    let mut conn = redis.commands();
-    // The others' figures expire with their heartbeat: a missing one is a dead node.
-    let nodes: Vec<String> = conn.hkeys(key(state, &["nodes"])).await?;
-    let live: Vec<String> = nodes.into_iter().filter(|id| *id != state.node_id).collect();
-    let mut out = Vec::new();
-    if !live.is_empty() {
-        let keys: Vec<String> = live.iter().map(|id| key(state, &["node-stats", id])).collect();
-        let raw: Vec<Option<String>> = conn.mget(keys).await?;
-        for (id, r) in live.into_iter().zip(raw) {
-            if let Some(s) = r.and_then(|r| serde_json::from_str::<Stats>(&r).ok()) {
-                out.push((id, s));
-            }
-        }
-    }
-    let online: u64 = conn.scard(key(state, &["online"])).await?;
-    Ok((out, online))
-}
-
-/// The heartbeat (every second) and the reaper of dead nodes (every few seconds).
-pub fn spawn_heartbeat<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn_heartbeat(state: AppState, on_gone: OnNodeGone) -> Option<tokio::task::JoinHandle<()>> {
     // `tick` below: the first beat is immediate.
     let redis = state.redis.clone()?;
     Some(tokio::spawn(async move {
@@ -95,7 +43,7 @@ pub fn spawn_heartbeat<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<t
         loop {
             tick.tick().await;
             n += 1;
-            let stats = local_stats(&io, &state).await;
+            let stats = local_stats(&state).await;
             let mut conn = redis.commands();
             // The liveness key's previous value: missing when this is the first beat, when the
             // node was away longer than its lifetime, or when Redis lost its data (a restart
@@ -122,11 +70,11 @@ pub fn spawn_heartbeat<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<t
             if beat.is_ok() && (!was_up || lost) {
                 // First beat, Redis is back, or it forgot this node: make presence match this
                 // node's live sockets.
-                resync(&io, &state).await;
+                resync(&state).await;
             }
             was_up = beat.is_ok();
             if beat.is_ok() && n.is_multiple_of(3) {
-                if let Err(e) = reap(&io, &state, &mut conn).await {
+                if let Err(e) = reap(&state, &mut conn, &on_gone).await {
                     tracing::debug!("reaper: {e}");
                 }
             }
@@ -135,11 +83,10 @@ pub fn spawn_heartbeat<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<t
 }
 
 /// Rewrites this node's presence counts from its live sockets.
-async fn resync<A: Adapter>(io: &SocketIo<A>, state: &AppState) {
+async fn resync(state: &AppState) {
     let mut local: Vec<(crate::auth::User, u64)> = Vec::new();
-    for s in io.local().sockets() {
-        let Some(user) = s.extensions.get::<std::sync::Arc<crate::state::Session>>().and_then(|s| s.user.clone())
-        else {
+    for c in state.hub.local_clients() {
+        let Some(user) = c.session().and_then(|s| s.user.clone()) else {
             continue;
         };
         match local.iter_mut().find(|(u, _)| u.user_id == user.user_id) {
@@ -161,10 +108,10 @@ async fn resync<A: Adapter>(io: &SocketIo<A>, state: &AppState) {
 }
 
 /// Removes dead nodes: their presence entries go, and their users get the presence grace.
-async fn reap<A: Adapter>(
-    io: &SocketIo<A>,
+async fn reap(
     state: &AppState,
     conn: &mut crate::redis_link::RetryConn,
+    on_gone: &OnNodeGone,
 ) -> redis::RedisResult<()> {
     let nodes: Vec<String> = conn.hkeys(key(state, &["nodes"])).await?;
     for node in nodes {
@@ -190,7 +137,7 @@ async fn reap<A: Adapter>(
         tracing::warn!(node, users = users.len(), "reaping a dead node");
         for user in &users {
             let _: () = conn.hdel(key(state, &["presence", user]), format!("n:{node}")).await?;
-            crate::events::calls::node_gone(io, state, user, &node).await;
+            on_gone(state.clone(), user.clone(), node.clone()).await;
             if let Err(e) = state.store.schedule_offline_check(user, state.config.presence_grace_ms).await {
                 tracing::warn!(user, "offline check: {e}");
             }

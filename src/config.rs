@@ -177,6 +177,23 @@ pub struct Config {
     #[arg(long, env = "MAX_ROOMS_PER_SOCKET", value_name = "MAX_ROOMS_PER_SOCKET", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_rooms_per_socket: u64,
+    /// `/ws`: a connection without a token must authenticate in-band within this (else close 4001).
+    #[arg(long, env = "WS_AUTH_TIMEOUT_MS", value_name = "WS_AUTH_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub ws_auth_timeout_ms: u64,
+    /// `/ws`: a connection from which nothing arrives (pongs count) for this long is closed (4002).
+    #[arg(long, env = "WS_IDLE_TIMEOUT_MS", value_name = "WS_IDLE_TIMEOUT_MS", default_value_t = 90000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub ws_idle_timeout_ms: u64,
+    /// PEM certificate chain for the TLS listener (SPEC §11); with `TLS_KEY_FILE`.
+    #[arg(long, env = "TLS_CERT_FILE", value_name = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for the TLS listener; with `TLS_CERT_FILE`.
+    #[arg(long, env = "TLS_KEY_FILE", value_name = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Port of the TLS listener (`0` picks a free one; the bound address is logged as `tls_addr`).
+    #[arg(long, env = "TLS_PORT", value_name = "TLS_PORT", default_value_t = 8443)]
+    pub tls_port: u16,
     /// Live calls (ringing or active) one user may be a party of.
     #[arg(long, env = "MAX_CALLS_PER_USER", value_name = "MAX_CALLS_PER_USER", default_value_t = 4,
           value_parser = clap::value_parser!(u64).range(1..=1000))]

@@ -1,13 +1,11 @@
-//! Emitting to a target (everyone, a chat room, a channel, a user, one socket): shared by the REST API,
-//! Redis ingress and `realtime:emit`.
+//! Emitting to a target (everyone, a chat room, a channel, a user, one client): shared by the REST
+//! API, Redis ingress and `realtime:emit`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use socketioxide::adapter::Adapter;
-use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
-use socketioxide::{BroadcastError, SendError, SocketError, SocketIo};
 
+use crate::hub::Hub;
 use crate::names;
 
 /// Events a client library reserves; emitting them from the server would confuse clients.
@@ -94,82 +92,32 @@ pub struct Envelope<'a> {
     pub timestamp: String,
 }
 
-/// Emits `event` with `data` to the target's sockets. `local` restricts it to this node (ingress:
-/// every node receives the publish itself); otherwise the adapter carries it to every node. A socket
+/// Emits `event` with `data` to the target's clients. `local` restricts it to this node (ingress:
+/// every node receives the publish itself); otherwise the hub carries it to every node. A client
 /// target is always looked up locally.
-pub async fn emit<A: Adapter>(
-    io: &SocketIo<A>,
-    target: &Target,
-    event: &str,
-    data: &Value,
-    local: bool,
-) -> Result<(), String> {
-    let ops = if local { io.local() } else { io.broadcast() };
-    let event = event.to_string();
-    let res = match target {
-        Target::All => ops.emit(&event, data).await,
-        Target::Room(r) => ops.to(names::chat(r)).emit(&event, data).await,
-        Target::Channel(c) => ops.to(names::channel(c)).emit(&event, data).await,
-        Target::User(u) => ops.to(names::user(u)).emit(&event, data).await,
+pub async fn emit(hub: &Hub, target: &Target, event: &str, data: &Value, local: bool) -> Result<(), String> {
+    let to = match target {
+        Target::All => hub.everyone(),
+        Target::Room(r) => hub.to(names::chat(r)),
+        Target::Channel(c) => hub.to(names::channel(c)),
+        Target::User(u) => hub.to(names::user(u)),
         Target::Socket(sid) => {
-            return match io.get_socket(*sid) {
-                Some(s) => s.emit(&event, data).map_err(|e| e.to_string()),
+            return match hub.get(*sid) {
+                Some(c) => c.emit(event, data).map_err(|e| e.to_string()),
                 None => Ok(()),
             };
         }
     };
-    res.map_err(|e| e.to_string())
+    let to = if local { to.local() } else { to };
+    to.emit(event, data).await
 }
 
 /// Delivers a channel publish (the `event` envelope) to the channel's subscribers.
-pub async fn publish<A: Adapter>(io: &SocketIo<A>, channel: &str, data: &Value, local: bool) -> Result<(), String> {
+pub async fn publish(hub: &Hub, channel: &str, data: &Value, local: bool) -> Result<(), String> {
     let envelope = Envelope { channel, data, timestamp: crate::iso_now() };
-    let ops = if local { io.local() } else { io.broadcast() };
-    let room = names::channel(channel);
-    let res = ops.to(room.clone()).emit("event", &envelope).await;
-    shed_slow_consumers(io, vec![room], &res);
-    res.map_err(|e| e.to_string())
-}
-
-/// An argument that never serialises: see [`buffer_full`].
-struct Probe;
-
-impl Serialize for Probe {
-    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom("probe"))
-    }
-}
-
-/// Is the socket's outgoing buffer full? socketioxide takes a place in the buffer before it
-/// serialises an emit's argument, so an argument that cannot be serialised asks the question and
-/// sends nothing.
-pub fn buffer_full<A: Adapter>(socket: &SocketRef<A>) -> bool {
-    matches!(socket.emit("", &Probe), Err(SendError::Socket(SocketError::InternalChannelFull)))
-}
-
-/// Closes a socket whose client does not read what it is sent: its TCP connection is closed under
-/// it (socketioxide's disconnect needs a place in the full buffer), which runs its disconnect handler.
-pub fn close_slow_consumer<A: Adapter>(socket: &SocketRef<A>) {
-    tracing::warn!(sid = %socket.id, "slow consumer: buffer full, disconnecting");
-    match socket.req_parts().extensions.get::<axum::extract::ConnectInfo<crate::http::conn::Peer>>() {
-        Some(peer) => peer.0.kill(),
-        None => {
-            let _ = socket.clone().disconnect();
-        }
-    }
-}
-
-/// After a broadcast to `rooms`: when some buffers were full, closes this node's slow consumers there.
-pub fn shed_slow_consumers<A: Adapter>(io: &SocketIo<A>, rooms: Vec<String>, res: &Result<(), BroadcastError>) {
-    let Err(BroadcastError::Socket(errors)) = res else { return };
-    if !errors.iter().any(|e| matches!(e, SocketError::InternalChannelFull)) {
-        return;
-    }
-    for socket in io.local().within(rooms).sockets() {
-        if buffer_full(&socket) {
-            close_slow_consumer(&socket);
-        }
-    }
+    let to = hub.to(names::channel(channel));
+    let to = if local { to.local() } else { to };
+    to.emit("event", &envelope).await
 }
 
 #[cfg(test)]

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
-use socketioxide::adapter::Adapter;
-use socketioxide::SocketIo;
 
 use crate::delivery::{self, EmitRequest};
 use crate::names;
@@ -70,14 +68,14 @@ fn redis_glob(pattern: &str, text: &str) -> bool {
     pi == p.len()
 }
 
-pub fn spawn<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<tokio::task::JoinHandle<()>> {
+pub fn spawn(state: AppState) -> Option<tokio::task::JoinHandle<()>> {
     let redis = state.redis.clone()?;
     let patterns = Arc::new(redis_patterns(&state.policy));
     Some(tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
             let mut subscribed = false;
-            match run_once(&io, &state, &redis.client, &patterns, &mut subscribed).await {
+            match run_once(&state, &redis.client, &patterns, &mut subscribed).await {
                 Ok(()) => tracing::warn!("redis ingress: subscription closed"),
                 Err(e) => tracing::warn!("redis ingress: {e}"),
             }
@@ -93,8 +91,7 @@ pub fn spawn<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<tokio::task
     }))
 }
 
-async fn run_once<A: Adapter>(
-    io: &SocketIo<A>,
+async fn run_once(
     state: &AppState,
     client: &redis::Client,
     patterns: &[String],
@@ -104,6 +101,8 @@ async fn run_once<A: Adapter>(
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timeout")))??;
     pubsub.subscribe(EMIT_CHANNEL).await?;
+    let bus = bus_channel(state);
+    pubsub.subscribe(&bus).await?;
     for p in patterns {
         pubsub.psubscribe(p).await?;
     }
@@ -119,13 +118,14 @@ async fn run_once<A: Adapter>(
         let pattern: Option<String> = msg.get_pattern().ok();
         let payload = msg.get_payload_bytes();
         match pattern {
-            None if channel == EMIT_CHANNEL => emit(io, state, payload).await,
+            None if channel == EMIT_CHANNEL => emit(state, payload).await,
+            None if channel == bus => state.hub.on_bus(payload),
             None => {}
             Some(p) => {
                 // A channel matching two patterns arrives once per pattern: take the first only.
                 let first = patterns.iter().find(|q| redis_glob(q, &channel));
-                if first.map(String::as_str) == Some(p.as_str()) && channel != EMIT_CHANNEL {
-                    publish(io, state, &channel, payload).await;
+                if first.map(String::as_str) == Some(p.as_str()) && channel != EMIT_CHANNEL && channel != bus {
+                    publish(state, &channel, payload).await;
                 }
             }
         }
@@ -133,12 +133,18 @@ async fn run_once<A: Adapter>(
     Ok(())
 }
 
+/// The nodes' own channel: broadcasts for the clients that the socketioxide adapter does not carry
+/// (`/ws`; see `hub.rs`).
+pub fn bus_channel(state: &AppState) -> String {
+    format!("{}:bus", state.config.redis_prefix)
+}
+
 /// The data of a publish: JSON when it parses, else the raw text as a string.
 pub fn payload_value(payload: &[u8]) -> Value {
     serde_json::from_slice(payload).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
 }
 
-async fn publish<A: Adapter>(io: &SocketIo<A>, state: &AppState, channel: &str, payload: &[u8]) {
+async fn publish(state: &AppState, channel: &str, payload: &[u8]) {
     if !names::valid_id(channel) || !state.policy.knows(channel) {
         state.metrics.ingress_dropped.increment(1);
         tracing::debug!(channel, "ingress: not a channel of the policy; dropped");
@@ -146,12 +152,12 @@ async fn publish<A: Adapter>(io: &SocketIo<A>, state: &AppState, channel: &str, 
     }
     state.metrics.ingress_messages.increment(1);
     let data = payload_value(payload);
-    if let Err(e) = delivery::publish(io, channel, &data, true).await {
+    if let Err(e) = delivery::publish(&state.hub, channel, &data, true).await {
         tracing::warn!(channel, "ingress delivery failed: {e}");
     }
 }
 
-async fn emit<A: Adapter>(io: &SocketIo<A>, state: &AppState, payload: &[u8]) {
+async fn emit(state: &AppState, payload: &[u8]) {
     let req: EmitRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => {
@@ -169,7 +175,7 @@ async fn emit<A: Adapter>(io: &SocketIo<A>, state: &AppState, payload: &[u8]) {
         }
     };
     state.metrics.ingress_messages.increment(1);
-    if let Err(e) = delivery::emit(io, &target, &req.event, &req.data, true).await {
+    if let Err(e) = delivery::emit(&state.hub, &target, &req.event, &req.data, true).await {
         tracing::warn!("realtime:emit delivery failed: {e}");
     }
 }

@@ -1,25 +1,31 @@
 //! realtime-gateway: a Socket.IO-compatible real-time gateway (the protocol is in `docs/protocol.md`, the design in `docs/`).
 //!
-//! Data flows client → middleware (`events::authenticate`) → dispatcher (`events`) → handler →
-//! store/adapter → clients. All state lives in one [`state::AppState`].
+//! Data flows client → front end (`sio.rs` for Socket.IO, `ws/` for plain WebSocket) → core
+//! (`events::handle`) → handler → store and hub (`hub.rs`) → clients. All state lives in one
+//! [`state::AppState`]; `docs/architecture.md` draws it.
 
 pub mod adapter;
 pub mod auth;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod hub;
 pub mod ingress;
 pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod redis_link;
+pub mod sio;
 pub mod startup;
 pub mod state;
+pub mod stats;
 pub mod store;
 pub mod timers;
+pub mod ws;
 
 pub use startup::{startup, Gateway};
 

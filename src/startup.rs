@@ -20,15 +20,16 @@ use socketioxide::layer::SocketIoLayer;
 use crate::adapter::GatewayDriver;
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::events::{authenticate, on_connect};
 use crate::http::conn::{Closable, Peer};
 use crate::http::Api;
 use crate::policy::Policy;
 use crate::redis_link::RedisLink;
+use crate::sio::{authenticate, on_connect, SioTransport};
 use crate::state::AppState;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Limits, Store};
+use crate::ws::clients::{WsClients, WsTransport};
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 /// A bound, ready gateway. `run` serves it until the shutdown signal.
@@ -105,18 +106,26 @@ fn assemble<A: Adapter>(
     cors: tower_http::cors::CorsLayer,
     listener: TcpListener,
 ) -> Gateway {
-    let mut tasks = vec![crate::events::spawn_expiry_sweeper(io.clone(), state.clone())];
-    let (timer_io, timer_state) = (io.clone(), state.clone());
+    // The hub's transports: Socket.IO (crossing nodes through the adapter) and `/ws` (through the bus).
+    let ws = WsClients::new(state.redis.clone(), crate::ingress::bus_channel(&state), state.node_id.clone());
+    state.hub.install(vec![Arc::new(SioTransport { io: io.clone() }), Arc::new(WsTransport(ws.clone()))]);
+    let mut tasks = vec![crate::events::spawn_expiry_sweeper(state.clone())];
+    let timer_state = state.clone();
     tasks.push(state.timers.spawn(move |job| {
-        let (io, state) = (timer_io.clone(), timer_state.clone());
-        async move { crate::events::run_job(&io, &state, job).await }
+        let state = timer_state.clone();
+        async move { crate::events::run_job(&state, job).await }
     }));
-    tasks.push(crate::events::presence::spawn_sweeper(io.clone(), state.clone()));
-    tasks.extend(crate::cluster::spawn_heartbeat(io.clone(), state.clone()));
-    tasks.extend(crate::ingress::spawn(io.clone(), state.clone()));
-    let api = Api { state: state.clone(), io: io.clone() };
+    tasks.push(crate::events::presence::spawn_sweeper(state.clone()));
+    let on_gone: crate::cluster::OnNodeGone = Arc::new(|state, user, node| {
+        Box::pin(async move { crate::events::calls::node_gone(&state, &user, &node).await })
+    });
+    tasks.extend(crate::cluster::spawn_heartbeat(state.clone(), on_gone));
+    tasks.extend(crate::ingress::spawn(state.clone()));
+    let api = Api { state: state.clone() };
+    let front = crate::ws::WsFront { state: state.clone(), clients: ws };
     // The head compaction runs before the Socket.IO layer sees the request (see http/compact.rs).
     let router = crate::http::router(api)
+        .merge(crate::ws::router(front))
         .layer(layer)
         .layer(tower::util::MapRequestLayer::new(crate::http::compact::compact_head))
         .layer(cors);
@@ -128,20 +137,20 @@ fn assemble<A: Adapter>(
             // close` and reconnect by themselves, to another node when there is one.
             let notice = serde_json::json!({ "reason": "shutdown", "timestamp": crate::iso_now() });
             drain_state.metrics.event_out("server-shutdown");
-            if let Err(e) = io.local().emit("server-shutdown", &notice).await {
-                tracing::warn!("server-shutdown not sent to every socket: {e}");
+            if let Err(e) = drain_state.hub.everyone().local().emit("server-shutdown", &notice).await {
+                tracing::warn!("server-shutdown not sent to every client: {e}");
             }
-            // Each socket's departure (presence, rooms, calls) while the adapter still carries it to
+            // Each client's departure (presence, rooms, calls) while the adapter still carries it to
             // the other nodes; offline checks go to the store, where another node runs them after
             // the grace. socketioxide's `close` runs no disconnect handler, so this is the only time.
-            let sockets = io.local().sockets();
-            futures_util::stream::iter(sockets)
-                .for_each_concurrent(64, |s| {
-                    let (io, state) = (io.clone(), drain_state.clone());
-                    async move { crate::events::depart(&io, &state, &s, "server shutting down").await }
+            let clients = drain_state.hub.local_clients();
+            futures_util::stream::iter(clients)
+                .for_each_concurrent(64, |c| {
+                    let state = drain_state.clone();
+                    async move { crate::events::depart(&state, &*c, "server shutting down").await }
                 })
                 .await;
-            io.close().await;
+            drain_state.hub.shutdown().await;
             // Only then stop the background tasks.
             for t in &tasks {
                 t.abort();

@@ -42,6 +42,8 @@ pub struct Inner {
     pub connect_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// Who is typing where on this node: (room, user) → when the indicator stops unless renewed.
     pub typing: Mutex<HashMap<(String, String), Instant>>,
+    /// The delivery path to every connected client, on every transport and node.
+    pub hub: crate::hub::Hub,
 }
 
 impl Deref for AppState {
@@ -77,6 +79,7 @@ impl AppState {
             quotas,
             connect_limiter,
             typing: Mutex::new(HashMap::new()),
+            hub: crate::hub::Hub::default(),
         }))
     }
 }

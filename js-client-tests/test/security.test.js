@@ -143,7 +143,14 @@ test('fuzz: every client event × hostile payloads over a raw connection: each a
         id++;
         tried++;
       }
-      await until(() => sent.every(([i]) => raw.acks(i).length >= 1), 30000, `acks of batch ${start}`);
+      try {
+        await until(() => sent.every(([i]) => raw.acks(i).length >= 1), 30000, `acks of batch ${start}`);
+      } catch (e) {
+        const missing = sent.filter(([i]) => raw.acks(i).length === 0).slice(0, 5);
+        const detail = missing.map(([i, ev]) => `${i} ${ev} ${JSON.stringify(all[i] ?? '').slice(0, 300)}`);
+        console.log(`# unanswered: ${missing.length}\n${detail.join('\n')}\n${gw.logs().split('\n').slice(-40).join('\n')}`);
+        throw e;
+      }
       for (const [i, ev] of sent) {
         const acks = raw.acks(i);
         assert.equal(acks.length, 1, `ack ${i} (${ev}) answered ${acks.length} times`);
@@ -250,7 +257,8 @@ test('slow consumer: a client that stops reading is dropped for its full buffer 
     }
     const raw = await rawSocket(g.url, { token: token('sloth') });
     raw.emit(0, 'join-room', room);
-    await raw.waitFor((f) => f?.startsWith('430'));
+    // The answer carries the room's 600 KB of recent messages: give a loaded CI machine time.
+    await raw.waitFor((f) => f?.startsWith('430'), 20000);
     const before = (await http(`${g.url}/health`)).body.connections;
     // Stop reading: pause the TCP socket under the WebSocket (sending still works).
     raw.ws._socket.pause();
@@ -274,6 +282,9 @@ test('slow consumer: a client that stops reading is dropped for its full buffer 
     assert.equal((await request(writer, 'list_channels')).success, true);
     raw.ws._socket.destroy();
     writer.close();
+  } catch (e) {
+    console.log(g.logs().split('\n').slice(-60).join('\n'));
+    throw e;
   } finally { await g.stop(); }
 });
 

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use socketioxide::adapter::Adapter;
-use socketioxide::SocketIo;
 
 use super::Ctx;
 use crate::error::{ApiError, Code, HandlerResult};
@@ -58,7 +56,7 @@ pub struct CallUser {
     call_type: Option<String>,
 }
 
-pub async fn call_user<A: Adapter>(ctx: &Ctx<A>, req: CallUser) -> HandlerResult {
+pub async fn call_user(ctx: &Ctx, req: CallUser) -> HandlerResult {
     let user = ctx.user()?;
     if req.target_user_id.is_empty() || req.target_user_id.len() > 128 {
         return Err(ApiError::invalid("targetUserId must be a user id of 1 to 128 characters"));
@@ -88,7 +86,7 @@ pub async fn call_user<A: Adapter>(ctx: &Ctx<A>, req: CallUser) -> HandlerResult
         id: new_id("call"),
         caller: user.user_id.clone(),
         callee: req.target_user_id,
-        caller_sid: ctx.socket.id.to_string(),
+        caller_sid: ctx.id().to_string(),
         caller_node: ctx.state.node_id.clone(),
         callee_sid: None,
         callee_node: None,
@@ -97,7 +95,7 @@ pub async fn call_user<A: Adapter>(ctx: &Ctx<A>, req: CallUser) -> HandlerResult
         created_at: crate::auth::unix_now_ms(),
     };
     store.put_call(&call).await?;
-    ctx.socket.join(caller_room(&call.id));
+    ctx.client.join(&caller_room(&call.id));
     ctx.state.timers.schedule(
         Duration::from_millis(ctx.state.config.call_ring_timeout_ms),
         Job::CallTimeout { call_id: call.id.clone() },
@@ -106,13 +104,13 @@ pub async fn call_user<A: Adapter>(ctx: &Ctx<A>, req: CallUser) -> HandlerResult
         "callId": call.id, "fromUserId": user.user_id, "fromUser": user, "offer": req.offer, "callType": call.call_type,
     });
     ctx.state.metrics.event_out("incoming-call");
-    let _ = ctx.io.to(names::user(&call.callee)).emit("incoming-call", &incoming).await;
+    let _ = ctx.hub().to(names::user(&call.callee)).emit("incoming-call", &incoming).await;
     tracing::info!(call_id = %call.id, caller = %call.caller, callee = %call.callee, "call ringing");
     Ok(json!({ "success": true, "callId": call.id }))
 }
 
 /// The call, if the caller is one of its two parties; `NOT_FOUND` for an unknown or ended call.
-async fn party_call<A: Adapter>(ctx: &Ctx<A>, call_id: &str) -> Result<Call, ApiError> {
+async fn party_call(ctx: &Ctx, call_id: &str) -> Result<Call, ApiError> {
     let user = ctx.user()?;
     if call_id.is_empty() || call_id.len() > 128 {
         return Err(ApiError::invalid("Invalid callId"));
@@ -131,7 +129,7 @@ pub struct CallAnswer {
     answer: Value,
 }
 
-pub async fn call_answer<A: Adapter>(ctx: &Ctx<A>, req: CallAnswer) -> HandlerResult {
+pub async fn call_answer(ctx: &Ctx, req: CallAnswer) -> HandlerResult {
     let call = party_call(ctx, &req.call_id).await?;
     let user = ctx.user()?;
     if call.callee != user.user_id {
@@ -141,16 +139,16 @@ pub async fn call_answer<A: Adapter>(ctx: &Ctx<A>, req: CallAnswer) -> HandlerRe
         return Err(ApiError::invalid("answer is required"));
     }
     sized(&req.answer, MAX_SDP_BYTES, "answer")?;
-    let sid = ctx.socket.id.to_string();
+    let sid = ctx.id().to_string();
     let Some(call) = ctx.state.store.answer_call(&call.id, &sid, &ctx.state.node_id).await? else {
         return Err(ApiError::forbidden("Call already answered"));
     };
-    ctx.socket.join(callee_room(&call.id));
+    ctx.client.join(&callee_room(&call.id));
     let answered = json!({ "callId": call.id, "fromUserId": user.user_id, "answer": req.answer });
-    let _ = ctx.io.to(caller_room(&call.id)).emit("call-answered", &answered).await;
+    let _ = ctx.hub().to(caller_room(&call.id)).emit("call-answered", &answered).await;
     let elsewhere = json!({ "callId": call.id });
     let _ = ctx
-        .io
+        .hub()
         .to(names::user(&call.callee))
         .except(callee_room(&call.id))
         .emit("call-handled-elsewhere", &elsewhere)
@@ -166,11 +164,11 @@ pub struct IceCandidate {
     candidate: Value,
 }
 
-pub async fn ice_candidate<A: Adapter>(ctx: &Ctx<A>, req: IceCandidate) -> HandlerResult {
+pub async fn ice_candidate(ctx: &Ctx, req: IceCandidate) -> HandlerResult {
     let call = party_call(ctx, &req.call_id).await?;
     let user = ctx.user()?;
     sized(&req.candidate, MAX_CANDIDATE_BYTES, "candidate")?;
-    let sid = ctx.socket.id.to_string();
+    let sid = ctx.id().to_string();
     // Only the sockets in the call signal on it: the caller's socket, and the answering callee socket
     // (any callee socket while ringing).
     let to = if call.caller == user.user_id && call.caller_sid == sid {
@@ -183,7 +181,7 @@ pub async fn ice_candidate<A: Adapter>(ctx: &Ctx<A>, req: IceCandidate) -> Handl
         return Err(ApiError::forbidden("This socket is not in the call"));
     };
     let note = json!({ "callId": call.id, "fromUserId": user.user_id, "candidate": req.candidate });
-    let _ = ctx.io.to(to).emit("ice-candidate", &note).await;
+    let _ = ctx.hub().to(to).emit("ice-candidate", &note).await;
     Ok(json!({ "success": true }))
 }
 
@@ -195,7 +193,7 @@ pub struct CallReject {
     reason: Option<String>,
 }
 
-pub async fn call_reject<A: Adapter>(ctx: &Ctx<A>, req: CallReject) -> HandlerResult {
+pub async fn call_reject(ctx: &Ctx, req: CallReject) -> HandlerResult {
     let call = party_call(ctx, &req.call_id).await?;
     let user = ctx.user()?;
     if call.callee != user.user_id {
@@ -209,10 +207,14 @@ pub async fn call_reject<A: Adapter>(ctx: &Ctx<A>, req: CallReject) -> HandlerRe
         return Err(ApiError::forbidden("Call already answered"));
     };
     let note = json!({ "callId": call.id, "reason": reason });
-    let _ = ctx.io.to(caller_room(&call.id)).emit("call-rejected", &note).await;
-    let _ =
-        ctx.socket.to(names::user(&call.callee)).emit("call-handled-elsewhere", &json!({ "callId": call.id })).await;
-    leave_call_rooms(&ctx.io, &call).await;
+    let _ = ctx.hub().to(caller_room(&call.id)).emit("call-rejected", &note).await;
+    let _ = ctx
+        .hub()
+        .to(names::user(&call.callee))
+        .skip(ctx.id())
+        .emit("call-handled-elsewhere", &json!({ "callId": call.id }))
+        .await;
+    leave_call_rooms(&ctx.state, &call).await;
     Ok(json!({ "success": true }))
 }
 
@@ -222,7 +224,7 @@ pub struct HangUp {
     call_id: String,
 }
 
-pub async fn hang_up<A: Adapter>(ctx: &Ctx<A>, req: HangUp) -> HandlerResult {
+pub async fn hang_up(ctx: &Ctx, req: HangUp) -> HandlerResult {
     let call = party_call(ctx, &req.call_id).await?;
     let user = ctx.user()?;
     let Some(call) = ctx.state.store.remove_call(&call.id).await? else {
@@ -231,19 +233,21 @@ pub async fn hang_up<A: Adapter>(ctx: &Ctx<A>, req: HangUp) -> HandlerResult {
     // Both sides but the hanging-up socket: the other party, and the hanger's own other devices
     // (a ringing callee's other devices stop ringing; an in-call socket hears it if another hung up).
     let note = json!({ "callId": call.id, "reason": "hang-up" });
-    let _ = ctx.socket.to(vec![caller_room(&call.id), callee_side(&call)]).emit("call-ended", &note).await;
-    leave_call_rooms(&ctx.io, &call).await;
+    let _ =
+        ctx.hub().to(vec![caller_room(&call.id), callee_side(&call)]).skip(ctx.id()).emit("call-ended", &note).await;
+    leave_call_rooms(&ctx.state, &call).await;
     tracing::info!(call_id = %call.id, by = %user.user_id, "call hung up");
     Ok(json!({ "success": true }))
 }
 
 /// The ring timeout: a call still ringing ends for both sides.
-pub async fn ring_timeout<A: Adapter>(io: &SocketIo<A>, state: &AppState, call_id: &str) {
+pub async fn ring_timeout(state: &AppState, call_id: &str) {
     match state.store.remove_ringing_call(call_id).await {
         Ok(Some(call)) => {
             let note = json!({ "callId": call.id, "reason": "timeout" });
-            let _ = io.to(vec![caller_room(&call.id), names::user(&call.callee)]).emit("call-ended", &note).await;
-            leave_call_rooms(io, &call).await;
+            let _ =
+                state.hub.to(vec![caller_room(&call.id), names::user(&call.callee)]).emit("call-ended", &note).await;
+            leave_call_rooms(state, &call).await;
             tracing::info!(call_id, "call timed out");
         }
         Ok(None) => {}
@@ -253,7 +257,7 @@ pub async fn ring_timeout<A: Adapter>(io: &SocketIo<A>, state: &AppState, call_i
 
 /// A socket left: every call it was in ends, and the other side hears `disconnected`. A ringing
 /// call also ends when the callee's last socket is gone.
-pub async fn socket_gone<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: &str, sid: &str, sockets_left: u64) {
+pub async fn socket_gone(state: &AppState, user_id: &str, sid: &str, sockets_left: u64) {
     let calls = match state.store.calls_of(user_id).await {
         Ok(c) => c,
         Err(e) => {
@@ -271,15 +275,15 @@ pub async fn socket_gone<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id
         if let Ok(Some(call)) = state.store.remove_call(&call.id).await {
             let other = if as_caller { callee_side(&call) } else { caller_room(&call.id) };
             let note = json!({ "callId": call.id, "reason": "disconnected" });
-            let _ = io.to(other).emit("call-ended", &note).await;
-            leave_call_rooms(io, &call).await;
+            let _ = state.hub.to(other).emit("call-ended", &note).await;
+            leave_call_rooms(state, &call).await;
             tracing::info!(call_id = %call.id, user_id, "call ended: party disconnected");
         }
     }
 }
 
 /// A node died: its users' calls whose socket was there end, and the other side hears `disconnected`.
-pub async fn node_gone<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: &str, node: &str) {
+pub async fn node_gone(state: &AppState, user_id: &str, node: &str) {
     let Ok(calls) = state.store.calls_of(user_id).await else { return };
     for call in calls {
         let as_caller = call.caller == user_id && call.caller_node == node;
@@ -290,15 +294,12 @@ pub async fn node_gone<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: 
         if let Ok(Some(call)) = state.store.remove_call(&call.id).await {
             let other = if as_caller { callee_side(&call) } else { caller_room(&call.id) };
             let note = json!({ "callId": call.id, "reason": "disconnected" });
-            let _ = io.to(other).emit("call-ended", &note).await;
-            leave_call_rooms(io, &call).await;
+            let _ = state.hub.to(other).emit("call-ended", &note).await;
+            leave_call_rooms(state, &call).await;
         }
     }
 }
 
-async fn leave_call_rooms<A: Adapter>(io: &SocketIo<A>, call: &Call) {
-    let _ = io
-        .within(vec![caller_room(&call.id), callee_room(&call.id)])
-        .leave(vec![caller_room(&call.id), callee_room(&call.id)])
-        .await;
+async fn leave_call_rooms(state: &AppState, call: &Call) {
+    state.hub.leave_all(&[caller_room(&call.id), callee_room(&call.id)]).await;
 }

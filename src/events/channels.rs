@@ -4,7 +4,6 @@
 
 use serde::Deserialize;
 use serde_json::json;
-use socketioxide::adapter::Adapter;
 
 use super::Ctx;
 use crate::error::{ApiError, Code, HandlerResult};
@@ -30,11 +29,11 @@ impl ChannelRequest {
 }
 
 /// The channels this socket is subscribed to.
-fn subscribed<A: Adapter>(ctx: &Ctx<A>) -> Vec<String> {
-    ctx.socket.rooms().into_iter().filter_map(|r| r.strip_prefix(names::CHANNEL_PREFIX).map(str::to_string)).collect()
+fn subscribed(ctx: &Ctx) -> Vec<String> {
+    ctx.client.rooms().into_iter().filter_map(|r| r.strip_prefix(names::CHANNEL_PREFIX).map(str::to_string)).collect()
 }
 
-pub async fn subscribe<A: Adapter>(ctx: &Ctx<A>, req: ChannelRequest) -> HandlerResult {
+pub async fn subscribe(ctx: &Ctx, req: ChannelRequest) -> HandlerResult {
     let channel = req.into_valid()?;
     if !ctx.state.policy.may_subscribe(ctx.session.user.as_ref(), &channel) {
         return Err(ApiError::forbidden("Not authorized to subscribe to this channel"));
@@ -48,20 +47,20 @@ pub async fn subscribe<A: Adapter>(ctx: &Ctx<A>, req: ChannelRequest) -> Handler
             if current.len() >= cap {
                 return Err(ApiError::new(Code::Forbidden, format!("Subscription limit reached ({cap} per socket)")));
             }
-            ctx.socket.join(room);
+            ctx.client.join(&room);
         }
         Ok(())
     })?;
     Ok(json!({ "success": true, "channel": channel }))
 }
 
-pub async fn unsubscribe<A: Adapter>(ctx: &Ctx<A>, req: ChannelRequest) -> HandlerResult {
+pub async fn unsubscribe(ctx: &Ctx, req: ChannelRequest) -> HandlerResult {
     let channel = req.into_valid()?;
-    ctx.socket.leave(names::channel(&channel));
+    ctx.client.leave(&names::channel(&channel));
     Ok(json!({ "success": true, "channel": channel }))
 }
 
-pub async fn list_channels<A: Adapter>(ctx: &Ctx<A>) -> HandlerResult {
+pub async fn list_channels(ctx: &Ctx) -> HandlerResult {
     Ok(json!({
         "success": true,
         "channels": ctx.state.policy.authorized_patterns(ctx.session.user.as_ref()),

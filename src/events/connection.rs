@@ -1,11 +1,12 @@
 //! `refresh-token` (SPEC §2): extends a live socket's authentication before its token expires.
 
 use serde::Deserialize;
-use socketioxide::adapter::Adapter;
 
 use super::Ctx;
 use crate::error::{ApiError, Code, HandlerResult};
-use crate::state::ExpiryStep;
+use socketioxide::socket::Sid;
+
+use crate::state::{AppState, ExpiryStep, Session};
 
 /// `{token}` or the bare token string.
 #[derive(Deserialize)]
@@ -15,7 +16,7 @@ pub enum RefreshRequest {
     Bare(String),
 }
 
-pub async fn refresh_token<A: Adapter>(ctx: &Ctx<A>, req: RefreshRequest) -> HandlerResult {
+pub async fn refresh_token(ctx: &Ctx, req: RefreshRequest) -> HandlerResult {
     let user = ctx.user()?;
     let token = match &req {
         RefreshRequest::Object { token } | RefreshRequest::Bare(token) => token,
@@ -24,10 +25,16 @@ pub async fn refresh_token<A: Adapter>(ctx: &Ctx<A>, req: RefreshRequest) -> Han
     if verified.user.user_id != user.user_id {
         return Err(ApiError::forbidden("Token belongs to another user"));
     }
-    let old = ctx.session.exp();
-    ctx.session.set_exp(verified.exp);
-    ctx.state.expiry.cancel(old, ExpiryStep::Warn, ctx.socket.id);
-    ctx.state.expiry.schedule(verified.exp, ExpiryStep::Warn, ctx.socket.id);
-    tracing::info!(sid = %ctx.socket.id, user_id = %user.user_id, exp = verified.exp, "token refreshed");
+    extend(&ctx.state, ctx.id(), &ctx.session, verified.exp);
+    tracing::info!(sid = %ctx.id(), user_id = %user.user_id, exp = verified.exp, "token refreshed");
     Ok(serde_json::json!({ "success": true, "exp": verified.exp }))
+}
+
+/// Moves a session's expiry to `exp` (a verified token of the same user): the old expiry's warning
+/// is cancelled and a new one scheduled.
+pub fn extend(state: &AppState, id: Sid, session: &Session, exp: u64) {
+    let old = session.exp();
+    session.set_exp(exp);
+    state.expiry.cancel(old, ExpiryStep::Warn, id);
+    state.expiry.schedule(exp, ExpiryStep::Warn, id);
 }

@@ -1,8 +1,9 @@
-//! The socket side: connect middleware (authentication), the `connected` greeting, and one dispatcher
-//! per socket that routes every client event to its handler and answers it exactly once.
+//! The core's side of a connected client, for both front ends (`sio.rs`, `ws/`): admission (token,
+//! per-address rate, per-user cap), arrival and departure, and [`handle`], which runs one client
+//! event through the rate limit and its handler and returns the one answer.
 //!
-//! One `on_fallback` dispatcher instead of a `socket.on(..)` per event keeps per-socket memory to one
-//! handler, and gives every event the same path: parse, run, answer (ack or `error` event).
+//! Handlers take a [`Ctx`]: the [`Client`] (identity, rooms, a way to send it an event), the node's
+//! [`AppState`] and the client's [`Session`]; they reach other clients through `state.hub`.
 
 pub mod calls;
 pub mod channels;
@@ -12,65 +13,93 @@ pub mod private;
 pub mod rooms;
 pub mod stats;
 
-use std::convert::Infallible;
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
-use socketioxide::adapter::Adapter;
-use socketioxide::extract::{AckSender, Data, Event, SocketRef, State, TryData};
-use socketioxide::handler::{FromMessageParts, Value};
-use socketioxide::socket::{DisconnectReason, Socket};
-use socketioxide::SocketIo;
 
-use crate::auth::{find_token, AuthError};
-use crate::error::{AckError, ApiError, Code, ErrorEvent, HandlerResult};
+use crate::auth::AuthError;
+use crate::client::{Client, Close, Link};
+use crate::error::{ApiError, Code, HandlerResult};
+use crate::hub::Hub;
 use crate::state::{AppState, ExpiryStep, Session};
 
-/// Connect middleware: finds and verifies the token (SPEC §2). Its error becomes `connect_error`
-/// with `message` set to the error's `Display`.
-pub async fn authenticate<A: Adapter>(
-    socket: SocketRef<A>,
-    State(state): State<AppState>,
-    TryData(auth): TryData<serde_json::Value>,
-) -> Result<(), AuthError> {
-    let parts = socket.req_parts();
-    let header = parts.headers.get("authorization").and_then(|h| h.to_str().ok());
-    let auth = auth.ok();
-    let token = find_token(auth.as_ref(), parts.uri.query(), header);
-    if let Some(limiter) = &state.connect_limiter {
-        if let Some(ip) = client_ip(parts, state.config.trust_proxy_headers) {
-            if limiter.check_key(&ip).is_err() {
-                return refuse(&socket, &state, None, AuthError::TooManyConnections);
-            }
-        }
+/// An event's arguments, as each front end carries them.
+pub trait Payload {
+    /// The first argument, deserialised; `INVALID_PAYLOAD` when it does not fit.
+    fn decode<T: DeserializeOwned>(&mut self) -> Result<T, ApiError>;
+}
+
+/// A JSON value as the event's argument (`/ws` frames, tests).
+impl Payload for serde_json::Value {
+    fn decode<T: DeserializeOwned>(&mut self) -> Result<T, ApiError> {
+        T::deserialize(std::mem::take(self)).map_err(|e| invalid_payload(&e.to_string()))
     }
+}
+
+/// The `INVALID_PAYLOAD` error for a deserialisation failure, its detail cut short.
+pub fn invalid_payload(detail: &str) -> ApiError {
+    ApiError::invalid(format!("Invalid payload: {}", truncate(detail, 200)))
+}
+
+/// Admits a new client: the per-address connection rate, the token (or anonymous access), and the
+/// per-user cap, checked and counted in one step on this node and then in the store (cluster-wide),
+/// so that concurrent connects cannot both take the last place. The client joins its user room
+/// before the store counts it: whoever sees it counted (a private message deciding between live
+/// delivery and the offline queue) reaches it live.
+pub async fn admit(
+    state: &AppState,
+    client: &dyn Link,
+    token: Option<&str>,
+    ip: Option<IpAddr>,
+) -> Result<Arc<Session>, AuthError> {
+    check_ip(state, client, ip)?;
     let (user, exp) = match token {
         None if state.config.allow_anonymous => (None, 0),
-        None => return refuse(&socket, &state, None, AuthError::Required),
-        Some(token) => match state.auth.verify(&token) {
+        None => return refuse(client, state, None, AuthError::Required),
+        Some(token) => match state.auth.verify(token) {
             Ok(v) => (Some(v.user), v.exp),
-            Err(e) => return refuse(&socket, &state, None, e),
+            Err(e) => return refuse(client, state, None, e),
         },
     };
     let Some(user) = user else {
-        socket.extensions.insert(Arc::new(Session::new(None, 0, &state.quotas, None)));
-        return Ok(());
+        let session = Arc::new(Session::new(None, 0, &state.quotas, None));
+        state.counters.add(false);
+        return Ok(session);
     };
-    // The per-user cap, checked and counted in one step on this node and then in the store
-    // (cluster-wide), so that concurrent connects cannot both take the last place.
+    admit_user(state, client, user, exp).await
+}
+
+/// The per-address connection rate (`CONNECT_RATE_PER_IP`).
+pub fn check_ip(state: &AppState, client: &dyn Link, ip: Option<IpAddr>) -> Result<(), AuthError> {
+    if let (Some(limiter), Some(ip)) = (&state.connect_limiter, ip) {
+        if limiter.check_key(&ip).is_err() {
+            return refuse(client, state, None, AuthError::TooManyConnections);
+        }
+    }
+    Ok(())
+}
+
+/// The per-user part of [`admit`], also used by `/ws` in-band authentication.
+pub async fn admit_user(
+    state: &AppState,
+    client: &dyn Link,
+    user: crate::auth::User,
+    exp: u64,
+) -> Result<Arc<Session>, AuthError> {
     let cap = state.config.max_sockets_per_user;
     let Some(slot) = state.counters.reserve(&user.user_id, cap) else {
-        return refuse(&socket, &state, Some(&user.user_id), AuthError::TooManySockets);
+        return refuse(client, state, Some(&user.user_id), AuthError::TooManySockets);
     };
-    // In the user's room before the store counts the socket: whoever sees it counted (a private
-    // message deciding between live delivery and the offline queue) reaches it live.
-    socket.join(crate::names::user(&user.user_id));
-    let became_online = match state.store.socket_up(&user, &socket.id.to_string(), cap).await {
+    client.join(&crate::names::user(&user.user_id));
+    let became_online = match state.store.socket_up(&user, &client.id().to_string(), cap).await {
         Ok(Some(became)) => became,
-        Ok(None) => return refuse(&socket, &state, Some(&user.user_id), AuthError::TooManySockets),
+        Ok(None) => {
+            client.leave(&crate::names::user(&user.user_id));
+            return refuse(client, state, Some(&user.user_id), AuthError::TooManySockets);
+        }
         Err(e) => {
             // Redis away: this node's count still holds; presence is resynced when it is back.
             tracing::warn!(user_id = %user.user_id, "presence up: {e}");
@@ -79,198 +108,74 @@ pub async fn authenticate<A: Adapter>(
     };
     let session = Session::new(Some(user), exp, &state.quotas, Some(slot));
     session.became_online.store(became_online, std::sync::atomic::Ordering::Relaxed);
-    socket.extensions.insert(Arc::new(session));
-    Ok(())
+    state.counters.add(true);
+    state.expiry.schedule(exp, ExpiryStep::Warn, client.id());
+    Ok(Arc::new(session))
 }
 
-fn refuse<A: Adapter>(
-    socket: &SocketRef<A>,
-    state: &AppState,
-    user: Option<&str>,
-    err: AuthError,
-) -> Result<(), AuthError> {
+fn refuse<T>(client: &dyn Link, state: &AppState, user: Option<&str>, err: AuthError) -> Result<T, AuthError> {
     state.metrics.refused();
-    tracing::info!(sid = %socket.id, user_id = user.unwrap_or("-"), reason = err.reason(), "connection refused");
+    tracing::info!(sid = %client.id(), user_id = user.unwrap_or("-"), reason = err.reason(),
+        transport = client.transport(), "connection refused");
     Err(err)
 }
 
-/// The client's address: when proxy headers are trusted, the last `X-Forwarded-For` entry (the one
-/// the trusted proxy wrote; entries before it come from the client and prove nothing), else the
-/// TCP peer.
-pub fn client_ip(parts: &axum::http::request::Parts, trust_proxy: bool) -> Option<std::net::IpAddr> {
-    if trust_proxy {
-        let forwarded = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .next_back()
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.rsplit(',').next())
-            .and_then(|ip| ip.trim().parse().ok());
-        if forwarded.is_some() {
-            return forwarded;
-        }
-    }
-    parts.extensions.get::<axum::extract::ConnectInfo<crate::http::conn::Peer>>().map(|c| c.0.addr.ip())
-}
-
-/// The `connected` greeting (SPEC §2).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Connected<'a> {
-    session_id: String,
-    user_id: Option<&'a str>,
-    user: Option<&'a crate::auth::User>,
-    authorized_channels: Vec<String>,
-    server_time: u64,
-}
-
-pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, io: SocketIo<A>, State(state): State<AppState>) {
-    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
-        // The middleware always sets it; without it the socket has no identity.
-        let _ = socket.disconnect();
-        return;
-    };
-    state.counters.add(session.user.is_some());
-    if session.user.is_some() {
-        state.expiry.schedule(session.exp(), ExpiryStep::Warn, socket.id);
-    }
-    tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"),
-        transport = ?socket.transport_type(), "connected");
-
-    socket.on_fallback(dispatch::<A>);
-    socket.on_disconnect(on_disconnect::<A>);
-    // Presence first, so that once a client holds `connected` everyone sharing a room heard of it.
+/// Before the greeting: a user who just came online is announced to everyone sharing a room, so
+/// that once a client holds `connected` they heard of it.
+pub async fn announce_arrival(state: &AppState, session: &Session) {
     if let Some(user) = &session.user {
         if session.became_online.load(std::sync::atomic::Ordering::Relaxed) {
-            presence::announce(&io, &state, &user.user_id, "online", &[]).await;
+            presence::announce(state, &user.user_id, "online", &[]).await;
         }
     }
+}
 
-    let greeting = Connected {
-        session_id: socket.id.to_string(),
-        user_id: session.user_id(),
-        user: session.user.as_ref(),
-        authorized_channels: state.policy.authorized_patterns(session.user.as_ref()),
-        server_time: crate::auth::unix_now_ms(),
-    };
-    let _ = socket.emit("connected", &greeting);
-
+/// After the greeting: the user's queued private messages.
+pub async fn after_greeting(state: &AppState, client: Client, session: &Session) {
     if let Some(user) = &session.user {
-        private::deliver_pending(&state, socket, &user.user_id).await;
+        private::deliver_pending(state, client, &user.user_id).await;
     }
 }
 
-async fn on_disconnect<A: Adapter>(
-    socket: SocketRef<A>,
-    io: SocketIo<A>,
-    State(state): State<AppState>,
-    reason: DisconnectReason,
-) {
-    depart(&io, &state, &socket, &reason.to_string()).await;
-}
-
-/// Everything a socket's departure does, once: from its disconnect handler, or from the shutdown
-/// (socketioxide's `close` runs no disconnect handler, and the departure must reach the store
-/// before this node stops).
-pub async fn depart<A: Adapter>(io: &SocketIo<A>, state: &AppState, socket: &SocketRef<A>, reason: &str) {
-    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+/// Everything a client's departure does, once: from its transport's close, or from the shutdown
+/// (the departure must reach the store before this node stops).
+pub async fn depart(state: &AppState, client: &dyn Link, reason: &str) {
+    let Some(session) = client.session() else {
         return;
     };
     if session.departed.swap(true, std::sync::atomic::Ordering::AcqRel) {
         return;
     }
-    tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"), reason, "disconnected");
+    tracing::info!(sid = %client.id(), user_id = session.user_id().unwrap_or("-"), reason,
+        transport = client.transport(), "disconnected");
     if let Some(user) = &session.user {
-        user_left(io, state, socket, &session, user).await;
+        user_left(state, client, &session, user).await;
     }
     state.counters.remove(session.user.is_some());
 }
 
-/// One of the user's sockets is gone: its rooms, presence and calls.
-async fn user_left<A: Adapter>(
-    io: &SocketIo<A>,
-    state: &AppState,
-    socket: &SocketRef<A>,
-    session: &Session,
-    user: &crate::auth::User,
-) {
-    state.expiry.cancel(session.exp(), ExpiryStep::Warn, socket.id);
+/// One of the user's clients is gone: its rooms, presence and calls.
+async fn user_left(state: &AppState, client: &dyn Link, session: &Session, user: &crate::auth::User) {
+    state.expiry.cancel(session.exp(), ExpiryStep::Warn, client.id());
     let chat_rooms = session.take_rooms();
-    let sid = socket.id.to_string();
+    let sid = client.id().to_string();
     // The store first: it is what another node needs to finish the job if this one is shutting
     // down (then the adapter may already be closed and the room notices below may fail).
     let left = presence::socket_down(state, &user.user_id, &sid, &chat_rooms).await;
     // Every room at once: the cluster requests of a room run concurrently, not one after another.
     futures_util::future::join_all(
-        chat_rooms.iter().map(|room| rooms::departed(io, state, &user.user_id, room, Some(socket.id))),
+        chat_rooms.iter().map(|room| rooms::departed(state, &user.user_id, room, Some(client.id()))),
     )
     .await;
-    calls::socket_gone(io, state, &user.user_id, &sid, left).await;
+    calls::socket_gone(state, &user.user_id, &sid, left).await;
 }
 
 /// Runs a due timer job (see [`crate::timers`]).
-pub async fn run_job<A: Adapter>(io: &SocketIo<A>, state: &AppState, job: crate::timers::Job) {
+pub async fn run_job(state: &AppState, job: crate::timers::Job) {
     use crate::timers::Job;
     match job {
-        Job::TypingStop { room, user_id } => rooms::typing_timeout(io, state, &room, &user_id).await,
-        Job::CallTimeout { call_id } => calls::ring_timeout(io, state, &call_id).await,
-    }
-}
-
-/// One incoming event: its socket, raw arguments and ack id.
-pub struct Msg<A: Adapter> {
-    socket: Arc<Socket<A>>,
-    value: Value,
-    ack_id: Option<i64>,
-}
-
-impl<A: Adapter> FromMessageParts<A> for Msg<A> {
-    type Error = Infallible;
-    fn from_message_parts(s: &Arc<Socket<A>>, v: &mut Value, ack_id: &Option<i64>) -> Result<Self, Infallible> {
-        let value = std::mem::replace(v, Value::Bytes(bytes::Bytes::new()));
-        Ok(Msg { socket: s.clone(), value, ack_id: *ack_id })
-    }
-}
-
-impl<A: Adapter> Msg<A> {
-    /// The first argument, deserialised; `INVALID_PAYLOAD` when it does not fit.
-    pub fn data<T: DeserializeOwned>(&mut self) -> Result<T, ApiError> {
-        Data::<T>::from_message_parts(&self.socket, &mut self.value, &self.ack_id)
-            .map(|Data(d)| d)
-            .map_err(|e| ApiError::invalid(format!("Invalid payload: {}", truncate(&e.to_string(), 200))))
-    }
-
-    pub fn wants_ack(&self) -> bool {
-        self.ack_id.is_some()
-    }
-
-    fn event(&mut self) -> Option<String> {
-        Event::from_message_parts(&self.socket, &mut self.value, &self.ack_id).ok().map(|Event(e)| e)
-    }
-
-    /// Answers once: the ack when the client asked for one, else an `error` event on failure.
-    fn answer(self, event: &str, result: HandlerResult) {
-        let socket = SocketRef::from_message_parts(&self.socket, &mut Value::Bytes(Default::default()), &None);
-        let Ok(socket) = socket;
-        if self.ack_id.is_some() {
-            let Ok(ack) =
-                AckSender::from_message_parts(&self.socket, &mut Value::Bytes(Default::default()), &self.ack_id);
-            let sent = match &result {
-                Ok(v) => ack.send(v),
-                Err(e) => ack.send(&AckError { success: false, error: &e.message, code: e.code }),
-            };
-            if let Err(e) = sent {
-                tracing::debug!(sid = %socket.id, event, "ack not sent: {e}");
-                // A client that does not read its socket fills the bounded buffer: drop it rather
-                // than keep working for it.
-                if matches!(e, socketioxide::SendError::Socket(socketioxide::SocketError::InternalChannelFull)) {
-                    crate::delivery::close_slow_consumer(&socket);
-                }
-            }
-        } else if let Err(e) = &result {
-            let _ = socket.emit("error", &ErrorEvent { event, error: &e.message, code: e.code });
-        }
+        Job::TypingStop { room, user_id } => rooms::typing_timeout(state, &room, &user_id).await,
+        Job::CallTimeout { call_id } => calls::ring_timeout(state, &call_id).await,
     }
 }
 
@@ -282,92 +187,116 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Everything a handler gets besides its payload.
-pub struct Ctx<A: Adapter> {
-    pub socket: SocketRef<A>,
-    pub io: SocketIo<A>,
+pub struct Ctx {
+    pub client: Client,
     pub state: AppState,
     pub session: Arc<Session>,
 }
 
-impl<A: Adapter> Ctx<A> {
-    /// The caller's user, or `UNAUTHENTICATED` for an anonymous socket.
+impl Ctx {
+    /// The caller's user, or `UNAUTHENTICATED` for an anonymous client.
     pub fn user(&self) -> Result<&crate::auth::User, ApiError> {
         self.session.user.as_ref().ok_or_else(ApiError::unauthenticated)
     }
+    pub fn hub(&self) -> &Hub {
+        &self.state.hub
+    }
+    pub fn id(&self) -> socketioxide::socket::Sid {
+        self.client.id()
+    }
 }
 
-/// Routes one client event to its handler and answers it exactly once, even if the handler panics.
-async fn dispatch<A: Adapter>(socket: SocketRef<A>, io: SocketIo<A>, State(state): State<AppState>, mut msg: Msg<A>) {
-    let Some(event) = msg.event() else {
-        msg.answer("", Err(ApiError::invalid("Invalid payload: missing event name")));
-        return;
+/// What the front end does after [`handle`].
+pub enum Outcome {
+    /// The one answer: an ack when the client asked for one, else an error notice on failure.
+    Answer(HandlerResult),
+    /// Past the event budget and its strikes: close the client.
+    Flood,
+    /// The client has no session (not admitted): nothing to answer.
+    Ignore,
+}
+
+/// Runs one client event: the rate limit, then its handler, which answers exactly once even if
+/// it panics.
+pub async fn handle<P: Payload>(
+    state: &AppState,
+    client: Client,
+    event: &str,
+    payload: &mut P,
+    wants_ack: bool,
+) -> Outcome {
+    let Some(session) = client.session() else {
+        return Outcome::Ignore;
     };
-    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
-        return;
-    };
-    state.metrics.event_in(&event);
-    if session.limiter.check().is_err() {
-        if session.strikes.check().is_err() {
-            tracing::warn!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"), "event flood: disconnecting");
-            state.metrics.error(Code::RateLimited);
-            let _ = socket.disconnect();
-            return;
-        }
-        state.metrics.error(Code::RateLimited);
-        msg.answer(&event, Err(ApiError::new(Code::RateLimited, "Too many events")));
-        return;
+    state.metrics.event_in(event);
+    if let Err(flood) = check_rate(state, &*client, &session) {
+        return flood;
     }
-    let ctx = Ctx { socket, io, state, session };
-    let run = AssertUnwindSafe(route(&ctx, &event, &mut msg)).catch_unwind();
+    let ctx = Ctx { client, state: state.clone(), session };
+    let run = AssertUnwindSafe(route(&ctx, event, payload)).catch_unwind();
     let result = match run.await {
         Ok(r) => r,
         Err(_) => {
-            tracing::error!(sid = %ctx.socket.id, event, "handler panicked");
+            tracing::error!(sid = %ctx.id(), event, "handler panicked");
             Err(ApiError::new(Code::Internal, "Internal error"))
         }
     };
     if let Err(e) = &result {
-        ctx.state.metrics.error(e.code);
-        tracing::debug!(sid = %ctx.socket.id, event, code = e.code.as_str(), "event failed");
+        state.metrics.error(e.code);
+        tracing::debug!(sid = %ctx.id(), event, code = e.code.as_str(), "event failed");
     }
-    if msg.wants_ack() {
-        ctx.state.metrics.ack(result.is_ok());
+    if wants_ack {
+        state.metrics.ack(result.is_ok());
     }
-    msg.answer(&event, result);
+    Outcome::Answer(result)
 }
 
-async fn route<A: Adapter>(ctx: &Ctx<A>, event: &str, msg: &mut Msg<A>) -> HandlerResult {
+/// The per-client event budget: `Err(Answer(RATE_LIMITED))` past it, `Err(Flood)` when the
+/// refused events exhaust their own budget too.
+pub fn check_rate(state: &AppState, client: &dyn Link, session: &Session) -> Result<(), Outcome> {
+    if session.limiter.check().is_ok() {
+        return Ok(());
+    }
+    state.metrics.error(Code::RateLimited);
+    if session.strikes.check().is_err() {
+        tracing::warn!(sid = %client.id(), user_id = session.user_id().unwrap_or("-"), "event flood: disconnecting");
+        return Err(Outcome::Flood);
+    }
+    Err(Outcome::Answer(Err(ApiError::new(Code::RateLimited, "Too many events"))))
+}
+
+async fn route<P: Payload>(ctx: &Ctx, event: &str, p: &mut P) -> HandlerResult {
     match event {
-        "subscribe" => channels::subscribe(ctx, msg.data()?).await,
-        "unsubscribe" => channels::unsubscribe(ctx, msg.data()?).await,
+        "subscribe" => channels::subscribe(ctx, p.decode()?).await,
+        "unsubscribe" => channels::unsubscribe(ctx, p.decode()?).await,
         "list_channels" => channels::list_channels(ctx).await,
         "stats" => stats::stats(ctx).await,
-        "join-room" => rooms::join_room(ctx, msg.data()?).await,
-        "leave-room" => rooms::leave_room(ctx, msg.data()?).await,
-        "create-room" => rooms::create_room(ctx, msg.data()?).await,
-        "message" => rooms::message(ctx, msg.data()?).await,
-        "edit-message" => rooms::edit_message(ctx, msg.data()?).await,
-        "delete-message" => rooms::delete_message(ctx, msg.data()?).await,
+        "join-room" => rooms::join_room(ctx, p.decode()?).await,
+        "leave-room" => rooms::leave_room(ctx, p.decode()?).await,
+        "create-room" => rooms::create_room(ctx, p.decode()?).await,
+        "message" => rooms::message(ctx, p.decode()?).await,
+        "edit-message" => rooms::edit_message(ctx, p.decode()?).await,
+        "delete-message" => rooms::delete_message(ctx, p.decode()?).await,
         "list-rooms" => rooms::list_rooms(ctx).await,
-        "load-messages" => rooms::load_messages(ctx, msg.data()?).await,
-        "typing" => rooms::typing(ctx, msg.data()?).await,
-        "stop-typing" => rooms::stop_typing(ctx, msg.data()?).await,
-        "update-status" => presence::update_status(ctx, msg.data()?).await,
-        "get-presence" => presence::get_presence(ctx, msg.data()?).await,
-        "private-message" => private::private_message(ctx, msg.data()?).await,
-        "mark-read" => private::mark_read(ctx, msg.data()?).await,
-        "call-user" => calls::call_user(ctx, msg.data()?).await,
-        "call-answer" => calls::call_answer(ctx, msg.data()?).await,
-        "ice-candidate" => calls::ice_candidate(ctx, msg.data()?).await,
-        "call-reject" => calls::call_reject(ctx, msg.data()?).await,
-        "hang-up" => calls::hang_up(ctx, msg.data()?).await,
-        "refresh-token" => connection::refresh_token(ctx, msg.data()?).await,
+        "load-messages" => rooms::load_messages(ctx, p.decode()?).await,
+        "typing" => rooms::typing(ctx, p.decode()?).await,
+        "stop-typing" => rooms::stop_typing(ctx, p.decode()?).await,
+        "update-status" => presence::update_status(ctx, p.decode()?).await,
+        "get-presence" => presence::get_presence(ctx, p.decode()?).await,
+        "private-message" => private::private_message(ctx, p.decode()?).await,
+        "mark-read" => private::mark_read(ctx, p.decode()?).await,
+        "call-user" => calls::call_user(ctx, p.decode()?).await,
+        "call-answer" => calls::call_answer(ctx, p.decode()?).await,
+        "ice-candidate" => calls::ice_candidate(ctx, p.decode()?).await,
+        "call-reject" => calls::call_reject(ctx, p.decode()?).await,
+        "hang-up" => calls::hang_up(ctx, p.decode()?).await,
+        "refresh-token" => connection::refresh_token(ctx, p.decode()?).await,
         _ => Err(ApiError::not_found("Unknown event")),
     }
 }
 
 /// The once-a-second sweep of token expiries: `auth-expired`, then a disconnect after the grace.
-pub fn spawn_expiry_sweeper<A: Adapter>(io: SocketIo<A>, state: AppState) -> tokio::task::JoinHandle<()> {
+pub fn spawn_expiry_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let grace_secs = state.config.auth_expiry_grace_ms.div_ceil(1000);
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
@@ -384,10 +313,10 @@ pub fn spawn_expiry_sweeper<A: Adapter>(io: SocketIo<A>, state: AppState) -> tok
             }
             let now = crate::auth::unix_now();
             for (_, step, sid) in state.expiry.take_due(now) {
-                let Some(socket) = io.get_socket(sid) else {
+                let Some(client) = state.hub.get(sid) else {
                     continue;
                 };
-                let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+                let Some(session) = client.session() else {
                     continue;
                 };
                 if session.exp() > now {
@@ -396,7 +325,7 @@ pub fn spawn_expiry_sweeper<A: Adapter>(io: SocketIo<A>, state: AppState) -> tok
                 match step {
                     ExpiryStep::Warn => {
                         tracing::info!(sid = %sid, user_id = session.user_id().unwrap_or("-"), "token expired");
-                        let _ = socket.emit(
+                        let _ = client.emit(
                             "auth-expired",
                             &serde_json::json!({
                                 "message": "Token expired",
@@ -408,7 +337,7 @@ pub fn spawn_expiry_sweeper<A: Adapter>(io: SocketIo<A>, state: AppState) -> tok
                     }
                     ExpiryStep::Disconnect => {
                         tracing::info!(sid = %sid, user_id = session.user_id().unwrap_or("-"), "disconnecting: token expired");
-                        let _ = socket.disconnect();
+                        client.close(Close::AuthExpired);
                     }
                 }
             }

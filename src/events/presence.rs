@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
-use socketioxide::adapter::Adapter;
-use socketioxide::SocketIo;
 
 use super::Ctx;
 use crate::error::{ApiError, HandlerResult};
@@ -21,13 +19,7 @@ use crate::state::AppState;
 const STATUSES: &[&str] = &["online", "away", "busy"];
 
 /// Sends `presence-update` to everyone who shares a room with the user (not to the user's own sockets).
-pub async fn announce<A: Adapter>(
-    io: &SocketIo<A>,
-    state: &AppState,
-    user_id: &str,
-    status: &str,
-    chat_rooms: &[String],
-) {
+pub async fn announce(state: &AppState, user_id: &str, status: &str, chat_rooms: &[String]) {
     let mut targets: std::collections::HashSet<String> = chat_rooms.iter().map(|r| names::chat(r)).collect();
     match state.store.rooms_of(user_id).await {
         Ok(rooms) => {
@@ -41,7 +33,7 @@ pub async fn announce<A: Adapter>(
     }
     let note = json!({ "userId": user_id, "status": status, "timestamp": crate::auth::unix_now_ms() });
     let targets: Vec<String> = targets.into_iter().collect();
-    if let Err(e) = io.to(targets).except(names::user(user_id)).emit("presence-update", &note).await {
+    if let Err(e) = state.hub.to(targets).except(names::user(user_id)).emit("presence-update", &note).await {
         tracing::warn!(user_id, "presence-update: {e}");
     }
 }
@@ -60,9 +52,9 @@ pub async fn socket_down(state: &AppState, user_id: &str, sid: &str, chat_rooms:
 
 /// The end of the grace: offline unless a socket came back meanwhile (on any node), announced to
 /// the rooms every socket of the user was in when it left.
-pub async fn grace_over<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: &str) {
+pub async fn grace_over(state: &AppState, user_id: &str) {
     match state.store.mark_offline_if_idle(user_id, state.config.presence_grace_ms).await {
-        Ok(Some(rooms)) => announce(io, state, user_id, "offline", &rooms).await,
+        Ok(Some(rooms)) => announce(state, user_id, "offline", &rooms).await,
         Ok(None) => {}
         Err(e) => tracing::warn!(user_id, "presence grace: {e}"),
     }
@@ -71,7 +63,7 @@ pub async fn grace_over<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id:
 /// Polls the store for due offline checks (4 times a second) and runs each on this node; also the
 /// store's upkeep once a minute. Every node polls: a check scheduled by a node that has since died
 /// or shut down is run by another one.
-pub fn spawn_sweeper<A: Adapter>(io: SocketIo<A>, state: AppState) -> tokio::task::JoinHandle<()> {
+pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -85,7 +77,7 @@ pub fn spawn_sweeper<A: Adapter>(io: SocketIo<A>, state: AppState) -> tokio::tas
             match state.store.due_offline_checks().await {
                 Ok(users) => {
                     for user_id in users {
-                        grace_over(&io, &state, &user_id).await;
+                        grace_over(&state, &user_id).await;
                     }
                 }
                 Err(e) => tracing::debug!("offline checks: {e}"),
@@ -102,7 +94,7 @@ pub enum StatusRequest {
     Object { status: String },
 }
 
-pub async fn update_status<A: Adapter>(ctx: &Ctx<A>, req: StatusRequest) -> HandlerResult {
+pub async fn update_status(ctx: &Ctx, req: StatusRequest) -> HandlerResult {
     let user = ctx.user()?;
     let (StatusRequest::Bare(status) | StatusRequest::Object { status }) = req;
     if !STATUSES.contains(&status.as_str()) {
@@ -110,19 +102,14 @@ pub async fn update_status<A: Adapter>(ctx: &Ctx<A>, req: StatusRequest) -> Hand
     }
     ctx.state.store.set_status(&user.user_id, &status, crate::auth::unix_now_ms()).await?;
     // The chat rooms of every socket of the user, on every node.
-    let mut rooms: Vec<String> = Vec::new();
-    if let Ok(sockets) = ctx.io.within(names::user(&user.user_id)).fetch_sockets().await {
-        for s in sockets {
-            for r in s.rooms().await.unwrap_or_default() {
-                if let Some(id) = r.strip_prefix(names::CHAT_PREFIX) {
-                    if !rooms.iter().any(|x| x == id) {
-                        rooms.push(id.to_string());
-                    }
-                }
-            }
-        }
-    }
-    announce(&ctx.io, &ctx.state, &user.user_id, &status, &rooms).await;
+    let rooms: Vec<String> = ctx
+        .hub()
+        .rooms_of_members(&names::user(&user.user_id))
+        .await
+        .iter()
+        .filter_map(|r| r.strip_prefix(names::CHAT_PREFIX).map(str::to_string))
+        .collect();
+    announce(&ctx.state, &user.user_id, &status, &rooms).await;
     Ok(json!({ "success": true }))
 }
 
@@ -132,7 +119,7 @@ pub struct PresenceRequest {
     user_ids: Vec<String>,
 }
 
-pub async fn get_presence<A: Adapter>(ctx: &Ctx<A>, req: PresenceRequest) -> HandlerResult {
+pub async fn get_presence(ctx: &Ctx, req: PresenceRequest) -> HandlerResult {
     ctx.user()?;
     if req.user_ids.len() > 1000 || req.user_ids.iter().any(|u| u.is_empty() || u.len() > 128) {
         return Err(ApiError::invalid("userIds: at most 1000 ids of 1 to 128 characters"));

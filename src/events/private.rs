@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
-use socketioxide::adapter::Adapter;
-use socketioxide::extract::SocketRef;
 
 use super::rooms::valid_content;
 use super::Ctx;
+use crate::client::{Client, Link};
 use crate::error::{ApiError, HandlerResult};
 use crate::names;
 use crate::state::AppState;
@@ -28,7 +27,7 @@ pub struct PrivateRequest {
     client_message_id: Option<String>,
 }
 
-pub async fn private_message<A: Adapter>(ctx: &Ctx<A>, req: PrivateRequest) -> HandlerResult {
+pub async fn private_message(ctx: &Ctx, req: PrivateRequest) -> HandlerResult {
     let user = ctx.user()?;
     if req.target_user_id.is_empty() || req.target_user_id.len() > 128 {
         return Err(ApiError::invalid("targetUserId must be a user id of 1 to 128 characters"));
@@ -77,7 +76,7 @@ pub async fn private_message<A: Adapter>(ctx: &Ctx<A>, req: PrivateRequest) -> H
         targets.push(names::user(&pm.to_user_id));
     }
     ctx.state.metrics.event_out("private-message");
-    if let Err(e) = ctx.socket.to(targets).emit("private-message", &pm).await {
+    if let Err(e) = ctx.hub().to(targets).skip(ctx.id()).emit("private-message", &pm).await {
         tracing::warn!("private-message: {e}");
     }
     let mut delivered = !queued;
@@ -96,7 +95,7 @@ pub struct MarkRead {
     message_ids: Vec<String>,
 }
 
-pub async fn mark_read<A: Adapter>(ctx: &Ctx<A>, req: MarkRead) -> HandlerResult {
+pub async fn mark_read(ctx: &Ctx, req: MarkRead) -> HandlerResult {
     let user = ctx.user()?;
     if req.message_ids.len() > 1000 || req.message_ids.iter().any(|m| m.is_empty() || m.len() > 128) {
         return Err(ApiError::invalid("messageIds: at most 1000 ids of 1 to 128 characters"));
@@ -117,7 +116,7 @@ pub async fn mark_read<A: Adapter>(ctx: &Ctx<A>, req: MarkRead) -> HandlerResult
     let timestamp = crate::auth::unix_now_ms();
     for (sender, ids) in by_sender {
         let note = json!({ "readerId": user.user_id, "messageIds": ids, "timestamp": timestamp });
-        if let Err(e) = ctx.io.to(names::user(&sender)).emit("messages-read", &note).await {
+        if let Err(e) = ctx.hub().to(names::user(&sender)).emit("messages-read", &note).await {
             tracing::warn!("messages-read: {e}");
         }
     }
@@ -130,7 +129,7 @@ pub async fn mark_read<A: Adapter>(ctx: &Ctx<A>, req: MarkRead) -> HandlerResult
 /// a socket gone by then, or a node that dies meanwhile, leaves them for the next hand-over: a socket
 /// that found the lease taken tries once more when it has run out. Messages queued meanwhile are
 /// not touched.
-pub async fn deliver_pending<A: Adapter>(state: &AppState, socket: SocketRef<A>, user_id: &str) {
+pub async fn deliver_pending(state: &AppState, client: Client, user_id: &str) {
     let lease_key = format!("pending:{user_id}");
     let lease_ms = PENDING_ACK_TIMEOUT.as_millis() as u64 + 1000;
     let mut leased = false;
@@ -143,7 +142,7 @@ pub async fn deliver_pending<A: Adapter>(state: &AppState, socket: SocketRef<A>,
             Ok(false) if attempt == 0 => {
                 // Another socket of the user is being handed the queue: see what is left after it.
                 tokio::time::sleep(Duration::from_millis(lease_ms + 100)).await;
-                if !socket.connected() {
+                if !client.connected() {
                     return;
                 }
             }
@@ -157,13 +156,13 @@ pub async fn deliver_pending<A: Adapter>(state: &AppState, socket: SocketRef<A>,
     if !leased {
         return;
     }
-    hand_over(state, &socket, user_id).await;
+    hand_over(state, &*client, user_id).await;
     if let Err(e) = state.store.unlease(&lease_key).await {
         tracing::debug!(user_id, "pending queue unlease: {e}");
     }
 }
 
-async fn hand_over<A: Adapter>(state: &AppState, socket: &SocketRef<A>, user_id: &str) {
+async fn hand_over(state: &AppState, client: &dyn Link, user_id: &str) {
     let msgs = match state.store.peek_queue(user_id).await {
         Ok(m) if m.is_empty() => return,
         Ok(m) => m,
@@ -174,14 +173,9 @@ async fn hand_over<A: Adapter>(state: &AppState, socket: &SocketRef<A>, user_id:
     };
     let n = msgs.len();
     state.metrics.event_out("pending-messages");
-    let acked = match socket
-        .timeout(PENDING_ACK_TIMEOUT)
-        .emit_with_ack::<_, serde_json::Value>("pending-messages", &(&msgs,))
-    {
-        Ok(stream) => stream.await.is_ok(),
-        Err(_) => false,
-    };
-    if acked || socket.connected() {
+    let Ok(data) = serde_json::to_value(&msgs) else { return };
+    let acked = client.emit_confirmed("pending-messages", &data, PENDING_ACK_TIMEOUT).await;
+    if acked || client.connected() {
         tracing::debug!(user_id, n, acked, "pending messages handed over");
         if let Err(e) = state.store.ack_queue(user_id, &msgs).await {
             tracing::warn!(user_id, "pending queue ack: {e}");

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use socketioxide::adapter::Adapter;
-use socketioxide::SocketIo;
 
 use super::Ctx;
 use crate::auth::User;
@@ -71,7 +69,7 @@ fn open_room(id: &str) -> Value {
 
 /// May this user use this room? Created rooms: members and admins; `dm:`/`grp:` ids that were never
 /// created: nobody; any other id: every authenticated user.
-async fn access<A: Adapter>(ctx: &Ctx<A>, user: &User, id: &str) -> Result<Value, ApiError> {
+async fn access(ctx: &Ctx, user: &User, id: &str) -> Result<Value, ApiError> {
     match ctx.state.store.room(id).await? {
         Some(room) if user.is_admin() || room.members.contains(&user.user_id) => {
             Ok(serde_json::to_value(&room).map_err(|_| ApiError::internal())?)
@@ -83,25 +81,14 @@ async fn access<A: Adapter>(ctx: &Ctx<A>, user: &User, id: &str) -> Result<Value
 }
 
 /// Is this socket joined to the chat room `room_id`?
-fn joined<A: Adapter>(ctx: &Ctx<A>, room_id: &str) -> bool {
+fn joined(ctx: &Ctx, room_id: &str) -> bool {
     ctx.session.in_room(room_id)
 }
 
 /// Every user with a socket in the adapter room, on any node, with their socket count there;
 /// `except` leaves one socket out (one that is leaving).
-pub async fn room_users<A: Adapter>(
-    io: &SocketIo<A>,
-    state: &AppState,
-    room: &str,
-    except: Option<socketioxide::socket::Sid>,
-) -> Vec<(User, usize)> {
-    let sockets = match io.within(room.to_string()).fetch_sockets().await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(room, "room users: {e:?}");
-            Vec::new()
-        }
-    };
+pub async fn room_users(state: &AppState, room: &str, except: Option<socketioxide::socket::Sid>) -> Vec<(User, usize)> {
+    let members = state.hub.members(room).await;
     // Counted per user as we go (a map from user id to position): a room of N sockets costs O(N),
     // and a user's second socket costs no copy of the user.
     let mut out: Vec<(User, usize)> = Vec::new();
@@ -114,20 +101,17 @@ pub async fn room_users<A: Adapter>(
         }
     };
     let mut remote = Vec::new();
-    for rs in &sockets {
-        let sid = rs.data().id;
-        if Some(sid) == except {
+    for m in &members {
+        if Some(m.id) == except {
             continue;
         }
-        match io.get_socket(sid) {
-            Some(s) => {
-                if let Some(session) = s.extensions.get::<std::sync::Arc<crate::state::Session>>() {
-                    if let Some(u) = &session.user {
-                        count(u);
-                    }
+        match &m.session {
+            Some(session) => {
+                if let Some(u) = &session.user {
+                    count(u);
                 }
             }
-            None => remote.push(sid.to_string()),
+            None => remote.push(m.id.to_string()),
         }
     }
     if !remote.is_empty() {
@@ -138,7 +122,7 @@ pub async fn room_users<A: Adapter>(
     out
 }
 
-pub async fn join_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
+pub async fn join_room(ctx: &Ctx, req: RoomRef) -> HandlerResult {
     let user = ctx.user()?;
     let id = req.into_valid()?;
     let room_info = access(ctx, user, &id).await?;
@@ -149,46 +133,40 @@ pub async fn join_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult 
         Joined::Already => true,
         Joined::Full => return Err(ApiError::new(Code::RateLimited, "Too many rooms joined")),
     };
-    ctx.socket.join(room.clone());
+    ctx.client.join(&room);
     let (recent, _) = ctx.state.store.history(&id, None, RECENT).await?.unwrap_or_default();
-    let users = room_users(&ctx.io, &ctx.state, &room, None).await;
+    let users = room_users(&ctx.state, &room, None).await;
     // The others hear of a user arriving, not of a second device of someone already there.
     let arrived = !already && users.iter().all(|(u, n)| u.user_id != user.user_id || *n <= 1);
     let members: Vec<Value> = users.into_iter().map(|(u, _)| json!({ "userId": u.user_id, "user": u })).collect();
     if arrived {
         let note = json!({ "userId": user.user_id, "user": user, "roomId": id });
-        let _ = ctx.io.to(room).except(names::user(&user.user_id)).emit("user-joined", &note).await;
+        let _ = ctx.hub().to(room).except(names::user(&user.user_id)).emit("user-joined", &note).await;
     }
     Ok(json!({ "success": true, "room": room_info, "members": members, "recentMessages": recent }))
 }
 
-pub async fn leave_room<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
+pub async fn leave_room(ctx: &Ctx, req: RoomRef) -> HandlerResult {
     let user = ctx.user()?;
     let id = req.into_valid()?;
     let room = names::chat(&id);
     if ctx.session.leave_room(&id) {
-        ctx.socket.leave(room.clone());
-        departed(&ctx.io, &ctx.state, &user.user_id, &id, None).await;
+        ctx.client.leave(&room);
+        departed(&ctx.state, &user.user_id, &id, None).await;
     }
     Ok(json!({ "success": true }))
 }
 
 /// What the others in a room see when one of a user's sockets leaves it (leave, or disconnect of
 /// `leaving`): typing stops, and `user-left` unless the user is still there on another device.
-pub async fn departed<A: Adapter>(
-    io: &SocketIo<A>,
-    state: &AppState,
-    user_id: &str,
-    room_id: &str,
-    leaving: Option<socketioxide::socket::Sid>,
-) {
-    stop_typing_in(io, state, user_id, room_id).await;
+pub async fn departed(state: &AppState, user_id: &str, room_id: &str, leaving: Option<socketioxide::socket::Sid>) {
+    stop_typing_in(state, user_id, room_id).await;
     let room = names::chat(room_id);
-    if room_users(io, state, &room, leaving).await.iter().any(|(u, _)| u.user_id == user_id) {
+    if room_users(state, &room, leaving).await.iter().any(|(u, _)| u.user_id == user_id) {
         return;
     }
     let note = json!({ "userId": user_id, "roomId": room_id });
-    let _ = io.to(room).except(names::user(user_id)).emit("user-left", &note).await;
+    let _ = state.hub.to(room).except(names::user(user_id)).emit("user-left", &note).await;
 }
 
 #[derive(Deserialize)]
@@ -216,7 +194,7 @@ fn direct_id(a: &str, b: &str) -> String {
     format!("dm:{:016x}{:016x}", fnv(0xcbf2_9ce4_8422_2325), fnv(0x8422_2325_cbf2_9ce4))
 }
 
-pub async fn create_room<A: Adapter>(ctx: &Ctx<A>, req: CreateRoom) -> HandlerResult {
+pub async fn create_room(ctx: &Ctx, req: CreateRoom) -> HandlerResult {
     let user = ctx.user()?;
     if req.kind != "group" && req.kind != "direct" {
         return Err(ApiError::invalid("type must be \"group\" or \"direct\""));
@@ -282,7 +260,7 @@ pub struct SendMessage {
     client_message_id: Option<String>,
 }
 
-pub async fn message<A: Adapter>(ctx: &Ctx<A>, req: SendMessage) -> HandlerResult {
+pub async fn message(ctx: &Ctx, req: SendMessage) -> HandlerResult {
     let user = ctx.user()?;
     let id = valid_room(req.room_id)?;
     valid_content(&ctx.state, &req.content)?;
@@ -330,9 +308,7 @@ pub async fn message<A: Adapter>(ctx: &Ctx<A>, req: SendMessage) -> HandlerResul
         return Err(e.into());
     }
     ctx.state.metrics.event_out("new-message");
-    let res = ctx.io.to(room.clone()).emit("new-message", &msg).await;
-    crate::delivery::shed_slow_consumers(&ctx.io, vec![room], &res);
-    if let Err(e) = res {
+    if let Err(e) = ctx.hub().to(room).emit("new-message", &msg).await {
         tracing::debug!("new-message broadcast: {e}");
     }
     Ok(json!({ "success": true, "messageId": msg.id, "timestamp": timestamp }))
@@ -348,7 +324,7 @@ pub struct EditMessage {
 }
 
 /// Finds a live message the caller may change: its author or an admin.
-async fn own_message<A: Adapter>(ctx: &Ctx<A>, room: &str, id: &str) -> Result<Message, ApiError> {
+async fn own_message(ctx: &Ctx, room: &str, id: &str) -> Result<Message, ApiError> {
     let user = ctx.user()?;
     let msg = ctx
         .state
@@ -364,20 +340,18 @@ async fn own_message<A: Adapter>(ctx: &Ctx<A>, room: &str, id: &str) -> Result<M
 }
 
 /// Sends a room update to the room, and to the calling socket when it is not joined.
-async fn tell_room<A: Adapter>(ctx: &Ctx<A>, room_id: &str, event: &str, data: &impl serde::Serialize) {
+async fn tell_room(ctx: &Ctx, room_id: &str, event: &str, data: &impl serde::Serialize) {
     let room = names::chat(room_id);
     let in_room = joined(ctx, room_id);
-    let res = ctx.io.to(room.clone()).emit(event, data).await;
-    crate::delivery::shed_slow_consumers(&ctx.io, vec![room], &res);
-    if let Err(e) = res {
+    if let Err(e) = ctx.hub().to(room).emit(event, data).await {
         tracing::debug!("{event} broadcast: {e}");
     }
     if !in_room {
-        let _ = ctx.socket.emit(event, data);
+        let _ = crate::client::emit(&*ctx.client, event, data);
     }
 }
 
-pub async fn edit_message<A: Adapter>(ctx: &Ctx<A>, req: EditMessage) -> HandlerResult {
+pub async fn edit_message(ctx: &Ctx, req: EditMessage) -> HandlerResult {
     let id = valid_room(req.room_id)?;
     let content = req.content.ok_or_else(|| ApiError::invalid("content is required"))?;
     valid_content(&ctx.state, &content)?;
@@ -392,7 +366,7 @@ pub async fn edit_message<A: Adapter>(ctx: &Ctx<A>, req: EditMessage) -> Handler
     Ok(json!({ "success": true }))
 }
 
-pub async fn delete_message<A: Adapter>(ctx: &Ctx<A>, req: EditMessage) -> HandlerResult {
+pub async fn delete_message(ctx: &Ctx, req: EditMessage) -> HandlerResult {
     let id = valid_room(req.room_id)?;
     own_message(ctx, &id, &req.message_id).await?;
     ctx.state
@@ -404,7 +378,7 @@ pub async fn delete_message<A: Adapter>(ctx: &Ctx<A>, req: EditMessage) -> Handl
     Ok(json!({ "success": true }))
 }
 
-pub async fn list_rooms<A: Adapter>(ctx: &Ctx<A>) -> HandlerResult {
+pub async fn list_rooms(ctx: &Ctx) -> HandlerResult {
     let user = ctx.user()?;
     let rooms = ctx.state.store.rooms_of(&user.user_id).await?;
     let mut out = Vec::with_capacity(rooms.len());
@@ -436,7 +410,7 @@ pub struct LoadMessages {
     limit: Option<Value>,
 }
 
-pub async fn load_messages<A: Adapter>(ctx: &Ctx<A>, req: LoadMessages) -> HandlerResult {
+pub async fn load_messages(ctx: &Ctx, req: LoadMessages) -> HandlerResult {
     let user = ctx.user()?;
     let id = valid_room(req.room_id)?;
     let limit = match req.limit {
@@ -456,7 +430,7 @@ pub async fn load_messages<A: Adapter>(ctx: &Ctx<A>, req: LoadMessages) -> Handl
     Ok(json!({ "success": true, "messages": messages, "hasMore": has_more }))
 }
 
-pub async fn typing<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
+pub async fn typing(ctx: &Ctx, req: RoomRef) -> HandlerResult {
     let user = ctx.user()?;
     let id = req.into_valid()?;
     if !joined(ctx, &id) {
@@ -476,19 +450,19 @@ pub async fn typing<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
         ctx.state.timers.schedule(timeout, Job::TypingStop { room: id.clone(), user_id: user.user_id.clone() });
     }
     let note = json!({ "userId": user.user_id, "user": user, "roomId": id });
-    let _ = ctx.io.to(room).except(names::user(&user.user_id)).emit("user-typing", &note).await;
+    let _ = ctx.hub().to(room).except(names::user(&user.user_id)).emit("user-typing", &note).await;
     Ok(json!({ "success": true }))
 }
 
-pub async fn stop_typing<A: Adapter>(ctx: &Ctx<A>, req: RoomRef) -> HandlerResult {
+pub async fn stop_typing(ctx: &Ctx, req: RoomRef) -> HandlerResult {
     let user = ctx.user()?;
     let id = req.into_valid()?;
-    stop_typing_in(&ctx.io, &ctx.state, &user.user_id, &id).await;
+    stop_typing_in(&ctx.state, &user.user_id, &id).await;
     Ok(json!({ "success": true }))
 }
 
 /// Ends a user's typing in a room, if they were typing: `user-stopped-typing` to the others.
-pub async fn stop_typing_in<A: Adapter>(io: &SocketIo<A>, state: &AppState, user_id: &str, room_id: &str) {
+pub async fn stop_typing_in(state: &AppState, user_id: &str, room_id: &str) {
     let was = state
         .typing
         .lock()
@@ -497,12 +471,13 @@ pub async fn stop_typing_in<A: Adapter>(io: &SocketIo<A>, state: &AppState, user
         .is_some();
     if was {
         let note = json!({ "userId": user_id, "roomId": room_id });
-        let _ = io.to(names::chat(room_id)).except(names::user(user_id)).emit("user-stopped-typing", &note).await;
+        let _ =
+            state.hub.to(names::chat(room_id)).except(names::user(user_id)).emit("user-stopped-typing", &note).await;
     }
 }
 
 /// The typing timer: stops at the deadline, or waits again when a newer `typing` moved it.
-pub async fn typing_timeout<A: Adapter>(io: &SocketIo<A>, state: &AppState, room: &str, user_id: &str) {
+pub async fn typing_timeout(state: &AppState, room: &str, user_id: &str) {
     let key = (room.to_string(), user_id.to_string());
     let now = Instant::now();
     let wait = {
@@ -520,7 +495,8 @@ pub async fn typing_timeout<A: Adapter>(io: &SocketIo<A>, state: &AppState, room
         Some(rest) => state.timers.schedule(rest, Job::TypingStop { room: key.0, user_id: key.1 }),
         None => {
             let note = json!({ "userId": user_id, "roomId": room });
-            let _ = io.to(names::chat(room)).except(names::user(user_id)).emit("user-stopped-typing", &note).await;
+            let _ =
+                state.hub.to(names::chat(room)).except(names::user(user_id)).emit("user-stopped-typing", &note).await;
         }
     }
 }

@@ -11,7 +11,6 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use socketioxide::adapter::Adapter;
 
 use super::Api;
 use crate::delivery::{self, EmitRequest};
@@ -33,10 +32,10 @@ fn bad_request(msg: impl Into<String>) -> HttpError {
 /// Proof that the caller is an admin (admin JWT) or a server holding `API_KEY`.
 pub struct Admin;
 
-impl<A: Adapter> FromRequestParts<Api<A>> for Admin {
+impl FromRequestParts<Api> for Admin {
     type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, api: &Api<A>) -> Result<Self, HttpError> {
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Self, HttpError> {
         let unauthorized = |m: &str| HttpError(StatusCode::UNAUTHORIZED, m.to_string());
         if let Some(key) = parts.headers.get("x-api-key") {
             let Some(expected) = api.state.config.api_key.as_deref().filter(|k| !k.is_empty()) else {
@@ -94,17 +93,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 }
 
 /// `GET /api/stats`: the cluster's `stats` data, flat, plus `nodes`.
-pub async fn stats<A: Adapter>(_: Admin, State(api): State<Api<A>>) -> Json<Value> {
-    let cluster = crate::cluster::cluster_stats(&api.io, &api.state).await;
+pub async fn stats(_: Admin, State(api): State<Api>) -> Json<Value> {
+    let cluster = crate::stats::cluster_stats(&api.state).await;
     let mut body = serde_json::to_value(&cluster.stats).unwrap_or_else(|_| json!({}));
     body["nodes"] = serde_json::to_value(&cluster.nodes).unwrap_or_else(|_| json!([]));
     Json(body)
 }
 
 /// `POST /api/broadcast` `{event, data, room?|channel?|userId?|socketId?}`.
-pub async fn broadcast<A: Adapter>(
+pub async fn broadcast(
     _: Admin,
-    State(api): State<Api<A>>,
+    State(api): State<Api>,
     JsonBody(req): JsonBody<EmitRequest>,
 ) -> Result<Response, HttpError> {
     let target = req.target().map_err(bad_request)?;
@@ -145,9 +144,9 @@ pub struct PublishRequest {
 }
 
 /// `POST /api/publish` `{channel, data}`: the same as a Redis ingress publish.
-pub async fn publish<A: Adapter>(
+pub async fn publish(
     _: Admin,
-    State(api): State<Api<A>>,
+    State(api): State<Api>,
     JsonBody(req): JsonBody<PublishRequest>,
 ) -> Result<Response, HttpError> {
     if !names::valid_id(&req.channel) {
@@ -158,18 +157,16 @@ pub async fn publish<A: Adapter>(
 }
 
 /// `POST /api/users/{userId}/disconnect`: closes every socket of the user, on every node.
-pub async fn disconnect_user<A: Adapter>(
+pub async fn disconnect_user(
     _: Admin,
-    State(api): State<Api<A>>,
+    State(api): State<Api>,
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>, HttpError> {
     if user_id.is_empty() || user_id.len() > 128 {
         return Err(bad_request("invalid userId"));
     }
     let room = names::user(&user_id);
-    let sockets = api.io.to(room.clone()).fetch_sockets().await.map_err(internal)?;
-    let n = sockets.len();
-    api.io.to(room).disconnect().await.map_err(internal)?;
+    let n = api.state.hub.disconnect(&room).await.map_err(internal)?;
     tracing::info!(user_id, disconnected = n, "user disconnected by the API");
     Ok(Json(json!({ "success": true, "disconnected": n })))
 }
@@ -179,7 +176,7 @@ fn internal(e: impl std::fmt::Display) -> HttpError {
     HttpError(StatusCode::SERVICE_UNAVAILABLE, format!("Delivery failed: {e}"))
 }
 
-impl<A: Adapter> Api<A> {
+impl Api {
     /// Emits through Redis when configured (every node delivers to its own sockets, exactly once).
     /// Without Redis, or while it is down, this node delivers to its own sockets.
     pub async fn emit(&self, req: &EmitRequest, target: &delivery::Target) -> Result<Scope, HttpError> {
@@ -195,7 +192,7 @@ impl<A: Adapter> Api<A> {
                 }
             }
         }
-        delivery::emit(&self.io, target, &req.event, &req.data, true).await.map_err(internal)?;
+        delivery::emit(&self.state.hub, target, &req.event, &req.data, true).await.map_err(internal)?;
         Ok(scope)
     }
 
@@ -214,7 +211,7 @@ impl<A: Adapter> Api<A> {
             }
         }
         self.state.metrics.ingress_messages.increment(1);
-        delivery::publish(&self.io, channel, data, true).await.map_err(internal)?;
+        delivery::publish(&self.state.hub, channel, data, true).await.map_err(internal)?;
         Ok(scope)
     }
 }

@@ -5,10 +5,9 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
-use socketioxide::adapter::Adapter;
 
 use super::Api;
-use crate::events::stats::local_stats;
+use crate::stats::local_stats;
 
 /// `"up"`, `"down"` or `"disabled"`.
 pub fn redis_status(api_state: &crate::state::AppState) -> &'static str {
@@ -19,10 +18,10 @@ pub fn redis_status(api_state: &crate::state::AppState) -> &'static str {
     }
 }
 
-pub async fn health<A: Adapter>(State(api): State<Api<A>>) -> Json<Value> {
+pub async fn health(State(api): State<Api>) -> Json<Value> {
     let state = &api.state;
     let redis = redis_status(state);
-    let channels = local_stats(&api.io, state).await.connections_by_channel.len();
+    let channels = local_stats(state).await.connections_by_channel.len();
     Json(json!({
         "status": if redis == "down" { "degraded" } else { "ok" },
         "service": "realtime",
@@ -36,9 +35,9 @@ pub async fn health<A: Adapter>(State(api): State<Api<A>>) -> Json<Value> {
     }))
 }
 
-pub async fn metrics<A: Adapter>(State(api): State<Api<A>>) -> impl IntoResponse {
+pub async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     let state = &api.state;
-    let stats = local_stats(&api.io, state).await;
+    let stats = local_stats(state).await;
     let m = &state.metrics;
     m.connections_authenticated.set(stats.authenticated_connections as f64);
     m.connections_anonymous.set(stats.anonymous_connections as f64);

@@ -7,36 +7,28 @@ pub mod health;
 
 use axum::routing::{get, post};
 use axum::Router;
-use socketioxide::adapter::Adapter;
-use socketioxide::SocketIo;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::state::AppState;
 
-/// What every route gets: the node's state and the Socket.IO server to emit through.
-pub struct Api<A: Adapter> {
+/// What every route gets: the node's state (its hub delivers to the clients).
+#[derive(Clone)]
+pub struct Api {
     pub state: AppState,
-    pub io: SocketIo<A>,
-}
-
-impl<A: Adapter> Clone for Api<A> {
-    fn clone(&self) -> Self {
-        Api { state: self.state.clone(), io: self.io.clone() }
-    }
 }
 
 /// The HTTP routes; the Socket.IO layer is added around them by `startup`.
-pub fn router<A: Adapter>(api: Api<A>) -> Router {
+pub fn router(api: Api) -> Router {
     let limit = api.state.config.max_payload_bytes as usize;
     Router::new()
-        .route("/health", get(health::health::<A>))
-        .route("/metrics", get(health::metrics::<A>))
-        .route("/api/stats", get(api::stats::<A>))
-        .route("/ws/stats", get(api::stats::<A>))
-        .route("/api/broadcast", post(api::broadcast::<A>))
-        .route("/ws/broadcast", post(api::broadcast::<A>))
-        .route("/api/publish", post(api::publish::<A>))
-        .route("/api/users/{user_id}/disconnect", post(api::disconnect_user::<A>))
+        .route("/health", get(health::health))
+        .route("/metrics", get(health::metrics))
+        .route("/api/stats", get(api::stats))
+        .route("/ws/stats", get(api::stats))
+        .route("/api/broadcast", post(api::broadcast))
+        .route("/ws/broadcast", post(api::broadcast))
+        .route("/api/publish", post(api::publish))
+        .route("/api/users/{user_id}/disconnect", post(api::disconnect_user))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(api)
 }
@@ -63,4 +55,24 @@ pub fn cors(origins: &str) -> anyhow::Result<CorsLayer> {
         .allow_credentials(true)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("x-api-key")]))
+}
+
+/// The client's address: when proxy headers are trusted, the last `X-Forwarded-For` entry (the one
+/// the trusted proxy wrote; entries before it come from the client and prove nothing), else the
+/// TCP peer.
+pub fn client_ip(parts: &axum::http::request::Parts, trust_proxy: bool) -> Option<std::net::IpAddr> {
+    if trust_proxy {
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.rsplit(',').next())
+            .and_then(|ip| ip.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    parts.extensions.get::<axum::extract::ConnectInfo<conn::Peer>>().map(|c| c.0.addr.ip())
 }

@@ -1,0 +1,364 @@
+//! The Socket.IO front end: socketioxide's middleware, connect and disconnect handlers, the one
+//! dispatcher per socket, and the [`Transport`] that carries the core's broadcasts to Socket.IO
+//! sockets on every node (the socketioxide Redis adapter does the crossing).
+//!
+//! One `on_fallback` dispatcher instead of a `socket.on(..)` per event keeps per-socket memory to one
+//! handler, and gives every event the same path: parse, run, answer (ack or `error` event).
+
+use std::convert::Infallible;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, Data, Event, SocketRef, State, TryData};
+use socketioxide::handler::{FromMessageParts, Value as SioValue};
+use socketioxide::socket::{DisconnectReason, Sid, Socket};
+use socketioxide::{BroadcastError, SocketError, SocketIo};
+
+use crate::auth::{find_token, AuthError};
+use crate::client::{Client, Close, Link, SendError};
+use crate::error::{AckError, ApiError, ErrorEvent, HandlerResult};
+use crate::events::{self, Outcome, Payload};
+use crate::hub::{Broadcast, Member, Transport};
+use crate::state::{AppState, Session};
+
+/// A Socket.IO socket as the core sees it.
+pub struct SioLink<A: Adapter>(pub SocketRef<A>);
+
+fn send_error(e: socketioxide::SendError) -> SendError {
+    match e {
+        socketioxide::SendError::Socket(SocketError::InternalChannelFull) => SendError::Full,
+        socketioxide::SendError::Socket(SocketError::Closed) => SendError::Closed,
+        e => SendError::Other(e.to_string()),
+    }
+}
+
+impl<A: Adapter> Link for SioLink<A> {
+    fn id(&self) -> Sid {
+        self.0.id
+    }
+    fn session(&self) -> Option<Arc<Session>> {
+        self.0.extensions.get::<Arc<Session>>()
+    }
+    fn join(&self, room: &str) {
+        self.0.join(room.to_string());
+    }
+    fn leave(&self, room: &str) {
+        self.0.leave(room.to_string());
+    }
+    fn rooms(&self) -> Vec<String> {
+        self.0.rooms().into_iter().map(|r| r.to_string()).collect()
+    }
+    fn emit(&self, event: &str, data: &serde_json::Value) -> Result<(), SendError> {
+        self.0.emit(event, data).map_err(send_error)
+    }
+    fn emit_confirmed<'a>(
+        &'a self,
+        event: &'a str,
+        data: &'a serde_json::Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match self.0.timeout(timeout).emit_with_ack::<_, serde_json::Value>(event, &(data,)) {
+                Ok(stream) => stream.await.is_ok(),
+                Err(_) => false,
+            }
+        })
+    }
+    fn connected(&self) -> bool {
+        self.0.connected()
+    }
+    fn close(&self, why: Close) {
+        match why {
+            Close::SlowConsumer => close_slow_consumer(&self.0),
+            _ => {
+                let _ = self.0.clone().disconnect();
+            }
+        }
+    }
+    fn transport(&self) -> &'static str {
+        "socket.io"
+    }
+}
+
+fn link<A: Adapter>(socket: SocketRef<A>) -> Client {
+    Arc::new(SioLink(socket))
+}
+
+/// Connect middleware: finds and verifies the token (SPEC §2). Its error becomes `connect_error`
+/// with `message` set to the error's `Display`.
+pub async fn authenticate<A: Adapter>(
+    socket: SocketRef<A>,
+    State(state): State<AppState>,
+    TryData(auth): TryData<serde_json::Value>,
+) -> Result<(), AuthError> {
+    let parts = socket.req_parts();
+    let header = parts.headers.get("authorization").and_then(|h| h.to_str().ok());
+    let auth = auth.ok();
+    let token = find_token(auth.as_ref(), parts.uri.query(), header);
+    let ip = crate::http::client_ip(parts, state.config.trust_proxy_headers);
+    let client = link(socket.clone());
+    let session = events::admit(&state, &*client, token.as_deref(), ip).await?;
+    // Session, counters and handlers are set before socketioxide sends the CONNECT packet. The
+    // connect handler runs on a task of its own after that packet, so handlers registered there
+    // would miss the events a client sends as soon as it is connected.
+    socket.extensions.insert(session);
+    socket.on_fallback(dispatch::<A>);
+    socket.on_disconnect(on_disconnect::<A>);
+    Ok(())
+}
+
+/// The `connected` greeting (SPEC §2).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Connected<'a> {
+    session_id: String,
+    user_id: Option<&'a str>,
+    user: Option<&'a crate::auth::User>,
+    authorized_channels: Vec<String>,
+    server_time: u64,
+}
+
+pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>) {
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        // The middleware always sets it; without it the socket has no identity.
+        let _ = socket.disconnect();
+        return;
+    };
+    tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"),
+        transport = ?socket.transport_type(), "connected");
+    let client = link(socket.clone());
+    // Presence first, so that once a client holds `connected` everyone sharing a room heard of it.
+    events::announce_arrival(&state, &session).await;
+    let greeting = Connected {
+        session_id: socket.id.to_string(),
+        user_id: session.user_id(),
+        user: session.user.as_ref(),
+        authorized_channels: state.policy.authorized_patterns(session.user.as_ref()),
+        server_time: crate::auth::unix_now_ms(),
+    };
+    let _ = socket.emit("connected", &greeting);
+    events::after_greeting(&state, client, &session).await;
+}
+
+async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>, reason: DisconnectReason) {
+    events::depart(&state, &*link(socket), &reason.to_string()).await;
+}
+
+/// One incoming event: its socket, raw arguments and ack id.
+pub struct Msg<A: Adapter> {
+    socket: Arc<Socket<A>>,
+    value: SioValue,
+    ack_id: Option<i64>,
+}
+
+impl<A: Adapter> FromMessageParts<A> for Msg<A> {
+    type Error = Infallible;
+    fn from_message_parts(s: &Arc<Socket<A>>, v: &mut SioValue, ack_id: &Option<i64>) -> Result<Self, Infallible> {
+        let value = std::mem::replace(v, SioValue::Bytes(bytes::Bytes::new()));
+        Ok(Msg { socket: s.clone(), value, ack_id: *ack_id })
+    }
+}
+
+impl<A: Adapter> Payload for Msg<A> {
+    fn decode<T: DeserializeOwned>(&mut self) -> Result<T, ApiError> {
+        Data::<T>::from_message_parts(&self.socket, &mut self.value, &self.ack_id)
+            .map(|Data(d)| d)
+            .map_err(|e| events::invalid_payload(&e.to_string()))
+    }
+}
+
+impl<A: Adapter> Msg<A> {
+    fn event(&mut self) -> Option<String> {
+        Event::from_message_parts(&self.socket, &mut self.value, &self.ack_id).ok().map(|Event(e)| e)
+    }
+
+    /// Answers once: the ack when the client asked for one, else an `error` event on failure.
+    fn answer(self, event: &str, result: HandlerResult) {
+        let Ok(socket) = SocketRef::from_message_parts(&self.socket, &mut SioValue::Bytes(Default::default()), &None);
+        if self.ack_id.is_some() {
+            let Ok(ack) =
+                AckSender::from_message_parts(&self.socket, &mut SioValue::Bytes(Default::default()), &self.ack_id);
+            let sent = match &result {
+                Ok(v) => ack.send(v),
+                Err(e) => ack.send(&AckError { success: false, error: &e.message, code: e.code }),
+            };
+            if let Err(e) = sent {
+                tracing::debug!(sid = %socket.id, event, "ack not sent: {e}");
+                // A client that does not read its socket fills the bounded buffer: drop it rather
+                // than keep working for it.
+                if matches!(e, socketioxide::SendError::Socket(SocketError::InternalChannelFull)) {
+                    close_slow_consumer(&socket);
+                }
+            }
+        } else if let Err(e) = &result {
+            let _ = socket.emit("error", &ErrorEvent { event, error: &e.message, code: e.code });
+        }
+    }
+}
+
+/// Runs one client event through the core and answers it exactly once.
+async fn dispatch<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>, mut msg: Msg<A>) {
+    let Some(event) = msg.event() else {
+        msg.answer("", Err(ApiError::invalid("Invalid payload: missing event name")));
+        return;
+    };
+    let wants_ack = msg.ack_id.is_some();
+    match events::handle(&state, link(socket.clone()), &event, &mut msg, wants_ack).await {
+        Outcome::Answer(result) => msg.answer(&event, result),
+        Outcome::Flood => {
+            let _ = socket.disconnect();
+        }
+        Outcome::Ignore => {}
+    }
+}
+
+/// An argument that never serialises: see [`buffer_full`].
+struct Probe;
+
+impl Serialize for Probe {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("probe"))
+    }
+}
+
+/// Is the socket's outgoing buffer full? socketioxide takes a place in the buffer before it
+/// serialises an emit's argument, so an argument that cannot be serialised asks the question and
+/// sends nothing.
+pub fn buffer_full<A: Adapter>(socket: &SocketRef<A>) -> bool {
+    matches!(socket.emit("", &Probe), Err(socketioxide::SendError::Socket(SocketError::InternalChannelFull)))
+}
+
+/// Closes a socket whose client does not read what it is sent: its TCP connection is closed under
+/// it (socketioxide's disconnect needs a place in the full buffer), which runs its disconnect handler.
+pub fn close_slow_consumer<A: Adapter>(socket: &SocketRef<A>) {
+    tracing::warn!(sid = %socket.id, "slow consumer: buffer full, disconnecting");
+    match socket.req_parts().extensions.get::<axum::extract::ConnectInfo<crate::http::conn::Peer>>() {
+        Some(peer) => peer.0.kill(),
+        None => {
+            let _ = socket.clone().disconnect();
+        }
+    }
+}
+
+/// After a broadcast to `rooms`: when some buffers were full, closes this node's slow consumers there.
+fn shed_slow_consumers<A: Adapter>(io: &SocketIo<A>, rooms: Vec<String>, res: &Result<(), BroadcastError>) {
+    let Err(BroadcastError::Socket(errors)) = res else { return };
+    if !errors.iter().any(|e| matches!(e, SocketError::InternalChannelFull)) {
+        return;
+    }
+    let sockets = if rooms.is_empty() { io.local().sockets() } else { io.local().within(rooms).sockets() };
+    for socket in sockets {
+        if buffer_full(&socket) {
+            close_slow_consumer(&socket);
+        }
+    }
+}
+
+/// The Socket.IO side of the hub.
+pub struct SioTransport<A: Adapter> {
+    pub io: SocketIo<A>,
+}
+
+impl<A: Adapter> Transport for SioTransport<A> {
+    fn broadcast<'a>(&'a self, b: &'a Broadcast) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let sender = b.skip.as_deref().and_then(|s| Sid::from_str(s).ok()).and_then(|sid| self.io.get_socket(sid));
+            let mut ops = match &sender {
+                Some(s) => s.broadcast(),
+                None => self.io.broadcast(),
+            };
+            if b.local {
+                ops = ops.local();
+            }
+            if !b.rooms.is_empty() {
+                ops = ops.to(b.rooms.clone());
+            }
+            if !b.except.is_empty() {
+                ops = ops.except(b.except.clone());
+            }
+            let res = ops.emit(&b.event, &b.data).await;
+            shed_slow_consumers(&self.io, b.rooms.clone(), &res);
+            match res {
+                Ok(()) => Ok(()),
+                // Full buffers were dealt with above; a closed socket is leaving anyway.
+                Err(BroadcastError::Socket(_)) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    fn get(&self, id: Sid) -> Option<Client> {
+        self.io.get_socket(id).map(link)
+    }
+
+    fn local_clients(&self) -> Vec<Client> {
+        self.io.local().sockets().into_iter().map(link).collect()
+    }
+
+    fn members<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Vec<Member>> {
+        Box::pin(async move {
+            match self.io.within(room.to_string()).fetch_sockets().await {
+                Ok(sockets) => sockets
+                    .iter()
+                    .map(|rs| {
+                        let id = rs.data().id;
+                        let session = self.io.get_socket(id).and_then(|s| s.extensions.get::<Arc<Session>>());
+                        Member { id, session }
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(room, "room members: {e:?}");
+                    Vec::new()
+                }
+            }
+        })
+    }
+
+    fn rooms_of_members<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            if let Ok(sockets) = self.io.within(room.to_string()).fetch_sockets().await {
+                for s in sockets {
+                    out.extend(s.rooms().await.unwrap_or_default().into_iter().map(|r| r.to_string()));
+                }
+            }
+            out
+        })
+    }
+
+    fn leave_all<'a>(&'a self, rooms: &'a [String]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let _ = self.io.within(rooms.to_vec()).leave(rooms.to_vec()).await;
+        })
+    }
+
+    fn disconnect<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<usize, String>> {
+        Box::pin(async move {
+            let n = self.io.within(room.to_string()).fetch_sockets().await.map_err(|e| format!("{e:?}"))?.len();
+            self.io.to(room.to_string()).disconnect().await.map_err(|e| e.to_string())?;
+            Ok(n)
+        })
+    }
+
+    fn local_rooms(&self) -> BoxFuture<'_, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let rooms = self.io.local().rooms().await.unwrap_or_default();
+            rooms
+                .into_iter()
+                .map(|room| {
+                    let n = self.io.local().within(room.clone()).sockets().len() as u64;
+                    (room.to_string(), n)
+                })
+                .collect()
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.io.close().await })
+    }
+}

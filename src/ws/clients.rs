@@ -1,0 +1,394 @@
+//! This node's `/ws` connections, their rooms, and the [`Transport`] that gives them the core's
+//! broadcasts: here directly, on the other nodes through the bus (`<prefix>:bus`).
+//!
+//! A connection costs one entry in `conns`, one per room in `rooms`, its [`WsConn`] and its task:
+//! no Engine.IO layer, no per-connection timer beyond the task's own.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use socketioxide::socket::Sid;
+use tokio::sync::{mpsc, Notify};
+
+use crate::client::{Client, Close, Link, SendError};
+use crate::hub::{Broadcast, Member, Transport};
+use crate::redis_link::RedisLink;
+use crate::state::Session;
+
+use super::frames;
+
+/// What the connection's task writes.
+pub enum Out {
+    Frame(Utf8Bytes),
+    /// A close after the frames queued before it (shutdown: `server-shutdown` first).
+    Close(u16, &'static str),
+}
+
+/// One `/ws` connection, as the registry and the core see it.
+pub struct WsConn {
+    id: Sid,
+    tx: mpsc::Sender<Out>,
+    session: RwLock<Option<Arc<Session>>>,
+    rooms: Mutex<Vec<String>>,
+    clients: Arc<WsClients>,
+    /// Set with `kill`: the task closes at once, queued frames or not.
+    killed: Mutex<Option<(u16, &'static str)>>,
+    pub kill_signal: Notify,
+    open: AtomicBool,
+}
+
+impl WsConn {
+    pub fn new(clients: Arc<WsClients>, buffer: usize) -> (Arc<Self>, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let conn = Arc::new(WsConn {
+            id: Sid::new(),
+            tx,
+            session: RwLock::new(None),
+            rooms: Mutex::new(Vec::new()),
+            clients,
+            killed: Mutex::new(None),
+            kill_signal: Notify::new(),
+            open: AtomicBool::new(true),
+        });
+        (conn, rx)
+    }
+
+    pub fn set_session(&self, session: Arc<Session>) {
+        *self.session.write().unwrap_or_else(|e| e.into_inner()) = Some(session);
+    }
+
+    /// Queues a frame; a full queue means the client does not read: it is closed.
+    pub fn push(&self, frame: Utf8Bytes) -> Result<(), SendError> {
+        match self.tx.try_send(Out::Frame(frame)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(sid = %self.id, "slow consumer: buffer full, disconnecting");
+                self.kill(1008, "Slow consumer");
+                Err(SendError::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+        }
+    }
+
+    pub fn send_text(&self, text: String) -> Result<(), SendError> {
+        self.push(Utf8Bytes::from(text))
+    }
+
+    /// Closes after what is queued (or at once when the queue is full).
+    pub fn close_after_queue(&self, code: u16, reason: &'static str) {
+        if self.tx.try_send(Out::Close(code, reason)).is_err() {
+            self.kill(code, reason);
+        }
+    }
+
+    /// Closes at once.
+    pub fn kill(&self, code: u16, reason: &'static str) {
+        let mut k = self.killed.lock().unwrap_or_else(|e| e.into_inner());
+        if k.is_none() {
+            *k = Some((code, reason));
+        }
+        self.kill_signal.notify_one();
+    }
+
+    pub fn killed(&self) -> Option<(u16, &'static str)> {
+        *self.killed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_closed(&self) {
+        self.open.store(false, Ordering::Release);
+    }
+}
+
+impl Link for WsConn {
+    fn id(&self) -> Sid {
+        self.id
+    }
+    fn session(&self) -> Option<Arc<Session>> {
+        self.session.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn join(&self, room: &str) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if !rooms.iter().any(|r| r == room) {
+            rooms.push(room.to_string());
+            self.clients.index_add(room, self.id);
+        }
+    }
+    fn leave(&self, room: &str) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let before = rooms.len();
+        rooms.retain(|r| r != room);
+        if rooms.len() != before {
+            self.clients.index_remove(room, self.id);
+        }
+    }
+    fn rooms(&self) -> Vec<String> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn emit(&self, event: &str, data: &Value) -> Result<(), SendError> {
+        self.send_text(frames::event(event, data))
+    }
+    fn emit_confirmed<'a>(&'a self, event: &'a str, data: &'a Value, _timeout: Duration) -> BoxFuture<'a, bool> {
+        // No client acks on `/ws`: queued is handed over.
+        Box::pin(async move { self.emit(event, data).is_ok() })
+    }
+    fn connected(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+    fn close(&self, why: Close) {
+        match why {
+            Close::Kicked => self.close_after_queue(1000, "Disconnected by the server"),
+            Close::AuthExpired => self.close_after_queue(4003, "Token expired"),
+            Close::Abuse => self.kill(1008, "Rate limit exceeded"),
+            Close::SlowConsumer => self.kill(1008, "Slow consumer"),
+        }
+    }
+    fn transport(&self) -> &'static str {
+        "ws"
+    }
+}
+
+/// What travels on the bus between nodes.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum BusOp {
+    Emit { node: String, b: Broadcast },
+    Leave { node: String, rooms: Vec<String> },
+    Disconnect { node: String, room: String },
+}
+
+/// This node's `/ws` connections and their rooms.
+pub struct WsClients {
+    conns: RwLock<HashMap<Sid, Arc<WsConn>>>,
+    rooms: RwLock<HashMap<String, HashSet<Sid>>>,
+    redis: Option<Arc<RedisLink>>,
+    bus: String,
+    node_id: String,
+}
+
+impl WsClients {
+    pub fn new(redis: Option<Arc<RedisLink>>, bus: String, node_id: String) -> Arc<Self> {
+        Arc::new(WsClients { conns: RwLock::default(), rooms: RwLock::default(), redis, bus, node_id })
+    }
+
+    pub fn register(&self, conn: Arc<WsConn>) {
+        self.conns.write().unwrap_or_else(|e| e.into_inner()).insert(conn.id, conn);
+    }
+
+    /// Forgets a closed connection and its rooms.
+    pub fn unregister(&self, conn: &WsConn) {
+        self.conns.write().unwrap_or_else(|e| e.into_inner()).remove(&conn.id);
+        let rooms = std::mem::take(&mut *conn.rooms.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut index = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        for room in rooms {
+            if let Some(set) = index.get_mut(&room) {
+                set.remove(&conn.id);
+                if set.is_empty() {
+                    index.remove(&room);
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn index_add(&self, room: &str, id: Sid) {
+        self.rooms.write().unwrap_or_else(|e| e.into_inner()).entry(room.to_string()).or_default().insert(id);
+    }
+
+    fn index_remove(&self, room: &str, id: Sid) {
+        let mut index = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = index.get_mut(room) {
+            set.remove(&id);
+            if set.is_empty() {
+                index.remove(room);
+            }
+        }
+    }
+
+    /// The admitted connections a broadcast reaches on this node.
+    fn targets(&self, b: &Broadcast) -> Vec<Arc<WsConn>> {
+        let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
+        if conns.is_empty() {
+            return Vec::new();
+        }
+        let index = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let skip = b.skip.as_deref();
+        let excluded = |id: &Sid| {
+            skip.is_some_and(|s| id.as_str() == s)
+                || b.except.iter().any(|r| index.get(r).is_some_and(|s| s.contains(id)))
+        };
+        let mut out = Vec::new();
+        if b.rooms.is_empty() {
+            for (id, c) in conns.iter() {
+                if !excluded(id) && c.session().is_some() {
+                    out.push(c.clone());
+                }
+            }
+        } else {
+            let mut seen: HashSet<Sid> = HashSet::new();
+            for room in &b.rooms {
+                for id in index.get(room).into_iter().flatten() {
+                    if !excluded(id) && seen.insert(*id) {
+                        if let Some(c) = conns.get(id) {
+                            out.push(c.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn deliver(&self, b: &Broadcast) {
+        let targets = self.targets(b);
+        if targets.is_empty() {
+            return;
+        }
+        let frame = Utf8Bytes::from(frames::event(&b.event, &b.data));
+        for c in targets {
+            let _ = c.push(frame.clone());
+        }
+    }
+
+    async fn publish(&self, op: &BusOp) {
+        let Some(redis) = &self.redis else { return };
+        match serde_json::to_string(op) {
+            Ok(payload) => {
+                if let Err(e) = redis.publish(&self.bus, payload).await {
+                    tracing::debug!("ws bus publish: {e:#}");
+                }
+            }
+            Err(e) => tracing::warn!("ws bus: {e}"),
+        }
+    }
+
+    fn leave_local(&self, rooms: &[String]) {
+        for c in self.in_rooms(rooms) {
+            for r in rooms {
+                c.leave(r);
+            }
+        }
+    }
+
+    fn in_rooms(&self, rooms: &[String]) -> Vec<Arc<WsConn>> {
+        let index = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
+        let mut ids: HashSet<Sid> = HashSet::new();
+        for r in rooms {
+            ids.extend(index.get(r).into_iter().flatten().copied());
+        }
+        ids.iter().filter_map(|id| conns.get(id).cloned()).collect()
+    }
+
+    fn disconnect_local(&self, room: &str) -> usize {
+        let conns = self.in_rooms(&[room.to_string()]);
+        for c in &conns {
+            c.close(Close::Kicked);
+        }
+        conns.len()
+    }
+
+    pub fn all(&self) -> Vec<Arc<WsConn>> {
+        self.conns.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+}
+
+/// The `/ws` side of the hub.
+pub struct WsTransport(pub Arc<WsClients>);
+
+impl Transport for WsTransport {
+    fn broadcast<'a>(&'a self, b: &'a Broadcast) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0.deliver(b);
+            if !b.local {
+                self.0.publish(&BusOp::Emit { node: self.0.node_id.clone(), b: b.clone() }).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn on_bus(&self, payload: &[u8]) {
+        match serde_json::from_slice::<BusOp>(payload) {
+            Ok(BusOp::Emit { node, b }) if node != self.0.node_id => self.0.deliver(&b),
+            Ok(BusOp::Leave { node, rooms }) if node != self.0.node_id => self.0.leave_local(&rooms),
+            Ok(BusOp::Disconnect { node, room }) if node != self.0.node_id => {
+                self.0.disconnect_local(&room);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("ws bus: unreadable message: {e}"),
+        }
+    }
+
+    fn get(&self, id: Sid) -> Option<Client> {
+        let conns = self.0.conns.read().unwrap_or_else(|e| e.into_inner());
+        conns.get(&id).filter(|c| c.session().is_some()).map(|c| c.clone() as Client)
+    }
+
+    fn local_clients(&self) -> Vec<Client> {
+        self.0.all().into_iter().filter(|c| c.session().is_some()).map(|c| c as Client).collect()
+    }
+
+    /// This node's members only: the other nodes' `/ws` clients are not listed (see docs/scaling.md).
+    fn members<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Vec<Member>> {
+        Box::pin(async move {
+            self.0
+                .in_rooms(&[room.to_string()])
+                .into_iter()
+                .map(|c| Member { id: c.id, session: c.session() })
+                .collect()
+        })
+    }
+
+    fn rooms_of_members<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async move { self.0.in_rooms(&[room.to_string()]).iter().flat_map(|c| c.rooms()).collect() })
+    }
+
+    fn leave_all<'a>(&'a self, rooms: &'a [String]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.0.leave_local(rooms);
+            self.0.publish(&BusOp::Leave { node: self.0.node_id.clone(), rooms: rooms.to_vec() }).await;
+        })
+    }
+
+    fn disconnect<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<usize, String>> {
+        Box::pin(async move {
+            let n = self.0.disconnect_local(room);
+            self.0.publish(&BusOp::Disconnect { node: self.0.node_id.clone(), room: room.to_string() }).await;
+            Ok(n)
+        })
+    }
+
+    fn local_rooms(&self) -> BoxFuture<'_, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let index = self.0.rooms.read().unwrap_or_else(|e| e.into_inner());
+            index.iter().map(|(r, s)| (r.clone(), s.len() as u64)).collect()
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for c in self.0.all() {
+                c.close_after_queue(1001, "Server shutting down");
+            }
+            // The connections' tasks flush and close; wait a little for them.
+            for _ in 0..40 {
+                if self.0.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+}

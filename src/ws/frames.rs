@@ -1,0 +1,168 @@
+//! The `/ws` frames (SPEC §10): what a client sends, parsed once, and the JSON of every answer.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::error::{ApiError, Code};
+
+/// A client frame: `{type|event, data|payload, requestId?, channel?, token?}`.
+pub struct Inbound {
+    pub kind: String,
+    pub data: Value,
+    pub request_id: Option<Value>,
+    pub channel: Option<String>,
+    pub token: Option<String>,
+}
+
+/// Parses a text frame; the error is the `INVALID_PAYLOAD` answer's message.
+pub fn parse(text: &str) -> Result<Inbound, (&'static str, Option<Value>)> {
+    let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else {
+        return Err(("Invalid JSON: a frame is a JSON object", None));
+    };
+    let request_id = map.remove("requestId").filter(|v| !v.is_null());
+    let kind = match map.remove("type").filter(|v| !v.is_null()).or_else(|| map.remove("event")) {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => s,
+        _ => return Err(("Missing type: a frame needs a string \"type\"", request_id)),
+    };
+    let data = map.remove("data").filter(|v| !v.is_null()).or_else(|| map.remove("payload")).unwrap_or(Value::Null);
+    let channel = match map.remove("channel") {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let token = match map.remove("token") {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    Ok(Inbound { kind, data, request_id, channel, token })
+}
+
+/// `{type:"error", message, code, event?, channel?, requestId?, timestamp}`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorFrame<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub message: &'a str,
+    pub code: Code,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<&'a Value>,
+    pub timestamp: String,
+}
+
+pub fn error(e: &ApiError, event: Option<&str>, channel: Option<&str>, request_id: Option<&Value>) -> String {
+    to_json(&ErrorFrame {
+        kind: "error",
+        message: &e.message,
+        code: e.code,
+        event,
+        channel,
+        request_id,
+        timestamp: crate::iso_now(),
+    })
+}
+
+/// `{type, ...fields, requestId?, timestamp}` for the channel frames (`subscribed`, `pong`, ...).
+pub fn reply(kind: &str, mut fields: serde_json::Map<String, Value>, request_id: Option<&Value>) -> String {
+    fields.insert("type".into(), Value::String(kind.to_string()));
+    if let Some(id) = request_id {
+        fields.insert("requestId".into(), id.clone());
+    }
+    fields.insert("timestamp".into(), Value::String(crate::iso_now()));
+    to_json(&Value::Object(fields))
+}
+
+/// The answer to a generic request with a `requestId`: `{type:"ack", requestId, data, payload, timestamp}`
+/// (`payload` repeats `data` for clients of the `{type, payload, requestId}` envelope).
+pub fn ack(request_id: &Value, data: &Value) -> String {
+    let raw = raw(data);
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Ack<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        request_id: &'a Value,
+        data: &'a RawValue,
+        payload: &'a RawValue,
+        timestamp: String,
+    }
+    to_json(&Ack { kind: "ack", request_id, data: &raw, payload: &raw, timestamp: crate::iso_now() })
+}
+
+/// A server event: `{type:<event>, data, payload, timestamp}`; a channel delivery (the Socket.IO
+/// `event` envelope `{channel, data, timestamp}`) becomes `{type:"event", channel, data, timestamp}`.
+pub fn event(event: &str, data: &Value) -> String {
+    if event == "event" {
+        if let Some(channel) = data.get("channel").and_then(Value::as_str) {
+            let mut fields = serde_json::Map::new();
+            fields.insert("type".into(), Value::String("event".into()));
+            fields.insert("channel".into(), Value::String(channel.to_string()));
+            for k in ["data", "timestamp", "offset", "epoch"] {
+                if let Some(v) = data.get(k) {
+                    fields.insert(k.into(), v.clone());
+                }
+            }
+            return to_json(&Value::Object(fields));
+        }
+    }
+    let raw = raw(data);
+    #[derive(Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        data: &'a RawValue,
+        payload: &'a RawValue,
+        timestamp: String,
+    }
+    to_json(&Event { kind: event, data: &raw, payload: &raw, timestamp: crate::iso_now() })
+}
+
+fn raw(v: &Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"))
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v)
+        .unwrap_or_else(|_| r#"{"type":"error","message":"Internal error","code":"INTERNAL"}"#.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_envelopes() {
+        let f = parse(r#"{"type":"join-room","payload":{"roomId":"r"},"requestId":7}"#).unwrap();
+        assert_eq!(f.kind, "join-room");
+        assert_eq!(f.data["roomId"], "r");
+        assert_eq!(f.request_id, Some(Value::from(7)));
+        let f = parse(r#"{"event":"authenticate","data":{"token":"t"}}"#).unwrap();
+        assert_eq!(f.kind, "authenticate");
+        assert_eq!(f.data["token"], "t");
+        let f = parse(r#"{"type":"subscribe","channel":"apps:created"}"#).unwrap();
+        assert_eq!(f.channel.as_deref(), Some("apps:created"));
+        assert!(parse("not json").is_err());
+        assert!(parse("[1,2]").is_err());
+        assert!(parse(r#"{"data":1}"#).is_err());
+        assert!(parse(r#"{"type":5}"#).is_err());
+    }
+
+    #[test]
+    fn channel_deliveries_are_flat() {
+        let env = serde_json::json!({"channel": "apps:created", "data": {"id": 1}, "timestamp": "t"});
+        let v: Value = serde_json::from_str(&event("event", &env)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "event", "channel": "apps:created", "data": {"id": 1}, "timestamp": "t"})
+        );
+        let v: Value = serde_json::from_str(&event("new-message", &serde_json::json!({"id": "m"}))).unwrap();
+        assert_eq!(v["type"], "new-message");
+        assert_eq!(v["data"]["id"], "m");
+        assert_eq!(v["payload"]["id"], "m");
+        assert!(v["timestamp"].is_string());
+    }
+}

@@ -1,0 +1,407 @@
+//! The plain WebSocket front end, `GET /ws` (SPEC §10): JSON frames, the SaaS realtime service's
+//! channel protocol frame for frame, and a generic `{type, data|payload, requestId}` envelope for
+//! every other event, run by the same handlers as Socket.IO (`events::handle`).
+//!
+//! One task per connection reads frames, writes what the core queued for it ([`clients::Out`]),
+//! pings, and closes: 4001 no authentication in time, 4002 idle, 4003 bad or expired token, 1008
+//! abuse or a full buffer, 1009 a frame over `MAX_PAYLOAD_BYTES`, 1001 shutdown.
+
+pub mod clients;
+pub mod frames;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::request::Parts;
+use axum::response::Response;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::auth::AuthError;
+use crate::client::{Client, Link};
+use crate::error::{AckError, ApiError, Code};
+use crate::events::{self, Outcome};
+use crate::state::AppState;
+use clients::{Out, WsClients, WsConn};
+use frames::Inbound;
+
+/// The `/ws` route's state.
+#[derive(Clone)]
+pub struct WsFront {
+    pub state: AppState,
+    pub clients: Arc<WsClients>,
+}
+
+/// The `/ws` route.
+pub fn router(front: WsFront) -> axum::Router {
+    axum::Router::new().route("/ws", axum::routing::get(upgrade)).with_state(front)
+}
+
+/// The token of an upgrade: query `token`, `Authorization: Bearer`, or the subprotocol `token-<jwt>`
+/// (returned so that the answer selects it, as browsers require).
+fn upgrade_token(parts: &Parts) -> (Option<String>, Option<String>) {
+    let header = parts.headers.get("authorization").and_then(|h| h.to_str().ok());
+    if let Some(t) = crate::auth::find_token(None, parts.uri.query(), header) {
+        return (Some(t.into_owned()), None);
+    }
+    let protocol = parts
+        .headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(','))
+        .map(str::trim)
+        .find(|p| p.starts_with("token-") && p.len() > 6);
+    match protocol {
+        Some(p) => (Some(p["token-".len()..].to_string()), Some(p.to_string())),
+        None => (None, None),
+    }
+}
+
+async fn upgrade(State(front): State<WsFront>, ws: WebSocketUpgrade, parts: Parts) -> Response {
+    let (token, protocol) = upgrade_token(&parts);
+    let ip = crate::http::client_ip(&parts, front.state.config.trust_proxy_headers);
+    let max = front.state.config.max_payload_bytes as usize;
+    let mut ws = ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(front.state.config.ws_read_buffer_bytes as usize)
+        .write_buffer_size(0);
+    if let Some(p) = protocol {
+        ws = ws.protocols([p]);
+    }
+    ws.on_failed_upgrade(|e| tracing::debug!("ws upgrade failed: {e}"))
+        .on_upgrade(move |socket| run(front, socket, token, ip))
+}
+
+/// What the connection's loop does after a frame.
+enum Next {
+    Go,
+    Close(u16, &'static str),
+}
+
+fn close_msg(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
+}
+
+async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: Option<IpAddr>) {
+    let cfg = &front.state.config;
+    let (conn, mut rx) = WsConn::new(front.clients.clone(), cfg.socket_buffer_packets as usize);
+    front.clients.register(conn.clone());
+    let client: Client = conn.clone();
+
+    let first = match (&token, cfg.allow_anonymous) {
+        (None, false) => match events::check_ip(&front.state, &*client, ip) {
+            Ok(()) => Next::Go,
+            Err(e) => refused(&conn, &e),
+        },
+        (token, _) => match events::admit(&front.state, &*client, token.as_deref(), ip).await {
+            Ok(session) => {
+                conn.set_session(session);
+                welcome(&front, &conn, None).await;
+                Next::Go
+            }
+            Err(e) => refused(&conn, &e),
+        },
+    };
+
+    let ping_every = cfg.ping_interval();
+    let idle = Duration::from_millis(cfg.ws_idle_timeout_ms.max(1));
+    let tick_every = ping_every.min(idle / 4).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval_at(Instant::now() + tick_every, tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let auth_deadline = tokio::time::sleep(Duration::from_millis(cfg.ws_auth_timeout_ms));
+    tokio::pin!(auth_deadline);
+    let mut last_seen = Instant::now();
+    let mut last_ping = Instant::now();
+    let mut next = first;
+
+    loop {
+        if let Next::Close(code, reason) = next {
+            // Flush what is queued (the error frame that explains the close), then close.
+            while let Ok(Out::Frame(f)) = rx.try_recv() {
+                if socket.send(Message::Text(f)).await.is_err() {
+                    break;
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(close_msg(code, reason))).await;
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = conn.kill_signal.notified() => {
+                let (code, reason) = conn.killed().unwrap_or((1011, "Closed"));
+                // No flush: a slow consumer's queue is what we are dropping.
+                let _ = tokio::time::timeout(Duration::from_millis(200), socket.send(close_msg(code, reason))).await;
+                break;
+            }
+            out = rx.recv() => match out {
+                Some(Out::Frame(f)) => {
+                    let sent = tokio::select! {
+                        r = socket.send(Message::Text(f)) => r.is_ok(),
+                        _ = conn.kill_signal.notified() => false,
+                    };
+                    if !sent {
+                        break;
+                    }
+                }
+                Some(Out::Close(code, reason)) => next = Next::Close(code, reason),
+                None => break,
+            },
+            msg = socket.recv() => {
+                last_seen = Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        next = Box::pin(on_text(&front, &conn, text.as_str(), &mut auth_deadline)).await;
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let e = ApiError::invalid("Binary frames are not supported: send JSON text");
+                        let _ = conn.send_text(frames::error(&e, None, None, None));
+                    }
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(_)) => {} // pings are answered by the library; pongs count as activity
+                    Some(Err(e)) => {
+                        next = read_error(&e);
+                        if matches!(next, Next::Go) {
+                            break;
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                if last_seen.elapsed() >= idle {
+                    next = Next::Close(4002, "Idle timeout");
+                } else if last_ping.elapsed() >= ping_every {
+                    last_ping = Instant::now();
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            _ = &mut auth_deadline, if conn.session().is_none() => {
+                next = Next::Close(4001, "Authentication timeout");
+            }
+        }
+    }
+    conn.set_closed();
+    events::depart(&front.state, &*client, "transport close").await;
+    front.clients.unregister(&conn);
+}
+
+/// A read error: an oversized frame is closed with 1009; anything else ends the connection.
+fn read_error(e: &axum::Error) -> Next {
+    let text = e.to_string();
+    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big") {
+        Next::Close(1009, "Frame too large")
+    } else {
+        tracing::debug!("ws read: {text}");
+        Next::Go
+    }
+}
+
+/// A refused admission: the error frame, then the close code of SPEC §10.
+fn refused(conn: &WsConn, e: &AuthError) -> Next {
+    let (code, close, reason) = match e {
+        AuthError::TooManySockets | AuthError::TooManyConnections => (Code::RateLimited, 1008, "Too many connections"),
+        AuthError::Required => (Code::Unauthenticated, 4001, "Authentication required"),
+        AuthError::Failed(_) => (Code::Unauthenticated, 4003, "Authentication failed"),
+    };
+    let _ = conn.send_text(frames::error(&ApiError::new(code, e.to_string()), None, None, None));
+    Next::Close(close, reason)
+}
+
+/// The `connected` frame, after presence heard of the user; then the user's queued messages.
+async fn welcome(front: &WsFront, conn: &Arc<WsConn>, request_id: Option<&Value>) {
+    let Some(session) = conn.session() else { return };
+    tracing::info!(sid = %conn.id(), user_id = session.user_id().unwrap_or("-"), transport = "ws", "connected");
+    events::announce_arrival(&front.state, &session).await;
+    let mut f = serde_json::Map::new();
+    f.insert("connectionId".into(), json!(conn.id().to_string()));
+    f.insert("userId".into(), json!(session.user_id()));
+    f.insert("user".into(), json!(session.user));
+    f.insert("authorizedChannels".into(), json!(front.state.policy.authorized_patterns(session.user.as_ref())));
+    let _ = conn.send_text(frames::reply("connected", f, request_id));
+    if session.user.is_some() {
+        let (state, client) = (front.state.clone(), conn.clone() as Client);
+        tokio::spawn(async move { events::after_greeting(&state, client.clone(), &session).await });
+    }
+}
+
+async fn on_text(
+    front: &WsFront,
+    conn: &Arc<WsConn>,
+    text: &str,
+    _auth_deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Next {
+    let f = match frames::parse(text) {
+        Ok(f) => f,
+        Err((message, request_id)) => {
+            let _ = conn.send_text(frames::error(&ApiError::invalid(message), None, None, request_id.as_ref()));
+            return Next::Go;
+        }
+    };
+    if f.kind == "auth" || f.kind == "authenticate" {
+        return authenticate(front, conn, f).await;
+    }
+    let Some(session) = conn.session() else {
+        let e = ApiError::new(Code::Unauthenticated, "Authentication required");
+        let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, f.request_id.as_ref()));
+        return Next::Go;
+    };
+    let rid = f.request_id.as_ref();
+    match f.kind.as_str() {
+        "ping" => {
+            if let Err(out) = events::check_rate(&front.state, &**conn, &session) {
+                return answer_plain(conn, &f, out);
+            }
+            let _ = conn.send_text(frames::reply("pong", serde_json::Map::new(), rid));
+            Next::Go
+        }
+        "subscribe" | "unsubscribe" => {
+            let channel = f.channel.clone().map(Value::String).unwrap_or_else(|| f.data.clone());
+            let mut payload = channel.clone();
+            match events::handle(&front.state, conn.clone(), &f.kind, &mut payload, true).await {
+                Outcome::Answer(Ok(v)) => {
+                    let mut m = serde_json::Map::new();
+                    m.insert("channel".into(), v.get("channel").cloned().unwrap_or(Value::Null));
+                    let kind = if f.kind == "subscribe" { "subscribed" } else { "unsubscribed" };
+                    let _ = conn.send_text(frames::reply(kind, m, rid));
+                    Next::Go
+                }
+                Outcome::Answer(Err(e)) => {
+                    let name = channel.as_str().or_else(|| channel.get("channel").and_then(Value::as_str));
+                    let _ = conn.send_text(frames::error(&e, None, name, rid));
+                    Next::Go
+                }
+                Outcome::Flood => Next::Close(1008, "Rate limit exceeded"),
+                Outcome::Ignore => Next::Go,
+            }
+        }
+        "list_channels" | "stats" => {
+            let mut payload = Value::Null;
+            match events::handle(&front.state, conn.clone(), &f.kind, &mut payload, true).await {
+                Outcome::Answer(Ok(v)) => {
+                    let mut m = serde_json::Map::new();
+                    let kind = if f.kind == "stats" {
+                        m.insert("data".into(), v.get("data").cloned().unwrap_or(Value::Null));
+                        "stats"
+                    } else {
+                        m.insert("channels".into(), v.get("channels").cloned().unwrap_or(json!([])));
+                        m.insert("subscribed".into(), v.get("subscribed").cloned().unwrap_or(json!([])));
+                        "channels"
+                    };
+                    let _ = conn.send_text(frames::reply(kind, m, rid));
+                    Next::Go
+                }
+                Outcome::Answer(Err(e)) => {
+                    let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, rid));
+                    Next::Go
+                }
+                Outcome::Flood => Next::Close(1008, "Rate limit exceeded"),
+                Outcome::Ignore => Next::Go,
+            }
+        }
+        _ => {
+            let mut payload = f.data.clone();
+            let out = events::handle(&front.state, conn.clone(), &f.kind, &mut payload, rid.is_some()).await;
+            answer_plain(conn, &f, out)
+        }
+    }
+}
+
+/// The answer to a generic request: `{type:"ack", requestId, data}` when it has a `requestId`, else
+/// only a failure, as an error frame.
+fn answer_plain(conn: &WsConn, f: &Inbound, out: Outcome) -> Next {
+    let result = match out {
+        Outcome::Answer(r) => r,
+        Outcome::Flood => return Next::Close(1008, "Rate limit exceeded"),
+        Outcome::Ignore => return Next::Go,
+    };
+    match (&f.request_id, result) {
+        (Some(id), Ok(v)) => {
+            let _ = conn.send_text(frames::ack(id, &v));
+        }
+        (Some(id), Err(e)) => {
+            let body = serde_json::to_value(AckError { success: false, error: &e.message, code: e.code })
+                .unwrap_or(Value::Null);
+            let _ = conn.send_text(frames::ack(id, &body));
+        }
+        (None, Ok(_)) => {}
+        (None, Err(e)) => {
+            let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, None));
+        }
+    }
+    Next::Go
+}
+
+/// In-band authentication: `{type:"auth", token}` or `{event:"authenticate", data:{token}}`.
+async fn authenticate(front: &WsFront, conn: &Arc<WsConn>, f: Inbound) -> Next {
+    let state = &front.state;
+    let token = f.token.clone().or_else(|| match &f.data {
+        Value::String(s) => Some(s.clone()),
+        v => v.get("token").and_then(Value::as_str).map(str::to_string),
+    });
+    let rid = f.request_id.as_ref();
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        let e = ApiError::invalid("auth needs a token");
+        let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, rid));
+        return Next::Go;
+    };
+    let verified = match state.auth.verify(&token) {
+        Ok(v) => v,
+        Err(e) => {
+            state.metrics.refused();
+            tracing::info!(sid = %conn.id(), reason = e.reason(), transport = "ws", "authentication failed");
+            let _ =
+                conn.send_text(frames::error(&ApiError::new(Code::Unauthenticated, e.to_string()), None, None, rid));
+            return Next::Close(4003, "Authentication failed");
+        }
+    };
+    match conn.session() {
+        Some(session) => match &session.user {
+            // The same user again: a token refresh.
+            Some(user) if user.user_id == verified.user.user_id => {
+                events::connection::extend(state, conn.id(), &session, verified.exp);
+                welcome_again(front, conn, rid);
+                Next::Go
+            }
+            Some(_) => {
+                let e = ApiError::forbidden("Cannot switch user on an authenticated connection");
+                let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, rid));
+                Next::Go
+            }
+            // Anonymous until now: becomes the user.
+            None => match events::admit_user(state, &**conn, verified.user, verified.exp).await {
+                Ok(s) => {
+                    state.counters.remove(false);
+                    conn.set_session(s);
+                    welcome(front, conn, rid).await;
+                    Next::Go
+                }
+                Err(e) => refused(conn, &e),
+            },
+        },
+        None => match events::admit_user(state, &**conn, verified.user, verified.exp).await {
+            Ok(s) => {
+                conn.set_session(s);
+                welcome(front, conn, rid).await;
+                Next::Go
+            }
+            Err(e) => refused(conn, &e),
+        },
+    }
+}
+
+/// A fresh `connected` frame after a refresh (no presence or queue work).
+fn welcome_again(front: &WsFront, conn: &WsConn, request_id: Option<&Value>) {
+    let Some(session) = conn.session() else { return };
+    let mut f = serde_json::Map::new();
+    f.insert("connectionId".into(), json!(conn.id().to_string()));
+    f.insert("userId".into(), json!(session.user_id()));
+    f.insert("user".into(), json!(session.user));
+    f.insert("authorizedChannels".into(), json!(front.state.policy.authorized_patterns(session.user.as_ref())));
+    let _ = conn.send_text(frames::reply("connected", f, request_id));
+}
