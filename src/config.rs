@@ -38,6 +38,15 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Write a self-signed certificate and key (`cert.pem`, `key.pem`) for local TLS and tests.
+    SelfSigned {
+        /// Directory to write them to.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Host names (and addresses) the certificate is for.
+        #[arg(long, default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
+        host: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

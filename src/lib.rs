@@ -25,6 +25,7 @@ pub mod state;
 pub mod stats;
 pub mod store;
 pub mod timers;
+pub mod tls;
 pub mod ws;
 
 pub use startup::{startup, Gateway};

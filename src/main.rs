@@ -28,6 +28,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::SelfSigned { out, host }) = &cli.command {
+        let (cert, key) = realtime_gateway::tls::self_signed(out, host.clone())?;
+        println!("{}\n{}", cert.display(), key.display());
+        return Ok(());
+    }
     if let Some(Command::Token { sub, role, ttl, email, name }) = cli.command {
         if cli.config.jwt_secret.as_deref().unwrap_or_default().is_empty() {
             anyhow::bail!("JWT_SECRET is not set: tokens minted with a random secret would be useless");
@@ -53,6 +58,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         tracing::warn!("user token (24h, alice): {}", state.auth.mint(&user, day)?);
     }
     tracing::info!(addr = %gateway.local_addr(), node_id = %state.node_id, "realtime-gateway listening");
+    if let Some(tls_addr) = gateway.tls_addr() {
+        tracing::info!(tls_addr = %tls_addr, "TLS listening (HTTPS, wss)");
+    }
     gateway.run(shutdown_signal()).await
 }
 

@@ -35,6 +35,8 @@ use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr
 /// A bound, ready gateway. `run` serves it until the shutdown signal.
 pub struct Gateway {
     listener: TcpListener,
+    /// The TLS listener and its certificates, with `TLS_CERT_FILE` and `TLS_KEY_FILE`.
+    tls: Option<(TcpListener, Arc<crate::tls::Certs>)>,
     router: axum::Router,
     pub state: AppState,
     shutdown: Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>,
@@ -65,6 +67,15 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
     let state = AppState::new(config, auth, policy, redis.clone(), store);
     let cfg = &state.config;
     let listener = bind(&cfg.host, cfg.port).await?;
+    let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let certs = crate::tls::Certs::load(cert, key)?;
+            Some((bind(&cfg.host, cfg.tls_port).await.context("TLS_PORT")?, certs))
+        }
+        (None, None) => None,
+        (Some(_), None) => anyhow::bail!("TLS_KEY_FILE is not set: TLS_CERT_FILE needs it"),
+        (None, Some(_)) => anyhow::bail!("TLS_CERT_FILE is not set: TLS_KEY_FILE needs it"),
+    };
 
     let builder = SocketIo::builder()
         .with_state(state.clone())
@@ -88,12 +99,12 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
                 ))
                 .build_layer();
             io.ns("/", on_connect.with(authenticate)).await.map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
-            Ok(assemble(io, layer, state, cors, listener))
+            Ok(assemble(io, layer, state, cors, listener, tls))
         }
         _ => {
             let (layer, io) = builder.build_layer();
             io.ns("/", on_connect.with(authenticate));
-            Ok(assemble(io, layer, state, cors, listener))
+            Ok(assemble(io, layer, state, cors, listener, tls))
         }
     }
 }
@@ -105,6 +116,7 @@ fn assemble<A: Adapter>(
     state: AppState,
     cors: tower_http::cors::CorsLayer,
     listener: TcpListener,
+    tls: Option<(TcpListener, Arc<crate::tls::Certs>)>,
 ) -> Gateway {
     // The hub's transports: Socket.IO (crossing nodes through the adapter) and `/ws` (through the bus).
     let ws = WsClients::new(state.redis.clone(), crate::ingress::bus_channel(&state), state.node_id.clone());
@@ -157,7 +169,7 @@ fn assemble<A: Adapter>(
             }
         })
     });
-    Gateway { listener, router, state, shutdown }
+    Gateway { listener, tls, router, state, shutdown }
 }
 
 async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
@@ -218,10 +230,30 @@ impl Gateway {
         self.listener.local_addr().expect("bound listener has an address")
     }
 
+    /// The TLS listener's address, when there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Serves until `signal` completes, then shuts down gracefully within 10 s.
     pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Gateway { listener, router, shutdown, .. } = self;
+        let Gateway { listener, tls, router, shutdown, .. } = self;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (tls_stop_tx, tls_stop_rx) = tokio::sync::watch::channel(false);
+        let tls_server = match tls {
+            Some((tcp, certs)) => {
+                spawn_reload_on_sighup(certs.clone());
+                let listener = crate::tls::TlsListener::new(tcp, certs).context("TLS listener")?;
+                let mut stop = tls_stop_rx;
+                let server =
+                    axum::serve(listener.tap_io(|_| {}), router.clone().into_make_service_with_connect_info::<Peer>())
+                        .with_graceful_shutdown(async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        });
+                Some(tokio::spawn(async move { server.await }))
+            }
+            None => None,
+        };
         let (close_tx, close_rx) = tokio::sync::watch::channel(false);
         let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = ClosingListener { inner: Some(listener), close: close_rx, closed: Some(closed_tx) };
@@ -238,6 +270,7 @@ impl Gateway {
         // shutdown, so a client reconnecting at once is refused here and goes to another node.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_BUDGET;
         let _ = close_tx.send(true);
+        let _ = tls_stop_tx.send(true);
         let _ = tokio::time::timeout_at(deadline, closed_rx).await;
         tracing::info!("shutting down: listener closed, notifying clients");
         let _ = stop_tx.send(());
@@ -248,7 +281,28 @@ impl Gateway {
             Ok(res) => res.context("server task")?.context("server")?,
             Err(_) => tracing::warn!("connections still open at the deadline; exiting anyway"),
         }
+        if let Some(tls) = tls_server {
+            if tokio::time::timeout_at(deadline, tls).await.is_err() {
+                tracing::warn!("TLS connections still open at the deadline; exiting anyway");
+            }
+        }
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// SIGHUP reloads the TLS certificate pair.
+fn spawn_reload_on_sighup(certs: Arc<crate::tls::Certs>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be caught: TLS certificates will not reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            certs.reload();
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = certs;
 }
