@@ -60,6 +60,7 @@ fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     if chain.is_empty() {
         anyhow::bail!("TLS_CERT_FILE {}: no certificate in the file", cert.display());
     }
+    let key_path = key;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("TLS_KEY_FILE {}: {e}", key.display()))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -67,7 +68,13 @@ fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
         .context("TLS: protocol versions")?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| anyhow::anyhow!("TLS_KEY_FILE: the key does not fit TLS_CERT_FILE: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "TLS_CERT_FILE {} with TLS_KEY_FILE {}: the pair does not load: {e}",
+                cert.display(),
+                key_path.display()
+            )
+        })?;
     // HTTP/1.1 only: hyper serves HTTP/2 over TLS only with ALPN, and WebSocket upgrades need 1.1.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))

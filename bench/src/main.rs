@@ -76,6 +76,9 @@ struct Common {
     /// Hard limit on the whole run, in seconds.
     #[arg(long, default_value_t = 180)]
     max_secs: u64,
+    /// Protocol: `sio` (Engine.IO 4 / Socket.IO 5 on /socket.io/) or `ws` (the gateway's plain /ws).
+    #[arg(long, value_enum, default_value = "sio")]
+    proto: proto::Proto,
 }
 
 #[derive(Args, Clone)]
@@ -147,9 +150,12 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     now_us();
-    let max_secs = match &cli.cmd {
-        Cmd::Idle { c, .. } | Cmd::Storm { c, .. } | Cmd::Fanout { c, .. } | Cmd::Ack { c, .. } => c.max_secs,
+    let (max_secs, p) = match &cli.cmd {
+        Cmd::Idle { c, .. } | Cmd::Storm { c, .. } | Cmd::Fanout { c, .. } | Cmd::Ack { c, .. } => {
+            (c.max_secs, c.proto)
+        }
     };
+    proto::set_proto(p);
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(max_secs));
         eprintln!("rtg-bench: --max-secs {max_secs} reached, giving up");
@@ -433,12 +439,12 @@ async fn step(
                 Kind::Fanout { .. } => {
                     st.borrow_mut().pending.insert(id, (sched, idx, false));
                     let body = proto::content(idx, sched, sent);
-                    let _ =
-                        txs[0].send(format!("42{id}[\"message\",{{\"roomId\":\"{room}\",\"content\":\"{body}\"}}]"));
+                    let arg = format!("{{\"roomId\":\"{room}\",\"content\":\"{body}\"}}");
+                    let _ = txs[0].send(proto::emit_frame("message", Some(&arg), Some(id)));
                 }
                 Kind::Ack => {
                     st.borrow_mut().pending.insert(id, (sched, idx, true));
-                    let _ = txs[(sent as usize) % txs.len()].send(format!("42{id}[\"list_channels\"]"));
+                    let _ = txs[(sent as usize) % txs.len()].send(proto::emit_frame("list_channels", None, Some(id)));
                 }
             }
             sent += 1;

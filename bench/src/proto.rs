@@ -19,6 +19,44 @@ use tokio_tungstenite::WebSocketStream;
 
 pub type Ws = WebSocketStream<TcpStream>;
 
+/// Which protocol the clients speak: Socket.IO over `/socket.io/`, or the gateway's plain `/ws`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Proto {
+    Sio,
+    Ws,
+}
+
+static PROTO: OnceLock<Proto> = OnceLock::new();
+
+pub fn set_proto(p: Proto) {
+    let _ = PROTO.set(p);
+}
+
+pub fn proto() -> Proto {
+    *PROTO.get().unwrap_or(&Proto::Sio)
+}
+
+/// The frame that emits `name` with the JSON `arg` (and an ack / request id when given).
+pub fn emit_frame(name: &str, arg: Option<&str>, id: Option<u64>) -> String {
+    match (proto(), arg, id) {
+        (Proto::Sio, Some(a), Some(id)) => format!("42{id}[\"{name}\",{a}]"),
+        (Proto::Sio, Some(a), None) => format!("42[\"{name}\",{a}]"),
+        (Proto::Sio, None, Some(id)) => format!("42{id}[\"{name}\"]"),
+        (Proto::Sio, None, None) => format!("42[\"{name}\"]"),
+        (Proto::Ws, a, id) => {
+            let mut f = format!("{{\"type\":\"{name}\"");
+            if let Some(a) = a {
+                f.push_str(&format!(",\"data\":{a}"));
+            }
+            if let Some(id) = id {
+                f.push_str(&format!(",\"requestId\":{id}"));
+            }
+            f.push('}');
+            f
+        }
+    }
+}
+
 static T0: OnceLock<Instant> = OnceLock::new();
 
 /// Microseconds since the start of this process: the clock of every timestamp we send and check.
@@ -92,6 +130,15 @@ pub async fn open(server: SocketAddr, src: Ipv4Addr, token: &str, cfg: WebSocket
     sock.bind(SocketAddr::new(src.into(), 0)).context("bind")?;
     let tcp = sock.connect(server).await.context("connect")?;
     tcp.set_nodelay(true)?;
+    if proto() == Proto::Ws {
+        let url = format!("ws://{server}/ws?token={token}");
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(cfg)).await.context("upgrade")?;
+        let hello = next_text(&mut ws).await?;
+        if !hello.contains("\"type\":\"connected\"") {
+            bail!("expected the connected frame, got {hello:.200}");
+        }
+        return Ok(ws);
+    }
     let url = format!("ws://{server}/socket.io/?EIO=4&transport=websocket");
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(cfg)).await.context("upgrade")?;
     let open = next_text(&mut ws).await?;
@@ -114,8 +161,11 @@ pub async fn open(server: SocketAddr, src: Ipv4Addr, token: &str, cfg: WebSocket
 /// Sends `42<id>[name, arg]` and waits (bounded) for `43<id>[...]`; other frames are skipped. Setup
 /// only (joins): the scenario's own traffic goes through [`run_client`].
 pub async fn call(ws: &mut Ws, id: u64, name: &str, arg: &str, limit: Duration) -> anyhow::Result<String> {
-    ws.send(Message::text(format!("42{id}[\"{name}\",{arg}]"))).await?;
-    let want = format!("43{id}[");
+    ws.send(Message::text(emit_frame(name, Some(arg), Some(id)))).await?;
+    let want = match proto() {
+        Proto::Sio => format!("43{id}["),
+        Proto::Ws => format!("{{\"type\":\"ack\",\"requestId\":{id},"),
+    };
     tokio::time::timeout(limit, async {
         loop {
             let t = next_text(ws).await?;
@@ -206,10 +256,20 @@ fn record_delivery(st: &SharedRef, b: &[u8], now: u64) {
     }
 }
 
-/// `43<id>[...]` -> an answered ack; its latency is recorded when it was a timed one.
+/// `43<id>[...]` (or a `/ws` answer with `"requestId":<id>`) -> an answered ack; its latency is
+/// recorded when it was a timed one.
 fn record_ack(st: &SharedRef, b: &[u8], now: u64) {
-    let (id, n) = digits(&b[2..]);
-    let ok = find(&b[2 + n..], b"\"success\":false").is_none();
+    let (id, ok) = if b.starts_with(b"43") {
+        let (id, n) = digits(&b[2..]);
+        (id, find(&b[2 + n..], b"\"success\":false").is_none())
+    } else {
+        const KEY: &[u8] = b"\"requestId\":";
+        let Some(p) = find(b, KEY) else { return };
+        (
+            digits(&b[p + KEY.len()..]).0,
+            find(b, b"\"success\":false").is_none() && !b.starts_with(b"{\"type\":\"error\""),
+        )
+    };
     let mut s = st.borrow_mut();
     if let Some((t, step, timed)) = s.pending.remove(&id) {
         if let Some(step) = s.steps.get_mut(step) {
@@ -250,9 +310,9 @@ pub async fn run_client(mut ws: Ws, mut out: mpsc::UnboundedReceiver<String>, st
                         if ws.send(Message::text("3")).await.is_err() {
                             break;
                         }
-                    } else if b.starts_with(b"42[\"new-message\"") {
+                    } else if b.starts_with(b"42[\"new-message\"") || b.starts_with(b"{\"type\":\"new-message\"") {
                         record_delivery(&st, b, now_us());
-                    } else if b.starts_with(b"43") {
+                    } else if b.starts_with(b"43") || (b.starts_with(b"{") && find(b, b"\"requestId\":").is_some()) {
                         record_ack(&st, b, now_us());
                     } else if b.starts_with(b"41") || b == b"1" {
                         break;

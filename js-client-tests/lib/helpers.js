@@ -333,3 +333,183 @@ export function nextWhere(socket, event, pred, ms = 5000) {
     socket.on(event, on);
   });
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Plain WebSocket endpoint `/ws` (SPEC §10) and TLS (SPEC §11).
+
+/** The `/ws` URL of a gateway base URL (`http://h:p` → `ws://h:p/ws`, `https` → `wss`), with `query`. */
+export function wsUrl(base, query = {}) {
+  const u = new URL(/^wss?:/.test(base) ? base : base.replace(/^http/, 'ws'));
+  if (u.pathname === '/' || u.pathname === '') u.pathname = '/ws';
+  for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== null) u.searchParams.set(k, String(v));
+  return u.toString();
+}
+
+let wsReqSeq = 0;
+
+/**
+ * A `ws` client of `/ws`. `url`: the gateway base URL (or a full ws(s):// URL). Token sources: `token`
+ * (query), `header` (Authorization: Bearer), `protocol` (subprotocol `token-<jwt>`); `protocols` replaces
+ * the subprotocol list, `headers` adds upgrade headers, `query` adds query parameters, `options` goes to
+ * `new WebSocket` (e.g. `{autoPong:false}`, `{ca}`). With `hello` (the default) it resolves once the
+ * `connected` frame arrived (`conn.hello`); with `hello:false` once the socket is open.
+ *
+ * Returns {ws, frames, hello, next(pred, ms), none(pred, ms), send(obj), sendRaw(data), request(type, data,
+ * extra, ms), answers(id), closed, close(), isOpen(), pings}. `frames` holds every text frame parsed
+ * (`{raw}` when not JSON, `{binary}` for binary frames). `next` resolves with the first frame not yet taken
+ * by an earlier `next`/`request` that matches `pred` (a function, or a string compared with `type`).
+ * `closed` resolves with {code, reason, at}.
+ */
+export async function wsConnect(url, { token: tok, header, protocol, protocols, headers = {}, query = {}, options = {},
+  hello = true, helloMs = 10000 } = {}) {
+  const { default: WebSocket } = await import('ws');
+  const target = wsUrl(url, { ...query, ...(tok !== undefined ? { token: tok } : {}) });
+  const hdrs = { ...headers };
+  if (header !== undefined) hdrs.Authorization = `Bearer ${header}`;
+  const protos = protocols ?? (protocol !== undefined ? [`token-${protocol}`] : undefined);
+  const ws = protos ? new WebSocket(target, protos, { headers: hdrs, ...options }) : new WebSocket(target, { headers: hdrs, ...options });
+  const frames = [];
+  const taken = new Set();
+  const waiters = new Set();
+  const errors = [];
+  const byId = new Map();
+  let pings = 0;
+  ws.on('ping', () => { pings++; });
+  ws.on('message', (data, isBinary) => {
+    let f;
+    if (isBinary) f = { binary: data };
+    else {
+      const text = data.toString();
+      try { f = JSON.parse(text); } catch { f = { raw: text }; }
+      if (f === null || typeof f !== 'object') f = { raw: text, value: f };
+    }
+    frames.push(f);
+    if ('requestId' in f) {
+      const key = JSON.stringify(f.requestId);
+      if (!byId.has(key)) byId.set(key, []);
+      byId.get(key).push(f);
+    }
+    for (const w of [...waiters]) w();
+  });
+  ws.on('error', (e) => { errors.push(e); });
+  const closed = new Promise((resolve) => {
+    ws.once('close', (code, reason) => {
+      resolve({ code, reason: reason.toString(), at: Date.now() });
+      for (const w of [...waiters]) w();
+    });
+  });
+  await new Promise((resolve, reject) => {
+    const onOpen = () => { ws.off('error', onErr); resolve(); };
+    const onErr = (e) => { ws.off('open', onOpen); reject(e); };
+    ws.once('open', onOpen);
+    ws.once('error', onErr);
+  });
+  const match = (pred) => (typeof pred === 'function' ? pred : (f) => f.type === pred);
+  const show = () => frames.slice(-6).map((f) => JSON.stringify(f).slice(0, 300)).join('\n  ');
+  const next = (pred, ms = 5000) => {
+    const p = match(pred);
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        for (let i = 0; i < frames.length; i++) {
+          if (taken.has(i) || !p(frames[i])) continue;
+          taken.add(i);
+          waiters.delete(check);
+          clearTimeout(timer);
+          resolve(frames[i]);
+          return;
+        }
+      };
+      const timer = setTimeout(() => {
+        waiters.delete(check);
+        reject(new Error(`/ws: no matching frame within ${ms} ms (${typeof pred === 'string' ? pred : 'predicate'}; ` +
+          `readyState ${ws.readyState}); last frames:\n  ${show()}`));
+      }, ms);
+      waiters.add(check);
+      check();
+    });
+  };
+  const conn = {
+    ws,
+    frames,
+    errors,
+    get pings() { return pings; },
+    hello: null,
+    closed,
+    next,
+    /** Waits `ms` and resolves with the untaken frames matching `pred` that arrived meanwhile (or before). */
+    async none(pred, ms = 500) {
+      await new Promise((r) => setTimeout(r, ms));
+      const p = match(pred);
+      return frames.filter((f, i) => !taken.has(i) && p(f));
+    },
+    send(obj) { ws.send(JSON.stringify(obj)); },
+    sendRaw(data) { ws.send(data); },
+    /** Sends `{type, data?, requestId, ...extra}`; resolves with the first frame carrying that requestId. */
+    request(type, data, extra = {}, ms = 5000) {
+      const requestId = extra.requestId ?? `r${process.pid}-${++wsReqSeq}`;
+      const msg = { type, requestId, ...extra };
+      if (data !== undefined) msg.data = data;
+      ws.send(JSON.stringify(msg));
+      return next((f) => f.requestId === requestId, ms);
+    },
+    /** The frames carrying `requestId` (deep-equal, so ids of any type can be counted). */
+    answers(requestId) {
+      return byId.get(JSON.stringify(requestId)) ?? [];
+    },
+    isOpen() { return ws.readyState === 1; },
+    close(code, reason) { if (ws.readyState <= 1) ws.close(code, reason); return closed; },
+    /** Drops the TCP connection without a close frame. */
+    terminate() { ws.terminate(); return closed; },
+  };
+  if (hello) {
+    try {
+      conn.hello = await next('connected', helloMs);
+    } catch (e) {
+      ws.terminate();
+      throw e;
+    }
+  }
+  return conn;
+}
+
+/** A login function for one test: `/ws` connections (query token) closed when the test ends. */
+export function wsClients(t, g) {
+  const open = [];
+  t.after(() => { for (const c of open) c.terminate(); });
+  const fn = async (userId, { role = 'user', via = 'token', claims, ...opts } = {}) => {
+    const jwt = userId === null ? undefined : token(userId, { role, ...(claims ? { claims } : {}) });
+    const c = await wsConnect(g.url, { ...(jwt ? { [via]: jwt } : {}), ...opts });
+    open.push(c);
+    return c;
+  };
+  /** Registers a connection made elsewhere so that it is closed at the end of the test. */
+  fn.track = (c) => { open.push(c); return c; };
+  return fn;
+}
+
+/** Resolves after `ms` (only for bounded "nothing happens" windows, never as synchronisation). */
+export const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Runs `realtime-gateway self-signed --out <dir> --host <host>`; resolves with {dir, cert, key} (paths). */
+export async function selfSigned(host = 'localhost') {
+  const { mkdtempSync, existsSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { execFile } = await import('node:child_process');
+  const dir = mkdtempSync(path.join(tmpdir(), 'rtg-tls-'));
+  await new Promise((resolve, reject) => {
+    execFile(BIN, ['self-signed', '--out', dir, '--host', host], { timeout: 30000, env: { PATH: process.env.PATH } },
+      (err, stdout, stderr) => (err ? reject(new Error(`self-signed failed: ${err.message}\n${stdout}${stderr}`)) : resolve()));
+  });
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  if (!existsSync(cert) || !existsSync(key)) throw new Error(`self-signed wrote no cert.pem/key.pem in ${dir}`);
+  return { dir, cert, key };
+}
+
+/** The TLS port a gateway logged (`"tls_addr":"127.0.0.1:PORT"`, LOG_FORMAT=json). */
+export async function tlsPort(g, ms = 10000) {
+  return until(() => {
+    const m = g.logs().match(/"tls_addr":"[^"]*:(\d+)"/);
+    return m ? Number(m[1]) : null;
+  }, ms, 'the tls_addr log line');
+}

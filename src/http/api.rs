@@ -166,7 +166,10 @@ pub async fn disconnect_user(
         return Err(bad_request("invalid userId"));
     }
     let room = names::user(&user_id);
-    let n = api.state.hub.disconnect(&room).await.map_err(internal)?;
+    // The store counts the user's clients on every node and transport; the hub's count covers the
+    // clients it reached directly (and stands in while Redis is away).
+    let counted = api.state.store.sockets_of(&user_id).await.unwrap_or(0) as usize;
+    let n = api.state.hub.disconnect(&room).await.map_err(internal)?.max(counted);
     tracing::info!(user_id, disconnected = n, "user disconnected by the API");
     Ok(Json(json!({ "success": true, "disconnected": n })))
 }

@@ -18,12 +18,12 @@ pub struct Inbound {
 /// Parses a text frame; the error is the `INVALID_PAYLOAD` answer's message.
 pub fn parse(text: &str) -> Result<Inbound, (&'static str, Option<Value>)> {
     let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(text) else {
-        return Err(("Invalid JSON: a frame is a JSON object", None));
+        return Err(("Invalid JSON", None));
     };
     let request_id = map.remove("requestId").filter(|v| !v.is_null());
     let kind = match map.remove("type").filter(|v| !v.is_null()).or_else(|| map.remove("event")) {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => s,
-        _ => return Err(("Missing type: a frame needs a string \"type\"", request_id)),
+        _ => return Err(("Missing type", request_id)),
     };
     let data = map.remove("data").filter(|v| !v.is_null()).or_else(|| map.remove("payload")).unwrap_or(Value::Null);
     let channel = match map.remove("channel") {

@@ -43,10 +43,6 @@ pub fn router(front: WsFront) -> axum::Router {
 /// The token of an upgrade: query `token`, `Authorization: Bearer`, or the subprotocol `token-<jwt>`
 /// (returned so that the answer selects it, as browsers require).
 fn upgrade_token(parts: &Parts) -> (Option<String>, Option<String>) {
-    let header = parts.headers.get("authorization").and_then(|h| h.to_str().ok());
-    if let Some(t) = crate::auth::find_token(None, parts.uri.query(), header) {
-        return (Some(t.into_owned()), None);
-    }
     let protocol = parts
         .headers
         .get_all("sec-websocket-protocol")
@@ -54,9 +50,16 @@ fn upgrade_token(parts: &Parts) -> (Option<String>, Option<String>) {
         .filter_map(|h| h.to_str().ok())
         .flat_map(|h| h.split(','))
         .map(str::trim)
-        .find(|p| p.starts_with("token-") && p.len() > 6);
+        .find(|p| p.starts_with("token-") && p.len() > 6)
+        .map(str::to_string);
+    let header = parts.headers.get("authorization").and_then(|h| h.to_str().ok());
+    // The offered subprotocol is answered even when a query or header token comes first: a browser
+    // fails a handshake whose answer selects none of the protocols it offered.
+    if let Some(t) = crate::auth::find_token(None, parts.uri.query(), header) {
+        return (Some(t.into_owned()), protocol);
+    }
     match protocol {
-        Some(p) => (Some(p["token-".len()..].to_string()), Some(p.to_string())),
+        Some(p) => (Some(p["token-".len()..].to_string()), Some(p)),
         None => (None, None),
     }
 }
@@ -128,6 +131,7 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
                 }
             }
             let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(close_msg(code, reason))).await;
+            drain(&mut socket).await;
             break;
         }
         tokio::select! {
@@ -136,6 +140,7 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
                 let (code, reason) = conn.killed().unwrap_or((1011, "Closed"));
                 // No flush: a slow consumer's queue is what we are dropping.
                 let _ = tokio::time::timeout(Duration::from_millis(200), socket.send(close_msg(code, reason))).await;
+                drain(&mut socket).await;
                 break;
             }
             out = rx.recv() => match out {
@@ -189,6 +194,20 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
     conn.set_closed();
     events::depart(&front.state, &*client, "transport close").await;
     front.clients.unregister(&conn);
+}
+
+/// After our close frame: reads (and drops) what the client still sends until its close frame, for
+/// a second at most. Closing a TCP connection with unread input resets it, and the client would see
+/// 1006 instead of our close code.
+async fn drain(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A read error: an oversized frame is closed with 1009; anything else ends the connection.
@@ -254,8 +273,13 @@ async fn on_text(
     let rid = f.request_id.as_ref();
     match f.kind.as_str() {
         "ping" => {
-            if let Err(out) = events::check_rate(&front.state, &**conn, &session) {
-                return answer_plain(conn, &f, out);
+            match events::check_rate(&front.state, &**conn, &session) {
+                Ok(()) => {}
+                Err(Outcome::Answer(Err(e))) => {
+                    let _ = conn.send_text(frames::error(&e, None, None, rid));
+                    return Next::Go;
+                }
+                Err(_) => return Next::Close(1008, "Rate limit exceeded"),
             }
             let _ = conn.send_text(frames::reply("pong", serde_json::Map::new(), rid));
             Next::Go
@@ -369,7 +393,7 @@ async fn authenticate(front: &WsFront, conn: &Arc<WsConn>, f: Inbound) -> Next {
                 Next::Go
             }
             Some(_) => {
-                let e = ApiError::forbidden("Cannot switch user on an authenticated connection");
+                let e = ApiError::forbidden("Cannot switch user");
                 let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, rid));
                 Next::Go
             }
