@@ -14,6 +14,8 @@ import statistics
 import sys
 
 SERVERS = ["gateway", "node", "raw"]
+# The gateway measured through its plain WebSocket endpoint /ws (issue 13).
+WS = "gwws"
 
 
 def load(d):
@@ -184,6 +186,12 @@ def tables(s):
             f'{g(s, "s1", "raw", "failures")} / {fmt(g(s, "s1", "raw", "connected"))}', "", "", "")
         row("", "idle CPU (% of a core)", fmt(g(s, "s1", "gateway", "idle_cpu_pct"), 1),
             fmt(g(s, "s1", "node", "idle_cpu_pct"), 1), fmt(g(s, "s1", "raw", "idle_cpu_pct"), 1), "", "", "")
+        ws = g(s, "s1", WS, "rss_per_conn_kib")
+        if ws is not None:
+            row("S1 /ws idle 10k", "RSS per /ws connection (KiB)", fmt(ws, 1), fmt(nd, 1), fmt(rw, 1), fmt(ratio(ws, nd), 2),
+                "≤ 6 KiB", verdict(ws <= 6))
+            row("", "failures / connected", f'{g(s, "s1", WS, "failures")} / {fmt(g(s, "s1", WS, "connected"))}',
+                "", "", "", "", "")
     if "s2" in s:
         gw, nd, rw = (g(s, "s2", x, "best_rate") for x in SERVERS)
         r = ratio(gw, nd)
@@ -195,6 +203,15 @@ def tables(s):
         row("", "server CPU µs per delivery at that rate", fmt(g(s, "s2", "gateway", "cpu_us_per_delivery_at_best"), 2),
             fmt(g(s, "s2", "node", "cpu_us_per_delivery_at_best"), 2),
             fmt(g(s, "s2", "raw", "cpu_us_per_delivery_at_best"), 2), "", "", "")
+        ws = g(s, "s2", WS, "best_rate")
+        if ws is not None:
+            r2 = ratio(ws, gw)
+            row("S2 /ws fan-out 1,000", "highest rate, p99 < 50 ms, no loss (msg/s)", fmt(ws), fmt(nd), fmt(rw),
+                fmt(ratio(ws, nd), 2), "≥ 2× the Socket.IO path (" + fmt(r2, 2) + "×)", verdict(None if r2 is None else r2 >= 2))
+            row("", "deliveries/s at that rate", fmt(g(s, "s2", WS, "best_deliveries_per_sec")), "", "", "", "", "")
+            row("", "p99 at that rate (ms)", fmt(g(s, "s2", WS, "p99_at_best_ms"), 1), "", "", "", "", "")
+            row("", "server CPU µs per delivery at that rate", fmt(g(s, "s2", WS, "cpu_us_per_delivery_at_best"), 2),
+                "", "", "", "", "")
         rr = ratio(rw, gw)
         row("raw limit", "raw rate / gateway rate", "", "", "", fmt(rr, 2), "gateway within 2× (≤ 2)",
             verdict(None if rr is None else rr <= 2))
@@ -281,9 +298,9 @@ def chart(s, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    colors = {"gateway": "tab:blue", "node": "tab:green", "raw": "tab:gray"}
-    names = {"gateway": "realtime-gateway", "node": "Node socket.io 4.8 (ws)", "raw": "raw tokio-tungstenite"}
-    for srv in SERVERS:
+    colors = {"gateway": "tab:blue", "gwws": "tab:orange", "node": "tab:green", "raw": "tab:gray"}
+    names = {"gateway": "realtime-gateway (Socket.IO)", "gwws": "realtime-gateway (/ws)", "node": "Node socket.io 4.8 (ws)", "raw": "raw tokio-tungstenite"}
+    for srv in SERVERS + [WS]:
         c = s.get("s2", {}).get(srv, {}).get("curve")
         if not c:
             continue

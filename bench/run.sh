@@ -4,7 +4,7 @@
 #
 #   bench/run.sh [s1|s2|s3|s4|s5|s6|all ...]     (default: all)
 #   RUNS=3           runs per scenario and server (the table shows the median)
-#   SERVERS="gateway node raw"   restrict the servers
+#   SERVERS="gateway gwws node raw"   restrict the servers (gwws: the gateway measured through /ws)
 #   NO_BUILD=1       use the binaries copied by an earlier run
 #
 # Loopback only (127.0.0.0/8). Every generator run is bounded by --max-secs, every server is stopped
@@ -15,7 +15,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 RUNS=${RUNS:-3}
-SERVERS=${SERVERS:-"gateway node raw"}
+SERVERS=${SERVERS:-"gateway gwws node raw"}
 SECRET="bench-secret-$$-$(date +%s)"
 BIN="$ROOT/target/rtg-bench-bin"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -100,7 +100,7 @@ wait_port() { # port
 start_server() {
   local kind=$1 port=$2 redis=${3:-} node_id=${4:-n1} logf="$OUT/server-$1-$2.log"
   case $kind in
-    gateway)
+    gateway|gwws)
       env -i PATH="$PATH" HOME="${HOME:-/root}" \
         PORT="$port" HOST=127.0.0.1 JWT_SECRET="$SECRET" ALLOW_ANONYMOUS=false \
         RATE_LIMIT_PER_SEC=1000000000 RATE_LIMIT_BURST=1000000000 CONNECT_RATE_PER_IP=0 \
@@ -171,12 +171,15 @@ S6_RATES=${S6_RATES:-2,5,10,15,20,25,30,40,50}
 
 one_run() { # scenario server run
   local sc=$1 srv=$2 run=$3 port file
+  # gwws: the same gateway, its clients on the plain WebSocket endpoint /ws.
+  local -a P=()
+  [ "$srv" = gwws ] && P=(--proto ws)
   next_port; port=$PORT
   file="$OUT/$sc-$srv-$run.json"
   case $sc in
     s1)
       start_server "$srv" "$port"
-      gen idle --server "127.0.0.1:$port" --pid "$SERVER_PID" --label "$srv" --clients 10000 \
+      gen idle "${P[@]}" --server "127.0.0.1:$port" --pid "$SERVER_PID" --label "$srv" --clients 10000 \
         --concurrency 200 --settle-secs 5 --idle-secs 5 --max-secs 120 --out "$file" >/dev/null || log "s1 $srv run $run failed"
       stop_pid "$SERVER_PID"
       ;;
@@ -188,7 +191,7 @@ one_run() { # scenario server run
       ;;
     s2)
       start_server "$srv" "$port"
-      gen fanout --server "127.0.0.1:$port" --pid "$SERVER_PID" --label "$srv" --clients 1000 \
+      gen fanout "${P[@]}" --server "127.0.0.1:$port" --pid "$SERVER_PID" --label "$srv" --clients 1000 \
         --concurrency 50 --rates "$S2_RATES" --step-secs 2 --drain-secs 2 --p99-limit-ms 50 --stop-after 2 \
         --max-secs 150 --out "$file" >/dev/null || log "s2 $srv run $run failed"
       stop_pid "$SERVER_PID"
@@ -226,7 +229,7 @@ one_run() { # scenario server run
 servers_for() { # scenario -> the servers it runs against
   local want
   case $1 in
-    s2|s1) want="gateway node raw" ;;
+    s2|s1) want="gateway gwws node raw" ;;
     *) want="gateway node" ;;
   esac
   for s in $want; do

@@ -4,7 +4,7 @@
 //! A connection costs one entry in `conns`, one per room in `rooms`, its [`WsConn`] and its task:
 //! no Engine.IO layer, no per-connection timer beyond the task's own.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use socketioxide::socket::Sid;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::client::{Client, Close, Link, SendError};
 use crate::hub::{Broadcast, Member, Transport};
@@ -33,7 +33,12 @@ pub enum Out {
 /// One `/ws` connection, as the registry and the core see it.
 pub struct WsConn {
     id: Sid,
-    tx: mpsc::Sender<Out>,
+    /// Frames waiting for the connection's task. A plain queue rather than a channel: an idle
+    /// connection's queue holds no allocation (a bounded channel allocates a block of slots up front).
+    queue: Mutex<VecDeque<Out>>,
+    cap: usize,
+    /// Something was queued.
+    pub wake: Notify,
     session: RwLock<Option<Arc<Session>>>,
     rooms: Mutex<Vec<String>>,
     clients: Arc<WsClients>,
@@ -44,19 +49,19 @@ pub struct WsConn {
 }
 
 impl WsConn {
-    pub fn new(clients: Arc<WsClients>, buffer: usize) -> (Arc<Self>, mpsc::Receiver<Out>) {
-        let (tx, rx) = mpsc::channel(buffer.max(1));
-        let conn = Arc::new(WsConn {
+    pub fn new(clients: Arc<WsClients>, buffer: usize) -> Arc<Self> {
+        Arc::new(WsConn {
             id: Sid::new(),
-            tx,
+            queue: Mutex::new(VecDeque::new()),
+            cap: buffer.max(1),
+            wake: Notify::new(),
             session: RwLock::new(None),
             rooms: Mutex::new(Vec::new()),
             clients,
             killed: Mutex::new(None),
             kill_signal: Notify::new(),
             open: AtomicBool::new(true),
-        });
-        (conn, rx)
+        })
     }
 
     pub fn set_session(&self, session: Arc<Session>) {
@@ -65,26 +70,41 @@ impl WsConn {
 
     /// Queues a frame; a full queue means the client does not read: it is closed.
     pub fn push(&self, frame: Utf8Bytes) -> Result<(), SendError> {
-        match self.tx.try_send(Out::Frame(frame)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        if !self.open.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= self.cap {
+                drop(q);
                 tracing::warn!(sid = %self.id, "slow consumer: buffer full, disconnecting");
                 self.kill(1008, "Slow consumer");
-                Err(SendError::Full)
+                return Err(SendError::Full);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            q.push_back(Out::Frame(frame));
         }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The next queued item; an emptied queue gives back its memory when it had grown.
+    pub fn pop(&self) -> Option<Out> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let item = q.pop_front();
+        if q.is_empty() && q.capacity() > 16 {
+            *q = VecDeque::new();
+        }
+        item
     }
 
     pub fn send_text(&self, text: String) -> Result<(), SendError> {
         self.push(Utf8Bytes::from(text))
     }
 
-    /// Closes after what is queued (or at once when the queue is full).
+    /// Closes after what is queued.
     pub fn close_after_queue(&self, code: u16, reason: &'static str) {
-        if self.tx.try_send(Out::Close(code, reason)).is_err() {
-            self.kill(code, reason);
-        }
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(Out::Close(code, reason));
+        self.wake.notify_one();
     }
 
     /// Closes at once.

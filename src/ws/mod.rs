@@ -92,40 +92,27 @@ fn close_msg(code: u16, reason: &'static str) -> Message {
 
 async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: Option<IpAddr>) {
     let cfg = &front.state.config;
-    let (conn, mut rx) = WsConn::new(front.clients.clone(), cfg.socket_buffer_packets as usize);
+    let conn = WsConn::new(front.clients.clone(), cfg.socket_buffer_packets as usize);
     front.clients.register(conn.clone());
-    let client: Client = conn.clone();
-
-    let first = match (&token, cfg.allow_anonymous) {
-        (None, false) => match events::check_ip(&front.state, &*client, ip) {
-            Ok(()) => Next::Go,
-            Err(e) => refused(&conn, &e),
-        },
-        (token, _) => match events::admit(&front.state, &*client, token.as_deref(), ip).await {
-            Ok(session) => {
-                conn.set_session(session);
-                welcome(&front, &conn, None).await;
-                Next::Go
-            }
-            Err(e) => refused(&conn, &e),
-        },
-    };
+    // What is awaited once (admission, departure) is boxed: the connection's future stays small
+    // for as long as it is idle.
+    let mut next = Box::pin(admit(&front, &conn, token, ip)).await;
 
     let ping_every = cfg.ping_interval();
     let idle = Duration::from_millis(cfg.ws_idle_timeout_ms.max(1));
-    let tick_every = ping_every.min(idle / 4).max(Duration::from_millis(50));
+    let auth_within = Duration::from_millis(cfg.ws_auth_timeout_ms);
+    // One timer per connection: pings, the idle check and the authentication deadline.
+    let tick_every = ping_every.min(idle / 4).min(auth_within / 4).max(Duration::from_millis(25));
     let mut tick = tokio::time::interval_at(Instant::now() + tick_every, tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let auth_deadline = tokio::time::sleep(Duration::from_millis(cfg.ws_auth_timeout_ms));
-    tokio::pin!(auth_deadline);
-    let mut last_seen = Instant::now();
-    let mut last_ping = Instant::now();
-    let mut next = first;
+    let opened = Instant::now();
+    let mut last_seen = opened;
+    let mut last_ping = opened;
 
     loop {
         if let Next::Close(code, reason) = next {
             // Flush what is queued (the error frame that explains the close), then close.
-            while let Ok(Out::Frame(f)) = rx.try_recv() {
+            while let Some(Out::Frame(f)) = conn.pop() {
                 if socket.send(Message::Text(f)).await.is_err() {
                     break;
                 }
@@ -143,24 +130,35 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
                 drain(&mut socket).await;
                 break;
             }
-            out = rx.recv() => match out {
-                Some(Out::Frame(f)) => {
-                    let sent = tokio::select! {
-                        r = socket.send(Message::Text(f)) => r.is_ok(),
-                        _ = conn.kill_signal.notified() => false,
-                    };
-                    if !sent {
-                        break;
+            _ = conn.wake.notified() => {
+                let mut gone = false;
+                while let Some(out) = conn.pop() {
+                    match out {
+                        Out::Frame(f) => {
+                            let sent = tokio::select! {
+                                r = socket.send(Message::Text(f)) => r.is_ok(),
+                                _ = conn.kill_signal.notified() => false,
+                            };
+                            if !sent {
+                                gone = true;
+                                break;
+                            }
+                        }
+                        Out::Close(code, reason) => {
+                            next = Next::Close(code, reason);
+                            break;
+                        }
                     }
                 }
-                Some(Out::Close(code, reason)) => next = Next::Close(code, reason),
-                None => break,
-            },
+                if gone {
+                    break;
+                }
+            }
             msg = socket.recv() => {
                 last_seen = Instant::now();
                 match msg {
                     Some(Ok(Message::Text(text))) => {
-                        next = Box::pin(on_text(&front, &conn, text.as_str(), &mut auth_deadline)).await;
+                        next = Box::pin(on_text(&front, &conn, text.as_str())).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let e = ApiError::invalid("Binary frames are not supported: send JSON text");
@@ -177,7 +175,9 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
                 }
             }
             _ = tick.tick() => {
-                if last_seen.elapsed() >= idle {
+                if conn.session().is_none() && opened.elapsed() >= auth_within {
+                    next = Next::Close(4001, "Authentication timeout");
+                } else if last_seen.elapsed() >= idle {
                     next = Next::Close(4002, "Idle timeout");
                 } else if last_ping.elapsed() >= ping_every {
                     last_ping = Instant::now();
@@ -186,14 +186,31 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
                     }
                 }
             }
-            _ = &mut auth_deadline, if conn.session().is_none() => {
-                next = Next::Close(4001, "Authentication timeout");
-            }
         }
     }
     conn.set_closed();
-    events::depart(&front.state, &*client, "transport close").await;
+    let client: Client = conn.clone();
+    Box::pin(events::depart(&front.state, &*client, "transport close")).await;
     front.clients.unregister(&conn);
+}
+
+/// Admission at the upgrade: a token (or anonymous access) gets its `connected` frame; without
+/// either, the client has `WS_AUTH_TIMEOUT_MS` to authenticate in-band.
+async fn admit(front: &WsFront, conn: &Arc<WsConn>, token: Option<String>, ip: Option<IpAddr>) -> Next {
+    match (&token, front.state.config.allow_anonymous) {
+        (None, false) => match events::check_ip(&front.state, &**conn, ip) {
+            Ok(()) => Next::Go,
+            Err(e) => refused(conn, &e),
+        },
+        (token, _) => match events::admit(&front.state, &**conn, token.as_deref(), ip).await {
+            Ok(session) => {
+                conn.set_session(session);
+                welcome(front, conn, None).await;
+                Next::Go
+            }
+            Err(e) => refused(conn, &e),
+        },
+    }
 }
 
 /// After our close frame: reads (and drops) what the client still sends until its close frame, for
@@ -249,12 +266,7 @@ async fn welcome(front: &WsFront, conn: &Arc<WsConn>, request_id: Option<&Value>
     }
 }
 
-async fn on_text(
-    front: &WsFront,
-    conn: &Arc<WsConn>,
-    text: &str,
-    _auth_deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
-) -> Next {
+async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
     let f = match frames::parse(text) {
         Ok(f) => f,
         Err((message, request_id)) => {
