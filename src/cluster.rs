@@ -48,7 +48,7 @@ pub fn spawn_heartbeat(state: AppState, on_gone: OnNodeGone) -> Option<tokio::ta
             // The liveness key's previous value: missing when this is the first beat, when the
             // node was away longer than its lifetime, or when Redis lost its data (a restart
             // without persistence). Each of those needs this node's presence written again.
-            let beat: redis::RedisResult<(Option<String>,)> = redis::pipe()
+            let beat: redis::RedisResult<(Option<String>, usize)> = redis::pipe()
                 .cmd("SET")
                 .arg(key(&state, &["node", &state.node_id]))
                 .arg(1)
@@ -63,10 +63,16 @@ pub fn spawn_heartbeat(state: AppState, on_gone: OnNodeGone) -> Option<tokio::ta
                     NODE_LIVENESS_MS / 1000,
                 )
                 .ignore()
+                .hlen(key(&state, &["nodes"]))
                 .query_async(&mut conn)
                 .await;
             redis.set_up(beat.is_ok());
-            let lost = matches!(&beat, Ok((None,)));
+            if let Ok((_, nodes)) = &beat {
+                // The other nodes (dead ones not reaped yet included): how many answers a question
+                // to every node waits for (the `/ws` bus).
+                state.peers.store(nodes.saturating_sub(1), std::sync::atomic::Ordering::Relaxed);
+            }
+            let lost = matches!(&beat, Ok((None, _)));
             if beat.is_ok() && (!was_up || lost) {
                 // First beat, Redis is back, or it forgot this node: make presence match this
                 // node's live sockets.

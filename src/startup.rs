@@ -119,7 +119,12 @@ fn assemble<A: Adapter>(
     tls: Option<(TcpListener, Arc<crate::tls::Certs>)>,
 ) -> Gateway {
     // The hub's transports: Socket.IO (crossing nodes through the adapter) and `/ws` (through the bus).
-    let ws = WsClients::new(state.redis.clone(), crate::ingress::bus_channel(&state), state.node_id.clone());
+    let ws = WsClients::new(
+        state.redis.clone(),
+        crate::ingress::bus_channel(&state),
+        state.node_id.clone(),
+        state.peers.clone(),
+    );
     state.hub.install(vec![Arc::new(SioTransport { io: io.clone() }), Arc::new(WsTransport(ws.clone()))]);
     let mut tasks = vec![crate::events::spawn_expiry_sweeper(state.clone())];
     let timer_state = state.clone();

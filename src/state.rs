@@ -44,6 +44,8 @@ pub struct Inner {
     pub typing: Mutex<HashMap<(String, String), Instant>>,
     /// The delivery path to every connected client, on every transport and node.
     pub hub: crate::hub::Hub,
+    /// How many other nodes the cluster has (from the heartbeat); 0 without Redis.
+    pub peers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Deref for AppState {
@@ -80,6 +82,7 @@ impl AppState {
             connect_limiter,
             typing: Mutex::new(HashMap::new()),
             hub: crate::hub::Hub::default(),
+            peers: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }))
     }
 }

@@ -201,3 +201,26 @@ test('cluster counts: /api/stats on A counts /ws on B; the per-user cap spans no
   await until(() => !s2.socket.connected, 5000, 'the Socket.IO socket on B disconnected');
   assert.deepEqual(r.body, { success: true, disconnected: 4 }, 'each of the 4 connections counted, /ws on B included');
 });
+
+test('room members across nodes and transports: a /ws member on node B is listed to a Socket.IO joiner on A, and the other way round; user-left only when the last device leaves', async (t) => {
+  const p = pool(t);
+  const room = uniq('wc-members');
+  const w = await p.ws(B, 'wm-ws');
+  assert.equal((await w.request('join-room', room)).data.success, true);
+  const { socket: s } = await p.sio(A, 'wm-sio');
+  const joined = w.next((f) => f.type === 'user-joined' && f.data.userId === 'wm-sio');
+  const ack = await request(s, 'join-room', room);
+  assert.equal(ack.success, true);
+  assert.deepEqual(ack.members.map((m) => m.userId).sort(), ['wm-sio', 'wm-ws'], 'the /ws member on the other node is listed');
+  await joined;
+  // A second /ws client of the Socket.IO user, on B: no second user-joined, and listed once.
+  const w2 = await p.ws(B, 'wm-sio');
+  const ack2 = await w2.request('join-room', room);
+  assert.deepEqual(ack2.data.members.map((m) => m.userId).sort(), ['wm-sio', 'wm-ws']);
+  // The Socket.IO socket leaves: the user is still in the room on B, so nobody hears user-left.
+  assert.equal((await request(s, 'leave-room', room)).success, true);
+  await w2.request('leave-room', room);
+  const left = await w.next((f) => f.type === 'user-left' && f.data.userId === 'wm-sio');
+  assert.equal(left.data.roomId, room);
+  assert.equal(w.frames.filter((f) => f.type === 'user-left').length, 1, 'user-left once, after the last device left');
+});

@@ -5,7 +5,7 @@
 //! no Engine.IO layer, no per-connection timer beyond the task's own.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub struct WsConn {
     killed: Mutex<Option<(u16, &'static str)>>,
     pub kill_signal: Notify,
     open: AtomicBool,
+    /// The client sends `payload` (not `data`): its server frames carry `payload` too.
+    payload_style: AtomicBool,
 }
 
 impl WsConn {
@@ -61,6 +63,7 @@ impl WsConn {
             killed: Mutex::new(None),
             kill_signal: Notify::new(),
             open: AtomicBool::new(true),
+            payload_style: AtomicBool::new(false),
         })
     }
 
@@ -120,6 +123,14 @@ impl WsConn {
         *self.killed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn set_payload_style(&self) {
+        self.payload_style.store(true, Ordering::Relaxed);
+    }
+
+    pub fn payload_style(&self) -> bool {
+        self.payload_style.load(Ordering::Relaxed)
+    }
+
     pub fn set_closed(&self) {
         self.open.store(false, Ordering::Release);
     }
@@ -151,7 +162,7 @@ impl Link for WsConn {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
     fn emit(&self, event: &str, data: &Value) -> Result<(), SendError> {
-        self.send_text(frames::event(event, data))
+        self.send_text(frames::event(event, data, self.payload_style()))
     }
     fn emit_confirmed<'a>(&'a self, event: &'a str, data: &'a Value, _timeout: Duration) -> BoxFuture<'a, bool> {
         // No client acks on `/ws`: queued is handed over.
@@ -177,10 +188,44 @@ impl Link for WsConn {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum BusOp {
-    Emit { node: String, b: Broadcast },
-    Leave { node: String, rooms: Vec<String> },
-    Disconnect { node: String, room: String },
+    Emit {
+        node: String,
+        b: Broadcast,
+    },
+    Leave {
+        node: String,
+        rooms: Vec<String>,
+    },
+    Disconnect {
+        node: String,
+        room: String,
+    },
+    /// Which of your `/ws` clients are in `room` (and, with `rooms`, what rooms they are in)?
+    Ask {
+        node: String,
+        req: u64,
+        room: String,
+        rooms: bool,
+    },
+    /// The answer to `node`'s question `req`.
+    Answer {
+        node: String,
+        to: String,
+        req: u64,
+        members: Vec<Remote>,
+    },
 }
+
+/// A `/ws` client of another node, as its node describes it.
+#[derive(Serialize, Deserialize, Default)]
+struct Remote {
+    id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rooms: Vec<String>,
+}
+
+/// How long a question to the other nodes waits for their answers.
+const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// This node's `/ws` connections and their rooms.
 pub struct WsClients {
@@ -189,11 +234,64 @@ pub struct WsClients {
     redis: Option<Arc<RedisLink>>,
     bus: String,
     node_id: String,
+    /// The other nodes: how many answers a question waits for.
+    peers: Arc<AtomicUsize>,
+    /// Questions waiting for answers: request id → where the answers go.
+    asked: Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<Vec<Remote>>>>,
+    next_req: AtomicU64,
 }
 
 impl WsClients {
-    pub fn new(redis: Option<Arc<RedisLink>>, bus: String, node_id: String) -> Arc<Self> {
-        Arc::new(WsClients { conns: RwLock::default(), rooms: RwLock::default(), redis, bus, node_id })
+    pub fn new(redis: Option<Arc<RedisLink>>, bus: String, node_id: String, peers: Arc<AtomicUsize>) -> Arc<Self> {
+        Arc::new(WsClients {
+            conns: RwLock::default(),
+            rooms: RwLock::default(),
+            redis,
+            bus,
+            node_id,
+            peers,
+            asked: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+        })
+    }
+
+    /// Asks every other node for its `/ws` clients in `room` (with their rooms when `rooms`), and
+    /// waits for the answers (at most [`ASK_TIMEOUT`]; a node that does not answer is left out).
+    async fn ask(&self, room: &str, rooms: bool) -> Vec<Remote> {
+        let peers = self.peers.load(Ordering::Relaxed);
+        if peers == 0 || self.redis.as_ref().is_none_or(|r| r.is_down()) {
+            return Vec::new();
+        }
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.asked.lock().unwrap_or_else(|e| e.into_inner()).insert(req, tx);
+        self.publish(&BusOp::Ask { node: self.node_id.clone(), req, room: room.to_string(), rooms }).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(ASK_TIMEOUT, async {
+            for _ in 0..peers {
+                match rx.recv().await {
+                    Some(members) => out.extend(members),
+                    None => break,
+                }
+            }
+        })
+        .await;
+        self.asked.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
+        out
+    }
+
+    /// This node's answer to another node's question.
+    fn answer(self: &Arc<Self>, to: String, req: u64, room: &str, rooms: bool) {
+        let members = self
+            .in_rooms(&[room.to_string()])
+            .into_iter()
+            .filter(|c| c.session().is_some())
+            .map(|c| Remote { id: c.id.to_string(), rooms: if rooms { c.rooms() } else { Vec::new() } })
+            .collect();
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.publish(&BusOp::Answer { node: me.node_id.clone(), to, req, members }).await;
+        });
     }
 
     pub fn register(&self, conn: Arc<WsConn>) {
@@ -256,6 +354,15 @@ impl WsClients {
                     out.push(c.clone());
                 }
             }
+        } else if let [room] = b.rooms.as_slice() {
+            // One room: its members are distinct already.
+            for id in index.get(room).into_iter().flatten() {
+                if !excluded(id) {
+                    if let Some(c) = conns.get(id) {
+                        out.push(c.clone());
+                    }
+                }
+            }
         } else {
             let mut seen: HashSet<Sid> = HashSet::new();
             for room in &b.rooms {
@@ -276,8 +383,12 @@ impl WsClients {
         if targets.is_empty() {
             return;
         }
-        let frame = Utf8Bytes::from(frames::event(&b.event, &b.data));
+        // Built once per envelope style, and only when someone speaks it.
+        let (mut plain, mut with_payload): (Option<Utf8Bytes>, Option<Utf8Bytes>) = (None, None);
         for c in targets {
+            let style = c.payload_style();
+            let slot = if style { &mut with_payload } else { &mut plain };
+            let frame = slot.get_or_insert_with(|| Utf8Bytes::from(frames::event(&b.event, &b.data, style)));
             let _ = c.push(frame.clone());
         }
     }
@@ -346,6 +457,14 @@ impl Transport for WsTransport {
             Ok(BusOp::Disconnect { node, room }) if node != self.0.node_id => {
                 self.0.disconnect_local(&room);
             }
+            Ok(BusOp::Ask { node, req, room, rooms }) if node != self.0.node_id => {
+                self.0.answer(node, req, &room, rooms);
+            }
+            Ok(BusOp::Answer { to, req, members, .. }) if to == self.0.node_id => {
+                if let Some(tx) = self.0.asked.lock().unwrap_or_else(|e| e.into_inner()).get(&req) {
+                    let _ = tx.send(members);
+                }
+            }
             Ok(_) => {}
             Err(e) => tracing::debug!("ws bus: unreadable message: {e}"),
         }
@@ -360,19 +479,31 @@ impl Transport for WsTransport {
         self.0.all().into_iter().filter(|c| c.session().is_some()).map(|c| c as Client).collect()
     }
 
-    /// This node's members only: the other nodes' `/ws` clients are not listed (see docs/scaling.md).
+    /// This node's members, then the other nodes' (asked on the bus; their sessions are not known
+    /// here: the caller finds their users in the store).
     fn members<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Vec<Member>> {
         Box::pin(async move {
-            self.0
+            let mut out: Vec<Member> = self
+                .0
                 .in_rooms(&[room.to_string()])
                 .into_iter()
-                .map(|c| Member { id: c.id, session: c.session() })
-                .collect()
+                .filter_map(|c| c.session().map(|s| Member { id: c.id, session: Some(s) }))
+                .collect();
+            for r in self.0.ask(room, false).await {
+                if let Ok(id) = r.id.parse::<Sid>() {
+                    out.push(Member { id, session: None });
+                }
+            }
+            out
         })
     }
 
     fn rooms_of_members<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Vec<String>> {
-        Box::pin(async move { self.0.in_rooms(&[room.to_string()]).iter().flat_map(|c| c.rooms()).collect() })
+        Box::pin(async move {
+            let mut out: Vec<String> = self.0.in_rooms(&[room.to_string()]).iter().flat_map(|c| c.rooms()).collect();
+            out.extend(self.0.ask(room, true).await.into_iter().flat_map(|r| r.rooms));
+            out
+        })
     }
 
     fn leave_all<'a>(&'a self, rooms: &'a [String]) -> BoxFuture<'a, ()> {

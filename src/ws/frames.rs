@@ -8,6 +8,8 @@ use crate::error::{ApiError, Code};
 
 /// A client frame: `{type|event, data|payload, requestId?, channel?, token?}`.
 pub struct Inbound {
+    /// The client sent `payload` rather than `data`: it speaks the `{type, payload}` envelope.
+    pub payload_style: bool,
     pub kind: String,
     pub data: Value,
     pub request_id: Option<Value>,
@@ -25,7 +27,17 @@ pub fn parse(text: &str) -> Result<Inbound, (&'static str, Option<Value>)> {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => s,
         _ => return Err(("Missing type", request_id)),
     };
-    let data = map.remove("data").filter(|v| !v.is_null()).or_else(|| map.remove("payload")).unwrap_or(Value::Null);
+    let mut payload_style = false;
+    let data = match map.remove("data").filter(|v| !v.is_null()) {
+        Some(d) => d,
+        None => match map.remove("payload") {
+            Some(p) => {
+                payload_style = true;
+                p
+            }
+            None => Value::Null,
+        },
+    };
     let channel = match map.remove("channel") {
         Some(Value::String(s)) => Some(s),
         _ => None,
@@ -34,7 +46,7 @@ pub fn parse(text: &str) -> Result<Inbound, (&'static str, Option<Value>)> {
         Some(Value::String(s)) => Some(s),
         _ => None,
     };
-    Ok(Inbound { kind, data, request_id, channel, token })
+    Ok(Inbound { payload_style, kind, data, request_id, channel, token })
 }
 
 /// `{type:"error", message, code, event?, channel?, requestId?, timestamp}`.
@@ -76,9 +88,9 @@ pub fn reply(kind: &str, mut fields: serde_json::Map<String, Value>, request_id:
     to_json(&Value::Object(fields))
 }
 
-/// The answer to a generic request with a `requestId`: `{type:"ack", requestId, data, payload, timestamp}`
-/// (`payload` repeats `data` for clients of the `{type, payload, requestId}` envelope).
-pub fn ack(request_id: &Value, data: &Value) -> String {
+/// The answer to a generic request with a `requestId`: `{type:"ack", requestId, data, timestamp}`;
+/// `payload` repeats `data` for a client that speaks the `{type, payload, requestId}` envelope.
+pub fn ack(request_id: &Value, data: &Value, with_payload: bool) -> String {
     let raw = raw(data);
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
@@ -87,15 +99,18 @@ pub fn ack(request_id: &Value, data: &Value) -> String {
         kind: &'static str,
         request_id: &'a Value,
         data: &'a RawValue,
-        payload: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<&'a RawValue>,
         timestamp: String,
     }
-    to_json(&Ack { kind: "ack", request_id, data: &raw, payload: &raw, timestamp: crate::iso_now() })
+    let payload = with_payload.then_some(&*raw);
+    to_json(&Ack { kind: "ack", request_id, data: &raw, payload, timestamp: crate::iso_now() })
 }
 
-/// A server event: `{type:<event>, data, payload, timestamp}`; a channel delivery (the Socket.IO
-/// `event` envelope `{channel, data, timestamp}`) becomes `{type:"event", channel, data, timestamp}`.
-pub fn event(event: &str, data: &Value) -> String {
+/// A server event: `{type:<event>, data, timestamp}` (and `payload`, a copy of `data`, for a client of
+/// the `{type, payload}` envelope); a channel delivery (the Socket.IO `event` envelope `{channel, data,
+/// timestamp}`) becomes `{type:"event", channel, data, timestamp}`.
+pub fn event(event: &str, data: &Value, with_payload: bool) -> String {
     if event == "event" {
         if let Some(channel) = data.get("channel").and_then(Value::as_str) {
             let mut fields = serde_json::Map::new();
@@ -115,10 +130,12 @@ pub fn event(event: &str, data: &Value) -> String {
         #[serde(rename = "type")]
         kind: &'a str,
         data: &'a RawValue,
-        payload: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<&'a RawValue>,
         timestamp: String,
     }
-    to_json(&Event { kind: event, data: &raw, payload: &raw, timestamp: crate::iso_now() })
+    let payload = with_payload.then_some(&*raw);
+    to_json(&Event { kind: event, data: &raw, payload, timestamp: crate::iso_now() })
 }
 
 fn raw(v: &Value) -> Box<RawValue> {
@@ -154,14 +171,16 @@ mod tests {
     #[test]
     fn channel_deliveries_are_flat() {
         let env = serde_json::json!({"channel": "apps:created", "data": {"id": 1}, "timestamp": "t"});
-        let v: Value = serde_json::from_str(&event("event", &env)).unwrap();
+        let v: Value = serde_json::from_str(&event("event", &env, false)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type": "event", "channel": "apps:created", "data": {"id": 1}, "timestamp": "t"})
         );
-        let v: Value = serde_json::from_str(&event("new-message", &serde_json::json!({"id": "m"}))).unwrap();
+        let v: Value = serde_json::from_str(&event("new-message", &serde_json::json!({"id": "m"}), false)).unwrap();
         assert_eq!(v["type"], "new-message");
         assert_eq!(v["data"]["id"], "m");
+        assert!(v.get("payload").is_none(), "the SPEC's shape for a client that sends data");
+        let v: Value = serde_json::from_str(&event("new-message", &serde_json::json!({"id": "m"}), true)).unwrap();
         assert_eq!(v["payload"]["id"], "m");
         assert!(v["timestamp"].is_string());
     }

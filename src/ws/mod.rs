@@ -72,7 +72,8 @@ async fn upgrade(State(front): State<WsFront>, ws: WebSocketUpgrade, parts: Part
         .max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(front.state.config.ws_read_buffer_bytes as usize)
-        .write_buffer_size(0);
+        // Frames collect up to this before a write; the task flushes after each burst anyway.
+        .write_buffer_size(16 * 1024);
     if let Some(p) = protocol {
         ws = ws.protocols([p]);
     }
@@ -131,26 +132,12 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
                 break;
             }
             _ = conn.wake.notified() => {
-                let mut gone = false;
-                while let Some(out) = conn.pop() {
-                    match out {
-                        Out::Frame(f) => {
-                            let sent = tokio::select! {
-                                r = socket.send(Message::Text(f)) => r.is_ok(),
-                                _ = conn.kill_signal.notified() => false,
-                            };
-                            if !sent {
-                                gone = true;
-                                break;
-                            }
-                        }
-                        Out::Close(code, reason) => {
-                            next = Next::Close(code, reason);
-                            break;
-                        }
-                    }
-                }
-                if gone {
+                // Everything queued goes out with one flush (one write for a burst, not one per frame).
+                let written = tokio::select! {
+                    r = write_queued(&mut socket, &conn, &mut next) => r,
+                    _ = conn.kill_signal.notified() => false,
+                };
+                if !written {
                     break;
                 }
             }
@@ -192,6 +179,28 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
     let client: Client = conn.clone();
     Box::pin(events::depart(&front.state, &*client, "transport close")).await;
     front.clients.unregister(&conn);
+}
+
+/// Writes the queued frames and flushes once; false when the connection is gone. A queued close
+/// stops there and becomes `next`.
+async fn write_queued(socket: &mut WebSocket, conn: &WsConn, next: &mut Next) -> bool {
+    use futures_util::SinkExt;
+    let mut fed = false;
+    while let Some(out) = conn.pop() {
+        match out {
+            Out::Frame(f) => {
+                if socket.feed(Message::Text(f)).await.is_err() {
+                    return false;
+                }
+                fed = true;
+            }
+            Out::Close(code, reason) => {
+                *next = Next::Close(code, reason);
+                break;
+            }
+        }
+    }
+    !fed || socket.flush().await.is_ok()
 }
 
 /// Admission at the upgrade: a token (or anonymous access) gets its `connected` frame; without
@@ -268,7 +277,12 @@ async fn welcome(front: &WsFront, conn: &Arc<WsConn>, request_id: Option<&Value>
 
 async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
     let f = match frames::parse(text) {
-        Ok(f) => f,
+        Ok(f) => {
+            if f.payload_style {
+                conn.set_payload_style();
+            }
+            f
+        }
         Err((message, request_id)) => {
             let _ = conn.send_text(frames::error(&ApiError::invalid(message), None, None, request_id.as_ref()));
             return Next::Go;
@@ -358,12 +372,12 @@ fn answer_plain(conn: &WsConn, f: &Inbound, out: Outcome) -> Next {
     };
     match (&f.request_id, result) {
         (Some(id), Ok(v)) => {
-            let _ = conn.send_text(frames::ack(id, &v));
+            let _ = conn.send_text(frames::ack(id, &v, conn.payload_style()));
         }
         (Some(id), Err(e)) => {
             let body = serde_json::to_value(AckError { success: false, error: &e.message, code: e.code })
                 .unwrap_or(Value::Null);
-            let _ = conn.send_text(frames::ack(id, &body));
+            let _ = conn.send_text(frames::ack(id, &body, conn.payload_style()));
         }
         (None, Ok(_)) => {}
         (None, Err(e)) => {
