@@ -32,6 +32,18 @@ need_redis() {
   redis-server --version
 }
 
+# Headless Chromium for the browser WebSocket tests (test/browser.test.js): Debian's package, driven by
+# puppeteer-core (which downloads no browser of its own).
+need_chromium() {
+  if [ -z "${CHROMIUM_BIN:-}" ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    step "installing chromium from Debian's packages (the browser WebSocket tests)"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  fi
+}
+
 need_node
 
 step "cargo fmt --check"
@@ -44,6 +56,7 @@ step "Dockerfile: the build stage replayed, then cargo check (scripts/check-dock
 ./scripts/check-dockerfile.sh
 
 need_redis
+need_chromium
 
 step "cargo build (the binary the js-client-tests start)"
 # The path comes from cargo itself (the bin artifact's `executable`), so CARGO_TARGET_DIR, a

@@ -1003,3 +1003,40 @@ test('mixed: REST broadcast to socketId = connectionId, userId, room, channel, e
   assert.ok(await closedWithin(w2, 5000));
   assert.ok(other.isOpen());
 });
+
+test('/ws caps: 20 frames before authentication, then 1008; a connection that stops reading is dropped for its full queue', async () => {
+  const g = await startGateway({ ALLOW_ANONYMOUS: 'false', WS_AUTH_TIMEOUT_MS: '20000', SOCKET_BUFFER_PACKETS: '16',
+    PING_INTERVAL_MS: '60000', WS_IDLE_TIMEOUT_MS: '120000', RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000' });
+  try {
+    // Before auth a client may do nothing else: each frame is answered, a stream of them closes the connection.
+    const pest = await wsConnect(g.url, { hello: false });
+    for (let i = 0; i < 30; i++) pest.send({ type: 'ping', requestId: i });
+    const closed = await pest.closed;
+    assert.equal(closed.code, 1008);
+    assert.equal(pest.frames.filter((f) => f.code === 'UNAUTHENTICATED').length, 20, 'the first 20 answered');
+
+    // A reader and a sloth in one room; the sloth stops reading its TCP socket.
+    const room = uniq('ws-slow');
+    const writer = await wsConnect(g.url, { token: token('ws-writer') });
+    const sloth = await wsConnect(g.url, { token: token('ws-sloth') });
+    const first = await writer.request('join-room', room);
+    assert.equal(first.data.success, true);
+    assert.equal((await sloth.request('join-room', room)).data.success, true);
+    const before = (await http(`${g.url}/health`)).body.connections;
+    sloth.ws._socket.pause();
+    // 30 KB messages: the loopback buffers take a few MB, then the 16-frame queue fills.
+    const started = Date.now();
+    for (let i = 0; i < 400 && Date.now() - started < 15000; i++) {
+      const a = await writer.request('message', { roomId: room, content: `m${i}`.padEnd(30000, 'x') });
+      assert.equal(a.data.success, true, JSON.stringify(a.data));
+      if ((await http(`${g.url}/health`)).body.connections < before) break;
+    }
+    await until(async () => (await http(`${g.url}/health`)).body.connections === before - 1, 15000, 'sloth dropped');
+    assert.match(g.logs(), /slow consumer/);
+    // The writer, in the same room, is unaffected.
+    assert.equal((await writer.request('list-rooms')).data.success, true);
+    console.log(`# figures: /ws slow consumer dropped after ${Date.now() - started} ms`);
+    sloth.ws._socket.destroy();
+    writer.close();
+  } finally { await g.stop(); }
+});

@@ -30,12 +30,22 @@ pub enum Out {
     Close(u16, &'static str),
 }
 
+/// Most bytes one connection may have waiting: past it the client is a slow consumer, whatever the
+/// number of frames (a few huge broadcasts fill memory as surely as many small ones).
+pub const MAX_QUEUED_BYTES: usize = 8 << 20;
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Out>,
+    bytes: usize,
+}
+
 /// One `/ws` connection, as the registry and the core see it.
 pub struct WsConn {
     id: Sid,
     /// Frames waiting for the connection's task. A plain queue rather than a channel: an idle
     /// connection's queue holds no allocation (a bounded channel allocates a block of slots up front).
-    queue: Mutex<VecDeque<Out>>,
+    queue: Mutex<Queue>,
     cap: usize,
     /// Something was queued.
     pub wake: Notify,
@@ -48,13 +58,15 @@ pub struct WsConn {
     open: AtomicBool,
     /// The client sends `payload` (not `data`): its server frames carry `payload` too.
     payload_style: AtomicBool,
+    /// Frames received before authentication (a client that may do nothing else yet).
+    pub pre_auth_frames: std::sync::atomic::AtomicU32,
 }
 
 impl WsConn {
     pub fn new(clients: Arc<WsClients>, buffer: usize) -> Arc<Self> {
         Arc::new(WsConn {
             id: Sid::new(),
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             cap: buffer.max(1),
             wake: Notify::new(),
             session: RwLock::new(None),
@@ -64,6 +76,7 @@ impl WsConn {
             kill_signal: Notify::new(),
             open: AtomicBool::new(true),
             payload_style: AtomicBool::new(false),
+            pre_auth_frames: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -71,20 +84,21 @@ impl WsConn {
         *self.session.write().unwrap_or_else(|e| e.into_inner()) = Some(session);
     }
 
-    /// Queues a frame; a full queue means the client does not read: it is closed.
+    /// Queues a frame; a full queue (frames or bytes) means the client does not read: it is closed.
     pub fn push(&self, frame: Utf8Bytes) -> Result<(), SendError> {
         if !self.open.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
         {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= self.cap {
+            if q.items.len() >= self.cap || q.bytes + frame.len() > MAX_QUEUED_BYTES {
                 drop(q);
                 tracing::warn!(sid = %self.id, "slow consumer: buffer full, disconnecting");
                 self.kill(1008, "Slow consumer");
                 return Err(SendError::Full);
             }
-            q.push_back(Out::Frame(frame));
+            q.bytes += frame.len();
+            q.items.push_back(Out::Frame(frame));
         }
         self.wake.notify_one();
         Ok(())
@@ -93,9 +107,12 @@ impl WsConn {
     /// The next queued item; an emptied queue gives back its memory when it had grown.
     pub fn pop(&self) -> Option<Out> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let item = q.pop_front();
-        if q.is_empty() && q.capacity() > 16 {
-            *q = VecDeque::new();
+        let item = q.items.pop_front();
+        if let Some(Out::Frame(f)) = &item {
+            q.bytes = q.bytes.saturating_sub(f.len());
+        }
+        if q.items.is_empty() && q.items.capacity() > 16 {
+            q.items = VecDeque::new();
         }
         item
     }
@@ -106,7 +123,7 @@ impl WsConn {
 
     /// Closes after what is queued.
     pub fn close_after_queue(&self, code: u16, reason: &'static str) {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(Out::Close(code, reason));
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).items.push_back(Out::Close(code, reason));
         self.wake.notify_one();
     }
 

@@ -28,6 +28,10 @@ use crate::state::AppState;
 use clients::{Out, WsClients, WsConn};
 use frames::Inbound;
 
+/// Frames a connection may send before it authenticates (each answered `UNAUTHENTICATED`); past
+/// them it is closed with 1008.
+const PRE_AUTH_FRAMES: u32 = 20;
+
 /// The `/ws` route's state.
 #[derive(Clone)]
 pub struct WsFront {
@@ -289,9 +293,25 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
         }
     };
     if f.kind == "auth" || f.kind == "authenticate" {
+        // A refresh is an event like any other for the rate budget.
+        if let Some(session) = conn.session() {
+            match events::check_rate(&front.state, &**conn, &session) {
+                Ok(()) => {}
+                Err(Outcome::Answer(Err(e))) => {
+                    let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, f.request_id.as_ref()));
+                    return Next::Go;
+                }
+                Err(_) => return Next::Close(1008, "Rate limit exceeded"),
+            }
+        }
         return authenticate(front, conn, f).await;
     }
     let Some(session) = conn.session() else {
+        // Before authentication a client may do nothing else: a few frames are answered, a stream of
+        // them is abuse.
+        if conn.pre_auth_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= PRE_AUTH_FRAMES {
+            return Next::Close(1008, "Authentication required");
+        }
         let e = ApiError::new(Code::Unauthenticated, "Authentication required");
         let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, f.request_id.as_ref()));
         return Next::Go;
