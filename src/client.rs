@@ -38,6 +38,21 @@ pub enum SendError {
     Other(String),
 }
 
+/// How a client connected, for the Admin UI's socket list (its `handshake`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClientInfo {
+    /// `websocket` or `polling` (Socket.IO), `ws` (the plain WebSocket endpoint).
+    pub transport: String,
+    pub address: Option<String>,
+    pub headers: serde_json::Map<String, Value>,
+    pub query: serde_json::Map<String, Value>,
+    /// When it connected, ms since the epoch, and as a date string.
+    pub issued: u64,
+    pub time: String,
+    pub secure: bool,
+    pub url: String,
+}
+
 /// One connected client, as the core sees it.
 pub trait Link: Send + Sync {
     /// The id that `socketId` targets name: `socket.id` for Socket.IO, `connectionId` for `/ws`.
@@ -55,8 +70,10 @@ pub trait Link: Send + Sync {
     fn emit_confirmed<'a>(&'a self, event: &'a str, data: &'a Value, timeout: Duration) -> BoxFuture<'a, bool>;
     fn connected(&self) -> bool;
     fn close(&self, why: Close);
-    /// `"socket.io"` or `"ws"`: for logs and metrics only.
+    /// `"socket.io"` or `"ws"`: for logs, metrics and the Admin UI's namespaces.
     fn transport(&self) -> &'static str;
+    /// How it connected (for the Admin UI; not on a hot path).
+    fn info(&self) -> ClientInfo;
 }
 
 /// A handle on a connected client.
@@ -66,4 +83,38 @@ pub type Client = Arc<dyn Link>;
 pub fn emit<T: serde::Serialize + ?Sized>(client: &dyn Link, event: &str, data: &T) -> Result<(), SendError> {
     let value = serde_json::to_value(data).map_err(|e| SendError::Other(e.to_string()))?;
     client.emit(event, &value)
+}
+
+/// Request headers for display: credentials replaced.
+pub fn redacted_headers(headers: &axum::http::HeaderMap) -> serde_json::Map<String, Value> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            let shown = match k.as_str() {
+                "authorization" | "cookie" | "sec-websocket-protocol" | "x-api-key" => "[redacted]".to_string(),
+                _ => v.to_str().unwrap_or("(binary)").chars().take(256).collect(),
+            };
+            (k.as_str().to_string(), Value::String(shown))
+        })
+        .collect()
+}
+
+/// A query string for display: `token` replaced.
+pub fn redacted_query(query: Option<&str>) -> serde_json::Map<String, Value> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .take(32)
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let v = if k == "token" { "[redacted]".to_string() } else { v.chars().take(256).collect() };
+            (k.chars().take(64).collect(), Value::String(v))
+        })
+        .collect()
+}
+
+/// A time as the Admin UI shows a handshake's `time`.
+pub fn date(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64).map(|d| d.to_rfc2822()).unwrap_or_default()
 }

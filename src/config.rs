@@ -203,6 +203,18 @@ pub struct Config {
     /// Port of the TLS listener (`0` picks a free one; the bound address is logged as `tls_addr`).
     #[arg(long, env = "TLS_PORT", value_name = "TLS_PORT", default_value_t = 8443)]
     pub tls_port: u16,
+    /// The Socket.IO Admin UI's password (a bcrypt hash, or plain text hashed at start); unset: no `/admin`.
+    #[arg(long, env = "ADMIN_UI_PASSWORD", value_name = "ADMIN_UI_PASSWORD", hide_env_values = true)]
+    pub admin_ui_password: Option<String>,
+    #[arg(long, env = "ADMIN_UI_USERNAME", value_name = "ADMIN_UI_USERNAME", default_value = "admin")]
+    pub admin_ui_username: String,
+    /// The UI may look but not act (no emit, join, leave, disconnect).
+    #[arg(long, env = "ADMIN_UI_READONLY", value_name = "ADMIN_UI_READONLY", default_value = "false",
+          value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub admin_ui_readonly: bool,
+    /// `development` (sockets, rooms and events listed) or `production` (server figures only).
+    #[arg(long, env = "ADMIN_UI_MODE", value_name = "ADMIN_UI_MODE", default_value = "development")]
+    pub admin_ui_mode: String,
     /// Live calls (ringing or active) one user may be a party of.
     #[arg(long, env = "MAX_CALLS_PER_USER", value_name = "MAX_CALLS_PER_USER", default_value_t = 4,
           value_parser = clap::value_parser!(u64).range(1..=1000))]

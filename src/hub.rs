@@ -43,8 +43,6 @@ pub struct Member {
 pub trait Transport: Send + Sync {
     /// Delivers to this transport's clients: on this node, and on the others unless `b.local`.
     fn broadcast<'a>(&'a self, b: &'a Broadcast) -> BoxFuture<'a, Result<(), String>>;
-    /// A message another node published on the bus (`<prefix>:bus`, subscribed by `ingress.rs`).
-    fn on_bus(&self, _payload: &[u8]) {}
     fn get(&self, id: Sid) -> Option<Client>;
     fn local_clients(&self) -> Vec<Client>;
     /// The clients in `room` on every node this transport reaches.
@@ -98,13 +96,6 @@ impl Hub {
             }
         }
         first_err
-    }
-
-    /// A message from another node's bus publish.
-    pub fn on_bus(&self, payload: &[u8]) {
-        for t in self.all() {
-            t.on_bus(payload);
-        }
     }
 
     /// This node's client with that id.

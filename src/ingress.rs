@@ -101,7 +101,7 @@ async fn run_once(
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timeout")))??;
     pubsub.subscribe(EMIT_CHANNEL).await?;
-    let bus = bus_channel(state);
+    let bus = state.bus.channel().to_string();
     pubsub.subscribe(&bus).await?;
     for p in patterns {
         pubsub.psubscribe(p).await?;
@@ -119,7 +119,7 @@ async fn run_once(
         let payload = msg.get_payload_bytes();
         match pattern {
             None if channel == EMIT_CHANNEL => emit(state, payload).await,
-            None if channel == bus => state.hub.on_bus(payload),
+            None if channel == bus => state.bus.on_payload(payload),
             None => {}
             Some(p) => {
                 // A channel matching two patterns arrives once per pattern: take the first only.
@@ -131,12 +131,6 @@ async fn run_once(
         }
     }
     Ok(())
-}
-
-/// The nodes' own channel: broadcasts for the clients that the socketioxide adapter does not carry
-/// (`/ws`; see `hub.rs`).
-pub fn bus_channel(state: &AppState) -> String {
-    format!("{}:bus", state.config.redis_prefix)
 }
 
 /// The data of a publish: JSON when it parses, else the raw text as a string.

@@ -5,7 +5,9 @@
 //! [`state::AppState`]; `docs/architecture.md` draws it.
 
 pub mod adapter;
+pub mod admin;
 pub mod auth;
+pub mod bus;
 pub mod client;
 pub mod cluster;
 pub mod config;

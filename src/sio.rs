@@ -20,7 +20,7 @@ use socketioxide::socket::{DisconnectReason, Sid, Socket};
 use socketioxide::{BroadcastError, SocketError, SocketIo};
 
 use crate::auth::{find_token, AuthError};
-use crate::client::{Client, Close, Link, SendError};
+use crate::client::{Client, ClientInfo, Close, Link, SendError};
 use crate::error::{AckError, ApiError, ErrorEvent, HandlerResult};
 use crate::events::{self, Outcome, Payload};
 use crate::hub::{Broadcast, Member, Transport};
@@ -83,6 +83,27 @@ impl<A: Adapter> Link for SioLink<A> {
     fn transport(&self) -> &'static str {
         "socket.io"
     }
+    fn info(&self) -> ClientInfo {
+        let parts = self.0.req_parts();
+        let transport = match self.0.transport_type() {
+            socketioxide::TransportType::Polling => "polling",
+            socketioxide::TransportType::Websocket => "websocket",
+        };
+        let issued = self.session().map(|s| s.since).unwrap_or_default();
+        ClientInfo {
+            transport: transport.into(),
+            address: parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<crate::http::conn::Peer>>()
+                .map(|c| c.0.addr.ip().to_string()),
+            headers: crate::client::redacted_headers(&parts.headers),
+            query: crate::client::redacted_query(parts.uri.query()),
+            issued,
+            time: crate::client::date(issued),
+            secure: false,
+            url: parts.uri.path().to_string(),
+        }
+    }
 }
 
 fn link<A: Adapter>(socket: SocketRef<A>) -> Client {
@@ -133,7 +154,7 @@ pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(state): State<Ap
         transport = ?socket.transport_type(), "connected");
     let client = link(socket.clone());
     // Presence first, so that once a client holds `connected` everyone sharing a room heard of it.
-    events::announce_arrival(&state, &session).await;
+    events::announce_arrival(&state, &*client, &session).await;
     let greeting = Connected {
         session_id: socket.id.to_string(),
         user_id: session.user_id(),
@@ -151,7 +172,7 @@ async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(state): State<App
 
 /// One incoming event: its socket, raw arguments and ack id.
 pub struct Msg<A: Adapter> {
-    socket: Arc<Socket<A>>,
+    pub(crate) socket: Arc<Socket<A>>,
     value: SioValue,
     ack_id: Option<i64>,
 }
@@ -169,6 +190,28 @@ impl<A: Adapter> Payload for Msg<A> {
         Data::<T>::from_message_parts(&self.socket, &mut self.value, &self.ack_id)
             .map(|Data(d)| d)
             .map_err(|e| events::invalid_payload(&e.to_string()))
+    }
+    fn peek(&self) -> serde_json::Value {
+        // The packet's JSON: `["event", ...args]` (the event name already taken or not).
+        match &self.value {
+            SioValue::Str(s, _) => match serde_json::from_str::<serde_json::Value>(s.as_str()) {
+                Ok(serde_json::Value::Array(mut a)) => {
+                    if a.first().is_some_and(|v| v.is_string()) {
+                        a.remove(0);
+                    }
+                    serde_json::Value::Array(a)
+                }
+                Ok(v) => v,
+                Err(_) => serde_json::Value::String("(unreadable)".into()),
+            },
+            SioValue::Bytes(b) => serde_json::Value::String(format!("({} bytes)", b.len())),
+        }
+    }
+    fn size(&self) -> usize {
+        match &self.value {
+            SioValue::Str(s, bins) => s.as_str().len() + bins.as_ref().map_or(0, |b| b.iter().map(|x| x.len()).sum()),
+            SioValue::Bytes(b) => b.len(),
+        }
     }
 }
 

@@ -64,7 +64,8 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
     };
     let mut config = config;
     config.node_id = Some(node_id);
-    let state = AppState::new(config, auth, policy, redis.clone(), store);
+    let admin = crate::admin::Settings::from_config(&config)?.map(crate::admin::Admin::new);
+    let state = AppState::new(config, auth, policy, redis.clone(), store, admin);
     let cfg = &state.config;
     let listener = bind(&cfg.host, cfg.port).await?;
     let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
@@ -99,11 +100,19 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
                 ))
                 .build_layer();
             io.ns("/", on_connect.with(authenticate)).await.map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
+            if state.admin.is_some() {
+                io.ns(crate::admin::NAMESPACE, crate::admin::on_connect.with(crate::admin::authenticate))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
+            }
             Ok(assemble(io, layer, state, cors, listener, tls))
         }
         _ => {
             let (layer, io) = builder.build_layer();
             io.ns("/", on_connect.with(authenticate));
+            if state.admin.is_some() {
+                io.ns(crate::admin::NAMESPACE, crate::admin::on_connect.with(crate::admin::authenticate));
+            }
             Ok(assemble(io, layer, state, cors, listener, tls))
         }
     }
@@ -119,12 +128,7 @@ fn assemble<A: Adapter>(
     tls: Option<(TcpListener, Arc<crate::tls::Certs>)>,
 ) -> Gateway {
     // The hub's transports: Socket.IO (crossing nodes through the adapter) and `/ws` (through the bus).
-    let ws = WsClients::new(
-        state.redis.clone(),
-        crate::ingress::bus_channel(&state),
-        state.node_id.clone(),
-        state.peers.clone(),
-    );
+    let ws = WsClients::new(state.bus.clone());
     state.hub.install(vec![Arc::new(SioTransport { io: io.clone() }), Arc::new(WsTransport(ws.clone()))]);
     let mut tasks = vec![crate::events::spawn_expiry_sweeper(state.clone())];
     let timer_state = state.clone();
@@ -138,6 +142,7 @@ fn assemble<A: Adapter>(
     });
     tasks.extend(crate::cluster::spawn_heartbeat(state.clone(), on_gone));
     tasks.extend(crate::ingress::spawn(state.clone()));
+    tasks.extend(crate::admin::spawn(io.clone(), state.clone()));
     let api = Api { state: state.clone() };
     let front = crate::ws::WsFront { state: state.clone(), clients: ws };
     // The head compaction runs before the Socket.IO layer sees the request (see http/compact.rs).

@@ -46,6 +46,10 @@ pub struct Inner {
     pub hub: crate::hub::Hub,
     /// How many other nodes the cluster has (from the heartbeat); 0 without Redis.
     pub peers: Arc<std::sync::atomic::AtomicUsize>,
+    /// The nodes' own channel (see `bus.rs`).
+    pub bus: Arc<crate::bus::Bus>,
+    /// The Socket.IO Admin UI, with `ADMIN_UI_PASSWORD`.
+    pub admin: Option<Arc<crate::admin::Admin>>,
 }
 
 impl Deref for AppState {
@@ -62,10 +66,13 @@ impl AppState {
         policy: Policy,
         redis: Option<Arc<RedisLink>>,
         store: Arc<dyn Store>,
+        admin: Option<Arc<crate::admin::Admin>>,
     ) -> Self {
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
         let quotas = Quotas::from_config(&config);
         let connect_limiter = connect_quota(config.connect_rate_per_ip).map(DefaultKeyedRateLimiter::keyed);
+        let peers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (redis_for_bus, prefix, node_id_for_bus) = (redis.clone(), config.redis_prefix.clone(), node_id.clone());
         AppState(Arc::new(Inner {
             config,
             auth,
@@ -82,7 +89,9 @@ impl AppState {
             connect_limiter,
             typing: Mutex::new(HashMap::new()),
             hub: crate::hub::Hub::default(),
-            peers: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            peers: peers.clone(),
+            bus: crate::bus::Bus::new(redis_for_bus, format!("{}:bus", prefix), node_id_for_bus, peers),
+            admin,
         }))
     }
 }
@@ -121,6 +130,8 @@ pub struct Session {
     pub became_online: std::sync::atomic::AtomicBool,
     /// Its departure ran (see `events::depart`).
     pub departed: std::sync::atomic::AtomicBool,
+    /// When it was admitted (ms since the epoch).
+    pub since: u64,
 }
 
 /// The outcome of [`Session::join_room`].
@@ -162,6 +173,7 @@ impl Session {
             _slot: slot,
             became_online: std::sync::atomic::AtomicBool::new(false),
             departed: std::sync::atomic::AtomicBool::new(false),
+            since: crate::auth::unix_now_ms(),
         }
     }
     /// Records a joined chat room, unless the socket already holds `cap` rooms.

@@ -95,7 +95,7 @@ pub async fn call_user(ctx: &Ctx, req: CallUser) -> HandlerResult {
         created_at: crate::auth::unix_now_ms(),
     };
     store.put_call(&call).await?;
-    ctx.client.join(&caller_room(&call.id));
+    super::join(&ctx.state, &*ctx.client, &caller_room(&call.id));
     ctx.state.timers.schedule(
         Duration::from_millis(ctx.state.config.call_ring_timeout_ms),
         Job::CallTimeout { call_id: call.id.clone() },
@@ -143,7 +143,7 @@ pub async fn call_answer(ctx: &Ctx, req: CallAnswer) -> HandlerResult {
     let Some(call) = ctx.state.store.answer_call(&call.id, &sid, &ctx.state.node_id).await? else {
         return Err(ApiError::forbidden("Call already answered"));
     };
-    ctx.client.join(&callee_room(&call.id));
+    super::join(&ctx.state, &*ctx.client, &callee_room(&call.id));
     let answered = json!({ "callId": call.id, "fromUserId": user.user_id, "answer": req.answer });
     let _ = ctx.hub().to(caller_room(&call.id)).emit("call-answered", &answered).await;
     let elsewhere = json!({ "callId": call.id });

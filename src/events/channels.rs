@@ -47,7 +47,7 @@ pub async fn subscribe(ctx: &Ctx, req: ChannelRequest) -> HandlerResult {
             if current.len() >= cap {
                 return Err(ApiError::new(Code::Forbidden, format!("Subscription limit reached ({cap} per socket)")));
             }
-            ctx.client.join(&room);
+            super::join(&ctx.state, &*ctx.client, &room);
         }
         Ok(())
     })?;
@@ -56,7 +56,7 @@ pub async fn subscribe(ctx: &Ctx, req: ChannelRequest) -> HandlerResult {
 
 pub async fn unsubscribe(ctx: &Ctx, req: ChannelRequest) -> HandlerResult {
     let channel = req.into_valid()?;
-    ctx.client.leave(&names::channel(&channel));
+    super::leave(&ctx.state, &*ctx.client, &names::channel(&channel));
     Ok(json!({ "success": true, "channel": channel }))
 }
 

@@ -30,12 +30,22 @@ use crate::state::{AppState, ExpiryStep, Session};
 pub trait Payload {
     /// The first argument, deserialised; `INVALID_PAYLOAD` when it does not fit.
     fn decode<T: DeserializeOwned>(&mut self) -> Result<T, ApiError>;
+    /// The arguments as JSON, for the Admin UI (only asked for when it watches).
+    fn peek(&self) -> serde_json::Value;
+    /// The payload's size in bytes, about.
+    fn size(&self) -> usize;
 }
 
 /// A JSON value as the event's argument (`/ws` frames, tests).
 impl Payload for serde_json::Value {
     fn decode<T: DeserializeOwned>(&mut self) -> Result<T, ApiError> {
         T::deserialize(std::mem::take(self)).map_err(|e| invalid_payload(&e.to_string()))
+    }
+    fn peek(&self) -> serde_json::Value {
+        self.clone()
+    }
+    fn size(&self) -> usize {
+        0
     }
 }
 
@@ -93,7 +103,7 @@ pub async fn admit_user(
     let Some(slot) = state.counters.reserve(&user.user_id, cap) else {
         return refuse(client, state, Some(&user.user_id), AuthError::TooManySockets);
     };
-    client.join(&crate::names::user(&user.user_id));
+    join(state, client, &crate::names::user(&user.user_id));
     let became_online = match state.store.socket_up(&user, &client.id().to_string(), cap).await {
         Ok(Some(became)) => became,
         Ok(None) => {
@@ -120,9 +130,28 @@ fn refuse<T>(client: &dyn Link, state: &AppState, user: Option<&str>, err: AuthE
     Err(err)
 }
 
+/// Makes a client join a room (the Admin UI hears of it).
+pub fn join(state: &AppState, client: &dyn Link, room: &str) {
+    client.join(room);
+    if let Some(admin) = &state.admin {
+        admin.room(client, room, true);
+    }
+}
+
+/// Makes a client leave a room (the Admin UI hears of it).
+pub fn leave(state: &AppState, client: &dyn Link, room: &str) {
+    client.leave(room);
+    if let Some(admin) = &state.admin {
+        admin.room(client, room, false);
+    }
+}
+
 /// Before the greeting: a user who just came online is announced to everyone sharing a room, so
-/// that once a client holds `connected` they heard of it.
-pub async fn announce_arrival(state: &AppState, session: &Session) {
+/// that once a client holds `connected` they heard of it; the Admin UI lists the client.
+pub async fn announce_arrival(state: &AppState, client: &dyn Link, session: &Session) {
+    if let Some(admin) = &state.admin {
+        admin.connected(client);
+    }
     if let Some(user) = &session.user {
         if session.became_online.load(std::sync::atomic::Ordering::Relaxed) {
             presence::announce(state, &user.user_id, "online", &[]).await;
@@ -145,6 +174,9 @@ pub async fn depart(state: &AppState, client: &dyn Link, reason: &str) {
     };
     if session.departed.swap(true, std::sync::atomic::Ordering::AcqRel) {
         return;
+    }
+    if let Some(admin) = &state.admin {
+        admin.disconnected(client, reason);
     }
     tracing::info!(sid = %client.id(), user_id = session.user_id().unwrap_or("-"), reason,
         transport = client.transport(), "disconnected");
@@ -229,6 +261,9 @@ pub async fn handle<P: Payload>(
         return Outcome::Ignore;
     };
     state.metrics.event_in(event);
+    if let Some(admin) = &state.admin {
+        admin.received(&*client, event, || payload.peek(), payload.size());
+    }
     if let Err(flood) = check_rate(state, &*client, &session) {
         return flood;
     }

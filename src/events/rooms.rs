@@ -133,7 +133,7 @@ pub async fn join_room(ctx: &Ctx, req: RoomRef) -> HandlerResult {
         Joined::Already => true,
         Joined::Full => return Err(ApiError::new(Code::RateLimited, "Too many rooms joined")),
     };
-    ctx.client.join(&room);
+    super::join(&ctx.state, &*ctx.client, &room);
     let (recent, _) = ctx.state.store.history(&id, None, RECENT).await?.unwrap_or_default();
     let users = room_users(&ctx.state, &room, None).await;
     // The others hear of a user arriving, not of a second device of someone already there.
@@ -151,7 +151,7 @@ pub async fn leave_room(ctx: &Ctx, req: RoomRef) -> HandlerResult {
     let id = req.into_valid()?;
     let room = names::chat(&id);
     if ctx.session.leave_room(&id) {
-        ctx.client.leave(&room);
+        super::leave(&ctx.state, &*ctx.client, &room);
         departed(&ctx.state, &user.user_id, &id, None).await;
     }
     Ok(json!({ "success": true }))

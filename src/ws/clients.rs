@@ -5,7 +5,7 @@
 //! no Engine.IO layer, no per-connection timer beyond the task's own.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -16,9 +16,9 @@ use serde_json::Value;
 use socketioxide::socket::Sid;
 use tokio::sync::Notify;
 
+use crate::bus::{Bus, Listener};
 use crate::client::{Client, Close, Link, SendError};
 use crate::hub::{Broadcast, Member, Transport};
-use crate::redis_link::RedisLink;
 use crate::state::Session;
 
 use super::frames;
@@ -60,10 +60,12 @@ pub struct WsConn {
     payload_style: AtomicBool,
     /// Frames received before authentication (a client that may do nothing else yet).
     pub pre_auth_frames: std::sync::atomic::AtomicU32,
+    /// Where it connected from (for the Admin UI).
+    address: Option<std::net::IpAddr>,
 }
 
 impl WsConn {
-    pub fn new(clients: Arc<WsClients>, buffer: usize) -> Arc<Self> {
+    pub fn new(clients: Arc<WsClients>, buffer: usize, address: Option<std::net::IpAddr>) -> Arc<Self> {
         Arc::new(WsConn {
             id: Sid::new(),
             queue: Mutex::new(Queue::default()),
@@ -77,6 +79,7 @@ impl WsConn {
             open: AtomicBool::new(true),
             payload_style: AtomicBool::new(false),
             pre_auth_frames: std::sync::atomic::AtomicU32::new(0),
+            address,
         })
     }
 
@@ -199,38 +202,34 @@ impl Link for WsConn {
     fn transport(&self) -> &'static str {
         "ws"
     }
+    fn info(&self) -> crate::client::ClientInfo {
+        let issued = self.session().map(|s| s.since).unwrap_or_default();
+        crate::client::ClientInfo {
+            transport: "ws".into(),
+            address: self.address.map(|a| a.to_string()),
+            issued,
+            time: crate::client::date(issued),
+            url: "/ws".into(),
+            ..Default::default()
+        }
+    }
 }
 
-/// What travels on the bus between nodes.
+/// What travels on the bus (topic `ws`) between nodes.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
-enum BusOp {
-    Emit {
-        node: String,
-        b: Broadcast,
-    },
-    Leave {
-        node: String,
-        rooms: Vec<String>,
-    },
-    Disconnect {
-        node: String,
-        room: String,
-    },
-    /// Which of your `/ws` clients are in `room` (and, with `rooms`, what rooms they are in)?
-    Ask {
-        node: String,
-        req: u64,
-        room: String,
-        rooms: bool,
-    },
-    /// The answer to `node`'s question `req`.
-    Answer {
-        node: String,
-        to: String,
-        req: u64,
-        members: Vec<Remote>,
-    },
+enum BusOp<B> {
+    Emit { b: B },
+    Leave { rooms: Vec<String> },
+    Disconnect { room: String },
+}
+
+/// A question (topic `ws`): which of your `/ws` clients are in `room` (and, with `rooms`, in what rooms)?
+#[derive(Serialize, Deserialize)]
+struct Ask {
+    room: String,
+    #[serde(default)]
+    rooms: bool,
 }
 
 /// A `/ws` client of another node, as its node describes it.
@@ -241,74 +240,25 @@ struct Remote {
     rooms: Vec<String>,
 }
 
-/// How long a question to the other nodes waits for their answers.
-const ASK_TIMEOUT: Duration = Duration::from_millis(500);
-
 /// This node's `/ws` connections and their rooms.
 pub struct WsClients {
     conns: RwLock<HashMap<Sid, Arc<WsConn>>>,
     rooms: RwLock<HashMap<String, HashSet<Sid>>>,
-    redis: Option<Arc<RedisLink>>,
-    bus: String,
-    node_id: String,
-    /// The other nodes: how many answers a question waits for.
-    peers: Arc<AtomicUsize>,
-    /// Questions waiting for answers: request id → where the answers go.
-    asked: Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<Vec<Remote>>>>,
-    next_req: AtomicU64,
+    bus: Arc<Bus>,
 }
 
 impl WsClients {
-    pub fn new(redis: Option<Arc<RedisLink>>, bus: String, node_id: String, peers: Arc<AtomicUsize>) -> Arc<Self> {
-        Arc::new(WsClients {
-            conns: RwLock::default(),
-            rooms: RwLock::default(),
-            redis,
-            bus,
-            node_id,
-            peers,
-            asked: Mutex::new(HashMap::new()),
-            next_req: AtomicU64::new(1),
-        })
+    /// The registry, listening on the bus's `ws` topic.
+    pub fn new(bus: Arc<Bus>) -> Arc<Self> {
+        let clients = Arc::new(WsClients { conns: RwLock::default(), rooms: RwLock::default(), bus: bus.clone() });
+        bus.listen("ws", Arc::new(BusSide(Arc::downgrade(&clients))));
+        clients
     }
 
-    /// Asks every other node for its `/ws` clients in `room` (with their rooms when `rooms`), and
-    /// waits for the answers (at most [`ASK_TIMEOUT`]; a node that does not answer is left out).
+    /// Asks every other node for its `/ws` clients in `room` (with their rooms when `rooms`).
     async fn ask(&self, room: &str, rooms: bool) -> Vec<Remote> {
-        let peers = self.peers.load(Ordering::Relaxed);
-        if peers == 0 || self.redis.as_ref().is_none_or(|r| r.is_down()) {
-            return Vec::new();
-        }
-        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        self.asked.lock().unwrap_or_else(|e| e.into_inner()).insert(req, tx);
-        self.publish(&BusOp::Ask { node: self.node_id.clone(), req, room: room.to_string(), rooms }).await;
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(ASK_TIMEOUT, async {
-            for _ in 0..peers {
-                match rx.recv().await {
-                    Some(members) => out.extend(members),
-                    None => break,
-                }
-            }
-        })
-        .await;
-        self.asked.lock().unwrap_or_else(|e| e.into_inner()).remove(&req);
-        out
-    }
-
-    /// This node's answer to another node's question.
-    fn answer(self: &Arc<Self>, to: String, req: u64, room: &str, rooms: bool) {
-        let members = self
-            .in_rooms(&[room.to_string()])
-            .into_iter()
-            .filter(|c| c.session().is_some())
-            .map(|c| Remote { id: c.id.to_string(), rooms: if rooms { c.rooms() } else { Vec::new() } })
-            .collect();
-        let me = self.clone();
-        tokio::spawn(async move {
-            me.publish(&BusOp::Answer { node: me.node_id.clone(), to, req, members }).await;
-        });
+        let answers = self.bus.ask("ws", &Ask { room: room.to_string(), rooms }).await;
+        answers.into_iter().filter_map(|a| serde_json::from_value::<Vec<Remote>>(a).ok()).flatten().collect()
     }
 
     pub fn register(&self, conn: Arc<WsConn>) {
@@ -410,18 +360,6 @@ impl WsClients {
         }
     }
 
-    async fn publish(&self, op: &BusOp) {
-        let Some(redis) = &self.redis else { return };
-        match serde_json::to_string(op) {
-            Ok(payload) => {
-                if let Err(e) = redis.publish(&self.bus, payload).await {
-                    tracing::debug!("ws bus publish: {e:#}");
-                }
-            }
-            Err(e) => tracing::warn!("ws bus: {e}"),
-        }
-    }
-
     fn leave_local(&self, rooms: &[String]) {
         for c in self.in_rooms(rooms) {
             for r in rooms {
@@ -461,30 +399,10 @@ impl Transport for WsTransport {
         Box::pin(async move {
             self.0.deliver(b);
             if !b.local {
-                self.0.publish(&BusOp::Emit { node: self.0.node_id.clone(), b: b.clone() }).await;
+                self.0.bus.publish("ws", &BusOp::Emit { b }).await;
             }
             Ok(())
         })
-    }
-
-    fn on_bus(&self, payload: &[u8]) {
-        match serde_json::from_slice::<BusOp>(payload) {
-            Ok(BusOp::Emit { node, b }) if node != self.0.node_id => self.0.deliver(&b),
-            Ok(BusOp::Leave { node, rooms }) if node != self.0.node_id => self.0.leave_local(&rooms),
-            Ok(BusOp::Disconnect { node, room }) if node != self.0.node_id => {
-                self.0.disconnect_local(&room);
-            }
-            Ok(BusOp::Ask { node, req, room, rooms }) if node != self.0.node_id => {
-                self.0.answer(node, req, &room, rooms);
-            }
-            Ok(BusOp::Answer { to, req, members, .. }) if to == self.0.node_id => {
-                if let Some(tx) = self.0.asked.lock().unwrap_or_else(|e| e.into_inner()).get(&req) {
-                    let _ = tx.send(members);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!("ws bus: unreadable message: {e}"),
-        }
     }
 
     fn get(&self, id: Sid) -> Option<Client> {
@@ -526,14 +444,14 @@ impl Transport for WsTransport {
     fn leave_all<'a>(&'a self, rooms: &'a [String]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             self.0.leave_local(rooms);
-            self.0.publish(&BusOp::Leave { node: self.0.node_id.clone(), rooms: rooms.to_vec() }).await;
+            self.0.bus.publish("ws", &BusOp::<()>::Leave { rooms: rooms.to_vec() }).await;
         })
     }
 
     fn disconnect<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<usize, String>> {
         Box::pin(async move {
             let n = self.0.disconnect_local(room);
-            self.0.publish(&BusOp::Disconnect { node: self.0.node_id.clone(), room: room.to_string() }).await;
+            self.0.bus.publish("ws", &BusOp::<()>::Disconnect { room: room.to_string() }).await;
             Ok(n)
         })
     }
@@ -558,5 +476,35 @@ impl Transport for WsTransport {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
+    }
+}
+
+/// The registry's side of the bus: the other nodes' broadcasts and questions for `/ws` clients.
+struct BusSide(std::sync::Weak<WsClients>);
+
+impl Listener for BusSide {
+    fn on_message(&self, body: Value) {
+        let Some(clients) = self.0.upgrade() else { return };
+        match serde_json::from_value::<BusOp<Broadcast>>(body) {
+            Ok(BusOp::Emit { b }) => clients.deliver(&b),
+            Ok(BusOp::Leave { rooms }) => clients.leave_local(&rooms),
+            Ok(BusOp::Disconnect { room }) => {
+                clients.disconnect_local(&room);
+            }
+            Err(e) => tracing::debug!("ws bus: unreadable message: {e}"),
+        }
+    }
+
+    fn on_ask(&self, body: Value) -> Value {
+        let (Some(clients), Ok(ask)) = (self.0.upgrade(), serde_json::from_value::<Ask>(body)) else {
+            return Value::Array(Vec::new());
+        };
+        let members: Vec<Remote> = clients
+            .in_rooms(&[ask.room])
+            .into_iter()
+            .filter(|c| c.session().is_some())
+            .map(|c| Remote { id: c.id.to_string(), rooms: if ask.rooms { c.rooms() } else { Vec::new() } })
+            .collect();
+        serde_json::to_value(members).unwrap_or_default()
     }
 }

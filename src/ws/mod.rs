@@ -97,7 +97,7 @@ fn close_msg(code: u16, reason: &'static str) -> Message {
 
 async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: Option<IpAddr>) {
     let cfg = &front.state.config;
-    let conn = WsConn::new(front.clients.clone(), cfg.socket_buffer_packets as usize);
+    let conn = WsConn::new(front.clients.clone(), cfg.socket_buffer_packets as usize, ip);
     front.clients.register(conn.clone());
     // What is awaited once (admission, departure) is boxed: the connection's future stays small
     // for as long as it is idle.
@@ -266,7 +266,7 @@ fn refused(conn: &WsConn, e: &AuthError) -> Next {
 async fn welcome(front: &WsFront, conn: &Arc<WsConn>, request_id: Option<&Value>) {
     let Some(session) = conn.session() else { return };
     tracing::info!(sid = %conn.id(), user_id = session.user_id().unwrap_or("-"), transport = "ws", "connected");
-    events::announce_arrival(&front.state, &session).await;
+    events::announce_arrival(&front.state, &**conn, &session).await;
     let mut f = serde_json::Map::new();
     f.insert("connectionId".into(), json!(conn.id().to_string()));
     f.insert("userId".into(), json!(session.user_id()));
