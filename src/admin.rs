@@ -171,10 +171,16 @@ impl Admin {
         }
     }
 
-    /// A client event: counted, and shown (summarised) in development mode.
-    pub fn received(&self, client: &dyn crate::client::Link, event: &str, args: impl FnOnce() -> Value, bytes: usize) {
-        self.count("packetsIn", None, 1);
-        self.count("bytesIn", None, bytes as u64);
+    /// Packets and bytes in (`in_ = true`) or out, for the aggregated events (each front end counts
+    /// its own: it knows the sizes).
+    pub fn packets(&self, in_: bool, packets: u64, bytes: u64) {
+        let (p, b) = if in_ { ("packetsIn", "bytesIn") } else { ("packetsOut", "bytesOut") };
+        self.count(p, None, packets);
+        self.count(b, None, bytes);
+    }
+
+    /// A client event, shown (summarised) in development mode.
+    pub fn received(&self, client: &dyn crate::client::Link, event: &str, args: impl FnOnce() -> Value) {
         if self.settings.development {
             let mut list = vec![json!(event)];
             match summarise(&args(), 0) {

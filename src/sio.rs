@@ -207,6 +207,10 @@ impl<A: Adapter> Payload for Msg<A> {
             SioValue::Bytes(b) => serde_json::Value::String(format!("({} bytes)", b.len())),
         }
     }
+}
+
+impl<A: Adapter> Msg<A> {
+    /// The packet's size in bytes (its JSON and binary attachments).
     fn size(&self) -> usize {
         match &self.value {
             SioValue::Str(s, bins) => s.as_str().len() + bins.as_ref().map_or(0, |b| b.iter().map(|x| x.len()).sum()),
@@ -221,7 +225,7 @@ impl<A: Adapter> Msg<A> {
     }
 
     /// Answers once: the ack when the client asked for one, else an `error` event on failure.
-    fn answer(self, event: &str, result: HandlerResult) {
+    fn answer(self, event: &str, result: HandlerResult, admin: Option<&crate::admin::Admin>) {
         let Ok(socket) = SocketRef::from_message_parts(&self.socket, &mut SioValue::Bytes(Default::default()), &None);
         if self.ack_id.is_some() {
             let Ok(ack) =
@@ -230,6 +234,10 @@ impl<A: Adapter> Msg<A> {
                 Ok(v) => ack.send(v),
                 Err(e) => ack.send(&AckError { success: false, error: &e.message, code: e.code }),
             };
+            if let Some(admin) = admin {
+                let bytes = result.as_ref().map(|v| v.to_string().len()).unwrap_or(64);
+                admin.packets(false, 1, bytes as u64);
+            }
             if let Err(e) = sent {
                 tracing::debug!(sid = %socket.id, event, "ack not sent: {e}");
                 // A client that does not read its socket fills the bounded buffer: drop it rather
@@ -247,12 +255,15 @@ impl<A: Adapter> Msg<A> {
 /// Runs one client event through the core and answers it exactly once.
 async fn dispatch<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>, mut msg: Msg<A>) {
     let Some(event) = msg.event() else {
-        msg.answer("", Err(ApiError::invalid("Invalid payload: missing event name")));
+        msg.answer("", Err(ApiError::invalid("Invalid payload: missing event name")), state.admin.as_deref());
         return;
     };
     let wants_ack = msg.ack_id.is_some();
+    if let Some(admin) = &state.admin {
+        admin.packets(true, 1, msg.size() as u64);
+    }
     match events::handle(&state, link(socket.clone()), &event, &mut msg, wants_ack).await {
-        Outcome::Answer(result) => msg.answer(&event, result),
+        Outcome::Answer(result) => msg.answer(&event, result, state.admin.as_deref()),
         Outcome::Flood => {
             let _ = socket.disconnect();
         }

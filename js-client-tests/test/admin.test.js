@@ -107,6 +107,11 @@ test('admin: live events (connect, join, event, disconnect) with hostile payload
   assert.ok(shown.length < 20000, `summarised: ${shown.length} bytes`);
   assert.match(shown, /more/);
   assert.equal((await http(`${gw.url}/health`)).body.status, 'ok');
+  // The aggregated figures of the UI's charts: connections, packets and bytes, per second.
+  const agg = (type) => a.stats.flatMap((x) => x.aggregatedEvents).filter((e) => e.type === type);
+  await until(() => ['rawConnection', 'packetsIn', 'bytesIn', 'packetsOut', 'bytesOut'].every((k) => agg(k).length), 6000, 'aggregated events');
+  assert.ok(agg('bytesIn').reduce((n, e) => n + e.count, 0) > 100000, 'the 100 KB message counted in bytesIn');
+  assert.ok(agg('rawConnection').every((e) => e.timestamp % 1000 === 0), 'per second');
   const sid = s.id; // socket.io-client forgets it on close
   s.close();
   const [, dnsp, did, reason] = await seen(a, (e) => e[0] === 'socket_disconnected' && e[2] === sid, 'socket_disconnected');

@@ -32,8 +32,6 @@ pub trait Payload {
     fn decode<T: DeserializeOwned>(&mut self) -> Result<T, ApiError>;
     /// The arguments as JSON, for the Admin UI (only asked for when it watches).
     fn peek(&self) -> serde_json::Value;
-    /// The payload's size in bytes, about.
-    fn size(&self) -> usize;
 }
 
 /// A JSON value as the event's argument (`/ws` frames, tests).
@@ -43,9 +41,6 @@ impl Payload for serde_json::Value {
     }
     fn peek(&self) -> serde_json::Value {
         self.clone()
-    }
-    fn size(&self) -> usize {
-        0
     }
 }
 
@@ -262,7 +257,7 @@ pub async fn handle<P: Payload>(
     };
     state.metrics.event_in(event);
     if let Some(admin) = &state.admin {
-        admin.received(&*client, event, || payload.peek(), payload.size());
+        admin.received(&*client, event, || payload.peek());
     }
     if let Err(flood) = check_rate(state, &*client, &session) {
         return flood;

@@ -137,10 +137,14 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
             }
             _ = conn.wake.notified() => {
                 // Everything queued goes out with one flush (one write for a burst, not one per frame).
+                let mut out = (0u64, 0u64);
                 let written = tokio::select! {
-                    r = write_queued(&mut socket, &conn, &mut next) => r,
+                    r = write_queued(&mut socket, &conn, &mut next, &mut out) => r,
                     _ = conn.kill_signal.notified() => false,
                 };
+                if let (Some(admin), true) = (&front.state.admin, out.0 > 0) {
+                    admin.packets(false, out.0, out.1);
+                }
                 if !written {
                     break;
                 }
@@ -149,6 +153,9 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
                 last_seen = Instant::now();
                 match msg {
                     Some(Ok(Message::Text(text))) => {
+                        if let Some(admin) = &front.state.admin {
+                            admin.packets(true, 1, text.len() as u64);
+                        }
                         next = Box::pin(on_text(&front, &conn, text.as_str())).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
@@ -187,12 +194,14 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
 
 /// Writes the queued frames and flushes once; false when the connection is gone. A queued close
 /// stops there and becomes `next`.
-async fn write_queued(socket: &mut WebSocket, conn: &WsConn, next: &mut Next) -> bool {
+async fn write_queued(socket: &mut WebSocket, conn: &WsConn, next: &mut Next, sent: &mut (u64, u64)) -> bool {
     use futures_util::SinkExt;
     let mut fed = false;
     while let Some(out) = conn.pop() {
         match out {
             Out::Frame(f) => {
+                sent.0 += 1;
+                sent.1 += f.len() as u64;
                 if socket.feed(Message::Text(f)).await.is_err() {
                     return false;
                 }
