@@ -171,6 +171,18 @@ impl Admin {
         }
     }
 
+    /// A dead node's clients (from the reaper): the UI drops them.
+    pub fn node_gone(&self, sockets: &[String]) {
+        if !self.settings.development {
+            return;
+        }
+        for id in sockets {
+            for nsp in ["/", "/ws"] {
+                self.send(Relay::Four("socket_disconnected", json!(nsp), json!(id), json!("node gone"), json!(crate::iso_now())));
+            }
+        }
+    }
+
     /// Packets and bytes in (`in_ = true`) or out, for the aggregated events (each front end counts
     /// its own: it knows the sizes).
     pub fn packets(&self, in_: bool, packets: u64, bytes: u64) {
@@ -205,7 +217,7 @@ impl Admin {
         }
         if let Some(redis) = &state.redis {
             let mut conn = redis.commands();
-            let key = crate::cluster::key(state, &["admin-session", id]);
+            let key = state.redis_key(&["admin-session", id]);
             return redis::AsyncCommands::exists::<_, bool>(&mut conn, key).await.unwrap_or(false);
         }
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,7 +228,7 @@ impl Admin {
     async fn save_session(&self, state: &AppState, id: &str) {
         if let Some(redis) = &state.redis {
             let mut conn = redis.commands();
-            let key = crate::cluster::key(state, &["admin-session", id]);
+            let key = state.redis_key(&["admin-session", id]);
             let res: redis::RedisResult<()> =
                 redis::AsyncCommands::set_ex(&mut conn, key, 1, SESSION_TTL.as_secs()).await;
             if let Err(e) = res {

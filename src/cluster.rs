@@ -18,16 +18,6 @@ use crate::stats::local_stats;
 use crate::store::redis::NODE_LIVENESS_MS;
 
 /// The heartbeat (every second) and the reaper of dead nodes (every few seconds).
-/// `<prefix>:<part>:<part>...`
-pub fn key(state: &AppState, parts: &[&str]) -> String {
-    let mut k = state.config.redis_prefix.clone();
-    for p in parts {
-        k.push(':');
-        k.push_str(p);
-    }
-    k
-}
-
 /// What the reaper does for each user of a dead node (their calls there end): given by `startup`,
 /// so that this module needs nothing from the event handlers.
 pub type OnNodeGone = std::sync::Arc<dyn Fn(AppState, String, String) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -50,20 +40,20 @@ pub fn spawn_heartbeat(state: AppState, on_gone: OnNodeGone) -> Option<tokio::ta
             // without persistence). Each of those needs this node's presence written again.
             let beat: redis::RedisResult<(Option<String>, usize)> = redis::pipe()
                 .cmd("SET")
-                .arg(key(&state, &["node", &state.node_id]))
+                .arg(state.redis_key(&["node", &state.node_id]))
                 .arg(1)
                 .arg("PX")
                 .arg(NODE_LIVENESS_MS)
                 .arg("GET")
-                .hset(key(&state, &["nodes"]), &state.node_id, crate::auth::unix_now_ms())
+                .hset(state.redis_key(&["nodes"]), &state.node_id, crate::auth::unix_now_ms())
                 .ignore()
                 .set_ex(
-                    key(&state, &["node-stats", &state.node_id]),
+                    state.redis_key(&["node-stats", &state.node_id]),
                     serde_json::to_string(&stats).unwrap_or_default(),
                     NODE_LIVENESS_MS / 1000,
                 )
                 .ignore()
-                .hlen(key(&state, &["nodes"]))
+                .hlen(state.redis_key(&["nodes"]))
                 .query_async(&mut conn)
                 .await;
             redis.set_up(beat.is_ok());
@@ -119,17 +109,17 @@ async fn reap(
     conn: &mut crate::redis_link::RetryConn,
     on_gone: &OnNodeGone,
 ) -> redis::RedisResult<()> {
-    let nodes: Vec<String> = conn.hkeys(key(state, &["nodes"])).await?;
+    let nodes: Vec<String> = conn.hkeys(state.redis_key(&["nodes"])).await?;
     for node in nodes {
         if node == state.node_id {
             continue;
         }
-        let alive: bool = conn.exists(key(state, &["node", &node])).await?;
+        let alive: bool = conn.exists(state.redis_key(&["node", &node])).await?;
         if alive {
             continue;
         }
         let won: bool = redis::cmd("SET")
-            .arg(key(state, &["reap", &node]))
+            .arg(state.redis_key(&["reap", &node]))
             .arg(&state.node_id)
             .arg("NX")
             .arg("EX")
@@ -139,18 +129,24 @@ async fn reap(
         if !won {
             continue;
         }
-        let users: Vec<String> = conn.smembers(key(state, &["node-users", &node])).await?;
+        let users: Vec<String> = conn.smembers(state.redis_key(&["node-users", &node])).await?;
+        // Its users' clients (the store lists them per node): gone from the Admin UI too.
+        let sockets: Vec<String> = conn.smembers(state.redis_key(&["node-socks", &node])).await?;
+        if let Some(admin) = &state.admin {
+            admin.node_gone(&sockets);
+        }
         tracing::warn!(node, users = users.len(), "reaping a dead node");
         for user in &users {
-            let _: () = conn.hdel(key(state, &["presence", user]), format!("n:{node}")).await?;
+            let _: () = conn.hdel(state.redis_key(&["presence", user]), format!("n:{node}")).await?;
             on_gone(state.clone(), user.clone(), node.clone()).await;
             if let Err(e) = state.store.schedule_offline_check(user, state.config.presence_grace_ms).await {
                 tracing::warn!(user, "offline check: {e}");
             }
         }
         let _: () = redis::pipe()
-            .del(key(state, &["node-users", &node]))
-            .hdel(key(state, &["nodes"]), &node)
+            .del(state.redis_key(&["node-users", &node]))
+            .del(state.redis_key(&["node-socks", &node]))
+            .hdel(state.redis_key(&["nodes"]), &node)
             .query_async(conn)
             .await?;
     }

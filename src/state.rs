@@ -60,6 +60,16 @@ impl Deref for AppState {
 }
 
 impl AppState {
+    /// `<REDIS_PREFIX>:<part>:<part>...`: a key of the gateway's own in Redis.
+    pub fn redis_key(&self, parts: &[&str]) -> String {
+        let mut k = self.config.redis_prefix.clone();
+        for p in parts {
+            k.push(':');
+            k.push_str(p);
+        }
+        k
+    }
+
     pub fn new(
         config: Config,
         auth: Arc<Authenticator>,

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::key;
 use crate::names;
 use crate::state::AppState;
 
@@ -105,11 +104,11 @@ async fn others(
 ) -> redis::RedisResult<(Vec<(String, Stats)>, u64)> {
     let mut conn = redis.commands();
     // The others' figures expire with their heartbeat: a missing one is a dead node.
-    let nodes: Vec<String> = conn.hkeys(key(state, &["nodes"])).await?;
+    let nodes: Vec<String> = conn.hkeys(state.redis_key(&["nodes"])).await?;
     let live: Vec<String> = nodes.into_iter().filter(|id| *id != state.node_id).collect();
     let mut out = Vec::new();
     if !live.is_empty() {
-        let keys: Vec<String> = live.iter().map(|id| key(state, &["node-stats", id])).collect();
+        let keys: Vec<String> = live.iter().map(|id| state.redis_key(&["node-stats", id])).collect();
         let raw: Vec<Option<String>> = conn.mget(keys).await?;
         for (id, r) in live.into_iter().zip(raw) {
             if let Some(s) = r.and_then(|r| serde_json::from_str::<Stats>(&r).ok()) {
@@ -117,6 +116,6 @@ async fn others(
             }
         }
     }
-    let online: u64 = conn.scard(key(state, &["online"])).await?;
+    let online: u64 = conn.scard(state.redis_key(&["online"])).await?;
     Ok((out, online))
 }

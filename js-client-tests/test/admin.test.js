@@ -212,6 +212,13 @@ test('admin cluster: one login sees both nodes (server rows, sockets) and acts o
     await gone;
     a.socket.emit('_disconnect', '/ws', true, wsB.hello.connectionId);
     assert.equal((await wsB.closed).code, 1000);
+    // Node B dies: once the reaper on A sees it, its clients leave the UI.
+    const last = (await connect(B.url, { auth: { token: token('adm-last-b') } })).socket;
+    const lastId = last.id;
+    await seen(a, (e) => e[0] === 'socket_connected' && e[1].id === lastId, 'socket_connected from B');
+    await B.stop('SIGKILL');
+    await seen(a, (e) => e[0] === 'socket_disconnected' && e[2] === lastId && e[1] === '/', 'the dead node\'s socket dropped', 30000);
+    last.close();
     a.socket.close();
   } finally {
     await A.stop(); await B.stop(); await redis.stop();

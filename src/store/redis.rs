@@ -505,7 +505,14 @@ impl Store for RedisStore {
             -1 => return Ok(None),
             n => n == 1,
         };
-        let _: () = self.ok(self.conn()?.set_ex(self.key(&["sock", sid]), json(user)?, SOCKET_TTL_SECS).await)?;
+        // The socket's user (for other nodes' member lists), and the node's list of sockets (for the
+        // reaper, should this node die).
+        let mut p = ::redis::pipe();
+        p.set_ex(self.key(&["sock", sid]), json(user)?, SOCKET_TTL_SECS)
+            .ignore()
+            .sadd(self.key(&["node-socks", &self.node_id]), sid)
+            .ignore();
+        let _: () = self.ok(p.query_async(&mut self.conn()?).await)?;
         Ok(Some(became))
     }
 
@@ -526,7 +533,9 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn()?)
             .await;
         let left = self.ok(r)?.max(0) as u64;
-        let _: () = self.ok(self.conn()?.del(self.key(&["sock", sid])).await)?;
+        let mut p = ::redis::pipe();
+        p.del(self.key(&["sock", sid])).ignore().srem(self.key(&["node-socks", &self.node_id]), sid).ignore();
+        let _: () = self.ok(p.query_async(&mut self.conn()?).await)?;
         Ok(left)
     }
 
