@@ -178,7 +178,13 @@ impl Admin {
         }
         for id in sockets {
             for nsp in ["/", "/ws"] {
-                self.send(Relay::Four("socket_disconnected", json!(nsp), json!(id), json!("node gone"), json!(crate::iso_now())));
+                self.send(Relay::Four(
+                    "socket_disconnected",
+                    json!(nsp),
+                    json!(id),
+                    json!("node gone"),
+                    json!(crate::iso_now()),
+                ));
             }
         }
     }

@@ -26,6 +26,11 @@ const RESERVED_EVENTS: &[&str] = &[
     "pong",
 ];
 
+/// Is this an event name that client libraries reserve?
+pub fn is_reserved(event: &str) -> bool {
+    RESERVED_EVENTS.contains(&event)
+}
+
 /// `{event, data, room?|channel?|userId?|socketId?}`: the body of `POST /api/broadcast` and of a
 /// `realtime:emit` publish.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -59,7 +64,7 @@ impl EmitRequest {
         if self.event.is_empty() || self.event.len() > 128 {
             return Err("event must be a string of 1 to 128 characters".into());
         }
-        if RESERVED_EVENTS.contains(&self.event.as_str()) {
+        if is_reserved(&self.event) {
             return Err(format!("event '{}' is reserved", self.event));
         }
         let named = [&self.room, &self.channel, &self.user_id, &self.socket_id].iter().filter(|t| t.is_some()).count();

@@ -103,6 +103,11 @@ async fn run_once(
     pubsub.subscribe(EMIT_CHANNEL).await?;
     let bus = state.bus.channel().to_string();
     pubsub.subscribe(&bus).await?;
+    // The official Node emitter (see emitter.rs).
+    let emitter_pattern = crate::emitter::broadcast_pattern();
+    let emitter_requests = crate::emitter::request_channel();
+    pubsub.psubscribe(&emitter_pattern).await?;
+    pubsub.subscribe(&emitter_requests).await?;
     for p in patterns {
         pubsub.psubscribe(p).await?;
     }
@@ -120,7 +125,9 @@ async fn run_once(
         match pattern {
             None if channel == EMIT_CHANNEL => emit(state, payload).await,
             None if channel == bus => state.bus.on_payload(payload),
+            None if channel == emitter_requests => crate::emitter::on_request(state, payload),
             None => {}
+            Some(p) if p == emitter_pattern => crate::emitter::on_broadcast(state, payload).await,
             Some(p) => {
                 // A channel matching two patterns arrives once per pattern: take the first only.
                 let first = patterns.iter().find(|q| redis_glob(q, &channel));

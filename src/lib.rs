@@ -12,6 +12,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
+pub mod emitter;
 pub mod error;
 pub mod events;
 pub mod http;
