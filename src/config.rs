@@ -215,6 +215,22 @@ pub struct Config {
     /// `development` (sockets, rooms and events listed) or `production` (server figures only).
     #[arg(long, env = "ADMIN_UI_MODE", value_name = "ADMIN_UI_MODE", default_value = "development")]
     pub admin_ui_mode: String,
+    /// Client events that are not the gateway's own are POSTed here (SPEC §14).
+    #[arg(long, env = "EVENT_PROXY_URL", value_name = "EVENT_PROXY_URL")]
+    pub event_proxy_url: Option<String>,
+    #[arg(long, env = "EVENT_PROXY_TIMEOUT_MS", value_name = "EVENT_PROXY_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub event_proxy_timeout_ms: u64,
+    /// Calls to `EVENT_PROXY_URL` in flight at once on a node; past it an event answers `RATE_LIMITED`.
+    #[arg(long, env = "EVENT_PROXY_CONCURRENCY", value_name = "EVENT_PROXY_CONCURRENCY", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub event_proxy_concurrency: u64,
+    /// Lifecycle webhooks are POSTed here (SPEC §14).
+    #[arg(long, env = "WEBHOOK_URL", value_name = "WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key of `X-Realtime-Signature` on webhooks and event proxy calls.
+    #[arg(long, env = "WEBHOOK_SECRET", value_name = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     /// Live calls (ringing or active) one user may be a party of.
     #[arg(long, env = "MAX_CALLS_PER_USER", value_name = "MAX_CALLS_PER_USER", default_value_t = 4,
           value_parser = clap::value_parser!(u64).range(1..=1000))]

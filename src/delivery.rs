@@ -117,6 +117,35 @@ pub async fn emit(hub: &Hub, target: &Target, event: &str, data: &Value, local: 
     to.emit(event, data).await
 }
 
+/// Where an emit reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every node (through Redis), or the only node there is.
+    Cluster,
+    /// Redis is configured but unavailable: this node's clients only.
+    Node,
+}
+
+/// Emits through Redis when configured (`realtime:emit`: every node delivers to its own clients,
+/// exactly once); without Redis, or while it is down, this node delivers to its own clients. The
+/// REST API and the event proxy's `emit` answers.
+pub async fn send(state: &crate::state::AppState, req: &EmitRequest, target: &Target) -> Result<Scope, String> {
+    state.metrics.event_out(&req.event);
+    let mut scope = Scope::Cluster;
+    if let Some(redis) = &state.redis {
+        let payload = serde_json::to_string(req).map_err(|e| e.to_string())?;
+        match redis.publish(crate::ingress::EMIT_CHANNEL, payload).await {
+            Ok(()) => return Ok(Scope::Cluster),
+            Err(e) => {
+                tracing::warn!("broadcast via redis failed, delivering locally only: {e:#}");
+                scope = Scope::Node;
+            }
+        }
+    }
+    emit(&state.hub, target, &req.event, &req.data, true).await?;
+    Ok(scope)
+}
+
 /// Delivers a channel publish (the `event` envelope) to the channel's subscribers.
 pub async fn publish(hub: &Hub, channel: &str, data: &Value, local: bool) -> Result<(), String> {
     let envelope = Envelope { channel, data, timestamp: crate::iso_now() };

@@ -21,6 +21,7 @@ pub mod ingress;
 pub mod metrics;
 pub mod names;
 pub mod policy;
+pub mod proxy;
 pub mod redis_link;
 pub mod sio;
 pub mod startup;

@@ -96,7 +96,12 @@ pub struct Metrics {
     pub redis_up: Gauge,
     pub ingress_messages: Counter,
     pub ingress_dropped: Counter,
+    /// Event proxy calls by outcome (`ok`, `error`, `timeout`, `busy`).
+    proxy: HashMap<&'static str, Counter>,
 }
+
+/// The outcomes of an event proxy call.
+pub const PROXY_OUTCOMES: &[&str] = &["ok", "error", "timeout", "busy"];
 
 const META: Metadata<'static> = Metadata::new("realtime_gateway", Level::INFO, Some("realtime_gateway::metrics"));
 
@@ -126,6 +131,7 @@ impl Metrics {
         describe("realtime_connections_refused_total", "Connections refused at the handshake");
         describe("realtime_ingress_messages_total", "Messages received from Redis ingress and REST publish");
         describe("realtime_ingress_dropped_total", "Ingress messages dropped (broken envelope, unknown channel)");
+        describe("realtime_event_proxy_total", "Client events sent to EVENT_PROXY_URL, by outcome");
         recorder.describe_gauge("realtime_connections".into(), None, "Connected sockets on this node".into());
         recorder.describe_gauge("realtime_subscriptions".into(), None, "Channel subscriptions on this node".into());
         recorder.describe_gauge("realtime_channels".into(), None, "Channels with a subscriber on this node".into());
@@ -162,6 +168,10 @@ impl Metrics {
             redis_up: gauge("realtime_redis_up", vec![]),
             ingress_messages: counter("realtime_ingress_messages_total", vec![]),
             ingress_dropped: counter("realtime_ingress_dropped_total", vec![]),
+            proxy: PROXY_OUTCOMES
+                .iter()
+                .map(|o| (*o, counter("realtime_event_proxy_total", vec![Label::new("outcome", *o)])))
+                .collect(),
             recorder,
             handle,
         }
@@ -178,6 +188,11 @@ impl Metrics {
     }
     pub fn error(&self, code: Code) {
         if let Some(c) = self.errors.get(code.as_str()) {
+            c.increment(1);
+        }
+    }
+    pub fn proxy(&self, outcome: &str) {
+        if let Some(c) = self.proxy.get(outcome) {
             c.increment(1);
         }
     }

@@ -207,6 +207,31 @@ impl<A: Adapter> Payload for Msg<A> {
             SioValue::Bytes(b) => serde_json::Value::String(format!("({} bytes)", b.len())),
         }
     }
+    fn args(&self) -> Vec<serde_json::Value> {
+        use base64::Engine;
+        let serde_json::Value::Array(mut args) = self.peek() else { return Vec::new() };
+        // Binary attachments: their placeholders `{"_placeholder":true,"num":n}` become base64 strings.
+        if let SioValue::Str(_, Some(bins)) = &self.value {
+            fn fill(v: &mut serde_json::Value, bins: &std::collections::VecDeque<bytes::Bytes>, depth: usize) {
+                if depth > 32 {
+                    return;
+                }
+                match v {
+                    serde_json::Value::Object(o) if o.get("_placeholder") == Some(&serde_json::Value::Bool(true)) => {
+                        let n = o.get("num").and_then(serde_json::Value::as_u64).unwrap_or(u64::MAX) as usize;
+                        if let Some(b) = bins.get(n) {
+                            *v = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(b));
+                        }
+                    }
+                    serde_json::Value::Object(o) => o.values_mut().for_each(|x| fill(x, bins, depth + 1)),
+                    serde_json::Value::Array(a) => a.iter_mut().for_each(|x| fill(x, bins, depth + 1)),
+                    _ => {}
+                }
+            }
+            args.iter_mut().for_each(|a| fill(a, bins, 0));
+        }
+        args
+    }
 }
 
 impl<A: Adapter> Msg<A> {

@@ -65,7 +65,8 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
     let mut config = config;
     config.node_id = Some(node_id);
     let admin = crate::admin::Settings::from_config(&config)?.map(crate::admin::Admin::new);
-    let state = AppState::new(config, auth, policy, redis.clone(), store, admin);
+    let proxy = crate::proxy::EventProxy::from_config(&config)?;
+    let state = AppState::new(config, auth, policy, redis.clone(), store, admin, proxy);
     let cfg = &state.config;
     let listener = bind(&cfg.host, cfg.port).await?;
     let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {

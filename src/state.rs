@@ -50,6 +50,8 @@ pub struct Inner {
     pub bus: Arc<crate::bus::Bus>,
     /// The Socket.IO Admin UI, with `ADMIN_UI_PASSWORD`.
     pub admin: Option<Arc<crate::admin::Admin>>,
+    /// The event proxy, with `EVENT_PROXY_URL`.
+    pub proxy: Option<Arc<crate::proxy::EventProxy>>,
 }
 
 impl Deref for AppState {
@@ -77,6 +79,7 @@ impl AppState {
         redis: Option<Arc<RedisLink>>,
         store: Arc<dyn Store>,
         admin: Option<Arc<crate::admin::Admin>>,
+        proxy: Option<Arc<crate::proxy::EventProxy>>,
     ) -> Self {
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
         let quotas = Quotas::from_config(&config);
@@ -102,6 +105,7 @@ impl AppState {
             peers: peers.clone(),
             bus: crate::bus::Bus::new(redis_for_bus, format!("{}:bus", prefix), node_id_for_bus, peers),
             admin,
+            proxy,
         }))
     }
 }

@@ -32,6 +32,8 @@ pub trait Payload {
     fn decode<T: DeserializeOwned>(&mut self) -> Result<T, ApiError>;
     /// The arguments as JSON, for the Admin UI (only asked for when it watches).
     fn peek(&self) -> serde_json::Value;
+    /// Every argument as JSON (binary ones as base64 strings): what the event proxy forwards.
+    fn args(&self) -> Vec<serde_json::Value>;
 }
 
 /// A JSON value as the event's argument (`/ws` frames, tests).
@@ -41,6 +43,12 @@ impl Payload for serde_json::Value {
     }
     fn peek(&self) -> serde_json::Value {
         self.clone()
+    }
+    fn args(&self) -> Vec<serde_json::Value> {
+        match self {
+            serde_json::Value::Null => Vec::new(),
+            v => vec![v.clone()],
+        }
     }
 }
 
@@ -321,7 +329,11 @@ async fn route<P: Payload>(ctx: &Ctx, event: &str, p: &mut P) -> HandlerResult {
         "call-reject" => calls::call_reject(ctx, p.decode()?).await,
         "hang-up" => calls::hang_up(ctx, p.decode()?).await,
         "refresh-token" => connection::refresh_token(ctx, p.decode()?).await,
-        _ => Err(ApiError::not_found("Unknown event")),
+        // Not ours: the app's backend's, when there is one (SPEC §14).
+        _ => match &ctx.state.proxy {
+            Some(proxy) => proxy.call(ctx, event, p.args()).await,
+            None => Err(ApiError::not_found("Unknown event")),
+        },
     }
 }
 

@@ -111,14 +111,7 @@ pub async fn broadcast(
     Ok(answer(scope))
 }
 
-/// Where a REST emit reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Every node (through Redis), or the only node there is.
-    Cluster,
-    /// Redis is configured but unavailable: this node's sockets only.
-    Node,
-}
+pub use crate::delivery::Scope;
 
 /// `200 {success:true}`; `202` with `scope:"node"` and a warning when only this node was reached.
 fn answer(scope: Scope) -> Response {
@@ -180,23 +173,9 @@ fn internal(e: impl std::fmt::Display) -> HttpError {
 }
 
 impl Api {
-    /// Emits through Redis when configured (every node delivers to its own sockets, exactly once).
-    /// Without Redis, or while it is down, this node delivers to its own sockets.
+    /// Emits through Redis when configured (see `delivery::send`).
     pub async fn emit(&self, req: &EmitRequest, target: &delivery::Target) -> Result<Scope, HttpError> {
-        self.state.metrics.event_out(&req.event);
-        let mut scope = Scope::Cluster;
-        if let Some(redis) = &self.state.redis {
-            let payload = serde_json::to_string(req).map_err(internal)?;
-            match redis.publish(crate::ingress::EMIT_CHANNEL, payload).await {
-                Ok(()) => return Ok(Scope::Cluster),
-                Err(e) => {
-                    tracing::warn!("broadcast via redis failed, delivering locally only: {e:#}");
-                    scope = Scope::Node;
-                }
-            }
-        }
-        delivery::emit(&self.state.hub, target, &req.event, &req.data, true).await.map_err(internal)?;
-        Ok(scope)
+        delivery::send(&self.state, req, target).await.map_err(internal)
     }
 
     /// The same as a Redis ingress publish; local delivery without Redis or while it is down.
