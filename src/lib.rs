@@ -30,6 +30,7 @@ pub mod stats;
 pub mod store;
 pub mod timers;
 pub mod tls;
+pub mod webhooks;
 pub mod ws;
 
 pub use startup::{startup, Gateway};

@@ -98,7 +98,12 @@ pub struct Metrics {
     pub ingress_dropped: Counter,
     /// Event proxy calls by outcome (`ok`, `error`, `timeout`, `busy`).
     proxy: HashMap<&'static str, Counter>,
+    /// Webhooks by outcome (`queued`, `delivered`, `retried`, `dropped`, `expired`).
+    webhooks: HashMap<&'static str, Counter>,
 }
+
+/// The outcomes of a webhook.
+pub const WEBHOOK_OUTCOMES: &[&str] = &["queued", "delivered", "retried", "dropped", "expired"];
 
 /// The outcomes of an event proxy call.
 pub const PROXY_OUTCOMES: &[&str] = &["ok", "error", "timeout", "busy"];
@@ -132,6 +137,10 @@ impl Metrics {
         describe("realtime_ingress_messages_total", "Messages received from Redis ingress and REST publish");
         describe("realtime_ingress_dropped_total", "Ingress messages dropped (broken envelope, unknown channel)");
         describe("realtime_event_proxy_total", "Client events sent to EVENT_PROXY_URL, by outcome");
+        describe(
+            "realtime_webhooks_total",
+            "Webhooks queued, delivered, retried (attempts), dropped (queue full) and expired (an hour of retries)",
+        );
         recorder.describe_gauge("realtime_connections".into(), None, "Connected sockets on this node".into());
         recorder.describe_gauge("realtime_subscriptions".into(), None, "Channel subscriptions on this node".into());
         recorder.describe_gauge("realtime_channels".into(), None, "Channels with a subscriber on this node".into());
@@ -172,6 +181,10 @@ impl Metrics {
                 .iter()
                 .map(|o| (*o, counter("realtime_event_proxy_total", vec![Label::new("outcome", *o)])))
                 .collect(),
+            webhooks: WEBHOOK_OUTCOMES
+                .iter()
+                .map(|o| (*o, counter("realtime_webhooks_total", vec![Label::new("outcome", *o)])))
+                .collect(),
             recorder,
             handle,
         }
@@ -195,6 +208,10 @@ impl Metrics {
         if let Some(c) = self.proxy.get(outcome) {
             c.increment(1);
         }
+    }
+    /// The counter of a webhook outcome (a no-op counter for an unknown one).
+    pub fn webhook_counter(&self, outcome: &str) -> Counter {
+        self.webhooks.get(outcome).cloned().unwrap_or_else(Counter::noop)
     }
     pub fn refused(&self) {
         self.refused.increment(1);

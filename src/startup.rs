@@ -66,6 +66,8 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
     config.node_id = Some(node_id);
     let admin = crate::admin::Settings::from_config(&config)?.map(crate::admin::Admin::new);
     let proxy = crate::proxy::EventProxy::from_config(&config)?;
+    // Its errors name the variable (the state builds it again, then without fail).
+    crate::webhooks::Webhooks::from_config(&config, None, "", None)?;
     let state = AppState::new(config, auth, policy, redis.clone(), store, admin, proxy);
     let cfg = &state.config;
     let listener = bind(&cfg.host, cfg.port).await?;
@@ -144,6 +146,9 @@ fn assemble<A: Adapter>(
     tasks.extend(crate::cluster::spawn_heartbeat(state.clone(), on_gone));
     tasks.extend(crate::ingress::spawn(state.clone()));
     tasks.extend(crate::admin::spawn(io.clone(), state.clone()));
+    if let Some(hooks) = &state.webhooks {
+        tasks.extend(crate::webhooks::spawn(hooks.clone()));
+    }
     let api = Api { state: state.clone() };
     let front = crate::ws::WsFront { state: state.clone(), clients: ws };
     // The head compaction runs before the Socket.IO layer sees the request (see http/compact.rs).

@@ -52,6 +52,8 @@ pub struct Inner {
     pub admin: Option<Arc<crate::admin::Admin>>,
     /// The event proxy, with `EVENT_PROXY_URL`.
     pub proxy: Option<Arc<crate::proxy::EventProxy>>,
+    /// Lifecycle webhooks, with `WEBHOOK_URL`.
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 impl Deref for AppState {
@@ -62,6 +64,13 @@ impl Deref for AppState {
 }
 
 impl AppState {
+    /// Queues a lifecycle webhook (`data` is built only when webhooks are on); `key` orders it (the user).
+    pub fn hook(&self, kind: &str, key: &str, data: impl FnOnce() -> serde_json::Value) {
+        if let Some(w) = &self.webhooks {
+            w.send(kind, key, data());
+        }
+    }
+
     /// `<REDIS_PREFIX>:<part>:<part>...`: a key of the gateway's own in Redis.
     pub fn redis_key(&self, parts: &[&str]) -> String {
         let mut k = self.config.redis_prefix.clone();
@@ -86,6 +95,10 @@ impl AppState {
         let connect_limiter = connect_quota(config.connect_rate_per_ip).map(DefaultKeyedRateLimiter::keyed);
         let peers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (redis_for_bus, prefix, node_id_for_bus) = (redis.clone(), config.redis_prefix.clone(), node_id.clone());
+        // Checked before (startup validates WEBHOOK_URL); a bad one here means no webhooks.
+        let metrics = Metrics::new();
+        let webhooks =
+            crate::webhooks::Webhooks::from_config(&config, redis.clone(), &node_id, Some(&metrics)).ok().flatten();
         AppState(Arc::new(Inner {
             config,
             auth,
@@ -94,7 +107,7 @@ impl AppState {
             started: Instant::now(),
             expiry: ExpiryQueue::default(),
             counters: Arc::new(Counters::default()),
-            metrics: Metrics::new(),
+            metrics,
             redis,
             store,
             timers: Timers::default(),
@@ -106,6 +119,7 @@ impl AppState {
             bus: crate::bus::Bus::new(redis_for_bus, format!("{}:bus", prefix), node_id_for_bus, peers),
             admin,
             proxy,
+            webhooks,
         }))
     }
 }

@@ -155,6 +155,15 @@ pub async fn announce_arrival(state: &AppState, client: &dyn Link, session: &Ses
     if let Some(admin) = &state.admin {
         admin.connected(client);
     }
+    let (sid, user_id) = (client.id().to_string(), session.user_id());
+    state.hook(
+        "socket.connected",
+        user_id.unwrap_or(&sid),
+        || serde_json::json!({ "socketId": sid, "userId": user_id, "transport": client.transport() }),
+    );
+    if let (Some(user), true) = (&session.user, session.became_online.load(std::sync::atomic::Ordering::Relaxed)) {
+        state.hook("user.online", &user.user_id, || serde_json::json!({ "userId": user.user_id, "user": user }));
+    }
     if let Some(user) = &session.user {
         if session.became_online.load(std::sync::atomic::Ordering::Relaxed) {
             presence::announce(state, &user.user_id, "online", &[]).await;
@@ -181,6 +190,10 @@ pub async fn depart(state: &AppState, client: &dyn Link, reason: &str) {
     if let Some(admin) = &state.admin {
         admin.disconnected(client, reason);
     }
+    let sid = client.id().to_string();
+    state.hook("socket.disconnected", session.user_id().unwrap_or(&sid), || {
+        serde_json::json!({ "socketId": sid, "userId": session.user_id(), "reason": reason, "transport": client.transport() })
+    });
     tracing::info!(sid = %client.id(), user_id = session.user_id().unwrap_or("-"), reason,
         transport = client.transport(), "disconnected");
     if let Some(user) = &session.user {

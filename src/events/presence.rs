@@ -54,7 +54,10 @@ pub async fn socket_down(state: &AppState, user_id: &str, sid: &str, chat_rooms:
 /// the rooms every socket of the user was in when it left.
 pub async fn grace_over(state: &AppState, user_id: &str) {
     match state.store.mark_offline_if_idle(user_id, state.config.presence_grace_ms).await {
-        Ok(Some(rooms)) => announce(state, user_id, "offline", &rooms).await,
+        Ok(Some(rooms)) => {
+            state.hook("user.offline", user_id, || json!({ "userId": user_id }));
+            announce(state, user_id, "offline", &rooms).await
+        }
         Ok(None) => {}
         Err(e) => tracing::warn!(user_id, "presence grace: {e}"),
     }

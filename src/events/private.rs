@@ -71,6 +71,10 @@ pub async fn private_message(ctx: &Ctx, req: PrivateRequest) -> HandlerResult {
             return Err(e.into());
         }
     };
+    if queued {
+        // The target is offline: the moment for the backend's push notification.
+        ctx.state.hook("private.queued", &pm.to_user_id, || json!(pm));
+    }
     let mut targets = vec![names::user(&user.user_id)];
     if !queued {
         targets.push(names::user(&pm.to_user_id));

@@ -244,6 +244,10 @@ pub async fn create_room(ctx: &Ctx, req: CreateRoom) -> HandlerResult {
     if !same_members {
         return Err(ApiError::forbidden("Access denied"));
     }
+    if room.created_at == wanted.created_at {
+        // Made now (a direct room that existed answers as it was).
+        ctx.state.hook("room.created", &user.user_id, || json!(room));
+    }
     Ok(json!({ "success": true, "room": room }))
 }
 
@@ -308,6 +312,7 @@ pub async fn message(ctx: &Ctx, req: SendMessage) -> HandlerResult {
         return Err(e.into());
     }
     ctx.state.metrics.event_out("new-message");
+    ctx.state.hook("message.created", &user.user_id, || json!(msg));
     if let Err(e) = ctx.hub().to(room).emit("new-message", &msg).await {
         tracing::debug!("new-message broadcast: {e}");
     }

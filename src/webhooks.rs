@@ -1,0 +1,425 @@
+//! Lifecycle webhooks (SPEC §14): `POST WEBHOOK_URL` of `{id, type, ts, data}` for `user.online`,
+//! `user.offline`, `socket.connected`, `socket.disconnected`, `room.created`, `message.created` and
+//! `private.queued`, signed like the event proxy (`X-Realtime-Signature`, `X-Realtime-Timestamp`).
+//!
+//! Delivery is at least once, once per cluster, in order per user, retried with exponential backoff
+//! (backon) for up to an hour after the event:
+//! - With Redis, producers append to the stream `<prefix>:webhooks` (bounded at [`MAX_QUEUED`], the
+//!   oldest trimmed and counted as dropped). One node at a time delivers: the holder of the lease
+//!   `<prefix>:webhooks:leader`, reading through the consumer group `hooks`; an entry is acknowledged
+//!   and deleted once the backend took it. A node that takes the lease over first claims what its
+//!   predecessor had read and not delivered, so a webhook survives the death of the node that produced
+//!   it and of the one that was delivering it.
+//! - Without Redis, a bounded queue in memory.
+//!
+//! The deliverer hands each webhook to one of [`LANES`] lanes by its user: a lane delivers in order and
+//! waits while a webhook is retried, so one user's order holds and a failing user holds up only its lane.
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use metrics::Counter;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, Notify};
+
+use crate::redis_link::RedisLink;
+
+/// Webhooks waiting at most (stream or memory queue); past it the oldest are dropped and counted.
+pub const MAX_QUEUED: usize = 100_000;
+/// Lanes of in-order delivery.
+const LANES: usize = 16;
+/// How long a webhook is retried after its event.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(3600);
+/// The deliverer's lease, renewed every second.
+const LEASE_MS: u64 = 10_000;
+
+/// One webhook: the body the backend gets, and the key of its order (the user).
+#[derive(Debug, Clone)]
+struct Hook {
+    /// The stream entry, when it came from Redis (acknowledged once delivered).
+    entry: Option<String>,
+    key: String,
+    body: String,
+    ts: u64,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    ts: u64,
+    data: &'a Value,
+}
+
+/// Counters by outcome.
+struct Figures {
+    queued: Counter,
+    delivered: Counter,
+    retried: Counter,
+    dropped: Counter,
+    expired: Counter,
+}
+
+pub struct Webhooks {
+    url: String,
+    secret: Option<String>,
+    http: reqwest::Client,
+    redis: Option<Arc<RedisLink>>,
+    stream: String,
+    lease: String,
+    node_id: String,
+    /// Without Redis (or while it refuses an append): the queue in memory.
+    local: Mutex<VecDeque<Hook>>,
+    wake: Notify,
+    figures: Figures,
+}
+
+impl Webhooks {
+    pub fn from_config(
+        cfg: &crate::config::Config,
+        redis: Option<Arc<RedisLink>>,
+        node_id: &str,
+        metrics: Option<&crate::metrics::Metrics>,
+    ) -> anyhow::Result<Option<Arc<Self>>> {
+        let Some(url) = cfg.webhook_url.as_deref().filter(|u| !u.is_empty()) else { return Ok(None) };
+        let parsed: reqwest::Url = url.parse().map_err(|e| anyhow::anyhow!("WEBHOOK_URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            anyhow::bail!("WEBHOOK_URL: an http or https URL");
+        }
+        let counter = |outcome: &str| metrics.map(|m| m.webhook_counter(outcome)).unwrap_or_else(Counter::noop);
+        Ok(Some(Arc::new(Webhooks {
+            url: url.to_string(),
+            secret: cfg.webhook_secret.clone().filter(|s| !s.is_empty()),
+            http: crate::proxy::http_client(Duration::from_millis(cfg.event_proxy_timeout_ms.max(5000)))?,
+            redis,
+            stream: format!("{}:webhooks", cfg.redis_prefix),
+            lease: format!("{}:webhooks:leader", cfg.redis_prefix),
+            node_id: node_id.to_string(),
+            local: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            figures: Figures {
+                queued: counter("queued"),
+                delivered: counter("delivered"),
+                retried: counter("retried"),
+                dropped: counter("dropped"),
+                expired: counter("expired"),
+            },
+        })))
+    }
+
+    /// Queues a webhook (never waits: the append to Redis runs on its own task).
+    pub fn send(self: &Arc<Self>, kind: &str, user: &str, data: Value) {
+        let ts = crate::auth::unix_now_ms();
+        let body = Body { id: crate::store::new_id("wh"), kind, ts, data: &data };
+        let Ok(body) = serde_json::to_string(&body) else { return };
+        self.figures.queued.increment(1);
+        let hook = Hook { entry: None, key: user.to_string(), body, ts };
+        let Some(redis) = self.redis.clone() else {
+            self.push_local(hook);
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut conn = redis.commands();
+            let added: redis::RedisResult<(usize, String)> = redis::pipe()
+                .cmd("XLEN")
+                .arg(&me.stream)
+                .cmd("XADD")
+                .arg(&me.stream)
+                .arg("MAXLEN")
+                .arg(MAX_QUEUED)
+                .arg("*")
+                .arg("k")
+                .arg(&hook.key)
+                .arg("t")
+                .arg(hook.ts)
+                .arg("b")
+                .arg(&hook.body)
+                .query_async(&mut conn)
+                .await;
+            match added {
+                Ok((len, _)) => {
+                    if len >= MAX_QUEUED {
+                        me.figures.dropped.increment(1);
+                    }
+                }
+                Err(e) => {
+                    // Redis away: this node keeps it and delivers it itself.
+                    tracing::warn!("webhook not queued in redis, kept on this node: {e}");
+                    me.push_local(hook);
+                }
+            }
+        });
+    }
+
+    fn push_local(&self, hook: Hook) {
+        let mut q = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= MAX_QUEUED {
+            q.pop_front();
+            self.figures.dropped.increment(1);
+        }
+        q.push_back(hook);
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// One POST; an error for anything but a 2xx.
+    async fn post(&self, hook: &Hook) -> Result<(), String> {
+        let ts = crate::auth::unix_now_ms();
+        let mut req =
+            self.http.post(&self.url).header("content-type", "application/json").header("x-realtime-timestamp", ts);
+        if let Some(secret) = &self.secret {
+            req = req.header("x-realtime-signature", crate::proxy::signature(secret, hook.body.as_bytes()));
+        }
+        match req.body(hook.body.clone()).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Delivers one webhook, retrying until it is taken or an hour after its event has passed.
+    async fn deliver(&self, hook: &Hook) -> bool {
+        let age = Duration::from_millis(crate::auth::unix_now_ms().saturating_sub(hook.ts));
+        let left = GIVE_UP_AFTER.saturating_sub(age);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(60))
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(left));
+        let res = (|| self.post(hook))
+            .retry(backoff)
+            .notify(|e, after| {
+                self.figures.retried.increment(1);
+                tracing::debug!("webhook retried in {after:?}: {e}");
+            })
+            .await;
+        match res {
+            Ok(()) => {
+                self.figures.delivered.increment(1);
+                true
+            }
+            Err(e) => {
+                self.figures.expired.increment(1);
+                tracing::warn!("webhook given up after an hour of retries: {e}");
+                false
+            }
+        }
+    }
+}
+
+fn lane_of(key: &str) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % LANES
+}
+
+/// The deliverer: lanes, fed from the memory queue and, on the lease holder, from the stream.
+pub fn spawn(hooks: Arc<Webhooks>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let mut lanes = Vec::with_capacity(LANES);
+    for _ in 0..LANES {
+        // A lane's backlog is bounded: the reader waits when it is full (back-pressure on the stream).
+        let (tx, mut rx) = mpsc::channel::<Hook>(256);
+        lanes.push(tx);
+        let hooks = hooks.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(hook) = rx.recv().await {
+                hooks.deliver(&hook).await;
+                if let (Some(entry), Some(redis)) = (&hook.entry, &hooks.redis) {
+                    let mut conn = redis.commands();
+                    let acked: redis::RedisResult<()> = redis::pipe()
+                        .cmd("XACK")
+                        .arg(&hooks.stream)
+                        .arg("hooks")
+                        .arg(entry)
+                        .ignore()
+                        .cmd("XDEL")
+                        .arg(&hooks.stream)
+                        .arg(entry)
+                        .ignore()
+                        .query_async(&mut conn)
+                        .await;
+                    if let Err(e) = acked {
+                        tracing::debug!("webhook ack: {e}");
+                    }
+                }
+            }
+        }));
+    }
+    let lanes = Arc::new(lanes);
+    // The memory queue.
+    {
+        let (hooks, lanes) = (hooks.clone(), lanes.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = hooks.local.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                match next {
+                    Some(hook) => {
+                        let lane = lane_of(&hook.key);
+                        if lanes[lane].send(hook).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => hooks.wake.notified().await,
+                }
+            }
+        }));
+    }
+    // The stream, on the lease holder.
+    if hooks.redis.is_some() {
+        tasks.push(tokio::spawn(async move { read_stream(hooks, lanes).await }));
+    }
+    tasks
+}
+
+type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
+fn to_hook(id: String, fields: Vec<(String, Vec<u8>)>) -> Option<Hook> {
+    let mut hook = Hook { entry: Some(id), key: String::new(), body: String::new(), ts: 0 };
+    for (k, v) in fields {
+        let v = String::from_utf8(v).ok()?;
+        match k.as_str() {
+            "k" => hook.key = v,
+            "t" => hook.ts = v.parse().unwrap_or(0),
+            "b" => hook.body = v,
+            _ => {}
+        }
+    }
+    (!hook.body.is_empty()).then_some(hook)
+}
+
+/// Holds (or waits for) the deliverer's lease, renewing it every second, apart from the reader so
+/// that a reader waiting on full lanes still holds it.
+fn spawn_lease(hooks: Arc<Webhooks>, leader: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(redis) = hooks.redis.clone() else { return };
+        let script = redis::Script::new(
+            r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+              elseif redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 else return 0 end",
+        );
+        loop {
+            let mut conn = redis.commands();
+            let held: redis::RedisResult<i64> =
+                script.key(&hooks.lease).arg(&hooks.node_id).arg(LEASE_MS).invoke_async(&mut conn).await;
+            leader.store(matches!(held, Ok(1)), std::sync::atomic::Ordering::Release);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::Sender<Hook>>>) {
+    let Some(redis) = hooks.redis.clone() else { return };
+    let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _lease = AbortOnDrop(spawn_lease(hooks.clone(), leader.clone()));
+    let mut reading = false;
+    let mut group_ready = false;
+    // XREADGROUP blocks its connection: a connection of its own.
+    let mut blocking: Option<redis::aio::MultiplexedConnection> = None;
+    loop {
+        if !leader.load(std::sync::atomic::Ordering::Acquire) {
+            reading = false;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let conn = match &mut blocking {
+            Some(c) => c,
+            None => match redis.client.get_multiplexed_async_connection().await {
+                Ok(c) => blocking.insert(c),
+                Err(e) => {
+                    tracing::debug!("webhooks: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        if !group_ready {
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&hooks.stream)
+                .arg("hooks")
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(conn)
+                .await;
+            group_ready = match created {
+                Ok(()) => true,
+                Err(e) => e.to_string().contains("BUSYGROUP"),
+            };
+            if !group_ready {
+                blocking = None;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        if !reading {
+            // Just took over: what the previous deliverer had read and not delivered comes first.
+            reading = true;
+            tracing::info!("webhooks: this node delivers");
+            let claimed: redis::RedisResult<(String, Entries, Vec<String>)> = redis::cmd("XAUTOCLAIM")
+                .arg(&hooks.stream)
+                .arg("hooks")
+                .arg(&hooks.node_id)
+                .arg(0)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async(conn)
+                .await;
+            if let Ok((_, entries, _)) = claimed {
+                dispatch(&lanes, entries).await;
+            }
+        }
+        let read: redis::RedisResult<Option<Vec<(String, Entries)>>> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("hooks")
+            .arg(&hooks.node_id)
+            .arg("COUNT")
+            .arg(100)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(&hooks.stream)
+            .arg(">")
+            .query_async(conn)
+            .await;
+        match read {
+            Ok(Some(streams)) => {
+                for (_, entries) in streams {
+                    dispatch(&lanes, entries).await;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!("webhooks read: {e}");
+                blocking = None;
+                group_ready = false;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn dispatch(lanes: &[mpsc::Sender<Hook>], entries: Entries) {
+    for (id, fields) in entries {
+        if let Some(hook) = to_hook(id, fields) {
+            let lane = lane_of(&hook.key);
+            let _ = lanes[lane].send(hook).await;
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
