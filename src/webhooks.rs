@@ -13,7 +13,9 @@
 //! - Without Redis, a bounded queue in memory.
 //!
 //! The deliverer hands each webhook to one of [`LANES`] lanes by its user: a lane delivers in order and
-//! waits while a webhook is retried, so one user's order holds and a failing user holds up only its lane.
+//! waits while a webhook is retried, so one user's order holds and a failing user holds up only its lane
+//! (the lanes' backlog is bounded together, not each). One task per node appends to the stream, so a
+//! user's webhooks enter it in the order they happened.
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
@@ -32,6 +34,8 @@ use crate::redis_link::RedisLink;
 pub const MAX_QUEUED: usize = 100_000;
 /// Lanes of in-order delivery.
 const LANES: usize = 16;
+/// Webhooks on their way to the stream; past it they are kept in memory on this node.
+const APPEND_QUEUE: usize = 10_000;
 /// How long a webhook is retried after its event.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(3600);
 /// The deliverer's lease, renewed every second.
@@ -76,6 +80,12 @@ pub struct Webhooks {
     /// Without Redis (or while it refuses an append): the queue in memory.
     local: Mutex<VecDeque<Hook>>,
     wake: Notify,
+    /// With Redis: webhooks on their way to the stream, appended one after another by one task, so
+    /// that a user's webhooks enter the stream in the order they happened.
+    appends: mpsc::Sender<Hook>,
+    appends_rx: Mutex<Option<mpsc::Receiver<Hook>>>,
+    /// Webhooks read from the stream and not yet delivered (the lanes' backlog).
+    in_lanes: std::sync::atomic::AtomicUsize,
     figures: Figures,
 }
 
@@ -92,6 +102,7 @@ impl Webhooks {
             anyhow::bail!("WEBHOOK_URL: an http or https URL");
         }
         let counter = |outcome: &str| metrics.map(|m| m.webhook_counter(outcome)).unwrap_or_else(Counter::noop);
+        let (appends, appends_rx) = mpsc::channel(APPEND_QUEUE);
         Ok(Some(Arc::new(Webhooks {
             url: url.to_string(),
             secret: cfg.webhook_secret.clone().filter(|s| !s.is_empty()),
@@ -102,6 +113,9 @@ impl Webhooks {
             node_id: node_id.to_string(),
             local: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
+            appends,
+            appends_rx: Mutex::new(Some(appends_rx)),
+            in_lanes: std::sync::atomic::AtomicUsize::new(0),
             figures: Figures {
                 queued: counter("queued"),
                 delivered: counter("delivered"),
@@ -119,42 +133,51 @@ impl Webhooks {
         let Ok(body) = serde_json::to_string(&body) else { return };
         self.figures.queued.increment(1);
         let hook = Hook { entry: None, key: user.to_string(), body, ts };
-        let Some(redis) = self.redis.clone() else {
+        if self.redis.is_none() {
             self.push_local(hook);
             return;
-        };
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut conn = redis.commands();
-            let added: redis::RedisResult<(usize, String)> = redis::pipe()
-                .cmd("XLEN")
-                .arg(&me.stream)
-                .cmd("XADD")
-                .arg(&me.stream)
-                .arg("MAXLEN")
-                .arg(MAX_QUEUED)
-                .arg("*")
-                .arg("k")
-                .arg(&hook.key)
-                .arg("t")
-                .arg(hook.ts)
-                .arg("b")
-                .arg(&hook.body)
-                .query_async(&mut conn)
-                .await;
-            match added {
-                Ok((len, _)) => {
-                    if len >= MAX_QUEUED {
-                        me.figures.dropped.increment(1);
-                    }
-                }
-                Err(e) => {
-                    // Redis away: this node keeps it and delivers it itself.
-                    tracing::warn!("webhook not queued in redis, kept on this node: {e}");
-                    me.push_local(hook);
+        }
+        if let Err(e) = self.appends.try_send(hook) {
+            // The appender is this far behind (Redis slow or away): keep it here rather than wait.
+            let hook = match e {
+                mpsc::error::TrySendError::Full(h) | mpsc::error::TrySendError::Closed(h) => h,
+            };
+            self.push_local(hook);
+        }
+    }
+
+    /// Appends to the stream in order (one task per node).
+    async fn append(&self, hook: Hook) {
+        let Some(redis) = &self.redis else { return };
+        let mut conn = redis.commands();
+        let added: redis::RedisResult<(usize, String)> = redis::pipe()
+            .cmd("XLEN")
+            .arg(&self.stream)
+            .cmd("XADD")
+            .arg(&self.stream)
+            .arg("MAXLEN")
+            .arg(MAX_QUEUED)
+            .arg("*")
+            .arg("k")
+            .arg(&hook.key)
+            .arg("t")
+            .arg(hook.ts)
+            .arg("b")
+            .arg(&hook.body)
+            .query_async(&mut conn)
+            .await;
+        match added {
+            Ok((len, _)) => {
+                if len >= MAX_QUEUED {
+                    self.figures.dropped.increment(1);
                 }
             }
-        });
+            Err(e) => {
+                // Redis away: this node keeps it and delivers it itself.
+                tracing::warn!("webhook not queued in redis, kept on this node: {e}");
+                self.push_local(hook);
+            }
+        }
     }
 
     fn push_local(&self, hook: Hook) {
@@ -226,13 +249,15 @@ pub fn spawn(hooks: Arc<Webhooks>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let mut lanes = Vec::with_capacity(LANES);
     for _ in 0..LANES {
-        // A lane's backlog is bounded: the reader waits when it is full (back-pressure on the stream).
-        let (tx, mut rx) = mpsc::channel::<Hook>(256);
+        // The lanes' backlog together is bounded ([`MAX_QUEUED`]: the reader waits past it), not each
+        // lane's: a lane held up by a failing user does not stop the others.
+        let (tx, mut rx) = mpsc::unbounded_channel::<Hook>();
         lanes.push(tx);
         let hooks = hooks.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(hook) = rx.recv().await {
                 hooks.deliver(&hook).await;
+                hooks.in_lanes.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 if let (Some(entry), Some(redis)) = (&hook.entry, &hooks.redis) {
                     let mut conn = redis.commands();
                     let acked: redis::RedisResult<()> = redis::pipe()
@@ -260,11 +285,16 @@ pub fn spawn(hooks: Arc<Webhooks>) -> Vec<tokio::task::JoinHandle<()>> {
         let (hooks, lanes) = (hooks.clone(), lanes.clone());
         tasks.push(tokio::spawn(async move {
             loop {
+                if hooks.in_lanes.load(std::sync::atomic::Ordering::Relaxed) >= MAX_QUEUED {
+                    // The lanes are this far behind: the bounded queue holds the rest meanwhile.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
                 let next = hooks.local.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                 match next {
                     Some(hook) => {
-                        let lane = lane_of(&hook.key);
-                        if lanes[lane].send(hook).await.is_err() {
+                        hooks.in_lanes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if lanes[lane_of(&hook.key)].send(hook).is_err() {
                             return;
                         }
                     }
@@ -273,8 +303,16 @@ pub fn spawn(hooks: Arc<Webhooks>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }));
     }
-    // The stream, on the lease holder.
+    // The appender and the stream's reader (on the lease holder).
     if hooks.redis.is_some() {
+        if let Some(mut rx) = hooks.appends_rx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let hooks = hooks.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(hook) = rx.recv().await {
+                    hooks.append(hook).await;
+                }
+            }));
+        }
         tasks.push(tokio::spawn(async move { read_stream(hooks, lanes).await }));
     }
     tasks
@@ -315,7 +353,7 @@ fn spawn_lease(hooks: Arc<Webhooks>, leader: Arc<std::sync::atomic::AtomicBool>)
     })
 }
 
-async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::Sender<Hook>>>) {
+async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::UnboundedSender<Hook>>>) {
     let Some(redis) = hooks.redis.clone() else { return };
     let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _lease = AbortOnDrop(spawn_lease(hooks.clone(), leader.clone()));
@@ -324,6 +362,11 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::Sender<Hook>>>) 
     // XREADGROUP blocks its connection: a connection of its own.
     let mut blocking: Option<redis::aio::MultiplexedConnection> = None;
     loop {
+        if hooks.in_lanes.load(std::sync::atomic::Ordering::Relaxed) >= MAX_QUEUED {
+            // The lanes are this far behind: read more once they have delivered some.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
         if !leader.load(std::sync::atomic::Ordering::Acquire) {
             reading = false;
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -374,7 +417,7 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::Sender<Hook>>>) 
                 .query_async(conn)
                 .await;
             if let Ok((_, entries, _)) = claimed {
-                dispatch(&lanes, entries).await;
+                dispatch(&hooks, &lanes, entries);
             }
         }
         let read: redis::RedisResult<Option<Vec<(String, Entries)>>> = redis::cmd("XREADGROUP")
@@ -393,7 +436,7 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::Sender<Hook>>>) 
         match read {
             Ok(Some(streams)) => {
                 for (_, entries) in streams {
-                    dispatch(&lanes, entries).await;
+                    dispatch(&hooks, &lanes, entries);
                 }
             }
             Ok(None) => {}
@@ -407,11 +450,11 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::Sender<Hook>>>) 
     }
 }
 
-async fn dispatch(lanes: &[mpsc::Sender<Hook>], entries: Entries) {
+fn dispatch(hooks: &Webhooks, lanes: &[mpsc::UnboundedSender<Hook>], entries: Entries) {
     for (id, fields) in entries {
         if let Some(hook) = to_hook(id, fields) {
-            let lane = lane_of(&hook.key);
-            let _ = lanes[lane].send(hook).await;
+            hooks.in_lanes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = lanes[lane_of(&hook.key)].send(hook);
         }
     }
 }

@@ -40,7 +40,9 @@ test('redis-emitter: emit to everyone, a room, a user, one socket, with except; 
   const w = await wsConnect(B.url, { token: token('em-ws') });
   t.after(() => { s.close(); w.close(); });
   assert.equal((await request(s, 'join-room', room)).success, true);
+  const joined = next(s, 'user-joined'); // the /ws user's arrival, from node B: before the tally starts
   assert.equal((await w.request('join-room', room)).data.success, true);
+  await joined;
   const got = tally(s);
   const wsGot = (type) => w.frames.filter((f) => f.type === type);
 
