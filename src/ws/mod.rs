@@ -276,12 +276,7 @@ async fn welcome(front: &WsFront, conn: &Arc<WsConn>, request_id: Option<&Value>
     let Some(session) = conn.session() else { return };
     tracing::info!(sid = %conn.id(), user_id = session.user_id().unwrap_or("-"), transport = "ws", "connected");
     events::announce_arrival(&front.state, &**conn, &session).await;
-    let mut f = serde_json::Map::new();
-    f.insert("connectionId".into(), json!(conn.id().to_string()));
-    f.insert("userId".into(), json!(session.user_id()));
-    f.insert("user".into(), json!(session.user));
-    f.insert("authorizedChannels".into(), json!(front.state.policy.authorized_patterns(session.user.as_ref())));
-    let _ = conn.send_text(frames::reply("connected", f, request_id));
+    welcome_again(front, conn, request_id);
     if session.user.is_some() {
         let (state, client) = (front.state.clone(), conn.clone() as Client);
         tokio::spawn(async move { events::after_greeting(&state, client.clone(), &session).await });
@@ -474,7 +469,7 @@ async fn authenticate(front: &WsFront, conn: &Arc<WsConn>, f: Inbound) -> Next {
     }
 }
 
-/// A fresh `connected` frame after a refresh (no presence or queue work).
+/// The `connected` frame (alone, after a refresh: no presence or queue work).
 fn welcome_again(front: &WsFront, conn: &WsConn, request_id: Option<&Value>) {
     let Some(session) = conn.session() else { return };
     let mut f = serde_json::Map::new();
