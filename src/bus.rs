@@ -82,6 +82,10 @@ impl Bus {
         &self.channel
     }
 
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     /// Takes the other nodes' messages on `topic`.
     pub fn listen(&self, topic: &'static str, listener: Arc<dyn Listener>) {
         self.listeners.write().unwrap_or_else(|e| e.into_inner()).insert(topic, listener);

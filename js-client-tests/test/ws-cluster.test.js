@@ -224,3 +224,17 @@ test('room members across nodes and transports: a /ws member on node B is listed
   assert.equal(left.data.roomId, room);
   assert.equal(w.frames.filter((f) => f.type === 'user-left').length, 1, 'user-left once, after the last device left');
 });
+
+test('bus presence: after the start-up window, a /ws client that arrives on B still gets A\'s broadcasts (B says it has /ws clients)', async (t) => {
+  const p = pool(t);
+  // Both nodes assume /ws clients elsewhere for 15 s after they start; past that they rely on presence.
+  await until(async () => (await http(`${A.url}/health`)).body.uptimeSeconds >= 16, 25000, 'node A past its start-up window');
+  // No /ws client anywhere now (the earlier tests closed theirs): A stops publishing on the bus.
+  const { socket: s } = await p.sio(A, 'bp-sio');
+  const room = uniq('bp-room');
+  assert.equal((await request(s, 'join-room', room)).success, true);
+  const w = await p.ws(B, 'bp-ws'); // B: first /ws client -> "present" on the bus
+  assert.equal((await w.request('join-room', room)).data.success, true);
+  assert.equal((await request(s, 'message', { roomId: room, content: 'via the bus' })).success, true);
+  assert.equal((await w.next((f) => f.type === 'new-message')).data.content, 'via the bus');
+});

@@ -219,9 +219,23 @@ impl Link for WsConn {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum BusOp<B> {
-    Emit { b: B },
-    Leave { rooms: Vec<String> },
-    Disconnect { room: String },
+    Emit {
+        b: B,
+    },
+    /// `node` has `/ws` clients (sent when its first arrives, then every [`PRESENCE_EVERY`]).
+    Present {
+        node: String,
+    },
+    /// `node` has none any more.
+    Absent {
+        node: String,
+    },
+    Leave {
+        rooms: Vec<String>,
+    },
+    Disconnect {
+        room: String,
+    },
 }
 
 /// A question (topic `ws`): which of your `/ws` clients are in `room` (and, with `rooms`, in what rooms)?
@@ -240,17 +254,33 @@ struct Remote {
     rooms: Vec<String>,
 }
 
+/// How often a node with `/ws` clients says so on the bus.
+const PRESENCE_EVERY: Duration = Duration::from_secs(5);
+/// How long a node's word that it has `/ws` clients holds; and how long a new node assumes that others
+/// have some (it has not heard them yet).
+const PRESENCE_HOLDS: Duration = Duration::from_secs(15);
+
 /// This node's `/ws` connections and their rooms.
 pub struct WsClients {
     conns: RwLock<HashMap<Sid, Arc<WsConn>>>,
     rooms: RwLock<HashMap<String, HashSet<Sid>>>,
     bus: Arc<Bus>,
+    /// The other nodes that said they have `/ws` clients, and when: broadcasts go on the bus only
+    /// while one has (a cluster of Socket.IO clients alone pays no extra publish per broadcast).
+    remote: Mutex<HashMap<String, std::time::Instant>>,
+    started: std::time::Instant,
 }
 
 impl WsClients {
     /// The registry, listening on the bus's `ws` topic.
     pub fn new(bus: Arc<Bus>) -> Arc<Self> {
-        let clients = Arc::new(WsClients { conns: RwLock::default(), rooms: RwLock::default(), bus: bus.clone() });
+        let clients = Arc::new(WsClients {
+            conns: RwLock::default(),
+            rooms: RwLock::default(),
+            bus: bus.clone(),
+            remote: Mutex::new(HashMap::new()),
+            started: std::time::Instant::now(),
+        });
         bus.listen("ws", Arc::new(BusSide(Arc::downgrade(&clients))));
         clients
     }
@@ -261,13 +291,63 @@ impl WsClients {
         answers.into_iter().filter_map(|a| serde_json::from_value::<Vec<Remote>>(a).ok()).flatten().collect()
     }
 
-    pub fn register(&self, conn: Arc<WsConn>) {
-        self.conns.write().unwrap_or_else(|e| e.into_inner()).insert(conn.id, conn);
+    pub fn register(self: &Arc<Self>, conn: Arc<WsConn>) {
+        let first = {
+            let mut conns = self.conns.write().unwrap_or_else(|e| e.into_inner());
+            conns.insert(conn.id, conn);
+            conns.len() == 1
+        };
+        if first {
+            self.announce(true);
+        }
+    }
+
+    /// Tells the other nodes whether this one has `/ws` clients.
+    fn announce(self: &Arc<Self>, present: bool) {
+        if !self.bus.clustered() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let node = me.bus.node_id().to_string();
+            let op: BusOp<()> = if present { BusOp::Present { node } } else { BusOp::Absent { node } };
+            me.bus.publish("ws", &op).await;
+        });
+    }
+
+    /// May another node have `/ws` clients? (Then broadcasts go on the bus too.)
+    fn remote_present(&self) -> bool {
+        if self.started.elapsed() < PRESENCE_HOLDS {
+            return true;
+        }
+        let mut remote = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+        remote.retain(|_, at| at.elapsed() < PRESENCE_HOLDS);
+        !remote.is_empty()
+    }
+
+    /// Says every [`PRESENCE_EVERY`] that this node has `/ws` clients, while it has.
+    pub fn spawn_presence(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRESENCE_EVERY);
+            loop {
+                tick.tick().await;
+                if !me.is_empty() {
+                    me.announce(true);
+                }
+            }
+        })
     }
 
     /// Forgets a closed connection and its rooms.
-    pub fn unregister(&self, conn: &WsConn) {
-        self.conns.write().unwrap_or_else(|e| e.into_inner()).remove(&conn.id);
+    pub fn unregister(self: &Arc<Self>, conn: &WsConn) {
+        let last = {
+            let mut conns = self.conns.write().unwrap_or_else(|e| e.into_inner());
+            conns.remove(&conn.id).is_some() && conns.is_empty()
+        };
+        if last {
+            self.announce(false);
+        }
         let rooms = std::mem::take(&mut *conn.rooms.lock().unwrap_or_else(|e| e.into_inner()));
         let mut index = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         for room in rooms {
@@ -398,7 +478,7 @@ impl Transport for WsTransport {
     fn broadcast<'a>(&'a self, b: &'a Broadcast) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             self.0.deliver(b);
-            if !b.local {
+            if !b.local && self.0.remote_present() {
                 self.0.bus.publish("ws", &BusOp::Emit { b }).await;
             }
             Ok(())
@@ -490,6 +570,12 @@ impl Listener for BusSide {
             Ok(BusOp::Leave { rooms }) => clients.leave_local(&rooms),
             Ok(BusOp::Disconnect { room }) => {
                 clients.disconnect_local(&room);
+            }
+            Ok(BusOp::Present { node }) => {
+                clients.remote.lock().unwrap_or_else(|e| e.into_inner()).insert(node, std::time::Instant::now());
+            }
+            Ok(BusOp::Absent { node }) => {
+                clients.remote.lock().unwrap_or_else(|e| e.into_inner()).remove(&node);
             }
             Err(e) => tracing::debug!("ws bus: unreadable message: {e}"),
         }
