@@ -88,6 +88,7 @@ pub async fn private_message(ctx: &Ctx, req: PrivateRequest) -> HandlerResult {
         // The target's last socket left while this was on its way: keep it for the next connect
         // (the client may see it twice, with the same id).
         store.enqueue(&pm).await?;
+        ctx.state.hook("private.queued", &pm.to_user_id, || json!(pm));
         delivered = false;
     }
     Ok(json!({ "success": true, "messageId": pm.id, "delivered": delivered }))
