@@ -179,6 +179,9 @@ fn assemble<A: Adapter>(
                 })
                 .await;
             drain_state.hub.shutdown().await;
+            if let Some(hooks) = &drain_state.webhooks {
+                hooks.flush(Duration::from_secs(2)).await;
+            }
             // Only then stop the background tasks.
             for t in &tasks {
                 t.abort();

@@ -86,6 +86,8 @@ pub struct Webhooks {
     appends_rx: Mutex<Option<mpsc::Receiver<Hook>>>,
     /// Webhooks read from the stream and not yet delivered (the lanes' backlog).
     in_lanes: std::sync::atomic::AtomicUsize,
+    /// Webhooks handed to the appender and not yet in the stream.
+    appending: std::sync::atomic::AtomicUsize,
     figures: Figures,
 }
 
@@ -116,6 +118,7 @@ impl Webhooks {
             appends,
             appends_rx: Mutex::new(Some(appends_rx)),
             in_lanes: std::sync::atomic::AtomicUsize::new(0),
+            appending: std::sync::atomic::AtomicUsize::new(0),
             figures: Figures {
                 queued: counter("queued"),
                 delivered: counter("delivered"),
@@ -137,12 +140,23 @@ impl Webhooks {
             self.push_local(hook);
             return;
         }
+        self.appending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Err(e) = self.appends.try_send(hook) {
+            self.appending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             // The appender is this far behind (Redis slow or away): keep it here rather than wait.
             let hook = match e {
                 mpsc::error::TrySendError::Full(h) | mpsc::error::TrySendError::Closed(h) => h,
             };
             self.push_local(hook);
+        }
+    }
+
+    /// At shutdown: waits (at most `limit`) until the webhooks on their way to the stream are in it, so
+    /// that those of the departures just made survive this node.
+    pub async fn flush(&self, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        while self.appending.load(std::sync::atomic::Ordering::Acquire) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -310,6 +324,7 @@ pub fn spawn(hooks: Arc<Webhooks>) -> Vec<tokio::task::JoinHandle<()>> {
             tasks.push(tokio::spawn(async move {
                 while let Some(hook) = rx.recv().await {
                     hooks.append(hook).await;
+                    hooks.appending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 }
             }));
         }
