@@ -21,10 +21,6 @@ pub enum Close {
     Kicked,
     /// The token expired and was not refreshed within the grace.
     AuthExpired,
-    /// The client floods past its event budget.
-    Abuse,
-    /// The client does not read what it is sent: its buffer is full.
-    SlowConsumer,
 }
 
 /// Why an event could not be handed to a client.

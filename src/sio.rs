@@ -72,13 +72,9 @@ impl<A: Adapter> Link for SioLink<A> {
     fn connected(&self) -> bool {
         self.0.connected()
     }
-    fn close(&self, why: Close) {
-        match why {
-            Close::SlowConsumer => close_slow_consumer(&self.0),
-            _ => {
-                let _ = self.0.clone().disconnect();
-            }
-        }
+    /// A Socket.IO disconnect, whatever the reason (its client sees `io server disconnect`).
+    fn close(&self, _why: Close) {
+        let _ = self.0.clone().disconnect();
     }
     fn transport(&self) -> &'static str {
         "socket.io"
@@ -325,12 +321,12 @@ pub fn close_slow_consumer<A: Adapter>(socket: &SocketRef<A>) {
 }
 
 /// After a broadcast to `rooms`: when some buffers were full, closes this node's slow consumers there.
-fn shed_slow_consumers<A: Adapter>(io: &SocketIo<A>, rooms: Vec<String>, res: &Result<(), BroadcastError>) {
+fn shed_slow_consumers<A: Adapter>(io: &SocketIo<A>, rooms: &[String], res: &Result<(), BroadcastError>) {
     let Err(BroadcastError::Socket(errors)) = res else { return };
     if !errors.iter().any(|e| matches!(e, SocketError::InternalChannelFull)) {
         return;
     }
-    let sockets = if rooms.is_empty() { io.local().sockets() } else { io.local().within(rooms).sockets() };
+    let sockets = if rooms.is_empty() { io.local().sockets() } else { io.local().within(rooms.to_vec()).sockets() };
     for socket in sockets {
         if buffer_full(&socket) {
             close_slow_consumer(&socket);
@@ -361,7 +357,7 @@ impl<A: Adapter> Transport for SioTransport<A> {
                 ops = ops.except(b.except.clone());
             }
             let res = ops.emit(&b.event, &b.data).await;
-            shed_slow_consumers(&self.io, b.rooms.clone(), &res);
+            shed_slow_consumers(&self.io, &b.rooms, &res);
             match res {
                 Ok(()) => Ok(()),
                 // Full buffers were dealt with above; a closed socket is leaving anyway.

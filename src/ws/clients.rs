@@ -195,8 +195,6 @@ impl Link for WsConn {
         match why {
             Close::Kicked => self.close_after_queue(1000, "Disconnected by the server"),
             Close::AuthExpired => self.close_after_queue(4003, "Token expired"),
-            Close::Abuse => self.kill(1008, "Rate limit exceeded"),
-            Close::SlowConsumer => self.kill(1008, "Slow consumer"),
         }
     }
     fn transport(&self) -> &'static str {

@@ -88,28 +88,34 @@ pub fn reply(kind: &str, mut fields: serde_json::Map<String, Value>, request_id:
     to_json(&Value::Object(fields))
 }
 
-/// The answer to a generic request with a `requestId`: `{type:"ack", requestId, data, timestamp}`;
-/// `payload` repeats `data` for a client that speaks the `{type, payload, requestId}` envelope.
-pub fn ack(request_id: &Value, data: &Value, with_payload: bool) -> String {
-    let raw = raw(data);
-    #[derive(Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Ack<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        request_id: &'a Value,
-        data: &'a RawValue,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        payload: Option<&'a RawValue>,
-        timestamp: String,
-    }
-    let payload = with_payload.then_some(&*raw);
-    to_json(&Ack { kind: "ack", request_id, data: &raw, payload, timestamp: crate::iso_now() })
+/// A generic frame: `{type, requestId?, data, payload?, timestamp}`; `payload` repeats `data` for a
+/// client that speaks the `{type, payload, requestId}` envelope.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Generic<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a Value>,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a RawValue>,
+    timestamp: String,
 }
 
-/// A server event: `{type:<event>, data, timestamp}` (and `payload`, a copy of `data`, for a client of
-/// the `{type, payload}` envelope); a channel delivery (the Socket.IO `event` envelope `{channel, data,
-/// timestamp}`) becomes `{type:"event", channel, data, timestamp}`.
+fn generic(kind: &str, request_id: Option<&Value>, data: &Value, with_payload: bool) -> String {
+    let raw = raw(data);
+    let payload = with_payload.then_some(&*raw);
+    to_json(&Generic { kind, request_id, data: &raw, payload, timestamp: crate::iso_now() })
+}
+
+/// The answer to a generic request with a `requestId`: `{type:"ack", requestId, data, timestamp}`.
+pub fn ack(request_id: &Value, data: &Value, with_payload: bool) -> String {
+    generic("ack", Some(request_id), data, with_payload)
+}
+
+/// A server event: `{type:<event>, data, timestamp}`; a channel delivery (the Socket.IO `event`
+/// envelope `{channel, data, timestamp}`) becomes `{type:"event", channel, data, timestamp}`.
 pub fn event(event: &str, data: &Value, with_payload: bool) -> String {
     if event == "event" {
         if let Some(channel) = data.get("channel").and_then(Value::as_str) {
@@ -124,18 +130,7 @@ pub fn event(event: &str, data: &Value, with_payload: bool) -> String {
             return to_json(&Value::Object(fields));
         }
     }
-    let raw = raw(data);
-    #[derive(Serialize)]
-    struct Event<'a> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-        data: &'a RawValue,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        payload: Option<&'a RawValue>,
-        timestamp: String,
-    }
-    let payload = with_payload.then_some(&*raw);
-    to_json(&Event { kind: event, data: &raw, payload, timestamp: crate::iso_now() })
+    generic(event, None, data, with_payload)
 }
 
 fn raw(v: &Value) -> Box<RawValue> {
