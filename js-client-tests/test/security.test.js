@@ -288,7 +288,7 @@ test('slow consumer: a client that stops reading is dropped for its full buffer 
   } finally { await g.stop(); }
 });
 
-test('TRUST_PROXY_HEADERS: behind a proxy the per-IP budget is per forwarded client address (the entry the proxy appended)', async () => {
+test('TRUST_PROXY_HEADERS: behind a proxy the per-IP budget is per forwarded client address (the entry the proxy wrote, the last)', async () => {
   const g = await startGateway({ CONNECT_RATE_PER_IP: '1', TRUST_PROXY_HEADERS: 'true' });
   try {
     // A proxy appends the address it saw: the last entry is the client, anything before it the client may have made up.
