@@ -16,7 +16,7 @@ fn free_port() -> u16 {
 
 /// Starts `redis-server` without persistence and waits until it answers a PING.
 fn start_redis(port: u16) -> Child {
-    let child = Command::new("redis-server")
+    let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -30,7 +30,11 @@ fn start_redis(port: u16) -> Child {
                 return child;
             }
         }
-        assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redis-server did not start on port {port}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
