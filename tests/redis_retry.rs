@@ -14,34 +14,41 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// A `redis-server` that is SIGKILLed and reaped when dropped (also when a test panics).
+struct RedisServer(Child);
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `redis-server` without persistence and waits until it answers a PING.
-fn start_redis(port: u16) -> Child {
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server on the PATH (scripts/test.sh installs it)");
+fn start_redis(port: u16) -> RedisServer {
+    let server = RedisServer(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on the PATH (scripts/test.sh installs it)"),
+    );
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(mut c) = client.get_connection() {
             if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                return child;
+                return server;
             }
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("redis-server did not start on port {port}");
-        }
+        assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-fn kill(mut child: Child) {
-    let _ = child.kill(); // SIGKILL
-    let _ = child.wait();
+fn kill(server: RedisServer) {
+    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
