@@ -162,6 +162,15 @@ pub struct Config {
         default_value_t = 128
     )]
     pub max_subscriptions_per_socket: usize,
+    /// Publications kept per channel for `channel-history` and recovery (SPEC §15); 0 turns channel
+    /// history off (no `offset`/`epoch`, no recovery).
+    #[arg(long, env = "CHANNEL_HISTORY_SIZE", value_name = "CHANNEL_HISTORY_SIZE", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub channel_history_size: u64,
+    /// How long a channel publication is kept for recovery, in seconds.
+    #[arg(long, env = "CHANNEL_HISTORY_TTL_SECS", value_name = "CHANNEL_HISTORY_TTL_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600))]
+    pub channel_history_ttl_secs: u64,
     /// Messages kept per room (SPEC §7).
     #[arg(long, env = "MAX_ROOM_HISTORY", value_name = "MAX_ROOM_HISTORY", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(50..))]

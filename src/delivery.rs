@@ -89,14 +89,6 @@ impl EmitRequest {
     }
 }
 
-/// The channel delivery envelope of SPEC §3.
-#[derive(Serialize)]
-pub struct Envelope<'a> {
-    pub channel: &'a str,
-    pub data: &'a Value,
-    pub timestamp: String,
-}
-
 /// Emits `event` with `data` to the target's clients. `local` restricts it to this node (ingress:
 /// every node receives the publish itself); otherwise the hub carries it to every node. A client
 /// target is always looked up locally.
@@ -144,14 +136,6 @@ pub async fn send(state: &crate::state::AppState, req: &EmitRequest, target: &Ta
     }
     emit(&state.hub, target, &req.event, &req.data, true).await?;
     Ok(scope)
-}
-
-/// Delivers a channel publish (the `event` envelope) to the channel's subscribers.
-pub async fn publish(hub: &Hub, channel: &str, data: &Value, local: bool) -> Result<(), String> {
-    let envelope = Envelope { channel, data, timestamp: crate::iso_now() };
-    let to = hub.to(names::channel(channel));
-    let to = if local { to.local() } else { to };
-    to.emit("event", &envelope).await
 }
 
 #[cfg(test)]

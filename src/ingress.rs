@@ -152,10 +152,13 @@ async fn publish(state: &AppState, channel: &str, payload: &[u8]) {
         return;
     }
     state.metrics.ingress_messages.increment(1);
-    let data = payload_value(payload);
-    if let Err(e) = delivery::publish(&state.hub, channel, &data, true).await {
-        tracing::warn!(channel, "ingress delivery failed: {e}");
-    }
+    let p = crate::publications::Pub {
+        channel: channel.to_string(),
+        data: payload_value(payload),
+        keep: true,
+        raw: payload.to_vec(),
+    };
+    state.publications.publish(p).await;
 }
 
 async fn emit(state: &AppState, payload: &[u8]) {

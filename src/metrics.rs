@@ -15,6 +15,7 @@ use crate::error::Code;
 pub const KNOWN_EVENTS: &[&str] = &[
     "subscribe",
     "unsubscribe",
+    "channel-history",
     "list_channels",
     "stats",
     "refresh-token",
@@ -96,6 +97,11 @@ pub struct Metrics {
     pub redis_up: Gauge,
     pub ingress_messages: Counter,
     pub ingress_dropped: Counter,
+    /// Channel publications delivered without an offset: the history could not be appended to.
+    pub history_errors: Counter,
+    /// Subscribes with `since`, by result.
+    pub recovered: Counter,
+    pub not_recovered: Counter,
     /// Event proxy calls by outcome (`ok`, `error`, `timeout`, `busy`).
     proxy: HashMap<&'static str, Counter>,
     /// Webhooks by outcome (`queued`, `delivered`, `retried`, `dropped`, `expired`).
@@ -136,6 +142,11 @@ impl Metrics {
         describe("realtime_connections_refused_total", "Connections refused at the handshake");
         describe("realtime_ingress_messages_total", "Messages received from Redis ingress and REST publish");
         describe("realtime_ingress_dropped_total", "Ingress messages dropped (broken envelope, unknown channel)");
+        describe(
+            "realtime_channel_history_errors_total",
+            "Channel publications delivered without an offset because the history could not be appended to",
+        );
+        describe("realtime_channel_recoveries_total", "Subscribes with `since`, by result (recovered or not)");
         describe("realtime_event_proxy_total", "Client events sent to EVENT_PROXY_URL, by outcome");
         describe(
             "realtime_webhooks_total",
@@ -177,6 +188,9 @@ impl Metrics {
             redis_up: gauge("realtime_redis_up", vec![]),
             ingress_messages: counter("realtime_ingress_messages_total", vec![]),
             ingress_dropped: counter("realtime_ingress_dropped_total", vec![]),
+            history_errors: counter("realtime_channel_history_errors_total", vec![]),
+            recovered: counter("realtime_channel_recoveries_total", vec![Label::new("result", "recovered")]),
+            not_recovered: counter("realtime_channel_recoveries_total", vec![Label::new("result", "not_recovered")]),
             proxy: PROXY_OUTCOMES
                 .iter()
                 .map(|o| (*o, counter("realtime_event_proxy_total", vec![Label::new("outcome", *o)])))

@@ -284,7 +284,10 @@ async fn dispatch<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState
         admin.packets(true, 1, msg.size() as u64);
     }
     match events::handle(&state, link(socket.clone()), &event, &mut msg, wants_ack).await {
-        Outcome::Answer(result) => msg.answer(&event, result, state.admin.as_deref()),
+        Outcome::Answer(result, then) => {
+            msg.answer(&event, result, state.admin.as_deref());
+            drop(then);
+        }
         Outcome::Flood => {
             let _ = socket.disconnect();
         }

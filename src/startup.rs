@@ -144,6 +144,7 @@ fn assemble<A: Adapter>(
         Box::pin(async move { crate::events::calls::node_gone(&state, &user, &node).await })
     });
     tasks.extend(crate::cluster::spawn_heartbeat(state.clone(), on_gone));
+    tasks.extend(state.publications.spawn(state.clone()));
     tasks.extend(crate::ingress::spawn(state.clone()));
     tasks.extend(crate::admin::spawn(io.clone(), state.clone()));
     if let Some(hooks) = &state.webhooks {

@@ -54,6 +54,8 @@ pub struct Inner {
     pub proxy: Option<Arc<crate::proxy::EventProxy>>,
     /// Lifecycle webhooks, with `WEBHOOK_URL`.
     pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+    /// Channel publications, their history and the subscriptions that recover from it.
+    pub publications: crate::publications::Publications,
 }
 
 impl Deref for AppState {
@@ -99,6 +101,7 @@ impl AppState {
         let metrics = Metrics::new();
         let webhooks =
             crate::webhooks::Webhooks::from_config(&config, redis.clone(), &node_id, Some(&metrics)).ok().flatten();
+        let publications = publications(&config, redis.as_ref());
         AppState(Arc::new(Inner {
             config,
             auth,
@@ -120,8 +123,25 @@ impl AppState {
             admin,
             proxy,
             webhooks,
+            publications,
         }))
     }
+}
+
+/// The channel history: in Redis when there is one (every node appends, see `publications.rs`),
+/// else in memory; none with `CHANNEL_HISTORY_SIZE=0`.
+fn publications(config: &Config, redis: Option<&Arc<RedisLink>>) -> crate::publications::Publications {
+    use crate::history::{memory::MemoryHistory, redis::RedisHistory, History, HistoryLimits};
+    let limits = HistoryLimits {
+        size: config.channel_history_size as usize,
+        ttl_ms: config.channel_history_ttl_secs.saturating_mul(1000),
+    };
+    let history: Option<Arc<dyn History>> = match (limits.size, redis) {
+        (0, _) => None,
+        (_, Some(link)) => Some(Arc::new(RedisHistory::new(link.clone(), &config.redis_prefix, limits))),
+        (_, None) => Some(Arc::new(MemoryHistory::new(limits))),
+    };
+    crate::publications::Publications::new(history, redis.is_some())
 }
 
 /// The per-address connection quota: `rate` per second, bursts of twice that; `None` for 0 (off).

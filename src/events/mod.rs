@@ -239,6 +239,8 @@ pub struct Ctx {
     pub client: Client,
     pub state: AppState,
     pub session: Arc<Session>,
+    /// Set by a handler that has something to do once its answer is written (see [`Then`]).
+    pub then: std::sync::Mutex<Then>,
 }
 
 impl Ctx {
@@ -254,10 +256,25 @@ impl Ctx {
     }
 }
 
+/// What a handler defers until its client has the answer: the front end drops it right after
+/// writing the answer (a recovering subscription's missed publications follow its ack).
+#[derive(Default)]
+pub struct Then {
+    /// Held for its `Drop`, which does the deferred work.
+    _deferred: Option<Box<dyn Send>>,
+}
+
+impl Then {
+    pub fn new(deferred: impl Send + 'static) -> Self {
+        Then { _deferred: Some(Box::new(deferred)) }
+    }
+}
+
 /// What the front end does after [`handle`].
 pub enum Outcome {
     /// The one answer: an ack when the client asked for one, else an error notice on failure.
-    Answer(HandlerResult),
+    /// Drop the [`Then`] once the answer is written.
+    Answer(HandlerResult, Then),
     /// Past the event budget and its strikes: close the client.
     Flood,
     /// The client has no session (not admitted): nothing to answer.
@@ -283,7 +300,7 @@ pub async fn handle<P: Payload>(
     if let Err(flood) = check_rate(state, &*client, &session) {
         return flood;
     }
-    let ctx = Ctx { client, state: state.clone(), session };
+    let ctx = Ctx { client, state: state.clone(), session, then: Default::default() };
     let run = AssertUnwindSafe(route(&ctx, event, payload)).catch_unwind();
     let result = match run.await {
         Ok(r) => r,
@@ -299,7 +316,8 @@ pub async fn handle<P: Payload>(
     if wants_ack {
         state.metrics.ack(result.is_ok());
     }
-    Outcome::Answer(result)
+    let then = std::mem::take(&mut *ctx.then.lock().unwrap_or_else(|e| e.into_inner()));
+    Outcome::Answer(result, then)
 }
 
 /// The per-client event budget: `Err(Answer(RATE_LIMITED))` past it, `Err(Flood)` when the
@@ -313,13 +331,14 @@ pub fn check_rate(state: &AppState, client: &dyn Link, session: &Session) -> Res
         tracing::warn!(sid = %client.id(), user_id = session.user_id().unwrap_or("-"), "event flood: disconnecting");
         return Err(Outcome::Flood);
     }
-    Err(Outcome::Answer(Err(ApiError::new(Code::RateLimited, "Too many events"))))
+    Err(Outcome::Answer(Err(ApiError::new(Code::RateLimited, "Too many events")), Then::default()))
 }
 
 async fn route<P: Payload>(ctx: &Ctx, event: &str, p: &mut P) -> HandlerResult {
     match event {
         "subscribe" => channels::subscribe(ctx, p.decode()?).await,
         "unsubscribe" => channels::unsubscribe(ctx, p.decode()?).await,
+        "channel-history" => channels::channel_history(ctx, p.decode()?).await,
         "list_channels" => channels::list_channels(ctx).await,
         "stats" => stats::stats(ctx).await,
         "join-room" => rooms::join_room(ctx, p.decode()?).await,

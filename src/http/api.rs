@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use super::Api;
 use crate::delivery::{self, EmitRequest};
 use crate::names;
+use crate::publications::Pub;
 
 /// A JSON error response `{error}`.
 pub struct HttpError(pub StatusCode, pub String);
@@ -182,9 +183,9 @@ impl Api {
     pub async fn publish(&self, channel: &str, data: &Value) -> Result<Scope, HttpError> {
         self.state.metrics.event_out("event");
         let mut scope = Scope::Cluster;
+        let payload = serde_json::to_string(data).map_err(internal)?;
         if let Some(redis) = &self.state.redis {
-            let payload = serde_json::to_string(data).map_err(internal)?;
-            match redis.publish(channel, payload).await {
+            match redis.publish(channel, payload.clone()).await {
                 Ok(()) => return Ok(Scope::Cluster),
                 Err(e) => {
                     tracing::warn!("publish via redis failed, delivering locally only: {e:#}");
@@ -193,7 +194,10 @@ impl Api {
             }
         }
         self.state.metrics.ingress_messages.increment(1);
-        delivery::publish(&self.state.hub, channel, data, true).await.map_err(internal)?;
+        // Without Redis this node keeps the history; while Redis is down nobody can (no offset).
+        let keep = scope == Scope::Cluster;
+        let p = Pub { channel: channel.to_string(), data: data.clone(), keep, raw: payload.into_bytes() };
+        self.state.publications.publish(p).await;
         Ok(scope)
     }
 }

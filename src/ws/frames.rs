@@ -15,6 +15,8 @@ pub struct Inbound {
     pub request_id: Option<Value>,
     pub channel: Option<String>,
     pub token: Option<String>,
+    /// `{offset, epoch}` of a recovering `subscribe` (SPEC §15).
+    pub since: Option<Value>,
 }
 
 /// Parses a text frame; the error is the `INVALID_PAYLOAD` answer's message.
@@ -46,7 +48,8 @@ pub fn parse(text: &str) -> Result<Inbound, (&'static str, Option<Value>)> {
         Some(Value::String(s)) => Some(s),
         _ => None,
     };
-    Ok(Inbound { payload_style, kind, data, request_id, channel, token })
+    let since = map.remove("since").filter(|v| !v.is_null());
+    Ok(Inbound { payload_style, kind, data, request_id, channel, token, since })
 }
 
 /// `{type:"error", message, code, event?, channel?, requestId?, timestamp}`.

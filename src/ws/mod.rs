@@ -301,7 +301,7 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
         if let Some(session) = conn.session() {
             match events::check_rate(&front.state, &**conn, &session) {
                 Ok(()) => {}
-                Err(Outcome::Answer(Err(e))) => {
+                Err(Outcome::Answer(Err(e), _)) => {
                     let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, f.request_id.as_ref()));
                     return Next::Go;
                 }
@@ -325,7 +325,7 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
         "ping" => {
             match events::check_rate(&front.state, &**conn, &session) {
                 Ok(()) => {}
-                Err(Outcome::Answer(Err(e))) => {
+                Err(Outcome::Answer(Err(e), _)) => {
                     let _ = conn.send_text(frames::error(&e, None, None, rid));
                     return Next::Go;
                 }
@@ -336,16 +336,27 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
         }
         "subscribe" | "unsubscribe" => {
             let channel = f.channel.clone().map(Value::String).unwrap_or_else(|| f.data.clone());
-            let mut payload = channel.clone();
+            // `{type:"subscribe", channel, since}` (SPEC §15): the core takes `{channel, since}`.
+            let mut payload = match (&f.since, &channel) {
+                (Some(since), Value::String(c)) => json!({ "channel": c, "since": since }),
+                _ => channel.clone(),
+            };
             match events::handle(&front.state, conn.clone(), &f.kind, &mut payload, true).await {
-                Outcome::Answer(Ok(v)) => {
+                Outcome::Answer(Ok(v), then) => {
                     let mut m = serde_json::Map::new();
-                    m.insert("channel".into(), v.get("channel").cloned().unwrap_or(Value::Null));
+                    for k in ["channel", "recovered", "offset", "epoch"] {
+                        if let Some(x) = v.get(k) {
+                            m.insert(k.into(), x.clone());
+                        }
+                    }
+                    m.entry("channel").or_insert(Value::Null);
                     let kind = if f.kind == "subscribe" { "subscribed" } else { "unsubscribed" };
                     let _ = conn.send_text(frames::reply(kind, m, rid));
+                    // The missed publications follow the `subscribed` frame.
+                    drop(then);
                     Next::Go
                 }
-                Outcome::Answer(Err(e)) => {
+                Outcome::Answer(Err(e), _) => {
                     let name = channel.as_str().or_else(|| channel.get("channel").and_then(Value::as_str));
                     let _ = conn.send_text(frames::error(&e, None, name, rid));
                     Next::Go
@@ -357,7 +368,7 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
         "list_channels" | "stats" => {
             let mut payload = Value::Null;
             match events::handle(&front.state, conn.clone(), &f.kind, &mut payload, true).await {
-                Outcome::Answer(Ok(v)) => {
+                Outcome::Answer(Ok(v), _) => {
                     let mut m = serde_json::Map::new();
                     let kind = if f.kind == "stats" {
                         m.insert("data".into(), v.get("data").cloned().unwrap_or(Value::Null));
@@ -370,7 +381,7 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
                     let _ = conn.send_text(frames::reply(kind, m, rid));
                     Next::Go
                 }
-                Outcome::Answer(Err(e)) => {
+                Outcome::Answer(Err(e), _) => {
                     let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, rid));
                     Next::Go
                 }
@@ -379,7 +390,11 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
             }
         }
         _ => {
-            let mut payload = f.data.clone();
+            let mut payload = match (&f.data, &f.channel) {
+                // `{type:"channel-history", channel, requestId}` as well as `data:{channel, limit}`.
+                (Value::Null, Some(c)) if f.kind == "channel-history" => json!({ "channel": c }),
+                (d, _) => d.clone(),
+            };
             let out = events::handle(&front.state, conn.clone(), &f.kind, &mut payload, rid.is_some()).await;
             answer_plain(conn, &f, out)
         }
@@ -389,8 +404,8 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
 /// The answer to a generic request: `{type:"ack", requestId, data}` when it has a `requestId`, else
 /// only a failure, as an error frame.
 fn answer_plain(conn: &WsConn, f: &Inbound, out: Outcome) -> Next {
-    let result = match out {
-        Outcome::Answer(r) => r,
+    let (result, _then) = match out {
+        Outcome::Answer(r, then) => (r, then),
         Outcome::Flood => return Next::Close(1008, "Rate limit exceeded"),
         Outcome::Ignore => return Next::Go,
     };

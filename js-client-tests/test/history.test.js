@@ -1,0 +1,368 @@
+// Channel history and recovery (SPEC §15): offsets and epochs on every publication, `subscribe` with
+// `since` on any node (also after the client's node was SIGKILLed), `channel-history`, the `/ws`
+// frames, and `recovered:false` when the history expired or Redis lost it. Real redis-server, real
+// socket.io-client, real `ws`.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { io as ioV4 } from 'socket.io-client';
+import {
+  startGateway, startRedis, redisClient, connect, request, next, token, http, until, uniq, wsConnect,
+} from '../lib/helpers.js';
+
+const API_KEY = 'history-key';
+const key = { 'x-api-key': API_KEY };
+
+let redis;
+let pub;
+before(async () => { redis = await startRedis({ persist: false }); pub = await redisClient(redis.url); });
+after(async () => { await pub.quit().catch(() => {}); await redis.stop(); });
+
+const redisUp = (g) => until(async () => (await http(`${g.url}/health`)).body.redis === 'up', 15000, 'redis up');
+const publish = (g, channel, data) => http(`${g.url}/api/publish`, { method: 'POST', headers: key, body: { channel, data } });
+
+/** Subscribes with an ack and records, in arrival order, the ack and every `event` of `channel`. */
+function subscribeRecording(socket, channel, since) {
+  const order = [];
+  socket.on('event', (e) => { if (e.channel === channel) order.push(e); });
+  const ack = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no subscribe ack')), 10000);
+    socket.emit('subscribe', since ? { channel, since } : { channel }, (a) => {
+      clearTimeout(timer);
+      order.push({ ack: a });
+      resolve(a);
+    });
+  });
+  return { order, ack, events: () => order.filter((x) => !('ack' in x)) };
+}
+
+/** Offsets consecutive from `from`, each once. */
+function assertConsecutive(events, from, what) {
+  events.forEach((e, i) => assert.equal(e.offset, from + i, `${what}: event ${i} has offset ${e.offset}, expected ${from + i}`));
+}
+
+test('one node: offsets and epoch on every publication, recovery after a disconnect, the ack first', async () => {
+  const g = await startGateway({ API_KEY });
+  try {
+    const channel = uniq('apps:h');
+    const { socket: a } = await connect(g.url, { auth: { token: token('alice') } });
+    const first = await request(a, 'subscribe', channel);
+    // A channel without publications: offset 0 of no epoch yet.
+    assert.deepEqual(first, { success: true, channel, offset: 0, epoch: '' });
+    const got = [];
+    a.on('event', (e) => got.push(e));
+    for (let i = 1; i <= 3; i++) assert.equal((await publish(g, channel, { i })).status, 200);
+    await until(() => got.length === 3, 5000, '3 events');
+    assert.deepEqual(got.map((e) => e.offset), [1, 2, 3]);
+    const epoch = got[0].epoch;
+    assert.match(epoch, /^[0-9a-f]{16}$/);
+    assert.ok(got.every((e) => e.epoch === epoch && e.channel === channel && typeof e.timestamp === 'string'));
+    assert.deepEqual(Object.keys(got[0]).sort(), ['channel', 'data', 'epoch', 'offset', 'timestamp']);
+    a.close();
+
+    // Away: five publications; back with the last position.
+    for (let i = 4; i <= 8; i++) await publish(g, channel, { i });
+    const { socket: b } = await connect(g.url, { auth: { token: token('alice') } });
+    const rec = subscribeRecording(b, channel, { offset: 3, epoch });
+    const ack = await rec.ack;
+    assert.deepEqual(ack, { success: true, channel, recovered: true, offset: 8, epoch });
+    await until(() => rec.events().length === 5, 5000, 'the 5 missed');
+    assert.ok('ack' in rec.order[0], 'the ack comes before the missed publications');
+    assertConsecutive(rec.events(), 4, 'replay');
+    assert.deepEqual(rec.events().map((e) => e.data.i), [4, 5, 6, 7, 8]);
+    await publish(g, channel, { i: 9 });
+    await until(() => rec.events().length === 6, 5000, 'the live one');
+    assert.equal(rec.events()[5].offset, 9);
+
+    // channel-history: the last `limit`, oldest first.
+    const h = await request(b, 'channel-history', { channel, limit: 3 });
+    assert.equal(h.success, true);
+    assert.equal(h.offset, 9);
+    assert.equal(h.epoch, epoch);
+    assert.deepEqual(h.publications.map((p) => [p.offset, p.data.i]), [[7, 7], [8, 8], [9, 9]]);
+    assert.ok(h.publications.every((p) => typeof p.timestamp === 'string' && Object.keys(p).length === 3));
+    const all = await request(b, 'channel-history', { channel });
+    assert.equal(all.publications.length, 9);
+
+    // Already up to date: recovered with nothing to replay.
+    const { socket: c } = await connect(g.url, { auth: { token: token('alice') } });
+    const upToDate = subscribeRecording(c, channel, { offset: 9, epoch });
+    assert.deepEqual(await upToDate.ack, { success: true, channel, recovered: true, offset: 9, epoch });
+    // Another epoch, or a position ahead of the channel: not recoverable, nothing replayed.
+    const other = await request(c, 'subscribe', { channel, since: { offset: 2, epoch: 'ffffffffffffffff' } });
+    assert.deepEqual(other, { success: true, channel, recovered: false, offset: 9, epoch });
+    const ahead = await request(c, 'subscribe', { channel, since: { offset: 50, epoch } });
+    assert.equal(ahead.recovered, false);
+    await publish(g, channel, { i: 10 });
+    await until(() => upToDate.events().length >= 1, 5000, 'live after the re-subscribes');
+    assert.deepEqual(upToDate.events().map((e) => e.offset), [10], 'no replay for unrecoverable positions, no duplicate');
+    b.close();
+    c.close();
+  } finally { await g.stop(); }
+});
+
+test('channel-history and since: subscribers only, bad input is INVALID_PAYLOAD, a bounded history', async () => {
+  const g = await startGateway({ API_KEY, CHANNEL_HISTORY_SIZE: '5' });
+  try {
+    const channel = uniq('apps:b');
+    const { socket } = await connect(g.url, { auth: { token: token('bob') } });
+    const denied = await request(socket, 'channel-history', { channel });
+    assert.deepEqual(denied, { success: false, error: 'Not subscribed to this channel', code: 'FORBIDDEN' });
+    const policy = await request(socket, 'subscribe', { channel: 'system:x', since: { offset: 0, epoch: '' } });
+    assert.equal(policy.code, 'FORBIDDEN');
+    for (const since of [{ offset: -1, epoch: '' }, { offset: 'x', epoch: '' }, { offset: 1 }, { offset: 1, epoch: 'e'.repeat(65) }, 'x']) {
+      const r = await request(socket, 'subscribe', { channel, since });
+      assert.equal(r.code, 'INVALID_PAYLOAD', JSON.stringify(since));
+    }
+    const sub = await request(socket, 'subscribe', channel);
+    assert.equal(sub.success, true);
+    for (const limit of [0, 101, 'x']) {
+      assert.equal((await request(socket, 'channel-history', { channel, limit })).code, 'INVALID_PAYLOAD', String(limit));
+    }
+    const events = [];
+    socket.on('event', (e) => events.push(e));
+    for (let i = 1; i <= 12; i++) await publish(g, channel, i);
+    await until(() => events.length === 12, 5000, '12 events');
+    const h = await request(socket, 'channel-history', { channel, limit: 100 });
+    assert.deepEqual(h.publications.map((p) => p.offset), [8, 9, 10, 11, 12], 'CHANNEL_HISTORY_SIZE=5 keeps the last 5');
+    // A position older than what is kept cannot be recovered; the newest kept one can.
+    const { socket: late } = await connect(g.url, { auth: { token: token('bob') } });
+    const old = await request(late, 'subscribe', { channel, since: { offset: 3, epoch: events[0].epoch } });
+    assert.equal(old.recovered, false);
+    const { socket: late2 } = await connect(g.url, { auth: { token: token('bob') } });
+    const rec = subscribeRecording(late2, channel, { offset: 7, epoch: events[0].epoch });
+    assert.equal((await rec.ack).recovered, true);
+    await until(() => rec.events().length === 5, 5000, 'the 5 kept');
+    assertConsecutive(rec.events(), 8, 'bounded replay');
+    for (const s of [socket, late, late2]) s.close();
+  } finally { await g.stop(); }
+});
+
+test('one node: after CHANNEL_HISTORY_TTL_SECS the history is gone and recovery says so', async () => {
+  const g = await startGateway({ API_KEY, CHANNEL_HISTORY_TTL_SECS: '1' });
+  try {
+    const channel = uniq('apps:ttl');
+    const { socket } = await connect(g.url, { auth: { token: token('carol') } });
+    await request(socket, 'subscribe', channel);
+    const ev = next(socket, 'event');
+    await publish(g, channel, 'one');
+    const { epoch } = await ev;
+    socket.close();
+    await publish(g, channel, 'two');
+    const { socket: back } = await connect(g.url, { auth: { token: token('carol') } });
+    await request(back, 'subscribe', channel);
+    // The expiry is a matter of time: poll the history until it is empty.
+    await until(async () => (await request(back, 'channel-history', { channel })).publications.length === 0, 10000, 'expiry');
+    const r = await request(back, 'subscribe', { channel, since: { offset: 1, epoch } });
+    assert.deepEqual(r, { success: true, channel, recovered: false, offset: 2, epoch });
+    back.close();
+  } finally { await g.stop(); }
+});
+
+test('two nodes: a client whose node was SIGKILLed recovers exactly the 50 it missed on the other node, under 300 publications/s', async () => {
+  const A = await startGateway({ REDIS_URL: redis.url, API_KEY });
+  const B = await startGateway({ REDIS_URL: redis.url, API_KEY });
+  const channel = uniq('apps:kill');
+  let running = true;
+  let n = 0;
+  let paused = false;
+  const published = [];
+  let rateFrom = 0;
+  let rateN = 0;
+  const stopped = (async () => {
+    // 300 publications a second while running and not paused (caught up every 8 ms), at most 5,000.
+    let credit = 0;
+    let t = Date.now();
+    while (running && n < 5000) {
+      const now = Date.now();
+      if (!paused) credit += ((now - t) * 300) / 1000;
+      t = now;
+      while (!paused && running && credit >= 1) {
+        credit -= 1;
+        n += 1;
+        await pub.publish(channel, JSON.stringify({ n }));
+        published.push(n);
+      }
+      await new Promise((r) => setTimeout(r, 8));
+    }
+  })();
+  try {
+    await redisUp(A);
+    await redisUp(B);
+    const { socket: onA } = await connect(A.url, { auth: { token: token('dave') } });
+    const { socket: watcher } = await connect(B.url, { auth: { token: token('erin') } });
+    const seenA = [];
+    const seenB = [];
+    onA.on('event', (e) => { if (e.channel === channel) seenA.push(e); });
+    watcher.on('event', (e) => { if (e.channel === channel) seenB.push(e); });
+    await request(onA, 'subscribe', channel);
+    await request(watcher, 'subscribe', channel);
+    await until(() => seenA.length >= 30, 10000, 'node A delivers');
+
+    // Node A dies; its client keeps what it saw last.
+    paused = true;
+    await A.stop('SIGKILL');
+    const last = seenA[seenA.length - 1];
+    const lastN = last.data.n;
+    assertConsecutive(seenA, seenA[0].offset, 'node A');
+    // Exactly 50 publications while the client is away (and the publisher runs on at 250/s after).
+    const target = n + 50;
+    const skipped = n - lastN; // published after A's last delivery, before the pause: missed as well
+    paused = false;
+    await until(() => n >= target, 10000, '50 more published');
+    paused = true;
+    const missed = skipped + 50;
+
+    // Back on node B with the last position, while publications keep coming.
+    const { socket: back } = await connect(B.url, { auth: { token: token('dave') } });
+    paused = false;
+    rateFrom = Date.now();
+    rateN = n;
+    const rec = subscribeRecording(back, channel, { offset: last.offset, epoch: last.epoch });
+    const ack = await rec.ack;
+    assert.equal(ack.recovered, true, JSON.stringify(ack));
+    assert.equal(ack.epoch, last.epoch);
+    assert.ok(ack.offset >= last.offset + missed, `ack offset ${ack.offset} covers the missed ones`);
+    const until200 = ack.offset - last.offset + 200;
+    await until(() => rec.events().length >= until200, 20000, '200 live after the recovery');
+    const rate = ((n - rateN) * 1000) / (Date.now() - rateFrom);
+    assert.ok(rate >= 200, `the recovery ran under ${rate.toFixed(0)} publications/s, the test needs 200/s or more`);
+    running = false;
+    await stopped;
+
+    const got = rec.events();
+    assert.ok('ack' in rec.order[0], 'the ack first');
+    assertConsecutive(got, last.offset + 1, 'recovered then live on node B');
+    // The missed ones first, exactly: those published after the last one the client saw.
+    assert.deepEqual(got.slice(0, missed).map((e) => e.data.n), Array.from({ length: missed }, (_, i) => lastN + 1 + i));
+    // One order everywhere: the same publication has the same offset on both nodes.
+    const shift = last.offset - lastN;
+    for (const e of [...seenA, ...seenB, ...got]) assert.equal(e.offset - e.data.n, shift, `offset ${e.offset} for n ${e.data.n}`);
+    assertConsecutive(seenB, seenB[0].offset, 'the watcher on node B');
+    assert.ok(got.every((e) => e.epoch === last.epoch));
+    console.log(`# recovery after SIGKILL: missed ${missed} (50 while away + ${skipped} in flight), then ${got.length - missed} more; ` +
+      `${published.length} published; ${rate.toFixed(0)} publications/s during the recovery; no gap, no duplicate`);
+    for (const s of [onA, watcher, back]) s.close();
+  } finally {
+    running = false;
+    await stopped;
+    await A.stop('SIGKILL');
+    await B.stop();
+  }
+});
+
+test('two nodes, /ws: {type:"subscribe", channel, since} answers subscribed with recovered, then the missed event frames', async () => {
+  const A = await startGateway({ REDIS_URL: redis.url, API_KEY });
+  const B = await startGateway({ REDIS_URL: redis.url, API_KEY });
+  try {
+    await redisUp(A);
+    await redisUp(B);
+    const channel = uniq('apps:ws');
+    const a = await wsConnect(A.url, { token: token('frank') });
+    a.send({ type: 'subscribe', channel });
+    const sub = await a.next('subscribed');
+    assert.equal(sub.offset, 0);
+    assert.equal(sub.epoch, '');
+    assert.equal('recovered' in sub, false);
+    await pub.publish(channel, JSON.stringify({ k: 1 }));
+    const e1 = await a.next('event');
+    assert.deepEqual(Object.keys(e1).sort(), ['channel', 'data', 'epoch', 'offset', 'timestamp', 'type']);
+    assert.equal(e1.offset, 1);
+    await a.terminate();
+    for (let k = 2; k <= 4; k++) await publish(A, channel, { k });
+    const b = await wsConnect(B.url, { token: token('frank') });
+    b.send({ type: 'subscribe', channel, since: { offset: 1, epoch: e1.epoch }, requestId: 7 });
+    const back = await b.next('subscribed');
+    assert.equal(back.requestId, 7);
+    assert.equal(back.recovered, true);
+    assert.equal(back.offset, 4);
+    assert.equal(back.epoch, e1.epoch);
+    assert.equal(typeof back.timestamp, 'string');
+    const replay = [await b.next('event'), await b.next('event'), await b.next('event')];
+    assert.deepEqual(replay.map((f) => [f.offset, f.data.k]), [[2, 2], [3, 3], [4, 4]]);
+    const i = (f) => b.frames.indexOf(f);
+    assert.ok(i(back) < i(replay[0]), 'subscribed before the events');
+    const h = await b.request('channel-history', undefined, { channel });
+    assert.equal(h.type, 'ack');
+    assert.deepEqual(h.data.publications.map((p) => p.offset), [1, 2, 3, 4]);
+    b.close();
+  } finally { await A.stop(); await B.stop(); }
+});
+
+test('Redis lost its data (FLUSHALL): recovered:false, and a new epoch starts at offset 1', async () => {
+  const g = await startGateway({ REDIS_URL: redis.url, API_KEY });
+  try {
+    await redisUp(g);
+    const channel = uniq('apps:flush');
+    const { socket } = await connect(g.url, { auth: { token: token('gina') } });
+    await request(socket, 'subscribe', channel);
+    let ev = next(socket, 'event');
+    await pub.publish(channel, '"before"');
+    const before1 = await ev;
+    await pub.flushAll();
+    const { socket: back } = await connect(g.url, { auth: { token: token('gina') } });
+    const r = await request(back, 'subscribe', { channel, since: { offset: before1.offset, epoch: before1.epoch } });
+    assert.deepEqual(r, { success: true, channel, recovered: false, offset: 0, epoch: '' });
+    ev = next(back, 'event');
+    await pub.publish(channel, '"after"');
+    const after1 = await ev;
+    assert.equal(after1.offset, 1);
+    assert.notEqual(after1.epoch, before1.epoch);
+    socket.close();
+    back.close();
+  } finally { await g.stop(); }
+});
+
+test('two nodes: after CHANNEL_HISTORY_TTL_SECS the Redis history is gone and recovery says so', async () => {
+  const A = await startGateway({ REDIS_URL: redis.url, API_KEY, CHANNEL_HISTORY_TTL_SECS: '1' });
+  const B = await startGateway({ REDIS_URL: redis.url, API_KEY, CHANNEL_HISTORY_TTL_SECS: '1' });
+  try {
+    await redisUp(A);
+    await redisUp(B);
+    const channel = uniq('apps:rttl');
+    const { socket } = await connect(A.url, { auth: { token: token('hal') } });
+    await request(socket, 'subscribe', channel);
+    const ev = next(socket, 'event');
+    await pub.publish(channel, '1');
+    const first = await ev;
+    socket.close();
+    await pub.publish(channel, '2');
+    const { socket: back } = await connect(B.url, { auth: { token: token('hal') } });
+    await request(back, 'subscribe', channel);
+    await until(async () => (await request(back, 'channel-history', { channel })).publications.length === 0, 10000, 'expiry');
+    const r = await request(back, 'subscribe', { channel, since: { offset: first.offset, epoch: first.epoch } });
+    assert.deepEqual(r, { success: true, channel, recovered: false, offset: 2, epoch: first.epoch });
+    back.close();
+  } finally { await A.stop(); await B.stop(); }
+});
+
+test('socket.io-client reconnecting by itself resubscribes with its last offset (the docs/protocol.md recipe)', async () => {
+  const g = await startGateway({ API_KEY });
+  try {
+    const channel = uniq('apps:recipe');
+    // The recipe: keep the last position per channel; on every `connected`, subscribe with it.
+    const socket = ioV4(g.url, { forceNew: true, auth: { token: token('ivy') }, reconnectionDelay: 100, reconnectionDelayMax: 200 });
+    const positions = new Map();
+    const seen = [];
+    let connects = 0;
+    socket.on('event', (e) => {
+      seen.push(e);
+      if (e.offset !== undefined) positions.set(e.channel, { offset: e.offset, epoch: e.epoch });
+    });
+    socket.on('connected', () => {
+      connects += 1;
+      const since = positions.get(channel);
+      socket.emit('subscribe', since ? { channel, since } : { channel }, (ack) => {
+        if (ack.success && !since) positions.set(channel, { offset: ack.offset, epoch: ack.epoch });
+      });
+    });
+    await until(() => positions.has(channel), 5000, 'subscribed');
+    for (let i = 1; i <= 3; i++) await publish(g, channel, i);
+    await until(() => seen.length === 3, 5000, '3 live');
+    // The transport drops; the client reconnects by itself while publications go on.
+    socket.io.engine.close();
+    for (let i = 4; i <= 10; i++) await publish(g, channel, i);
+    await until(() => connects === 2 && seen.length === 10, 10000, 'reconnected and recovered');
+    assertConsecutive(seen, 1, 'across the reconnect');
+    socket.close();
+  } finally { await g.stop(); }
+});

@@ -1,0 +1,613 @@
+//! The one path a channel publication takes on a node (SPEC §15), and the subscriptions that must
+//! meet it without a gap or a duplicate.
+//!
+//! One task per node takes, in the order this node received them, the publications for its
+//! clients (from the Redis ingress, or from the REST API when there is no Redis), appends them to
+//! the channel history in batches (one round trip per batch), and delivers each one with its
+//! `offset` and `epoch` to the channel's subscribers on this node.
+//!
+//! **Every node appends.** A Redis `PUBLISH` reaches every node and carries no id, so each node
+//! appends its copy under a fingerprint: a hash of the data plus how many identical copies this node
+//! saw on that channel within the de-duplication window. Redis keeps the first copy's place for the
+//! window and answers it to the others, so all nodes deliver the same offsets. No node is special:
+//! a publication is kept as long as one node received it, whichever nodes die.
+//!
+//! **Order.** Redis delivers published messages to every subscriber in one order, each node appends
+//! in that order and waits for a batch before the next, so offsets increase in publish order on every
+//! node.
+//!
+//! **The seam.** A subscription (with `since` or without) starts at a point in this task's sequence:
+//! publications delivered before it are in the history already (they were appended before they were
+//! delivered); those after it are held for the client. The task then reads the history, answers the
+//! subscribe with the position just before the first held one, and, once the client has that answer
+//! (see [`Go`]), sends the missed publications after `since`, then the held ones, then joins the
+//! channel's room. Nothing is delivered twice or skipped, and nothing newer comes first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::{Client, Close};
+use crate::error::{ApiError, Code};
+use crate::history::{History, NewPublication, Position, Tail};
+use crate::names;
+use crate::state::AppState;
+use crate::store::StoreResult;
+
+/// Publications waiting for the task; the ingress waits when it is full.
+const QUEUE: usize = 8192;
+/// Publications appended in one round trip at most.
+const BATCH: usize = 512;
+/// Publications held for one subscription while its history is read; past it, see [`Pending`].
+const HELD: usize = 10_000;
+/// Fingerprints remembered at most (the window holds fewer unless publications come faster than
+/// this many per window).
+const WINDOW_ENTRIES: usize = 1_000_000;
+
+/// The `event` envelope of a channel delivery: `{channel, data, timestamp, offset?, epoch?}`.
+#[derive(Serialize)]
+pub struct Envelope<'a> {
+    pub channel: &'a str,
+    pub data: &'a Value,
+    pub timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
+}
+
+/// An ISO-8601 date of a time in ms since the epoch.
+pub fn iso(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(crate::iso_now)
+}
+
+/// One publication on its way.
+pub struct Pub {
+    pub channel: String,
+    pub data: Value,
+    /// Kept in the history (false while Redis is down: delivered without an offset).
+    pub keep: bool,
+    /// The bytes the fingerprint is taken of (the published payload).
+    pub raw: Vec<u8>,
+}
+
+/// The answer to a subscribe.
+pub struct Subscribed {
+    /// Set when the subscribe named `since`.
+    pub recovered: Option<bool>,
+    /// The position the subscription starts after; `None` when history is off or unreadable.
+    pub position: Option<Position>,
+    /// Drop it once the client has the answer: the missed publications follow.
+    pub go: Option<Go>,
+}
+
+/// Dropped when the client has its subscribe answer (or the answer was abandoned): the task then
+/// sends the missed and held publications and completes the subscription.
+pub struct Go {
+    id: u64,
+    ctl: mpsc::UnboundedSender<Ctl>,
+}
+
+impl Drop for Go {
+    fn drop(&mut self) {
+        let _ = self.ctl.send(Ctl::Go { id: self.id });
+    }
+}
+
+enum Ctl {
+    Subscribe {
+        client: Client,
+        channel: String,
+        since: Option<Position>,
+        cap: usize,
+        reply: oneshot::Sender<Result<Subscribed, ApiError>>,
+    },
+    Ready {
+        id: u64,
+        result: StoreResult<Tail>,
+    },
+    Go {
+        id: u64,
+    },
+    Unsubscribe {
+        client: Client,
+        channel: String,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+pub struct Publications {
+    history: Option<Arc<dyn History>>,
+    /// Copies of one publication arrive on every node: fingerprint them (Redis history only).
+    dedup: bool,
+    pubs: mpsc::Sender<Pub>,
+    ctl: mpsc::UnboundedSender<Ctl>,
+    receivers: Mutex<Option<(mpsc::Receiver<Pub>, mpsc::UnboundedReceiver<Ctl>)>>,
+    next_id: AtomicU64,
+}
+
+impl Publications {
+    /// `history` is `None` when `CHANNEL_HISTORY_SIZE=0`: no offsets, no recovery.
+    pub fn new(history: Option<Arc<dyn History>>, dedup: bool) -> Self {
+        let (pubs, pubs_rx) = mpsc::channel(QUEUE);
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        Publications {
+            history,
+            dedup,
+            pubs,
+            ctl,
+            receivers: Mutex::new(Some((pubs_rx, ctl_rx))),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn history_enabled(&self) -> bool {
+        self.history.is_some()
+    }
+
+    /// Queues a publication this node received for its clients (waits while the queue is full).
+    pub async fn publish(&self, p: Pub) {
+        if self.pubs.send(p).await.is_err() {
+            tracing::warn!("channel publications: the task is gone; publication dropped");
+        }
+    }
+
+    /// Subscribes `client` to `channel` at this point of the node's sequence; with `since`, the
+    /// publications missed after it follow the answer (see the module's doc).
+    pub async fn subscribe(
+        &self,
+        client: Client,
+        channel: String,
+        since: Option<Position>,
+        cap: usize,
+    ) -> Result<Subscribed, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.ctl
+            .send(Ctl::Subscribe { client, channel, since, cap, reply })
+            .map_err(|_| ApiError::new(Code::Internal, "Internal error"))?;
+        rx.await.map_err(|_| ApiError::new(Code::Internal, "Internal error"))?
+    }
+
+    /// Ends a subscription, also one still being set up.
+    pub async fn unsubscribe(&self, client: Client, channel: String) {
+        let (reply, rx) = oneshot::channel();
+        if self.ctl.send(Ctl::Unsubscribe { client, channel, reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The channel's position and its last `limit` kept publications (`None`: history is off).
+    pub async fn last(&self, channel: &str, limit: usize) -> Option<StoreResult<Tail>> {
+        match &self.history {
+            Some(h) => Some(h.last(channel, limit).await),
+            None => None,
+        }
+    }
+
+    /// Starts the node's publication task.
+    pub fn spawn(&self, state: AppState) -> Option<tokio::task::JoinHandle<()>> {
+        let (pubs, ctl) = self.receivers.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let task = Task {
+            state: state.clone(),
+            history: self.history.clone(),
+            dedup: self.dedup,
+            ctl_tx: self.ctl.clone(),
+            window: Window::default(),
+            pending: HashMap::new(),
+            by_channel: HashMap::new(),
+        };
+        Some(tokio::spawn(task.run(pubs, ctl)))
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A subscription being set up.
+struct Pending {
+    client: Client,
+    channel: String,
+    since: Option<Position>,
+    /// Subscribed before this subscribe: no Admin UI notice at the join.
+    was_subscribed: bool,
+    reply: Option<oneshot::Sender<Result<Subscribed, ApiError>>>,
+    /// Delivered to the channel since the subscription started: (offset, epoch, envelope).
+    held: Vec<(Option<u64>, Option<Arc<str>>, Value)>,
+    /// More than [`HELD`] publications arrived before the subscription completed: the client is
+    /// closed rather than sent a stream with a hole (it reconnects and recovers from its offset).
+    overflow: bool,
+    /// The missed publications to send first (set once the history was read).
+    replay: Vec<Value>,
+    /// The position the answer gave.
+    start: Option<Position>,
+}
+
+/// How many identical copies of a publication this node saw on a channel within the window.
+#[derive(Default)]
+struct Window {
+    seen: HashMap<(String, [u8; 16]), u32>,
+    order: VecDeque<(Instant, String, [u8; 16])>,
+}
+
+impl Window {
+    fn span() -> Duration {
+        Duration::from_millis(crate::history::redis::DEDUP_WINDOW_MS)
+    }
+
+    /// This copy's number among the identical ones within the window (1 for the first).
+    fn count(&mut self, channel: &str, hash: [u8; 16], now: Instant) -> u32 {
+        while let Some((at, _, _)) = self.order.front() {
+            if now.duration_since(*at) < Self::span() && self.order.len() < WINDOW_ENTRIES {
+                break;
+            }
+            if let Some((_, c, h)) = self.order.pop_front() {
+                let key = (c, h);
+                if let Some(n) = self.seen.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.seen.remove(&key);
+                    }
+                }
+            }
+        }
+        let n = self.seen.entry((channel.to_string(), hash)).or_insert(0);
+        *n += 1;
+        self.order.push_back((now, channel.to_string(), hash));
+        *n
+    }
+}
+
+/// The fingerprint of the `n`-th identical copy of `raw` on a channel.
+fn fingerprint(hash: &[u8; 16], n: u32) -> String {
+    format!("{}:{n}", hex::encode(hash))
+}
+
+fn hash(raw: &[u8]) -> [u8; 16] {
+    let digest = Sha256::digest(raw);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+struct Task {
+    state: AppState,
+    history: Option<Arc<dyn History>>,
+    dedup: bool,
+    ctl_tx: mpsc::UnboundedSender<Ctl>,
+    window: Window,
+    pending: HashMap<u64, Pending>,
+    by_channel: HashMap<String, Vec<u64>>,
+}
+
+impl Task {
+    async fn run(mut self, mut pubs: mpsc::Receiver<Pub>, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
+        loop {
+            tokio::select! {
+                biased;
+                Some(c) = ctl.recv() => self.control(c).await,
+                Some(p) = pubs.recv() => {
+                    let mut batch = vec![p];
+                    while batch.len() < BATCH {
+                        match pubs.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    self.publish(batch).await;
+                }
+                else => break,
+            }
+        }
+    }
+
+    fn new_id(&self) -> u64 {
+        self.state.publications.next_id()
+    }
+
+    async fn publish(&mut self, batch: Vec<Pub>) {
+        let mut places: Vec<Option<crate::history::Appended>> = vec![None; batch.len()];
+        if let Some(history) = &self.history {
+            let kept: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].keep).collect();
+            if !kept.is_empty() {
+                let now = Instant::now();
+                let news: Vec<NewPublication> = kept
+                    .iter()
+                    .map(|&i| {
+                        let p = &batch[i];
+                        let fingerprint = if self.dedup {
+                            let h = hash(&p.raw);
+                            fingerprint(&h, self.window.count(&p.channel, h, now))
+                        } else {
+                            String::new()
+                        };
+                        let json = serde_json::to_string(&p.data).unwrap_or_else(|_| "null".into());
+                        NewPublication { channel: p.channel.clone(), fingerprint, json }
+                    })
+                    .collect();
+                match history.append(&news).await {
+                    Ok(appended) => {
+                        for (i, a) in kept.into_iter().zip(appended) {
+                            places[i] = Some(a);
+                        }
+                    }
+                    Err(e) => {
+                        self.state.metrics.history_errors.increment(1);
+                        tracing::warn!(
+                            publications = news.len(),
+                            "channel history: not appended, delivered without offsets: {e}"
+                        );
+                    }
+                }
+            }
+        }
+        for (p, place) in batch.into_iter().zip(places) {
+            let epoch: Option<Arc<str>> = place.as_ref().map(|a| Arc::from(a.epoch.as_str()));
+            let env = Envelope {
+                channel: &p.channel,
+                data: &p.data,
+                timestamp: place.as_ref().map(|a| iso(a.ts)).unwrap_or_else(crate::iso_now),
+                offset: place.as_ref().map(|a| a.offset),
+                epoch: epoch.as_deref(),
+            };
+            let value = match serde_json::to_value(&env) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(channel = p.channel, "channel publication not serialisable: {e}");
+                    continue;
+                }
+            };
+            if let Err(e) = self.state.hub.to(names::channel(&p.channel)).local().emit("event", &value).await {
+                tracing::warn!(channel = p.channel, "channel delivery failed: {e}");
+            }
+            if let Some(ids) = self.by_channel.get(&p.channel) {
+                for id in ids {
+                    if let Some(pending) = self.pending.get_mut(id) {
+                        if pending.held.len() >= HELD {
+                            pending.overflow = true;
+                        } else if !pending.overflow {
+                            pending.held.push((place.as_ref().map(|a| a.offset), epoch.clone(), value.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn control(&mut self, c: Ctl) {
+        match c {
+            Ctl::Subscribe { client, channel, since, cap, reply } => self.subscribe(client, channel, since, cap, reply),
+            Ctl::Ready { id, result } => self.ready(id, result),
+            Ctl::Go { id } => self.go(id),
+            Ctl::Unsubscribe { client, channel, reply } => {
+                let ids: Vec<u64> = self
+                    .by_channel
+                    .get(&channel)
+                    .map(|ids| {
+                        ids.iter()
+                            .copied()
+                            .filter(|id| self.pending.get(id).is_some_and(|p| p.client.id() == client.id()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for id in ids {
+                    self.forget(id);
+                }
+                let room = names::channel(&channel);
+                client.leave(&room);
+                if let Some(admin) = &self.state.admin {
+                    admin.room(&*client, &room, false);
+                }
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn forget(&mut self, id: u64) -> Option<Pending> {
+        let p = self.pending.remove(&id)?;
+        if let Some(ids) = self.by_channel.get_mut(&p.channel) {
+            ids.retain(|x| *x != id);
+            if ids.is_empty() {
+                self.by_channel.remove(&p.channel);
+            }
+        }
+        Some(p)
+    }
+
+    fn subscribe(
+        &mut self,
+        client: Client,
+        channel: String,
+        since: Option<Position>,
+        cap: usize,
+        reply: oneshot::Sender<Result<Subscribed, ApiError>>,
+    ) {
+        let room = names::channel(&channel);
+        let rooms = client.rooms();
+        let was_subscribed = rooms.contains(&room);
+        // A newer subscribe of the same client to the same channel replaces one still being set up.
+        let mine: Vec<(u64, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.client.id() == client.id())
+            .map(|(id, p)| (*id, p.channel.clone()))
+            .collect();
+        for (id, c) in &mine {
+            if *c == channel {
+                if let Some(old) = self.forget(*id) {
+                    if let Some(r) = old.reply {
+                        let _ = r.send(Err(ApiError::invalid("Superseded by a newer subscribe to this channel")));
+                    }
+                }
+            }
+        }
+        // The cap counts the subscriptions being set up too; this task is the only place that
+        // makes a client join a channel, so the count cannot race.
+        let others = rooms.iter().filter(|r| r.starts_with(names::CHANNEL_PREFIX) && **r != room).count()
+            + mine.iter().filter(|(_, c)| *c != channel).count();
+        if others >= cap {
+            let _ = reply
+                .send(Err(ApiError::new(Code::Forbidden, format!("Subscription limit reached ({cap} per socket)"))));
+            return;
+        }
+        let Some(history) = self.history.clone() else {
+            client.join(&room);
+            if !was_subscribed {
+                if let Some(admin) = &self.state.admin {
+                    admin.room(&*client, &room, true);
+                }
+            }
+            let recovered = since.map(|_| false);
+            let _ = reply.send(Ok(Subscribed { recovered, position: None, go: None }));
+            return;
+        };
+        if was_subscribed {
+            // Held from here like a new subscriber: the client rejoins once it has its answer.
+            client.leave(&room);
+        }
+        let id = self.new_id();
+        let after = since.as_ref().map(|s| s.offset);
+        self.pending.insert(
+            id,
+            Pending {
+                client,
+                channel: channel.clone(),
+                since,
+                was_subscribed,
+                reply: Some(reply),
+                held: Vec::new(),
+                overflow: false,
+                replay: Vec::new(),
+                start: None,
+            },
+        );
+        self.by_channel.entry(channel.clone()).or_default().push(id);
+        let ctl = self.ctl_tx.clone();
+        tokio::spawn(async move {
+            let result = match after {
+                Some(after) => history.after(&channel, after).await,
+                None => history.position(&channel).await,
+            };
+            let _ = ctl.send(Ctl::Ready { id, result });
+        });
+    }
+
+    fn ready(&mut self, id: u64, result: StoreResult<Tail>) {
+        let ctl = self.ctl_tx.clone();
+        let Some(p) = self.pending.get_mut(&id) else { return };
+        let answer = if p.overflow {
+            Err(ApiError::new(Code::Internal, "Too many publications while subscribing; try again"))
+        } else {
+            match result {
+                Err(e) => {
+                    tracing::warn!(channel = p.channel, "channel history unreadable; subscribed without recovery: {e}");
+                    Ok((p.since.as_ref().map(|_| false), None, Vec::new()))
+                }
+                Ok(tail) => {
+                    let (recovered, start, replay) = place(p.since.as_ref(), tail, &p.held);
+                    let replay = replay
+                        .iter()
+                        .filter_map(|pub_| {
+                            serde_json::to_value(Envelope {
+                                channel: &p.channel,
+                                data: &pub_.data,
+                                timestamp: iso(pub_.ts),
+                                offset: Some(pub_.offset),
+                                epoch: Some(&start.epoch),
+                            })
+                            .ok()
+                        })
+                        .collect();
+                    Ok((recovered, Some(start), replay))
+                }
+            }
+        };
+        let Some(reply) = p.reply.take() else { return };
+        match answer {
+            Ok((recovered, start, replay)) => {
+                p.replay = replay;
+                p.start = start.clone();
+                let go = Go { id, ctl };
+                if reply.send(Ok(Subscribed { recovered, position: start, go: Some(go) })).is_err() {
+                    // The subscribe was abandoned; the dropped Go completes it (the client left).
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                self.forget(id);
+            }
+        }
+    }
+
+    fn go(&mut self, id: u64) {
+        let Some(p) = self.forget(id) else { return };
+        if !p.client.connected() {
+            return;
+        }
+        if p.overflow {
+            tracing::warn!(sid = %p.client.id(), channel = p.channel, "too many publications while subscribing: closing the client");
+            p.client.close(Close::Kicked);
+            return;
+        }
+        for env in &p.replay {
+            let _ = p.client.emit("event", env);
+        }
+        for (offset, epoch, env) in &p.held {
+            let before_start = match (&p.start, offset, epoch) {
+                (Some(s), Some(o), Some(e)) => **e == *s.epoch && *o <= s.offset,
+                _ => false,
+            };
+            if !before_start {
+                let _ = p.client.emit("event", env);
+            }
+        }
+        let room = names::channel(&p.channel);
+        p.client.join(&room);
+        if !p.was_subscribed {
+            if let Some(admin) = &self.state.admin {
+                admin.room(&*p.client, &room, true);
+            }
+        }
+    }
+}
+
+/// Where a subscription starts, whether `since` was recovered, and what to replay: the pure part
+/// of the seam, given the history read after the subscription started and the publications held
+/// since then.
+pub fn place(
+    since: Option<&Position>,
+    tail: Tail,
+    held: &[(Option<u64>, Option<Arc<str>>, Value)],
+) -> (Option<bool>, Position, Vec<crate::history::Publication>) {
+    let first_held = held.iter().find_map(|(o, e, _)| Some(((*o)?, e.clone()?)));
+    let mut start = tail.position;
+    match &first_held {
+        // The channel had no stream when read: it starts with the first held publication.
+        Some((o, e)) if start.epoch.is_empty() => {
+            start = Position { offset: o.saturating_sub(1), epoch: e.to_string() }
+        }
+        Some((o, e)) if **e == *start.epoch => start.offset = start.offset.min(o.saturating_sub(1)),
+        _ => {}
+    }
+    let Some(since) = since else { return (None, start, Vec::new()) };
+    // `{offset:0, epoch:""}` is the place of a channel that had no publication yet: it matches
+    // the start of whatever epoch the channel has now.
+    let same_epoch = since.epoch == start.epoch || (since.epoch.is_empty() && since.offset == 0);
+    let recovered = same_epoch
+        && since.offset <= start.offset
+        && (since.offset == start.offset || tail.publications.first().map(|p| p.offset) == Some(since.offset + 1));
+    if !recovered {
+        return (Some(false), start, Vec::new());
+    }
+    let replay =
+        tail.publications.into_iter().filter(|p| p.offset > since.offset && p.offset <= start.offset).collect();
+    (Some(true), start, replay)
+}
