@@ -6,6 +6,12 @@ pub fn channel(name: &str) -> String {
     format!("ch:{name}")
 }
 
+/// The room of a channel's subscribers still catching up after a recovery: the channel's
+/// publications skip them until this node delivers one past their replay (see `publications.rs`).
+pub fn catching_up(channel: &str) -> String {
+    format!("chx:{channel}")
+}
+
 /// The adapter room of a chat room's joined sockets.
 pub fn chat(room_id: &str) -> String {
     format!("r:{room_id}")

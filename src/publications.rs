@@ -18,10 +18,13 @@
 //!
 //! **The seam.** A subscription (with `since` or without) starts at a point in this task's sequence:
 //! publications delivered before it are in the history already (they were appended before they were
-//! delivered); those after it are held for the client. The task then reads the history, answers the
-//! subscribe with the position just before the first held one, and, once the client has that answer
-//! (see [`Go`]), sends the missed publications after `since`, then the held ones, then joins the
-//! channel's room. Nothing is delivered twice or skipped, and nothing newer comes first.
+//! delivered); those after it are held for the client. The task reads the history, joins the client
+//! to the channel together with a catching-up room that the channel's deliveries skip, and answers
+//! with the position read. Once the client has that answer (see [`Go`]) it sends the publications
+//! after `since` up to that position, then the held ones past it; those this node delivers later
+//! and that the replay already covered are skipped until the first one past it, which ends the
+//! catching up. Nothing is delivered twice or skipped, and nothing newer comes first
+//! (`tests/seam.rs` checks every interleaving).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -220,15 +223,47 @@ struct Pending {
     /// Subscribed before this subscribe: no Admin UI notice at the join.
     was_subscribed: bool,
     reply: Option<oneshot::Sender<Result<Subscribed, ApiError>>>,
-    /// Delivered to the channel since the subscription started: (offset, epoch, envelope).
+    /// Delivered to the channel since the subscription started, until [`Go`]: (offset, epoch,
+    /// envelope).
     held: Vec<(Option<u64>, Option<Arc<str>>, Value)>,
     /// More than [`HELD`] publications arrived before the subscription completed: the client is
     /// closed rather than sent a stream with a hole (it reconnects and recovers from its offset).
     overflow: bool,
     /// The missed publications to send first (set once the history was read).
     replay: Vec<Value>,
-    /// The position the answer gave.
-    start: Option<Position>,
+    /// Set once the history was read: which publications the replay already covers.
+    seam: Option<Seam>,
+    /// Joined once the history was read (before the answer, so that whatever the client does
+    /// next sees it subscribed), together with the catching-up room that the channel's
+    /// deliveries skip; publications are held for it until [`Go`].
+    joined: bool,
+    /// After [`Go`]: in the catching-up room until this node delivers a publication past the replay.
+    went: bool,
+}
+
+/// Where a subscription's replay ends and its live stream begins.
+///
+/// The replay runs to the channel's position when the history was read. This node may deliver
+/// some publications up to that position after the read (other nodes appended them first); the
+/// seam skips those, and the first publication past it ends the catching up. A publication without
+/// an offset (Redis down) or of another epoch is always past it.
+#[derive(Debug, Clone)]
+pub struct Seam {
+    start: Position,
+}
+
+impl Seam {
+    pub fn new(start: Position) -> Self {
+        Seam { start }
+    }
+
+    /// Is this publication past the replay (to be delivered)?
+    pub fn past(&self, offset: Option<u64>, epoch: Option<&str>) -> bool {
+        match (offset, epoch) {
+            (Some(o), Some(e)) => e != self.start.epoch || o > self.start.offset,
+            _ => true,
+        }
+    }
 }
 
 /// How many identical copies of a publication this node saw on a channel within the window.
@@ -290,10 +325,13 @@ struct Task {
 
 impl Task {
     async fn run(mut self, mut pubs: mpsc::Receiver<Pub>, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
+        let mut sweep = tokio::time::interval(Duration::from_secs(30));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 Some(c) = ctl.recv() => self.control(c).await,
+                _ = sweep.tick() => self.sweep(),
                 Some(p) = pubs.recv() => {
                     let mut batch = vec![p];
                     while batch.len() < BATCH {
@@ -365,19 +403,34 @@ impl Task {
                     continue;
                 }
             };
-            if let Err(e) = self.state.hub.to(names::channel(&p.channel)).local().emit("event", &value).await {
+            let ids = self.by_channel.get(&p.channel).cloned().unwrap_or_default();
+            let catching = ids.iter().any(|id| self.pending.get(id).is_some_and(|x| x.joined));
+            let to = self.state.hub.to(names::channel(&p.channel)).local();
+            let to = if catching { to.except(names::catching_up(&p.channel)) } else { to };
+            if let Err(e) = to.emit("event", &value).await {
                 tracing::warn!(channel = p.channel, "channel delivery failed: {e}");
             }
-            if let Some(ids) = self.by_channel.get(&p.channel) {
-                for id in ids {
-                    if let Some(pending) = self.pending.get_mut(id) {
-                        if pending.held.len() >= HELD {
-                            pending.overflow = true;
-                        } else if !pending.overflow {
-                            pending.held.push((place.as_ref().map(|a| a.offset), epoch.clone(), value.clone()));
-                        }
+            let offset = place.as_ref().map(|a| a.offset);
+            let mut done = Vec::new();
+            for id in ids {
+                let Some(pending) = self.pending.get_mut(&id) else { continue };
+                if pending.went {
+                    if !pending.client.connected() {
+                        done.push(id);
+                    } else if pending.seam.as_ref().is_none_or(|s| s.past(offset, epoch.as_deref())) {
+                        // The first one past the replay: from the next one on, the room delivers.
+                        let _ = pending.client.emit("event", &value);
+                        pending.client.leave(&names::catching_up(&p.channel));
+                        done.push(id);
                     }
+                } else if pending.held.len() >= HELD {
+                    pending.overflow = true;
+                } else if !pending.overflow {
+                    pending.held.push((offset, epoch.clone(), value.clone()));
                 }
+            }
+            for id in done {
+                self.forget(id);
             }
         }
     }
@@ -388,20 +441,11 @@ impl Task {
             Ctl::Ready { id, result } => self.ready(id, result),
             Ctl::Go { id } => self.go(id),
             Ctl::Unsubscribe { client, channel, reply } => {
-                let ids: Vec<u64> = self
-                    .by_channel
-                    .get(&channel)
-                    .map(|ids| {
-                        ids.iter()
-                            .copied()
-                            .filter(|id| self.pending.get(id).is_some_and(|p| p.client.id() == client.id()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for id in ids {
+                for id in self.ids_of(&client, &channel) {
                     self.forget(id);
                 }
                 let room = names::channel(&channel);
+                client.leave(&names::catching_up(&channel));
                 client.leave(&room);
                 if let Some(admin) = &self.state.admin {
                     admin.room(&*client, &room, false);
@@ -409,6 +453,12 @@ impl Task {
                 let _ = reply.send(());
             }
         }
+    }
+
+    /// The subscriptions of `client` to `channel` being set up (at most one).
+    fn ids_of(&self, client: &Client, channel: &str) -> Vec<u64> {
+        let Some(ids) = self.by_channel.get(channel) else { return Vec::new() };
+        ids.iter().copied().filter(|id| self.pending.get(id).is_some_and(|p| p.client.id() == client.id())).collect()
     }
 
     fn forget(&mut self, id: u64) -> Option<Pending> {
@@ -422,6 +472,15 @@ impl Task {
         Some(p)
     }
 
+    /// Forgets the subscriptions set up for clients that left (a quiet channel never completes
+    /// their catching up).
+    fn sweep(&mut self) {
+        let gone: Vec<u64> = self.pending.iter().filter(|(_, p)| !p.client.connected()).map(|(id, _)| *id).collect();
+        for id in gone {
+            self.forget(id);
+        }
+    }
+
     fn subscribe(
         &mut self,
         client: Client,
@@ -431,28 +490,22 @@ impl Task {
         reply: oneshot::Sender<Result<Subscribed, ApiError>>,
     ) {
         let room = names::channel(&channel);
-        let rooms = client.rooms();
-        let was_subscribed = rooms.contains(&room);
-        // A newer subscribe of the same client to the same channel replaces one still being set up.
-        let mine: Vec<(u64, String)> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.client.id() == client.id())
-            .map(|(id, p)| (*id, p.channel.clone()))
-            .collect();
-        for (id, c) in &mine {
-            if *c == channel {
-                if let Some(old) = self.forget(*id) {
-                    if let Some(r) = old.reply {
-                        let _ = r.send(Err(ApiError::invalid("Superseded by a newer subscribe to this channel")));
-                    }
+        // A newer subscribe of the same client to the same channel replaces one being set up.
+        for id in self.ids_of(&client, &channel) {
+            if let Some(old) = self.forget(id) {
+                if let Some(r) = old.reply {
+                    let _ = r.send(Err(ApiError::invalid("Superseded by a newer subscribe to this channel")));
                 }
             }
         }
+        client.leave(&names::catching_up(&channel));
+        let rooms = client.rooms();
+        let was_subscribed = rooms.contains(&room);
         // The cap counts the subscriptions being set up too; this task is the only place that
         // makes a client join a channel, so the count cannot race.
-        let others = rooms.iter().filter(|r| r.starts_with(names::CHANNEL_PREFIX) && **r != room).count()
-            + mine.iter().filter(|(_, c)| *c != channel).count();
+        let setting_up =
+            self.pending.values().filter(|p| p.client.id() == client.id() && !p.joined && p.channel != channel).count();
+        let others = rooms.iter().filter(|r| r.starts_with(names::CHANNEL_PREFIX) && **r != room).count() + setting_up;
         if others >= cap {
             let _ = reply
                 .send(Err(ApiError::new(Code::Forbidden, format!("Subscription limit reached ({cap} per socket)"))));
@@ -486,7 +539,9 @@ impl Task {
                 held: Vec::new(),
                 overflow: false,
                 replay: Vec::new(),
-                start: None,
+                seam: None,
+                joined: false,
+                went: false,
             },
         );
         self.by_channel.entry(channel.clone()).or_default().push(id);
@@ -502,17 +557,19 @@ impl Task {
 
     fn ready(&mut self, id: u64, result: StoreResult<Tail>) {
         let ctl = self.ctl_tx.clone();
+        let metrics_state = self.state.clone();
         let Some(p) = self.pending.get_mut(&id) else { return };
         let answer = if p.overflow {
             Err(ApiError::new(Code::Internal, "Too many publications while subscribing; try again"))
         } else {
             match result {
                 Err(e) => {
+                    metrics_state.metrics.history_errors.increment(1);
                     tracing::warn!(channel = p.channel, "channel history unreadable; subscribed without recovery: {e}");
                     Ok((p.since.as_ref().map(|_| false), None, Vec::new()))
                 }
                 Ok(tail) => {
-                    let (recovered, start, replay) = place(p.since.as_ref(), tail, &p.held);
+                    let (recovered, start, replay) = place(p.since.as_ref(), tail);
                     let replay = replay
                         .iter()
                         .filter_map(|pub_| {
@@ -534,11 +591,17 @@ impl Task {
         match answer {
             Ok((recovered, start, replay)) => {
                 p.replay = replay;
-                p.start = start.clone();
-                let go = Go { id, ctl };
-                if reply.send(Ok(Subscribed { recovered, position: start, go: Some(go) })).is_err() {
-                    // The subscribe was abandoned; the dropped Go completes it (the client left).
+                p.seam = start.clone().map(Seam::new);
+                p.client.join(&names::catching_up(&p.channel));
+                p.client.join(&names::channel(&p.channel));
+                p.joined = true;
+                if !p.was_subscribed {
+                    if let Some(admin) = &metrics_state.admin {
+                        admin.room(&*p.client, &names::channel(&p.channel), true);
+                    }
                 }
+                // Sent or not (an abandoned subscribe drops the Go at once), the Go completes it.
+                let _ = reply.send(Ok(Subscribed { recovered, position: start, go: Some(Go { id, ctl }) }));
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -547,56 +610,44 @@ impl Task {
         }
     }
 
+    /// The client has its answer: the replay, the held publications past it, then the channel.
     fn go(&mut self, id: u64) {
-        let Some(p) = self.forget(id) else { return };
-        if !p.client.connected() {
+        let Some(p) = self.pending.get_mut(&id) else { return };
+        if !p.client.connected() || !p.joined {
+            self.forget(id);
             return;
         }
         if p.overflow {
             tracing::warn!(sid = %p.client.id(), channel = p.channel, "too many publications while subscribing: closing the client");
             p.client.close(Close::Kicked);
+            self.forget(id);
             return;
         }
-        for env in &p.replay {
-            let _ = p.client.emit("event", env);
+        for env in std::mem::take(&mut p.replay) {
+            let _ = p.client.emit("event", &env);
         }
-        for (offset, epoch, env) in &p.held {
-            let before_start = match (&p.start, offset, epoch) {
-                (Some(s), Some(o), Some(e)) => **e == *s.epoch && *o <= s.offset,
-                _ => false,
-            };
-            if !before_start {
-                let _ = p.client.emit("event", env);
+        let mut caught_up = p.seam.is_none();
+        for (offset, epoch, env) in std::mem::take(&mut p.held) {
+            if caught_up || p.seam.as_ref().is_some_and(|s| s.past(offset, epoch.as_deref())) {
+                caught_up = true;
+                let _ = p.client.emit("event", &env);
             }
         }
-        let room = names::channel(&p.channel);
-        p.client.join(&room);
-        if !p.was_subscribed {
-            if let Some(admin) = &self.state.admin {
-                admin.room(&*p.client, &room, true);
-            }
+        if caught_up {
+            p.client.leave(&names::catching_up(&p.channel));
+            self.forget(id);
+        } else {
+            // Until this node delivers a publication past the replay, the room's deliveries skip it.
+            p.went = true;
         }
     }
 }
 
-/// Where a subscription starts, whether `since` was recovered, and what to replay: the pure part
-/// of the seam, given the history read after the subscription started and the publications held
-/// since then.
-pub fn place(
-    since: Option<&Position>,
-    tail: Tail,
-    held: &[(Option<u64>, Option<Arc<str>>, Value)],
-) -> (Option<bool>, Position, Vec<crate::history::Publication>) {
-    let first_held = held.iter().find_map(|(o, e, _)| Some(((*o)?, e.clone()?)));
-    let mut start = tail.position;
-    match &first_held {
-        // The channel had no stream when read: it starts with the first held publication.
-        Some((o, e)) if start.epoch.is_empty() => {
-            start = Position { offset: o.saturating_sub(1), epoch: e.to_string() }
-        }
-        Some((o, e)) if **e == *start.epoch => start.offset = start.offset.min(o.saturating_sub(1)),
-        _ => {}
-    }
+/// Where a subscription starts (the channel's position when read), whether `since` was
+/// recovered, and what to replay: the publications after `since` up to that position. The pure
+/// part of the seam (see [`Seam`] for the rest).
+pub fn place(since: Option<&Position>, tail: Tail) -> (Option<bool>, Position, Vec<crate::history::Publication>) {
+    let start = tail.position;
     let Some(since) = since else { return (None, start, Vec::new()) };
     // `{offset:0, epoch:""}` is the place of a channel that had no publication yet: it matches
     // the start of whatever epoch the channel has now.

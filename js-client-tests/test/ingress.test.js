@@ -22,7 +22,9 @@ test('PUBLISH <channel> reaches subscribers as the event envelope; text stays te
     let got = next(socket, 'event');
     await pub.publish('apps:created', JSON.stringify({ id: 1 }));
     let ev = await got;
-    assert.deepEqual(ev, { channel: 'apps:created', data: { id: 1 }, timestamp: ev.timestamp });
+    // SPEC §15: each publication carries its offset within the channel's epoch.
+    assert.deepEqual(ev, { channel: 'apps:created', data: { id: 1 }, timestamp: ev.timestamp, offset: ev.offset, epoch: ev.epoch });
+    assert.ok(Number.isInteger(ev.offset) && ev.offset >= 1 && /^[0-9a-f]{16}$/.test(ev.epoch));
     got = next(socket, 'event');
     await pub.publish('apps:created', 'not json {');
     ev = await got;

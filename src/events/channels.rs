@@ -54,32 +54,27 @@ fn subscribed(ctx: &Ctx) -> Vec<String> {
     ctx.client.rooms().into_iter().filter_map(|r| r.strip_prefix(names::CHANNEL_PREFIX).map(str::to_string)).collect()
 }
 
-/// `subscribe`: `{success, channel}`, with the channel's place `{offset, epoch}` when history is on
-/// and `recovered` when the client named `since` (SPEC §15). The missed publications follow the
-/// answer (see `publications.rs`).
+/// `subscribe`: `{success, channel}`; with `since` (SPEC §15) also `recovered` and the channel's
+/// place `{offset, epoch}`, and the missed publications follow the answer (see `publications.rs`).
 pub async fn subscribe(ctx: &Ctx, req: ChannelRequest) -> HandlerResult {
     let (channel, since) = req.into_valid()?;
     if !ctx.state.policy.may_subscribe(ctx.session.user.as_ref(), &channel) {
         return Err(ApiError::forbidden("Not authorized to subscribe to this channel"));
     }
     let cap = ctx.state.config.max_subscriptions_per_socket;
-    let asked = since.is_some();
     let sub = ctx.state.publications.subscribe(ctx.client.clone(), channel.clone(), since, cap).await?;
+    // SPEC §3's `{success, channel}`; with `since`, SPEC §15's `recovered`, `offset` and `epoch`
+    // (`null` when the history is off or unreadable).
     let mut ack = json!({ "success": true, "channel": channel });
     if let Some(recovered) = sub.recovered {
         ack["recovered"] = json!(recovered);
         if recovered { &ctx.state.metrics.recovered } else { &ctx.state.metrics.not_recovered }.increment(1);
-    }
-    match sub.position {
-        Some(p) => {
-            ack["offset"] = json!(p.offset);
-            ack["epoch"] = json!(p.epoch);
-        }
-        None if asked => {
-            ack["offset"] = serde_json::Value::Null;
-            ack["epoch"] = serde_json::Value::Null;
-        }
-        None => {}
+        let (offset, epoch) = match sub.position {
+            Some(p) => (json!(p.offset), json!(p.epoch)),
+            None => (serde_json::Value::Null, serde_json::Value::Null),
+        };
+        ack["offset"] = offset;
+        ack["epoch"] = epoch;
     }
     if let Some(go) = sub.go {
         *ctx.then.lock().unwrap_or_else(|e| e.into_inner()) = Then::new(go);
