@@ -2,9 +2,10 @@
 # Benchmarks of issue 8: the gateway side by side with Node socket.io 4.8 (and a raw tokio-tungstenite
 # broadcast server for the physical limit), each server pinned to core 0, the load generator to core 1.
 #
-#   bench/run.sh [s1|s2|s3|s4|s5|s6|all ...]     (default: all)
+#   bench/run.sh [s1|s2|s3|s4|s5|s6|s7|all ...]     (default: all; s7 is run only when named)
 #   RUNS=3           runs per scenario and server (the table shows the median)
-#   SERVERS="gateway gwws node raw"   restrict the servers (gwws: the gateway measured through /ws)
+#   SERVERS="gateway gwws node raw gwnohist"   restrict the servers (gwws: the gateway measured through
+#                    /ws; gwnohist: the gateway with CHANNEL_HISTORY_SIZE=0, for s7)
 #   NO_BUILD=1       use the binaries copied by an earlier run
 #
 # Loopback only (127.0.0.0/8). Every generator run is bounded by --max-secs, every server is stopped
@@ -15,7 +16,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 RUNS=${RUNS:-3}
-SERVERS=${SERVERS:-"gateway gwws node raw"}
+SERVERS=${SERVERS:-"gateway gwws node raw gwnohist"}
 SECRET="bench-secret-$$-$(date +%s)"
 BIN="$ROOT/target/rtg-bench-bin"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -100,8 +101,11 @@ wait_port() { # port
 start_server() {
   local kind=$1 port=$2 redis=${3:-} node_id=${4:-n1} logf="$OUT/server-$1-$2.log"
   case $kind in
-    gateway|gwws)
-      env -i PATH="$PATH" HOME="${HOME:-/root}" \
+    gateway|gwws|gwnohist)
+      local -a extra=()
+      # gwnohist: the same gateway with channel history off (S7 measures what history costs).
+      [ "$kind" = gwnohist ] && extra=(CHANNEL_HISTORY_SIZE=0)
+      env -i PATH="$PATH" HOME="${HOME:-/root}" "${extra[@]}" \
         PORT="$port" HOST=127.0.0.1 JWT_SECRET="$SECRET" ALLOW_ANONYMOUS=false \
         RATE_LIMIT_PER_SEC=1000000000 RATE_LIMIT_BURST=1000000000 CONNECT_RATE_PER_IP=0 \
         MAX_SOCKETS_PER_USER=1000000 LOG_FORMAT=json RUST_LOG=warn NODE_ID="bench-$node_id" \
@@ -168,6 +172,8 @@ S3_RATES=${S3_RATES:-2000,3000,4000,5000,7500,10000,15000,20000,25000,30000,3500
 S5_RATES=${S5_RATES:-50,100,200,300,400,600,800,1000,1500,2000,2500,3000,3500,4000,5000,6000}
 # S6: S2 at 10,000 sockets in the room, the size at which a third party measured socketioxide slower than Node.
 S6_RATES=${S6_RATES:-2,5,10,15,20,25,30,40,50}
+# S7: Redis PUBLISH to a channel with 100 subscribers on node 2 of two, with and without channel history.
+S7_RATES=${S7_RATES:-250,500,1000,1500,2000,3000,4000,5000,6000,8000,10000,12000,15000,20000}
 
 one_run() { # scenario server run
   local sc=$1 srv=$2 run=$3 port file
@@ -223,6 +229,20 @@ one_run() { # scenario server run
         --p99-limit-ms 50 --stop-after 2 --max-secs 150 --out "$file" >/dev/null || log "s5 $srv run $run failed"
       stop_pid "$pid1"; stop_pid "$pid2"; stop_pid "$REDIS_PID"
       ;;
+    s7)
+      local rport p1 p2 pid1 pid2
+      next_port; rport=$PORT
+      start_redis "$rport"
+      p1=$port; next_port; p2=$PORT
+      start_server "$srv" "$p1" "redis://127.0.0.1:$rport" n1; pid1=$SERVER_PID
+      start_server "$srv" "$p2" "redis://127.0.0.1:$rport" n2; pid2=$SERVER_PID
+      sleep 1
+      # Both nodes append every publication (see src/publications.rs): their CPU and Redis's count.
+      gen publish --server "127.0.0.1:$p2" --redis "127.0.0.1:$rport" --pid "$pid1" --pid "$pid2" --pid "$REDIS_PID" \
+        --label "$srv" --clients 100 --concurrency 50 --rates "$S7_RATES" --step-secs 2 --drain-secs 2 \
+        --p99-limit-ms 50 --stop-after 2 --max-secs 200 --out "$file" >/dev/null || log "s7 $srv run $run failed"
+      stop_pid "$pid1"; stop_pid "$pid2"; stop_pid "$REDIS_PID"
+      ;;
   esac
 }
 
@@ -230,6 +250,7 @@ servers_for() { # scenario -> the servers it runs against
   local want
   case $1 in
     s2|s1) want="gateway gwws node raw" ;;
+    s7) want="gateway gwnohist" ;;
     *) want="gateway node" ;;
   esac
   for s in $want; do
@@ -239,7 +260,7 @@ servers_for() { # scenario -> the servers it runs against
 
 T0=$(date +%s)
 for sc in "${SCENARIOS[@]}"; do
-  case $sc in s1|s2|s3|s4|s5|s6) ;; *) log "unknown scenario $sc (s1..s6 or all)"; exit 2 ;; esac
+  case $sc in s1|s2|s3|s4|s5|s6|s7) ;; *) log "unknown scenario $sc (s1..s7 or all)"; exit 2 ;; esac
   for run in $(seq 1 "$RUNS"); do
     for srv in $(servers_for "$sc"); do
       quiet

@@ -123,10 +123,70 @@ pub async fn authenticate<A: Adapter>(
     // Session, counters and handlers are set before socketioxide sends the CONNECT packet. The
     // connect handler runs on a task of its own after that packet, so handlers registered there
     // would miss the events a client sends as soon as it is connected.
+    socket.extensions.insert(Arc::new(Departure { state: state.clone(), id: socket.id, session: session.clone() }));
     socket.extensions.insert(session);
     socket.on_fallback(dispatch::<A>);
     socket.on_disconnect(on_disconnect::<A>);
     Ok(())
+}
+
+/// Departs a socket that socketioxide drops without running its disconnect handler: one whose
+/// transport closed while its connect middleware ran, so it never entered the namespace. It was
+/// admitted (counted, presence, user room); without this it would stay counted for good, its user
+/// "online" and private messages to it acknowledged as delivered to nobody. Dropped with the
+/// socket; a socket that departed normally makes it a no-op.
+struct Departure {
+    state: AppState,
+    id: socketioxide::socket::Sid,
+    session: Arc<Session>,
+}
+
+impl Drop for Departure {
+    fn drop(&mut self) {
+        if self.session.departed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let state = self.state.clone();
+        let gone: Client = Arc::new(Gone { id: self.id, session: self.session.clone() });
+        rt.spawn(async move { events::depart(&state, &*gone, "transport close").await });
+    }
+}
+
+/// A Socket.IO client that is gone: its identity, nothing to send to.
+struct Gone {
+    id: socketioxide::socket::Sid,
+    session: Arc<Session>,
+}
+
+impl Link for Gone {
+    fn id(&self) -> Sid {
+        self.id
+    }
+    fn session(&self) -> Option<Arc<Session>> {
+        Some(self.session.clone())
+    }
+    fn join(&self, _: &str) {}
+    fn leave(&self, _: &str) {}
+    fn rooms(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn emit(&self, _: &str, _: &serde_json::Value) -> Result<(), SendError> {
+        Err(SendError::Closed)
+    }
+    fn emit_confirmed<'a>(&'a self, _: &'a str, _: &'a serde_json::Value, _: Duration) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
+    fn connected(&self) -> bool {
+        false
+    }
+    fn close(&self, _: Close) {}
+    fn transport(&self) -> &'static str {
+        "socket.io"
+    }
+    fn info(&self) -> ClientInfo {
+        ClientInfo { transport: "websocket".into(), ..Default::default() }
+    }
 }
 
 /// The `connected` greeting (SPEC §2).

@@ -133,6 +133,19 @@ enum Cmd {
         #[arg(long, default_value = "bench")]
         room: String,
     },
+    /// S7: every client subscribes to one channel; Redis `PUBLISH` to it at rising rates (the cost
+    /// of channel history: run against gateways with and without it).
+    Publish {
+        #[command(flatten)]
+        c: Common,
+        #[command(flatten)]
+        l: Ladder,
+        /// The Redis the gateways use (the publisher's PUBLISH goes there).
+        #[arg(long)]
+        redis: SocketAddr,
+        #[arg(long, default_value = "apps:bench")]
+        channel: String,
+    },
     /// S3: clients send `list_channels` with an ack id; round-trip latency.
     Ack {
         #[command(flatten)]
@@ -151,9 +164,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     now_us();
     let (max_secs, p) = match &cli.cmd {
-        Cmd::Idle { c, .. } | Cmd::Storm { c, .. } | Cmd::Fanout { c, .. } | Cmd::Ack { c, .. } => {
-            (c.max_secs, c.proto)
-        }
+        Cmd::Idle { c, .. }
+        | Cmd::Storm { c, .. }
+        | Cmd::Fanout { c, .. }
+        | Cmd::Publish { c, .. }
+        | Cmd::Ack { c, .. } => (c.max_secs, c.proto),
     };
     proto::set_proto(p);
     std::thread::spawn(move || {
@@ -179,6 +194,10 @@ fn main() -> anyhow::Result<()> {
             }
             Cmd::Ack { c, l, fixed_rate, fixed_secs } => {
                 let r = ack(&c, &l, fixed_rate, fixed_secs).await;
+                (c, r)
+            }
+            Cmd::Publish { c, l, redis, channel } => {
+                let r = publish(&c, &l, redis, &channel).await;
                 (c, r)
             }
         }
@@ -392,6 +411,9 @@ enum Kind {
     Fanout { members: u64 },
     /// Round robin over the clients, `list_channels` with an ack id; one answer each.
     Ack,
+    /// `txs[0]` writes `PUBLISH <channel> {"content":...}` to Redis; every subscriber should
+    /// receive the `event`.
+    Publish { members: u64 },
 }
 
 /// Runs one open-loop step at `rate`/s for `secs`, then waits (bounded) for stragglers.
@@ -442,6 +464,11 @@ async fn step(
                     let arg = format!("{{\"roomId\":\"{room}\",\"content\":\"{body}\"}}");
                     let _ = txs[0].send(proto::emit_frame("message", Some(&arg), Some(id)));
                 }
+                Kind::Publish { .. } => {
+                    let body = proto::content(idx, sched, sent);
+                    let payload = format!("{{\"content\":\"{body}\"}}");
+                    let _ = txs[0].send(resp(&["PUBLISH", room, &payload]));
+                }
                 Kind::Ack => {
                     st.borrow_mut().pending.insert(id, (sched, idx, true));
                     let _ = txs[(sent as usize) % txs.len()].send(proto::emit_frame("list_channels", None, Some(id)));
@@ -452,14 +479,14 @@ async fn step(
     }
     let send_secs = wall0.elapsed().as_secs_f64();
     let expected = match kind {
-        Kind::Fanout { members } => sent * members,
+        Kind::Fanout { members } | Kind::Publish { members } => sent * members,
         Kind::Ack => sent,
     };
     let got = |st: &SharedRef| {
         let s = st.borrow();
         let step = &s.steps[idx];
         match kind {
-            Kind::Fanout { .. } => step.received,
+            Kind::Fanout { .. } | Kind::Publish { .. } => step.received,
             Kind::Ack => step.acks_ok + step.acks_err,
         }
     };
@@ -480,7 +507,7 @@ async fn step(
     let closed = s.closed - closed0;
     let pass = lost == 0 && !stp.hist.is_empty() && p99 < p99_limit_ms && closed == 0;
     let unit = match kind {
-        Kind::Fanout { .. } => "delivery",
+        Kind::Fanout { .. } | Kind::Publish { .. } => "delivery",
         Kind::Ack => "ack",
     };
     let r = json!({
@@ -508,7 +535,7 @@ async fn step(
     eprintln!(
         "[{}] {} rate {rate}/s: sent {sent}, got {received}/{expected} (lost {lost}), p50 {:.2} ms, p99 {:.2} ms, server cpu {:.0}%, gen cpu {:.0}%, other {:.0}%, lag {:.1} ms -> {}",
         c.label,
-        match kind { Kind::Fanout { .. } => "fanout", Kind::Ack => "ack" },
+        match kind { Kind::Fanout { .. } => "fanout", Kind::Publish { .. } => "publish", Kind::Ack => "ack" },
         stp.hist.value_at_quantile(0.5) as f64 / 1000.0,
         p99,
         r["server_cpu_pct"].as_f64().unwrap_or(0.0),
@@ -612,6 +639,86 @@ async fn fanout(c: &Common, l: &Ladder, sender_server: Option<SocketAddr>, room:
         "best_rate": best,
         "best_deliveries_per_sec": best_deliveries,
         "stray_frames": stray,
+    }))
+}
+
+/// A RESP command.
+fn resp(args: &[&str]) -> String {
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    out
+}
+
+/// A connection to Redis that writes the commands it is given and discards the replies.
+async fn redis_writer(addr: SocketAddr) -> anyhow::Result<mpsc::UnboundedSender<String>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    tokio::task::spawn_local(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    tokio::task::spawn_local(async move {
+        while let Some(cmd) = rx.recv().await {
+            let mut batch = cmd.into_bytes();
+            while let Ok(more) = rx.try_recv() {
+                batch.extend_from_slice(more.as_bytes());
+            }
+            if wr.write_all(&batch).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(tx)
+}
+
+async fn publish(c: &Common, l: &Ladder, redis: SocketAddr, channel: &str) -> anyhow::Result<Value> {
+    let st = shared();
+    let rss_base = procfs::rss_kib_all(&c.pids);
+    let server = c.server;
+    let sub_arg = format!("\"{channel}\"");
+    let (mut txs, errors, _, _) = connect_many(c, &|_| server, c.clients, Duration::from_secs(30), |i, mut ws| {
+        let st = st.clone();
+        let sub_arg = sub_arg.clone();
+        async move {
+            let ack = proto::call(&mut ws, 1, "subscribe", &sub_arg, Duration::from_secs(60)).await?;
+            if !ack.contains("\"success\":true") {
+                anyhow::bail!("subscribe refused: {ack:.200}");
+            }
+            Ok((i, spawn_client(ws, &st)))
+        }
+    })
+    .await;
+    if !errors.is_empty() || txs.is_empty() {
+        anyhow::bail!("setup failed: {} of {} clients: {}", errors.len(), c.clients, error_summary(&errors));
+    }
+    txs.sort_by_key(|(i, _)| *i);
+    let members = txs.len() as u64;
+    let mut all = vec![redis_writer(redis).await?];
+    all.extend(txs.into_iter().map(|(_, t)| t));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut next_id = 100;
+    let kind = Kind::Publish { members };
+    // Warm-up, not reported.
+    let _ = step(c, &st, kind, &all, channel, 200, 1.0, l.drain_secs, l.p99_limit_ms, &mut next_id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (steps, best) = ladder(c, l, &st, kind, &all, channel, &mut next_id).await;
+    let rss_end = procfs::rss_kib_all(&c.pids);
+    drop(all);
+    Ok(json!({
+        "scenario": "publish",
+        "channel": channel,
+        "members": members,
+        "rss_base_kib": rss_base,
+        "rss_end_kib": rss_end,
+        "p99_limit_ms": l.p99_limit_ms,
+        "steps": steps,
+        "best_rate": best,
+        "best_deliveries_per_sec": best * members,
     }))
 }
 

@@ -310,7 +310,10 @@ pub async fn run_client(mut ws: Ws, mut out: mpsc::UnboundedReceiver<String>, st
                         if ws.send(Message::text("3")).await.is_err() {
                             break;
                         }
-                    } else if b.starts_with(b"42[\"new-message\"") || b.starts_with(b"{\"type\":\"new-message\"") {
+                    } else if b.starts_with(b"42[\"new-message\"")
+                        || b.starts_with(b"{\"type\":\"new-message\"")
+                        || b.starts_with(b"42[\"event\"")
+                    {
                         record_delivery(&st, b, now_us());
                     } else if b.starts_with(b"43") || (b.starts_with(b"{") && find(b, b"\"requestId\":").is_some()) {
                         record_ack(&st, b, now_us());

@@ -1,6 +1,7 @@
 //! Channel history in Redis, shared by every node.
 //!
-//! Per channel `<prefix>:hist:<channel>`:
+//! Per channel `<prefix>:chist:<channel>` (not `hist:`, where room history lives: room ids may end
+//! like these keys do):
 //! - `…:s` a stream, entry id `<offset>-0`, fields `t` (Redis's clock, ms) and `d` (the data as JSON),
 //!   trimmed to the history size and expiring a TTL after the last publication;
 //! - `…:m` a hash `{epoch, top}`, expiring a day after the last publication (see [`EPOCH_TTL_SECS`]);
@@ -98,7 +99,7 @@ impl RedisHistory {
     pub fn new(link: Arc<RedisLink>, redis_prefix: &str, limits: HistoryLimits) -> Self {
         RedisHistory {
             link,
-            prefix: format!("{redis_prefix}:hist:"),
+            prefix: format!("{redis_prefix}:chist:"),
             limits,
             append: Script::new(APPEND),
             read: Script::new(READ),
