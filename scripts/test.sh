@@ -44,6 +44,21 @@ need_chromium() {
   fi
 }
 
+# moto's S3-compatible server (PyPI), for the two-node file tests (test/files.test.js).
+need_moto() {
+  if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+    step "installing moto[server] from PyPI (the S3-compatible store of the file tests)"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+      local sudo=""
+      [ "$(id -u)" -eq 0 ] || sudo="sudo"
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-pip >/dev/null
+    fi
+    python3 -m pip install -q 'moto[server]' 2>/dev/null || python3 -m pip install -q --break-system-packages 'moto[server]'
+  fi
+  python3 -c 'import moto; print("moto", moto.__version__)'
+}
+
 need_node
 
 step "cargo fmt --check"
@@ -57,6 +72,7 @@ step "Dockerfile: the build stage replayed, then cargo check (scripts/check-dock
 
 need_redis
 need_chromium
+need_moto
 
 step "cargo build (the binary the js-client-tests start)"
 # The path comes from cargo itself (the bin artifact's `executable`), so CARGO_TARGET_DIR, a

@@ -171,6 +171,30 @@ pub struct Config {
     #[arg(long, env = "CHANNEL_HISTORY_TTL_SECS", value_name = "CHANNEL_HISTORY_TTL_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=7 * 24 * 3600))]
     pub channel_history_ttl_secs: u64,
+    /// Where files go (SPEC §13): a directory (`files/` under the working directory when unset),
+    /// `file:///dir`, or `s3://bucket` (endpoint and keys from the `AWS_*` variables).
+    #[arg(long, env = "FILE_STORE_URL", value_name = "FILE_STORE_URL")]
+    pub file_store_url: Option<String>,
+    /// Largest file an `upload-start` may announce, in bytes.
+    #[arg(long, env = "MAX_UPLOAD_BYTES", value_name = "MAX_UPLOAD_BYTES", default_value_t = 25 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..=(1u64 << 40)))]
+    pub max_upload_bytes: u64,
+    /// The `chunkSize` of uploads (cut to what fits in `MAX_PAYLOAD_BYTES`).
+    #[arg(long, env = "UPLOAD_CHUNK_BYTES", value_name = "UPLOAD_CHUNK_BYTES", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
+    pub upload_chunk_bytes: u64,
+    /// Uploads one user may have in progress at once (per node).
+    #[arg(long, env = "MAX_UPLOADS_PER_USER", value_name = "MAX_UPLOADS_PER_USER", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_uploads_per_user: u64,
+    /// Bytes one user may upload per UTC day (cluster-wide with Redis).
+    #[arg(long, env = "UPLOAD_BYTES_PER_DAY", value_name = "UPLOAD_BYTES_PER_DAY", default_value_t = 1024 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_bytes_per_day: u64,
+    /// An upload without a chunk for this long is dropped.
+    #[arg(long, env = "UPLOAD_IDLE_TIMEOUT_SECS", value_name = "UPLOAD_IDLE_TIMEOUT_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub upload_idle_timeout_secs: u64,
     /// Messages kept per room (SPEC §7).
     #[arg(long, env = "MAX_ROOM_HISTORY", value_name = "MAX_ROOM_HISTORY", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(50..))]

@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod emitter;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod history;
 pub mod http;
 pub mod hub;

@@ -16,6 +16,8 @@ pub const KNOWN_EVENTS: &[&str] = &[
     "subscribe",
     "unsubscribe",
     "channel-history",
+    "upload-start",
+    "upload-chunk",
     "list_channels",
     "stats",
     "refresh-token",

@@ -68,7 +68,8 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
     let proxy = crate::proxy::EventProxy::from_config(&config)?;
     // Its errors name the variable (the state builds it again, then without fail).
     crate::webhooks::Webhooks::from_config(&config, None, "", None)?;
-    let state = AppState::new(config, auth, policy, redis.clone(), store, admin, proxy);
+    let files = crate::files::Files::open(&config)?;
+    let state = AppState::new(config, auth, policy, redis.clone(), store, admin, proxy, files);
     let cfg = &state.config;
     let listener = bind(&cfg.host, cfg.port).await?;
     let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
@@ -145,6 +146,17 @@ fn assemble<A: Adapter>(
     });
     tasks.extend(crate::cluster::spawn_heartbeat(state.clone(), on_gone));
     tasks.extend(state.publications.spawn(state.clone()));
+    let files_state = state.clone();
+    tasks.push(tokio::spawn(async move {
+        // Uploads without a chunk for UPLOAD_IDLE_TIMEOUT_SECS are dropped.
+        let every = files_state.files.limits.idle.min(Duration::from_secs(15));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            files_state.files.sweep(None).await;
+        }
+    }));
     tasks.extend(crate::ingress::spawn(state.clone()));
     tasks.extend(crate::admin::spawn(io.clone(), state.clone()));
     if let Some(hooks) = &state.webhooks {

@@ -56,6 +56,8 @@ pub struct Inner {
     pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     /// Channel publications, their history and the subscriptions that recover from it.
     pub publications: crate::publications::Publications,
+    /// Shared files: uploads in progress on this node, and the storage every node reads.
+    pub files: crate::files::Files,
 }
 
 impl Deref for AppState {
@@ -83,6 +85,7 @@ impl AppState {
         k
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
         auth: Arc<Authenticator>,
@@ -91,6 +94,7 @@ impl AppState {
         store: Arc<dyn Store>,
         admin: Option<Arc<crate::admin::Admin>>,
         proxy: Option<Arc<crate::proxy::EventProxy>>,
+        files: crate::files::Files,
     ) -> Self {
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
         let quotas = Quotas::from_config(&config);
@@ -124,6 +128,7 @@ impl AppState {
             proxy,
             webhooks,
             publications,
+            files,
         }))
     }
 }

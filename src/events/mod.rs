@@ -8,6 +8,7 @@
 pub mod calls;
 pub mod channels;
 pub mod connection;
+pub mod files;
 pub mod presence;
 pub mod private;
 pub mod rooms;
@@ -197,6 +198,8 @@ pub async fn depart(state: &AppState, client: &dyn Link, reason: &str) {
     tracing::info!(sid = %client.id(), user_id = session.user_id().unwrap_or("-"), reason,
         transport = client.transport(), "disconnected");
     if let Some(user) = &session.user {
+        // Its uploads cannot go on: their chunks came over this connection.
+        state.files.sweep(Some(&sid)).await;
         user_left(state, client, &session, user).await;
     }
     state.counters.remove(session.user.is_some());
@@ -361,6 +364,8 @@ async fn route<P: Payload>(ctx: &Ctx, event: &str, p: &mut P) -> HandlerResult {
         "call-reject" => calls::call_reject(ctx, p.decode()?).await,
         "hang-up" => calls::hang_up(ctx, p.decode()?).await,
         "refresh-token" => connection::refresh_token(ctx, p.decode()?).await,
+        "upload-start" => files::upload_start(ctx, p.decode()?).await,
+        "upload-chunk" => files::upload_chunk(ctx, p.decode()?).await,
         // Not ours: the app's backend's, when there is one (SPEC §14).
         _ => match &ctx.state.proxy {
             Some(proxy) => proxy.call(ctx, event, p.args()).await,

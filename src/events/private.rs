@@ -55,43 +55,49 @@ pub async fn private_message(ctx: &Ctx, req: PrivateRequest) -> HandlerResult {
         content: req.content,
         timestamp: crate::auth::unix_now_ms(),
         read: false,
+        file: None,
     };
-    // Queued or not is decided in one step with the target's presence count, so a target that
-    // connects meanwhile either finds it in its queue or is in its user room for the live emit.
-    let stored = async {
-        store.remember_receipt(&pm.id, &pm.from_user_id, &pm.to_user_id).await?;
-        store.enqueue_if_offline(&pm).await
-    };
-    let queued = match stored.await {
-        Ok(q) => q,
+    match send(ctx, &pm).await {
+        Ok(delivered) => Ok(json!({ "success": true, "messageId": pm.id, "delivered": delivered })),
         Err(e) => {
             if let Some(key) = &dedup_key {
                 let _ = store.release(key).await;
             }
-            return Err(e.into());
+            Err(e)
         }
-    };
+    }
+}
+
+/// Sends a private message: queued when the target is offline, else to the target's sockets, and to
+/// the sender's other sockets either way (also a file's message, `files.rs`). True when delivered
+/// live.
+pub async fn send(ctx: &Ctx, pm: &PrivateMessage) -> Result<bool, ApiError> {
+    let store = &ctx.state.store;
+    // Queued or not is decided in one step with the target's presence count, so a target that
+    // connects meanwhile either finds it in its queue or is in its user room for the live emit.
+    store.remember_receipt(&pm.id, &pm.from_user_id, &pm.to_user_id).await?;
+    let queued = store.enqueue_if_offline(pm).await?;
     if queued {
         // The target is offline: the moment for the backend's push notification.
         ctx.state.hook("private.queued", &pm.to_user_id, || json!(pm));
     }
-    let mut targets = vec![names::user(&user.user_id)];
+    let mut targets = vec![names::user(&pm.from_user_id)];
     if !queued {
         targets.push(names::user(&pm.to_user_id));
     }
     ctx.state.metrics.event_out("private-message");
-    if let Err(e) = ctx.hub().to(targets).skip(ctx.id()).emit("private-message", &pm).await {
+    if let Err(e) = ctx.hub().to(targets).skip(ctx.id()).emit("private-message", pm).await {
         tracing::warn!("private-message: {e}");
     }
     let mut delivered = !queued;
     if delivered && store.sockets_of(&pm.to_user_id).await.unwrap_or(1) == 0 {
         // The target's last socket left while this was on its way: keep it for the next connect
         // (the client may see it twice, with the same id).
-        store.enqueue(&pm).await?;
+        store.enqueue(pm).await?;
         ctx.state.hook("private.queued", &pm.to_user_id, || json!(pm));
         delivered = false;
     }
-    Ok(json!({ "success": true, "messageId": pm.id, "delivered": delivered }))
+    Ok(delivered)
 }
 
 #[derive(Deserialize)]

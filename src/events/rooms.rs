@@ -280,7 +280,6 @@ pub async fn message(ctx: &Ctx, req: SendMessage) -> HandlerResult {
     if !joined(ctx, &id) {
         return Err(ApiError::new(Code::NotInRoom, "Not in room"));
     }
-    let room = names::chat(&id);
     let msg_id = new_id("m");
     let timestamp = crate::auth::unix_now_ms();
     let req_cmid = req.client_message_id.clone();
@@ -304,19 +303,32 @@ pub async fn message(ctx: &Ctx, req: SendMessage) -> HandlerResult {
         timestamp,
         edited: false,
         deleted: false,
+        file: None,
     };
-    if let Err(e) = ctx.state.store.append(&msg).await {
+    if let Err(e) = post(ctx, &msg).await {
         if let Some(cmid) = &req_cmid {
             let _ = ctx.state.store.release(&format!("msg:{}:{cmid}", user.user_id)).await;
         }
-        return Err(e.into());
-    }
-    ctx.state.metrics.event_out("new-message");
-    ctx.state.hook("message.created", &user.user_id, || json!(msg));
-    if let Err(e) = ctx.hub().to(room).emit("new-message", &msg).await {
-        tracing::debug!("new-message broadcast: {e}");
+        return Err(e);
     }
     Ok(json!({ "success": true, "messageId": msg.id, "timestamp": timestamp }))
+}
+
+/// Keeps a message in its room's history and sends it to the room as `new-message` (also a file's
+/// message, `files.rs`).
+pub async fn post(ctx: &Ctx, msg: &Message) -> Result<(), ApiError> {
+    ctx.state.store.append(msg).await?;
+    ctx.state.metrics.event_out("new-message");
+    ctx.state.hook("message.created", &msg.user_id, || json!(msg));
+    if let Err(e) = ctx.hub().to(names::chat(&msg.room_id)).emit("new-message", msg).await {
+        tracing::debug!("new-message broadcast: {e}");
+    }
+    Ok(())
+}
+
+/// Is the caller in this chat room (SPEC §4's rule for posting)?
+pub fn is_joined(ctx: &Ctx, room_id: &str) -> bool {
+    joined(ctx, room_id)
 }
 
 #[derive(Deserialize)]

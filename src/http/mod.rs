@@ -3,6 +3,7 @@
 pub mod api;
 pub mod compact;
 pub mod conn;
+pub mod files;
 pub mod health;
 
 use axum::routing::{get, post};
@@ -29,6 +30,7 @@ pub fn router(api: Api) -> Router {
         .route("/ws/broadcast", post(api::broadcast))
         .route("/api/publish", post(api::publish))
         .route("/api/users/{user_id}/disconnect", post(api::disconnect_user))
+        .route("/api/files/{id}", get(files::download))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(api)
 }

@@ -547,6 +547,7 @@ mod tests {
             timestamp: 1,
             edited: false,
             deleted: false,
+            file: None,
         }
     }
 
@@ -559,6 +560,7 @@ mod tests {
             content: content.into(),
             timestamp: 1,
             read: false,
+            file: None,
         }
     }
 

@@ -29,6 +29,9 @@ pub struct Message {
     pub timestamp: u64,
     pub edited: bool,
     pub deleted: bool,
+    /// A shared file (`type:"file"`, SPEC §13): `{id, name, size, mimeType, url}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<serde_json::Value>,
 }
 
 /// A room made with `create-room`.
@@ -55,6 +58,9 @@ pub struct PrivateMessage {
     pub content: String,
     pub timestamp: u64,
     pub read: bool,
+    /// A shared file (SPEC §13): `{id, name, size, mimeType, url}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<serde_json::Value>,
 }
 
 /// What `get-presence` answers for one user.
