@@ -175,6 +175,15 @@ S6_RATES=${S6_RATES:-2,5,10,15,20,25,30,40,50}
 # S7: Redis PUBLISH to a channel with 100 subscribers on node 2 of two, with and without channel history.
 S7_RATES=${S7_RATES:-250,500,1000,1500,2000,3000,4000,5000,6000,8000,10000,12000,15000,20000}
 
+two_nodes() { # server port: Redis and two nodes of `server` (node 1 on `port`); sets RPORT, P2, PID1, PID2
+  next_port; RPORT=$PORT
+  start_redis "$RPORT"
+  next_port; P2=$PORT
+  start_server "$1" "$2" "redis://127.0.0.1:$RPORT" n1; PID1=$SERVER_PID
+  start_server "$1" "$P2" "redis://127.0.0.1:$RPORT" n2; PID2=$SERVER_PID
+  sleep 1
+}
+
 one_run() { # scenario server run
   local sc=$1 srv=$2 run=$3 port file
   # gwws: the same gateway, its clients on the plain WebSocket endpoint /ws.
@@ -217,31 +226,19 @@ one_run() { # scenario server run
       stop_pid "$SERVER_PID"
       ;;
     s5)
-      local rport p1 p2 pid1 pid2
-      next_port; rport=$PORT
-      start_redis "$rport"
-      p1=$port; next_port; p2=$PORT
-      start_server "$srv" "$p1" "redis://127.0.0.1:$rport" n1; pid1=$SERVER_PID
-      start_server "$srv" "$p2" "redis://127.0.0.1:$rport" n2; pid2=$SERVER_PID
-      sleep 1
-      gen fanout --server "127.0.0.1:$p2" --sender-server "127.0.0.1:$p1" --pid "$pid1" --pid "$pid2" \
+      two_nodes "$srv" "$port"
+      gen fanout --server "127.0.0.1:$P2" --sender-server "127.0.0.1:$port" --pid "$PID1" --pid "$PID2" \
         --label "$srv" --clients 200 --concurrency 50 --rates "$S5_RATES" --step-secs 2 --drain-secs 2 \
         --p99-limit-ms 50 --stop-after 2 --max-secs 150 --out "$file" >/dev/null || log "s5 $srv run $run failed"
-      stop_pid "$pid1"; stop_pid "$pid2"; stop_pid "$REDIS_PID"
+      stop_pid "$PID1"; stop_pid "$PID2"; stop_pid "$REDIS_PID"
       ;;
     s7)
-      local rport p1 p2 pid1 pid2
-      next_port; rport=$PORT
-      start_redis "$rport"
-      p1=$port; next_port; p2=$PORT
-      start_server "$srv" "$p1" "redis://127.0.0.1:$rport" n1; pid1=$SERVER_PID
-      start_server "$srv" "$p2" "redis://127.0.0.1:$rport" n2; pid2=$SERVER_PID
-      sleep 1
+      two_nodes "$srv" "$port"
       # Both nodes append every publication (see src/publications.rs): their CPU and Redis's count.
-      gen publish --server "127.0.0.1:$p2" --redis "127.0.0.1:$rport" --pid "$pid1" --pid "$pid2" --pid "$REDIS_PID" \
+      gen publish --server "127.0.0.1:$P2" --redis "127.0.0.1:$RPORT" --pid "$PID1" --pid "$PID2" --pid "$REDIS_PID" \
         --label "$srv" --clients 100 --concurrency 50 --rates "$S7_RATES" --step-secs 2 --drain-secs 2 \
         --p99-limit-ms 50 --stop-after 2 --max-secs 200 --out "$file" >/dev/null || log "s7 $srv run $run failed"
-      stop_pid "$pid1"; stop_pid "$pid2"; stop_pid "$REDIS_PID"
+      stop_pid "$PID1"; stop_pid "$PID2"; stop_pid "$REDIS_PID"
       ;;
   esac
 }

@@ -58,6 +58,14 @@ pub enum Destination {
     User(String),
 }
 
+/// What `upload-start` announces.
+pub struct NewUpload {
+    pub name: String,
+    pub size: u64,
+    pub declared: Option<String>,
+    pub to: Destination,
+}
+
 /// An upload in progress.
 pub struct Upload {
     pub id: String,
@@ -77,29 +85,19 @@ pub struct Upload {
 }
 
 impl Upload {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        id: &str,
-        user_id: &str,
-        sid: &str,
-        name: String,
-        size: u64,
-        declared: Option<String>,
-        to: Destination,
-        writer: Option<BufWriter>,
-    ) -> Self {
+    fn new(id: &str, user_id: &str, sid: &str, req: NewUpload, writer: BufWriter) -> Self {
         Upload {
             id: id.to_string(),
             user_id: user_id.to_string(),
             sid: sid.to_string(),
-            name,
-            size,
-            declared,
-            to,
+            name: req.name,
+            size: req.size,
+            declared: req.declared,
+            to: req.to,
             received: 0,
             next_seq: 0,
             head: Vec::new(),
-            writer,
+            writer: Some(writer),
             last: Instant::now(),
         }
     }
@@ -221,26 +219,23 @@ impl Files {
         true
     }
 
-    /// Starts an upload: the per-user caps, then a writer on storage.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts an upload: the per-user caps, then a writer on storage (which stores nothing yet).
     pub async fn start(
         &self,
         redis: Option<&crate::redis_link::RedisLink>,
         prefix: &str,
         user_id: &str,
         sid: &str,
-        name: String,
-        size: u64,
-        declared: Option<String>,
-        to: Destination,
+        req: NewUpload,
     ) -> Result<String, ApiError> {
-        if size > self.limits.max_bytes {
+        if req.size > self.limits.max_bytes {
             return Err(ApiError::new(
                 Code::PayloadTooLarge,
                 format!("File too large: at most {} bytes", self.limits.max_bytes),
             ));
         }
         let id = crate::store::new_id("f");
+        let size = req.size;
         // Counted and registered in one step: concurrent starts cannot both take the last place.
         {
             let mut uploads = self.uploads();
@@ -250,27 +245,17 @@ impl Files {
                     format!("Too many uploads in progress (at most {})", self.limits.per_user),
                 ));
             }
-            let placeholder = Upload::new(&id, user_id, sid, String::new(), 0, None, to.clone(), None);
+            let writer = BufWriter::with_capacity(self.store.clone(), data_path(&id), self.buffer);
             let entry = Entry {
                 user_id: user_id.to_string(),
                 sid: sid.to_string(),
-                upload: Arc::new(tokio::sync::Mutex::new(placeholder)),
+                upload: Arc::new(tokio::sync::Mutex::new(Upload::new(&id, user_id, sid, req, writer))),
             };
             uploads.insert(id.clone(), entry);
         }
         if !self.reserve_today(redis, prefix, user_id, size).await {
             self.uploads().remove(&id);
             return Err(ApiError::new(Code::RateLimited, "Daily upload limit reached"));
-        }
-        let writer = BufWriter::with_capacity(self.store.clone(), data_path(&id), self.buffer);
-        let upload = Upload::new(&id, user_id, sid, name, size, declared, to, Some(writer));
-        match self.uploads().get(&id) {
-            Some(e) => match e.upload.try_lock() {
-                Ok(mut slot) => *slot = upload,
-                Err(_) => return Err(ApiError::new(Code::Internal, "Internal error")),
-            },
-            // Dropped meanwhile (its client left).
-            None => return Err(ApiError::new(Code::NotFound, "Unknown upload")),
         }
         Ok(id)
     }

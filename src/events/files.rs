@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::Ctx;
 use crate::error::{ApiError, Code, HandlerResult};
-use crate::files::{Destination, FileMeta};
+use crate::files::{Destination, FileMeta, NewUpload};
 use crate::names;
 use crate::store::{Message, PrivateMessage};
 
@@ -61,10 +61,7 @@ pub async fn upload_start(ctx: &Ctx, req: UploadStart) -> HandlerResult {
             &ctx.state.config.redis_prefix,
             &user.user_id,
             &ctx.id().to_string(),
-            req.name,
-            req.size,
-            req.mime_type,
-            to,
+            NewUpload { name: req.name, size: req.size, declared: req.mime_type, to },
         )
         .await?;
     Ok(json!({ "success": true, "uploadId": id, "chunkSize": files.limits.chunk_bytes }))
