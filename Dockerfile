@@ -22,8 +22,12 @@ FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway \
+    && mkdir -p /data/files && chown -R 10001:10001 /data
 COPY --from=build /src/target/release/realtime-gateway /usr/local/bin/realtime-gateway
+# Files go to /data/files (FILE_STORE_URL unset: files/ under the working directory); mount a volume
+# there, shared by every node, or use an S3 bucket (FILE_STORE_URL=s3://...).
+WORKDIR /data
 USER 10001:10001
 ENV HOST=0.0.0.0 PORT=8888 LOG_FORMAT=json
 EXPOSE 8888

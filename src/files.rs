@@ -245,7 +245,9 @@ impl Files {
                     format!("Too many uploads in progress (at most {})", self.limits.per_user),
                 ));
             }
-            let writer = BufWriter::with_capacity(self.store.clone(), data_path(&id), self.buffer);
+            // Two parts on their way at most: an upload holds at most three parts of memory.
+            let writer =
+                BufWriter::with_capacity(self.store.clone(), data_path(&id), self.buffer).with_max_concurrency(2);
             let entry = Entry {
                 user_id: user_id.to_string(),
                 sid: sid.to_string(),
@@ -334,6 +336,7 @@ return 1
         self.uploads().remove(&upload.id);
         if let Err(e) = done {
             tracing::warn!(upload = upload.id, "file storage: {e}");
+            let _ = self.store.delete(&data_path(&upload.id)).await;
             return Err(ApiError::new(Code::Internal, "File storage unavailable"));
         }
         let (room_id, to_user_id) = match &upload.to {
@@ -354,6 +357,7 @@ return 1
         let json = serde_json::to_vec(&meta).map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
         if let Err(e) = self.store.put(&meta_path(&meta.id), json.into()).await {
             tracing::warn!(upload = meta.id, "file storage: {e}");
+            let _ = self.store.delete(&data_path(&meta.id)).await;
             return Err(ApiError::new(Code::Internal, "File storage unavailable"));
         }
         Ok(Some(meta))
@@ -376,7 +380,14 @@ return 1
         let all: Vec<_> =
             self.uploads().values().filter(|e| sid.is_none_or(|s| e.sid == s)).map(|e| e.upload.clone()).collect();
         for u in all {
-            let Ok(mut guard) = u.try_lock() else { continue };
+            // A client that left: wait for a chunk being written; the idle sweep skips busy ones.
+            let mut guard = match sid {
+                Some(_) => u.lock().await,
+                None => match u.try_lock() {
+                    Ok(g) => g,
+                    Err(_) => continue,
+                },
+            };
             let gone = match sid {
                 Some(s) => guard.sid == s,
                 None => now.duration_since(guard.last) >= self.limits.idle,
@@ -465,6 +476,8 @@ mod tests {
         // Never a type a browser would run, declared or not.
         assert_eq!(content_type(Some("text/html"), b"<html><script>"), "application/octet-stream");
         assert_eq!(content_type(Some("image/svg+xml"), b"<svg"), "application/octet-stream");
+        assert_eq!(content_type(Some("application/rss+xml"), b"<rss"), "application/octet-stream");
+        assert_eq!(content_type(Some("application/x-javascript"), b"x"), "application/octet-stream");
         assert!(valid_mime("application/pdf"));
         assert!(!valid_mime("text"));
         assert!(!valid_mime("a/b c"));

@@ -15,7 +15,8 @@ const CODES = new Set(['UNAUTHENTICATED', 'FORBIDDEN', 'INVALID_PAYLOAD', 'NOT_I
 const EVENTS = ['subscribe', 'unsubscribe', 'list_channels', 'stats', 'refresh-token', 'join-room', 'leave-room',
   'create-room', 'message', 'edit-message', 'delete-message', 'list-rooms', 'load-messages', 'typing', 'stop-typing',
   'update-status', 'get-presence', 'private-message', 'mark-read', 'call-user', 'call-answer', 'ice-candidate',
-  'call-reject', 'hang-up', 'no-such-event', 'event', 'connected', '__proto__', 'constructor'];
+  'call-reject', 'hang-up', 'channel-history', 'upload-start', 'upload-chunk', 'no-such-event', 'event', 'connected',
+  '__proto__', 'constructor'];
 
 let gw;
 before(async () => { gw = await startGateway({ RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000', CONNECT_RATE_PER_IP: '0' }); });

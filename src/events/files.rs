@@ -9,7 +9,6 @@ use serde_json::json;
 use super::Ctx;
 use crate::error::{ApiError, Code, HandlerResult};
 use crate::files::{Destination, FileMeta, NewUpload};
-use crate::names;
 use crate::store::{Message, PrivateMessage};
 
 #[derive(Deserialize)]
@@ -31,7 +30,7 @@ pub async fn upload_start(ctx: &Ctx, req: UploadStart) -> HandlerResult {
     let files = &ctx.state.files;
     if req.name.is_empty() || req.name.len() > 255 || req.name.chars().any(|c| c.is_control() || c == '/' || c == '\\')
     {
-        return Err(ApiError::invalid("name must be 1 to 255 characters, without control characters or slashes"));
+        return Err(ApiError::invalid("name must be 1 to 255 bytes, without control characters or slashes"));
     }
     if req.size == 0 {
         return Err(ApiError::invalid("size must be at least 1 byte"));
@@ -43,9 +42,7 @@ pub async fn upload_start(ctx: &Ctx, req: UploadStart) -> HandlerResult {
     }
     let to = match (req.room_id, req.target_user_id) {
         (Some(room), None) => {
-            if !names::valid_id(&room) {
-                return Err(ApiError::invalid("Invalid roomId"));
-            }
+            let room = super::rooms::valid_room(room)?;
             if !super::rooms::is_joined(ctx, &room) {
                 return Err(ApiError::new(Code::NotInRoom, "Not in room"));
             }

@@ -42,7 +42,7 @@ impl RoomRef {
     }
 }
 
-fn valid_room(id: String) -> Result<String, ApiError> {
+pub(crate) fn valid_room(id: String) -> Result<String, ApiError> {
     if names::valid_room_id(&id) {
         Ok(id)
     } else {

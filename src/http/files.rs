@@ -25,7 +25,7 @@ async fn may_see(api: &Api, user: &crate::auth::User, meta: &FileMeta) -> Result
     match api.state.store.room(room_id).await {
         Ok(Some(room)) => Ok(room.members.contains(&user.user_id)),
         Ok(None) => Ok(!(room_id.starts_with("dm:") || room_id.starts_with("grp:"))),
-        Err(e) => Err(HttpError(StatusCode::SERVICE_UNAVAILABLE, format!("Store unavailable: {e}"))),
+        Err(e) => Err(HttpError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
 }
 

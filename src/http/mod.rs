@@ -39,8 +39,11 @@ pub fn router(api: Api) -> Router {
 /// with credentials (socket.io-client `withCredentials`).
 pub fn cors(origins: &str) -> anyhow::Result<CorsLayer> {
     let origins = origins.trim();
+    use axum::http::{header, Method};
+    // A page reading a file (SPEC §13) sees its name and range.
+    let expose = [header::CONTENT_DISPOSITION, header::CONTENT_RANGE, header::CONTENT_LENGTH, header::ACCEPT_RANGES];
     if origins == "*" {
-        return Ok(CorsLayer::new().allow_origin(Any).allow_methods(Any).allow_headers(Any));
+        return Ok(CorsLayer::new().allow_origin(Any).allow_methods(Any).allow_headers(Any).expose_headers(expose));
     }
     let list = origins
         .split(',')
@@ -51,12 +54,17 @@ pub fn cors(origins: &str) -> anyhow::Result<CorsLayer> {
     if list.is_empty() {
         anyhow::bail!("CORS_ORIGINS: empty list");
     }
-    use axum::http::{header, Method};
     Ok(CorsLayer::new()
         .allow_origin(AllowOrigin::list(list))
         .allow_credentials(true)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("x-api-key")]))
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::RANGE,
+            header::HeaderName::from_static("x-api-key"),
+        ])
+        .expose_headers(expose))
 }
 
 /// The client's address: when proxy headers are trusted, the last `X-Forwarded-For` entry (the one

@@ -116,6 +116,7 @@ impl Message {
             }
             Edit::Delete => {
                 self.content.clear();
+                self.file = None;
                 self.deleted = true;
             }
         }
