@@ -436,16 +436,13 @@ pub fn content_type(declared: Option<&str>, head: &[u8]) -> String {
         (Some(d), None) => d,
         (None, None) => "application/octet-stream".to_string(),
     };
-    const ACTIVE: &[&str] = &[
-        "text/html",
-        "application/xhtml+xml",
-        "image/svg+xml",
-        "text/javascript",
-        "application/javascript",
-        "text/xml",
-        "application/xml",
-    ];
-    if ACTIVE.iter().any(|a| chosen.starts_with(a)) {
+    // HTML, XML of any kind (SVG, XHTML, RSS, XSL...), scripts: what a browser renders or runs.
+    let active = chosen.starts_with("text/html")
+        || chosen.contains("xml")
+        || chosen.contains("xsl")
+        || chosen.contains("javascript")
+        || chosen.contains("ecmascript");
+    if active {
         "application/octet-stream".to_string()
     } else {
         chosen
