@@ -152,10 +152,6 @@ impl Publications {
         }
     }
 
-    pub fn history_enabled(&self) -> bool {
-        self.history.is_some()
-    }
-
     /// Queues a publication this node received for its clients (waits while the queue is full).
     pub async fn publish(&self, p: Pub) {
         if self.pubs.send(p).await.is_err() {
