@@ -21,6 +21,9 @@ pub enum Close {
     Kicked,
     /// The token expired and was not refreshed within the grace.
     AuthExpired,
+    /// The node cannot keep its promise to this client (a recovery overflowed): its transport is
+    /// closed so that it reconnects by itself and recovers from where it was.
+    Overloaded,
 }
 
 /// Why an event could not be handed to a client.

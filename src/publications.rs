@@ -615,7 +615,7 @@ impl Task {
         }
         if p.overflow {
             tracing::warn!(sid = %p.client.id(), channel = p.channel, "too many publications while subscribing: closing the client");
-            p.client.close(Close::Kicked);
+            p.client.close(Close::Overloaded);
             self.forget(id);
             return;
         }

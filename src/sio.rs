@@ -73,8 +73,14 @@ impl<A: Adapter> Link for SioLink<A> {
         self.0.connected()
     }
     /// A Socket.IO disconnect, whatever the reason (its client sees `io server disconnect`).
-    fn close(&self, _why: Close) {
-        let _ = self.0.clone().disconnect();
+    fn close(&self, why: Close) {
+        match why {
+            // Not a Socket.IO disconnect: socket.io-client reconnects after a closed transport only.
+            Close::Overloaded => close_transport(&self.0),
+            Close::Kicked | Close::AuthExpired => {
+                let _ = self.0.clone().disconnect();
+            }
+        }
     }
     fn transport(&self) -> &'static str {
         "socket.io"
@@ -375,6 +381,11 @@ pub fn buffer_full<A: Adapter>(socket: &SocketRef<A>) -> bool {
 /// it (socketioxide's disconnect needs a place in the full buffer), which runs its disconnect handler.
 pub fn close_slow_consumer<A: Adapter>(socket: &SocketRef<A>) {
     tracing::warn!(sid = %socket.id, "slow consumer: buffer full, disconnecting");
+    close_transport(socket);
+}
+
+/// Closes the socket's TCP connection (the client sees a transport close and reconnects).
+fn close_transport<A: Adapter>(socket: &SocketRef<A>) {
     match socket.req_parts().extensions.get::<axum::extract::ConnectInfo<crate::http::conn::Peer>>() {
         Some(peer) => peer.0.kill(),
         None => {

@@ -25,6 +25,8 @@ struct Channel {
 pub struct MemoryHistory {
     limits: HistoryLimits,
     channels: Mutex<HashMap<String, Channel>>,
+    /// When idle channels were last forgotten (ms): at most once a minute, or at the cap.
+    swept: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -33,21 +35,23 @@ fn now_ms() -> u64 {
 
 impl MemoryHistory {
     pub fn new(limits: HistoryLimits) -> Self {
-        MemoryHistory { limits, channels: Mutex::new(HashMap::new()) }
+        MemoryHistory { limits, channels: Mutex::new(HashMap::new()), swept: std::sync::atomic::AtomicU64::new(0) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Channel>> {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forgets channels idle past the epoch TTL; then, over the cap, the least recently published.
+    /// Forgets channels idle past the epoch TTL; then, at the cap, the least recently published
+    /// hundredth of them (so that the sort runs once per that many new channels, not for each).
     fn sweep(map: &mut HashMap<String, Channel>, now: u64) {
         let epoch_ttl = EPOCH_TTL_SECS * 1000;
         map.retain(|_, c| now.saturating_sub(c.last_ms) < epoch_ttl);
         if map.len() >= MAX_CHANNELS {
             let mut ages: Vec<(u64, String)> = map.iter().map(|(k, c)| (c.last_ms, k.clone())).collect();
-            ages.sort();
-            for (_, k) in ages.into_iter().take(map.len() + 1 - MAX_CHANNELS) {
+            ages.sort_unstable();
+            let keep = MAX_CHANNELS - MAX_CHANNELS / 100;
+            for (_, k) in ages.into_iter().take(map.len() - keep) {
                 map.remove(&k);
             }
         }
@@ -74,8 +78,10 @@ impl History for MemoryHistory {
         let mut map = self.lock();
         let mut out = Vec::with_capacity(batch.len());
         for p in batch {
-            if !map.contains_key(&p.channel) || map.len() >= MAX_CHANNELS {
+            let due = now.saturating_sub(self.swept.load(std::sync::atomic::Ordering::Relaxed)) >= 60_000;
+            if !map.contains_key(&p.channel) && (map.len() >= MAX_CHANNELS || due) {
                 Self::sweep(&mut map, now);
+                self.swept.store(now, std::sync::atomic::Ordering::Relaxed);
             }
             let c = map.entry(p.channel.clone()).or_insert_with(|| Channel {
                 epoch: super::new_epoch(),
@@ -133,6 +139,18 @@ mod tests {
         let last = h.last("a", 2).await.unwrap();
         assert_eq!(last.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![4, 5]);
         assert_eq!(h.after("b", 0).await.unwrap().publications[0].data, serde_json::json!("x"));
+    }
+
+    #[tokio::test]
+    async fn channels_are_capped() {
+        let h = MemoryHistory::new(HistoryLimits { size: 1, ttl_ms: 60_000 });
+        let batch: Vec<NewPublication> = (0..MAX_CHANNELS).map(|i| new(&format!("c{i}"), "1")).collect();
+        h.append(&batch).await.unwrap();
+        assert_eq!(h.lock().len(), MAX_CHANNELS);
+        // One more channel: the least recently published hundredth is forgotten to make room.
+        h.append(&[new("one-more", "1")]).await.unwrap();
+        assert_eq!(h.lock().len(), MAX_CHANNELS - MAX_CHANNELS / 100 + 1);
+        assert_eq!(h.after("one-more", 0).await.unwrap().position.offset, 1);
     }
 
     #[tokio::test]

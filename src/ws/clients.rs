@@ -195,6 +195,7 @@ impl Link for WsConn {
         match why {
             Close::Kicked => self.close_after_queue(1000, "Disconnected by the server"),
             Close::AuthExpired => self.close_after_queue(4003, "Token expired"),
+            Close::Overloaded => self.close_after_queue(1013, "Try again later"),
         }
     }
     fn transport(&self) -> &'static str {
