@@ -196,6 +196,11 @@ impl Emit<'_> {
     }
     pub async fn emit<T: Serialize + ?Sized>(self, event: &str, data: &T) -> Result<(), String> {
         let data = serde_json::to_value(data).map_err(|e| e.to_string())?;
+        self.emit_value(event, data).await
+    }
+
+    /// [`Emit::emit`] of a value already built (not copied again).
+    pub async fn emit_value(self, event: &str, data: Value) -> Result<(), String> {
         let b = Broadcast {
             rooms: self.rooms,
             except: self.except,

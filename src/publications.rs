@@ -403,9 +403,12 @@ impl Task {
             let catching = ids.iter().any(|id| self.pending.get(id).is_some_and(|x| x.joined));
             let to = self.state.hub.to(names::channel(&p.channel)).local();
             let to = if catching { to.except(names::catching_up(&p.channel)) } else { to };
-            if let Err(e) = to.emit("event", &value).await {
+            // The value goes to the hub as it is: a copy only for subscriptions being set up.
+            let copy = if ids.is_empty() { Value::Null } else { value.clone() };
+            if let Err(e) = to.emit_value("event", value).await {
                 tracing::warn!(channel = p.channel, "channel delivery failed: {e}");
             }
+            let value = copy;
             let offset = place.as_ref().map(|a| a.offset);
             let mut done = Vec::new();
             for id in ids {
