@@ -10,14 +10,22 @@
 //!
 //! Relaying clients' events must not become an attack path: what a client sent is summarised
 //! ([`summarise`]: depth, width and length bounded) before it goes to the UI, and the relay is a bounded
-//! queue that drops rather than waits.
+//! queue that drops rather than waits. Nor may it hand tokens to whoever watches the UI (a read-only
+//! operator would then act as any user, admins included): the arguments of `auth`, `authenticate` and
+//! `refresh-token` are never relayed, and every JWT in what is relayed or listed is replaced
+//! ([`redact_jwts`]). Production mode (the default) relays no client data at all.
+//!
+//! Logins must not tell valid usernames apart (the password check runs for a wrong username too,
+//! against a dummy hash of the same cost) and must not allow guessing: failures back off, growing, per
+//! address and per username ([`Strikes`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use governor::DefaultKeyedRateLimiter;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use socketioxide::adapter::Adapter;
@@ -41,6 +49,19 @@ const RELAY_QUEUE: usize = 4096;
 const MAX_DEPTH: usize = 4;
 const MAX_ITEMS: usize = 20;
 const MAX_STRING: usize = 256;
+/// Client events whose arguments carry a token: only their name is relayed.
+const TOKEN_EVENTS: &[&str] = &["auth", "authenticate", "refresh-token"];
+/// What a JWT is shown as.
+const REDACTED_JWT: &str = "[redacted JWT]";
+/// Failed logins allowed per address and per username before the back-off starts.
+const FREE_FAILURES: u32 = 5;
+/// The first back-off; it doubles with each further failure, up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+/// Addresses and usernames tracked at most (each map); past it the least recently failed are forgotten.
+const MAX_TRACKED: usize = 10_000;
+/// A key's failures are forgotten this long after its last one.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
 /// `ADMIN_UI_*`, checked at start.
 pub struct Settings {
@@ -49,6 +70,11 @@ pub struct Settings {
     pub hash: String,
     pub readonly: bool,
     pub development: bool,
+    /// A hash of the same cost as `hash`, of a random password: checked when the username is wrong, so
+    /// that a wrong username takes as long as a wrong password.
+    dummy_hash: String,
+    /// SHA-256 of the username: compared instead of the name, in a time that does not depend on it.
+    username_digest: [u8; 32],
 }
 
 impl Settings {
@@ -56,14 +82,18 @@ impl Settings {
         let Some(password) = cfg.admin_ui_password.as_deref().filter(|p| !p.is_empty()) else {
             return Ok(None);
         };
-        let hash = if ["$2a$", "$2b$", "$2y$"].iter().any(|p| password.starts_with(p)) {
-            password
+        let (hash, cost) = if ["$2a$", "$2b$", "$2y$"].iter().any(|p| password.starts_with(p)) {
+            let parts = password
                 .parse::<bcrypt::HashParts>()
                 .map_err(|e| anyhow::anyhow!("ADMIN_UI_PASSWORD: not a valid bcrypt hash: {e}"))?;
-            password.to_string()
+            (password.to_string(), parts.get_cost())
         } else {
-            bcrypt::hash(password, bcrypt::DEFAULT_COST).map_err(|e| anyhow::anyhow!("ADMIN_UI_PASSWORD: {e}"))?
+            let hash =
+                bcrypt::hash(password, bcrypt::DEFAULT_COST).map_err(|e| anyhow::anyhow!("ADMIN_UI_PASSWORD: {e}"))?;
+            (hash, bcrypt::DEFAULT_COST)
         };
+        let random = format!("{:032x}", rand::random::<u128>());
+        let dummy_hash = bcrypt::hash(random, cost).map_err(|e| anyhow::anyhow!("ADMIN_UI_PASSWORD: {e}"))?;
         let development = match cfg.admin_ui_mode.as_str() {
             "development" => true,
             "production" => false,
@@ -74,6 +104,8 @@ impl Settings {
             hash,
             readonly: cfg.admin_ui_readonly,
             development,
+            dummy_hash,
+            username_digest: digest(&cfg.admin_ui_username),
         }))
     }
 }
@@ -94,8 +126,9 @@ pub struct Admin {
     relay_rx: Mutex<Option<mpsc::Receiver<Relay>>>,
     /// `(second, type, subType)` → count: the `aggregatedEvents` of the next `server_stats`.
     events: Mutex<HashMap<EventKey, u64>>,
-    /// Logins that may be tried per address (bcrypt is slow on purpose; so is guessing).
-    logins: DefaultKeyedRateLimiter<IpAddr>,
+    /// Failed logins per address and per username's digest (bcrypt is slow on purpose; so is guessing).
+    by_address: Mutex<Strikes<IpAddr>>,
+    by_username: Mutex<Strikes<[u8; 32]>>,
     /// Sessions on this node (without Redis).
     sessions: Mutex<HashMap<String, Instant>>,
 }
@@ -103,15 +136,38 @@ pub struct Admin {
 impl Admin {
     pub fn new(settings: Settings) -> Arc<Self> {
         let (relay, rx) = mpsc::channel(RELAY_QUEUE);
-        let quota = governor::Quota::per_minute(std::num::NonZeroU32::new(30).unwrap_or(std::num::NonZeroU32::MIN));
         Arc::new(Admin {
             settings,
             relay,
             relay_rx: Mutex::new(Some(rx)),
             events: Mutex::new(HashMap::new()),
-            logins: DefaultKeyedRateLimiter::keyed(quota),
+            by_address: Mutex::new(Strikes::default()),
+            by_username: Mutex::new(Strikes::default()),
             sessions: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Until when a login from `ip` for `user` is refused without a check (`None`: it may be tried).
+    fn backing_off(&self, ip: Option<IpAddr>, user: &[u8; 32]) -> Option<Instant> {
+        let now = Instant::now();
+        let by_ip = ip.and_then(|ip| self.by_address.lock().unwrap_or_else(|e| e.into_inner()).until(&ip, now));
+        let by_user = self.by_username.lock().unwrap_or_else(|e| e.into_inner()).until(user, now);
+        by_ip.into_iter().chain(by_user).max()
+    }
+
+    fn login_failed(&self, ip: Option<IpAddr>, user: [u8; 32]) {
+        let now = Instant::now();
+        if let Some(ip) = ip {
+            self.by_address.lock().unwrap_or_else(|e| e.into_inner()).fail(ip, now);
+        }
+        self.by_username.lock().unwrap_or_else(|e| e.into_inner()).fail(user, now);
+    }
+
+    fn login_ok(&self, ip: Option<IpAddr>, user: &[u8; 32]) {
+        if let Some(ip) = ip {
+            self.by_address.lock().unwrap_or_else(|e| e.into_inner()).map.remove(&ip);
+        }
+        self.by_username.lock().unwrap_or_else(|e| e.into_inner()).map.remove(user);
     }
 
     fn send(&self, r: Relay) {
@@ -167,6 +223,7 @@ impl Admin {
         if self.settings.development {
             let event = if joined { "room_joined" } else { "room_left" };
             let (nsp, id) = (nsp_of(client), client.id().to_string());
+            let room = redact_jwts(room);
             self.send(Relay::Four(event, json!(nsp), json!(room), json!(id), json!(crate::iso_now())));
         }
     }
@@ -197,14 +254,17 @@ impl Admin {
         self.count(b, None, bytes);
     }
 
-    /// A client event, shown (summarised) in development mode.
+    /// A client event, shown (summarised, tokens redacted) in development mode; the arguments of
+    /// [`TOKEN_EVENTS`] are not shown at all.
     pub fn received(&self, client: &dyn crate::client::Link, event: &str, args: impl FnOnce() -> Value) {
         if self.settings.development {
-            let mut list = vec![json!(event)];
-            match summarise(&args(), 0) {
-                Value::Array(a) => list.extend(a),
-                Value::Null => {}
-                v => list.push(v),
+            let mut list = vec![json!(redact_jwts(event))];
+            if !TOKEN_EVENTS.contains(&event) {
+                match summarise(&args(), 0) {
+                    Value::Array(a) => list.extend(a),
+                    Value::Null => {}
+                    v => list.push(v),
+                }
             }
             let (nsp, id) = (nsp_of(client), client.id().to_string());
             self.send(Relay::Four(
@@ -271,8 +331,16 @@ fn nsp_of(client: &dyn crate::client::Link) -> &'static str {
     }
 }
 
-/// A client as the UI lists it (`SerializedSocket`).
+/// A client as the UI lists it (`SerializedSocket`), without a token: the handshake's credentials are
+/// replaced where they are taken from ([`crate::client::redacted_headers`]), and any JWT left anywhere
+/// (another header, a query parameter, a room) here.
 fn serialize(client: &dyn crate::client::Link) -> Value {
+    let mut v = serialize_raw(client);
+    redact_value(&mut v);
+    v
+}
+
+fn serialize_raw(client: &dyn crate::client::Link) -> Value {
     let info = client.info();
     let session = client.session();
     let mut data = Map::new();
@@ -303,10 +371,16 @@ fn serialize(client: &dyn crate::client::Link) -> Value {
 
 /// Bounds what a client sent before the UI sees it: at most [`MAX_DEPTH`] levels, [`MAX_ITEMS`] items
 /// per array or object, [`MAX_STRING`] characters per string; what is cut is marked.
+/// JWTs are redacted in strings and keys before they are cut (a cut token would still show its claims).
 pub fn summarise(v: &Value, depth: usize) -> Value {
     match v {
-        Value::String(s) if s.chars().count() > MAX_STRING => {
-            Value::String(format!("{}… ({} bytes)", s.chars().take(MAX_STRING).collect::<String>(), s.len()))
+        Value::String(s) => {
+            let shown = redact_jwts(s);
+            if shown.chars().count() > MAX_STRING {
+                Value::String(format!("{}… ({} bytes)", shown.chars().take(MAX_STRING).collect::<String>(), s.len()))
+            } else {
+                Value::String(shown.into_owned())
+            }
         }
         Value::Array(a) if depth >= MAX_DEPTH => Value::String(format!("[array of {}]", a.len())),
         Value::Object(o) if depth >= MAX_DEPTH => Value::String(format!("{{object of {} keys}}", o.len())),
@@ -321,7 +395,7 @@ pub fn summarise(v: &Value, depth: usize) -> Value {
             let mut out: Map<String, Value> = o
                 .iter()
                 .take(MAX_ITEMS)
-                .map(|(k, x)| (k.chars().take(MAX_STRING).collect(), summarise(x, depth + 1)))
+                .map(|(k, x)| (redact_jwts(k).chars().take(MAX_STRING).collect(), summarise(x, depth + 1)))
                 .collect();
             if o.len() > MAX_ITEMS {
                 out.insert("…".into(), Value::String(format!("{} more keys", o.len() - MAX_ITEMS)));
@@ -329,6 +403,158 @@ pub fn summarise(v: &Value, depth: usize) -> Value {
             Value::Object(out)
         }
         v => v.clone(),
+    }
+}
+
+fn is_base64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// Replaces every JWT in `s` (compact JWS or JWE: base64url segments joined by dots, the first a JSON
+/// object) with `[redacted JWT]`. Whatever stands around it is kept, and so are strings that merely
+/// look alike (`a.b.c`, host names): the header must decode to a JSON object. Linear in `s`.
+pub fn redact_jwts(s: &str) -> Cow<'_, str> {
+    let b = s.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if !is_base64url(b[i]) {
+            i += 1;
+            continue;
+        }
+        // A run of base64url characters and dots (ASCII: the slices below fall on char boundaries).
+        let start = i;
+        while i < b.len() && (is_base64url(b[i]) || b[i] == b'.') {
+            i += 1;
+        }
+        if let Some(from) = jwt_start(&s[start..i]) {
+            let out = out.get_or_insert_with(|| String::with_capacity(s.len()));
+            out.push_str(&s[copied..start + from]);
+            out.push_str(REDACTED_JWT);
+            copied = i;
+        }
+    }
+    match out {
+        None => Cow::Borrowed(s),
+        Some(mut out) => {
+            out.push_str(&s[copied..]);
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// Where a JWT starts in a run of base64url characters and dots: a segment followed by at least two
+/// more (the payload not empty) whose tail from an `ey`/`ew` (`{` then `"` or white space, encoded)
+/// decodes to a JSON object. The tail, because a header may follow other characters of the run
+/// (`Bearer%20eyJ…` gives `20eyJ…`).
+fn jwt_start(run: &str) -> Option<usize> {
+    let mut segments = Vec::new();
+    let mut off = 0;
+    for seg in run.split('.') {
+        segments.push((off, seg));
+        off += seg.len() + 1;
+    }
+    for k in 0..segments.len().saturating_sub(2) {
+        let (off, seg) = segments[k];
+        if segments[k + 1].1.is_empty() {
+            continue;
+        }
+        let starts = seg
+            .match_indices('e')
+            .map(|(p, _)| p)
+            .filter(|&p| matches!(seg.as_bytes().get(p + 1), Some(b'y' | b'w')))
+            .take(4);
+        for p in starts {
+            if is_jose_header(&seg[p..]) {
+                return Some(off + p);
+            }
+        }
+    }
+    None
+}
+
+fn is_jose_header(seg: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(seg)
+        .ok()
+        .is_some_and(|b| serde_json::from_slice::<Map<String, Value>>(&b).is_ok())
+}
+
+/// [`redact_jwts`] over every string and key of `v`.
+fn redact_value(v: &mut Value) {
+    match v {
+        Value::String(s) => {
+            if let Cow::Owned(r) = redact_jwts(s) {
+                *s = r;
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact_value),
+        Value::Object(o) => {
+            let taken = std::mem::take(o);
+            *o = taken
+                .into_iter()
+                .map(|(k, mut x)| {
+                    redact_value(&mut x);
+                    (redact_jwts(&k).into_owned(), x)
+                })
+                .collect();
+        }
+        _ => {}
+    }
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes()).into()
+}
+
+/// Failed logins per key, for a back-off that grows with them: after [`FREE_FAILURES`], each further
+/// failure doubles the wait (from [`BACKOFF_FIRST`] up to [`BACKOFF_MAX`]) during which the key's logins
+/// are refused unchecked. Bounded: at most [`MAX_TRACKED`] keys, a key forgotten [`FORGET_AFTER`] its
+/// last failure, and at the cap the least recently failed goes first (an attacker cannot grow it).
+struct Strikes<K> {
+    map: HashMap<K, Strike>,
+}
+
+struct Strike {
+    failures: u32,
+    last: Instant,
+    until: Instant,
+}
+
+impl<K> Default for Strikes<K> {
+    fn default() -> Self {
+        Strikes { map: HashMap::new() }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Strikes<K> {
+    fn until(&self, key: &K, now: Instant) -> Option<Instant> {
+        self.map.get(key).map(|s| s.until).filter(|&u| u > now)
+    }
+
+    fn fail(&mut self, key: K, now: Instant) {
+        if !self.map.contains_key(&key) && self.map.len() >= MAX_TRACKED {
+            self.map.retain(|_, s| now.duration_since(s.last) < FORGET_AFTER);
+            if self.map.len() >= MAX_TRACKED {
+                let oldest = self.map.iter().min_by_key(|(_, s)| s.last).map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    self.map.remove(&k);
+                }
+            }
+        }
+        let strike = self.map.entry(key).or_insert(Strike { failures: 0, last: now, until: now });
+        if now.duration_since(strike.last) >= FORGET_AFTER {
+            strike.failures = 0;
+        }
+        strike.failures = strike.failures.saturating_add(1);
+        strike.last = now;
+        if let Some(extra) = strike.failures.checked_sub(FREE_FAILURES) {
+            let wait = BACKOFF_FIRST.saturating_mul(2u32.saturating_pow(extra.min(20))).min(BACKOFF_MAX);
+            strike.until = now + wait;
+        }
     }
 }
 
@@ -432,22 +658,30 @@ pub async fn authenticate<A: Adapter>(
     }
     let username = auth.get("username").and_then(Value::as_str).unwrap_or_default();
     let password = auth.get("password").and_then(Value::as_str).unwrap_or_default().to_string();
-    if username != admin.settings.username || password.is_empty() || password.len() > 256 {
+    if password.is_empty() || password.len() > 256 {
         return Err(AdminRefused);
     }
-    if let Some(ip) = crate::http::client_ip(socket.req_parts(), state.config.trust_proxy_headers) {
-        if admin.logins.check_key(&ip).is_err() {
-            tracing::warn!(%ip, "admin ui: too many logins from this address");
-            return Err(AdminRefused);
-        }
+    let ip = crate::http::client_ip(socket.req_parts(), state.config.trust_proxy_headers);
+    let user = digest(username);
+    if let Some(until) = admin.backing_off(ip, &user) {
+        state.metrics.admin_login("throttled");
+        tracing::warn!(ip = ?ip, wait_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64,
+            "admin ui: login refused, backing off after failures");
+        return Err(AdminRefused);
     }
-    let hash = admin.settings.hash.clone();
-    let ok =
+    // The same work whether the username is right or not: the answer's time tells nothing.
+    let name_ok = user == admin.settings.username_digest;
+    let hash = if name_ok { admin.settings.hash.clone() } else { admin.settings.dummy_hash.clone() };
+    let password_ok =
         tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await.unwrap_or(false);
-    if !ok {
-        tracing::info!(sid = %socket.id, "admin ui: invalid credentials");
+    if !(name_ok && password_ok) {
+        admin.login_failed(ip, user);
+        state.metrics.admin_login("failed");
+        tracing::info!(sid = %socket.id, ip = ?ip, "admin ui: invalid credentials");
         return Err(AdminRefused);
     }
+    admin.login_ok(ip, &user);
+    state.metrics.admin_login("ok");
     let id = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
     admin.save_session(&state, &id).await;
     socket.extensions.insert(Arc::new(NewSession(id)));
@@ -582,4 +816,52 @@ fn server_stats<A: Adapter>(io: &SocketIo<A>, state: &AppState, admin: &Admin, h
             { "name": NAMESPACE, "socketsCount": admins },
         ],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6MTc5NTM0NTIwMH0.\
+                       c2lnbmF0dXJlLWJ5dGVzLWhlcmU";
+
+    #[test]
+    fn jwts_are_redacted_wherever_they_stand() {
+        assert_eq!(redact_jwts(JWT), REDACTED_JWT);
+        assert_eq!(redact_jwts(&format!("my token: {JWT}!")), format!("my token: {REDACTED_JWT}!"));
+        assert_eq!(redact_jwts(&format!("Bearer%20{JWT}")), format!("Bearer%20{REDACTED_JWT}"));
+        assert_eq!(redact_jwts(&format!("{JWT} and {JWT}")), format!("{REDACTED_JWT} and {REDACTED_JWT}"));
+        // Not tokens: left alone.
+        for s in ["www.example.com", "a.b.c", "hey.you.there", "eyJ.x.y", "1.2.3.4", "plain text", ""] {
+            assert_eq!(redact_jwts(s), s);
+        }
+        // In a summarised payload: keys, nested values, and a string long enough to be cut.
+        let v = json!({ "t": JWT, JWT: 1, "deep": [[{ "x": format!("{}{JWT}", "y".repeat(200)) }]] });
+        let shown = summarise(&v, 0).to_string();
+        assert!(!shown.contains("c2lnbmF0dXJl") && !shown.contains("eyJzdWIi"), "{shown}");
+    }
+
+    #[test]
+    fn failures_back_off_growing_and_the_maps_stay_bounded() {
+        let mut s = Strikes::<u32>::default();
+        let t0 = Instant::now();
+        for _ in 1..FREE_FAILURES {
+            s.fail(1, t0);
+        }
+        assert_eq!(s.until(&1, t0), None, "free failures");
+        s.fail(1, t0);
+        assert_eq!(s.until(&1, t0), Some(t0 + BACKOFF_FIRST));
+        s.fail(1, t0);
+        assert_eq!(s.until(&1, t0), Some(t0 + BACKOFF_FIRST * 2));
+        assert_eq!(s.until(&1, t0 + BACKOFF_FIRST * 2), None, "passed");
+        for _ in 0..100 {
+            s.fail(1, t0);
+        }
+        assert_eq!(s.until(&1, t0), Some(t0 + BACKOFF_MAX));
+        for k in 2..(MAX_TRACKED as u32 + 500) {
+            s.fail(k, t0 + Duration::from_millis(k as u64));
+        }
+        assert!(s.map.len() <= MAX_TRACKED);
+        assert!(!s.map.contains_key(&2), "the least recently failed forgotten first");
+    }
 }

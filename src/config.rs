@@ -245,8 +245,9 @@ pub struct Config {
     #[arg(long, env = "ADMIN_UI_READONLY", value_name = "ADMIN_UI_READONLY", default_value = "false",
           value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub admin_ui_readonly: bool,
-    /// `development` (sockets, rooms and events listed) or `production` (server figures only).
-    #[arg(long, env = "ADMIN_UI_MODE", value_name = "ADMIN_UI_MODE", default_value = "development")]
+    /// `production` (server figures only, the default) or `development` (sockets, rooms and events listed,
+    /// tokens redacted): development shows what clients send, private messages included.
+    #[arg(long, env = "ADMIN_UI_MODE", value_name = "ADMIN_UI_MODE", default_value = "production")]
     pub admin_ui_mode: String,
     /// Client events that are not the gateway's own are POSTed here (SPEC §14).
     #[arg(long, env = "EVENT_PROXY_URL", value_name = "EVENT_PROXY_URL")]
@@ -264,6 +265,11 @@ pub struct Config {
     /// HMAC-SHA256 key of `X-Realtime-Signature` on webhooks and event proxy calls.
     #[arg(long, env = "WEBHOOK_SECRET", value_name = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Bytes of webhook bodies waiting at most (in memory on a node, and in the Redis stream); past it the
+    /// oldest are dropped and counted. The queue carries messages' content: a count alone does not bound it.
+    #[arg(long, env = "WEBHOOK_QUEUE_MAX_BYTES", value_name = "WEBHOOK_QUEUE_MAX_BYTES", default_value_t = 64 << 20,
+          value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 40))]
+    pub webhook_queue_max_bytes: u64,
     /// Live calls (ringing or active) one user may be a party of.
     #[arg(long, env = "MAX_CALLS_PER_USER", value_name = "MAX_CALLS_PER_USER", default_value_t = 4,
           value_parser = clap::value_parser!(u64).range(1..=1000))]

@@ -108,10 +108,17 @@ pub struct Metrics {
     proxy: HashMap<&'static str, Counter>,
     /// Webhooks by outcome (`queued`, `delivered`, `retried`, `dropped`, `expired`).
     webhooks: HashMap<&'static str, Counter>,
+    /// Bytes of webhooks held in this node's memory (its queue, the lanes, on their way to Redis).
+    pub webhook_queue_bytes: Gauge,
+    /// Admin UI logins by outcome (`ok`, `failed`, `throttled`).
+    admin_logins: HashMap<&'static str, Counter>,
 }
 
 /// The outcomes of a webhook.
 pub const WEBHOOK_OUTCOMES: &[&str] = &["queued", "delivered", "retried", "dropped", "expired"];
+
+/// The outcomes of an Admin UI login (`throttled`: refused unchecked while backing off after failures).
+pub const ADMIN_LOGIN_OUTCOMES: &[&str] = &["ok", "failed", "throttled"];
 
 /// The outcomes of an event proxy call.
 pub const PROXY_OUTCOMES: &[&str] = &["ok", "error", "timeout", "busy"];
@@ -154,9 +161,18 @@ impl Metrics {
             "realtime_webhooks_total",
             "Webhooks queued, delivered, retried (attempts), dropped (queue full) and expired (an hour of retries)",
         );
+        describe(
+            "realtime_admin_logins_total",
+            "Admin UI logins with a password: ok, failed (wrong credentials) and throttled (refused while backing off)",
+        );
         recorder.describe_gauge("realtime_connections".into(), None, "Connected sockets on this node".into());
         recorder.describe_gauge("realtime_subscriptions".into(), None, "Channel subscriptions on this node".into());
         recorder.describe_gauge("realtime_channels".into(), None, "Channels with a subscriber on this node".into());
+        recorder.describe_gauge(
+            "realtime_webhook_queue_bytes".into(),
+            None,
+            "Bytes of webhook bodies held in this node's memory (bounded by WEBHOOK_QUEUE_MAX_BYTES)".into(),
+        );
         recorder.describe_gauge(
             "realtime_redis_up".into(),
             None,
@@ -201,6 +217,11 @@ impl Metrics {
                 .iter()
                 .map(|o| (*o, counter("realtime_webhooks_total", vec![Label::new("outcome", *o)])))
                 .collect(),
+            webhook_queue_bytes: gauge("realtime_webhook_queue_bytes", vec![]),
+            admin_logins: ADMIN_LOGIN_OUTCOMES
+                .iter()
+                .map(|o| (*o, counter("realtime_admin_logins_total", vec![Label::new("outcome", *o)])))
+                .collect(),
             recorder,
             handle,
         }
@@ -222,6 +243,11 @@ impl Metrics {
     }
     pub fn proxy(&self, outcome: &str) {
         if let Some(c) = self.proxy.get(outcome) {
+            c.increment(1);
+        }
+    }
+    pub fn admin_login(&self, outcome: &str) {
+        if let Some(c) = self.admin_logins.get(outcome) {
             c.increment(1);
         }
     }

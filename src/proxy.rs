@@ -5,7 +5,7 @@
 //!
 //! Bounded: at most `EVENT_PROXY_CONCURRENCY` calls in flight per node (past it the event answers
 //! `RATE_LIMITED` at once: back-pressure, never a queue), each within `EVENT_PROXY_TIMEOUT_MS`, over
-//! keep-alive connections; the answer is read up to `MAX_PAYLOAD_BYTES`. Signed like the webhooks.
+//! keep-alive connections; the answer is read up to `MAX_PAYLOAD_BYTES`. Signed like the webhooks (`X-Realtime-Signature` over `"<X-Realtime-Timestamp>.<body>"`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,13 +43,17 @@ struct Answer {
     leave: Vec<String>,
 }
 
-/// `sha256=<hex HMAC-SHA256 of body with secret>`: the `X-Realtime-Signature` header.
-pub fn signature(secret: &str, body: &[u8]) -> String {
+/// `sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with secret>`: the `X-Realtime-Signature` header.
+/// The timestamp is signed so that a captured request cannot be replayed under a fresh
+/// `X-Realtime-Timestamp` (the receiver refuses stale ones).
+pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
     use hmac::Mac;
     let mut mac = match hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) {
         Ok(m) => m,
         Err(_) => return String::new(), // HMAC takes keys of any length: not reached
     };
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -103,7 +107,7 @@ impl EventProxy {
         let mut req =
             self.http.post(&self.url).header("content-type", "application/json").header("x-realtime-timestamp", ts);
         if let Some(secret) = &self.secret {
-            req = req.header("x-realtime-signature", signature(secret, &body));
+            req = req.header("x-realtime-signature", signature(secret, ts, &body));
         }
         let unavailable = || ApiError::new(Code::Internal, "Backend unavailable");
         let res = match req.body(body).send().await {
@@ -182,11 +186,20 @@ async fn read_answer(mut res: reqwest::Response, max: usize, timeout: Duration) 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn signature_is_hex_hmac_sha256() {
-        // RFC 4231 test case 2.
+    fn signature_is_hex_hmac_sha256_of_timestamp_dot_body() {
+        // HMAC-SHA256 of "12.what do ya want for nothing?" keyed "Jefe" (RFC 4231 case 2 with a timestamp).
         assert_eq!(
-            super::signature("Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            super::signature("Jefe", 12, b"what do ya want for nothing?"),
+            "sha256=884f387af4fab053210fff358c2ae1ceb946a70c677f05c2b731ca65c7769498"
         );
+        // The test vector of docs/hooks.md.
+        let body =
+            br#"{"id":"wh1a22ec59668428ca6c45711","type":"user.offline","ts":1796081030760,"data":{"userId":"alice"}}"#;
+        assert_eq!(
+            super::signature("whsec-example", 1796081030765, body),
+            "sha256=141eaa3681440d38b2849e70bb2febec71319c168253e2ebd1aac7cb00d39af0"
+        );
+        // A fresh timestamp gives another signature: a replay under it does not verify.
+        assert_ne!(super::signature("Jefe", 12, b"x"), super::signature("Jefe", 13, b"x"));
     }
 }

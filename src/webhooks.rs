@@ -1,16 +1,22 @@
 //! Lifecycle webhooks (SPEC §14): `POST WEBHOOK_URL` of `{id, type, ts, data}` for `user.online`,
 //! `user.offline`, `socket.connected`, `socket.disconnected`, `room.created`, `message.created` and
-//! `private.queued`, signed like the event proxy (`X-Realtime-Signature`, `X-Realtime-Timestamp`).
+//! `private.queued`, signed like the event proxy (`X-Realtime-Signature` over `"<X-Realtime-Timestamp>.<body>"`).
 //!
 //! Delivery is at least once, once per cluster, in order per user, retried with exponential backoff
 //! (backon) for up to an hour after the event:
-//! - With Redis, producers append to the stream `<prefix>:webhooks` (bounded at [`MAX_QUEUED`], the
-//!   oldest trimmed and counted as dropped). One node at a time delivers: the holder of the lease
+//! - With Redis, producers append to the stream `<prefix>:webhooks` (bounded at [`MAX_QUEUED`] entries
+//!   and at `WEBHOOK_QUEUE_MAX_BYTES` of bodies, kept in the counter `{<prefix>:webhooks}:bytes` by the
+//!   scripts that append and delete; the oldest trimmed and counted as dropped). One node at a time delivers: the holder of the lease
 //!   `<prefix>:webhooks:leader`, reading through the consumer group `hooks`; an entry is acknowledged
 //!   and deleted once the backend took it. A node that takes the lease over first claims what its
 //!   predecessor had read and not delivered, so a webhook survives the death of the node that produced
 //!   it and of the one that was delivering it.
-//! - Without Redis, a bounded queue in memory.
+//! - Without Redis, a queue in memory, bounded the same way.
+//!
+//! Bounded by bytes, not only by count: a webhook carries a message's content, so 100,000 of them can
+//! be gigabytes (a dead endpoint must not take a node's memory, or Redis's). On a node the memory queue,
+//! the lanes and the appends on their way to Redis hold at most `WEBHOOK_QUEUE_MAX_BYTES` together: the
+//! lanes and the appends take at most a quarter each, the memory queue the rest, dropping its oldest.
 //!
 //! The deliverer hands each webhook to one of [`LANES`] lanes by its user: a lane delivers in order and
 //! waits while a webhook is retried, so one user's order holds and a failing user holds up only its lane
@@ -51,6 +57,60 @@ struct Hook {
     ts: u64,
 }
 
+impl Hook {
+    /// What it weighs against `WEBHOOK_QUEUE_MAX_BYTES` (its body: the rest is small and bounded).
+    fn size(&self) -> usize {
+        self.body.len()
+    }
+}
+
+/// The memory queue and the bytes it holds.
+#[derive(Default)]
+struct Local {
+    queue: VecDeque<Hook>,
+    bytes: usize,
+}
+
+/// Appends to the stream within both bounds: the oldest entries go (their bytes off the counter) until
+/// the new one fits. Returns `{dropped, added}`. An empty stream resets the counter (a stream deleted by
+/// hand does not leave it behind).
+const APPEND_SCRIPT: &str = r"
+local cap, max_len, size = tonumber(ARGV[1]), tonumber(ARGV[2]), string.len(ARGV[5])
+local bytes = tonumber(redis.call('GET', KEYS[2]) or '0')
+if redis.call('XLEN', KEYS[1]) == 0 then bytes = 0 end
+local dropped = 0
+while bytes + size > cap or redis.call('XLEN', KEYS[1]) >= max_len do
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  if #oldest == 0 then break end
+  local fields = oldest[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'b' then bytes = bytes - string.len(fields[i + 1]) end
+  end
+  redis.call('XDEL', KEYS[1], oldest[1][1])
+  dropped = dropped + 1
+end
+if bytes < 0 then bytes = 0 end
+if bytes + size > cap then
+  redis.call('SET', KEYS[2], bytes)
+  return {dropped + 1, 0}
+end
+redis.call('XADD', KEYS[1], '*', 'k', ARGV[3], 't', ARGV[4], 'b', ARGV[5])
+redis.call('SET', KEYS[2], bytes + size)
+return {dropped, 1}
+";
+
+/// Acknowledges and deletes a delivered entry; its bytes come off the counter only if it was still in
+/// the stream (an entry trimmed while it was being delivered was counted off then).
+const ACK_SCRIPT: &str = r"
+redis.call('XACK', KEYS[1], 'hooks', ARGV[1])
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
+  if redis.call('DECRBY', KEYS[2], ARGV[2]) < 0 or redis.call('XLEN', KEYS[1]) == 0 then
+    redis.call('SET', KEYS[2], 0)
+  end
+end
+return 1
+";
+
 #[derive(Serialize)]
 struct Body<'a> {
     id: String,
@@ -75,10 +135,14 @@ pub struct Webhooks {
     http: reqwest::Client,
     redis: Option<Arc<RedisLink>>,
     stream: String,
+    /// The stream's byte counter (hash-tagged: the same Redis Cluster slot as the stream).
+    stream_bytes: String,
     lease: String,
+    /// `WEBHOOK_QUEUE_MAX_BYTES`.
+    max_bytes: usize,
     node_id: String,
     /// Without Redis (or while it refuses an append): the queue in memory.
-    local: Mutex<VecDeque<Hook>>,
+    local: Mutex<Local>,
     wake: Notify,
     /// With Redis: webhooks on their way to the stream, appended one after another by one task, so
     /// that a user's webhooks enter the stream in the order they happened.
@@ -88,6 +152,10 @@ pub struct Webhooks {
     in_lanes: std::sync::atomic::AtomicUsize,
     /// Webhooks handed to the appender and not yet in the stream.
     appending: std::sync::atomic::AtomicUsize,
+    /// Bytes of the webhooks in the lanes, and of those on their way to the stream.
+    lane_bytes: std::sync::atomic::AtomicUsize,
+    appending_bytes: std::sync::atomic::AtomicUsize,
+    held: metrics::Gauge,
     figures: Figures,
 }
 
@@ -111,14 +179,19 @@ impl Webhooks {
             http: crate::proxy::http_client(Duration::from_millis(cfg.event_proxy_timeout_ms.max(5000)))?,
             redis,
             stream: format!("{}:webhooks", cfg.redis_prefix),
+            stream_bytes: format!("{{{}:webhooks}}:bytes", cfg.redis_prefix),
             lease: format!("{}:webhooks:leader", cfg.redis_prefix),
+            max_bytes: usize::try_from(cfg.webhook_queue_max_bytes).unwrap_or(usize::MAX),
             node_id: node_id.to_string(),
-            local: Mutex::new(VecDeque::new()),
+            local: Mutex::new(Local::default()),
             wake: Notify::new(),
             appends,
             appends_rx: Mutex::new(Some(appends_rx)),
             in_lanes: std::sync::atomic::AtomicUsize::new(0),
             appending: std::sync::atomic::AtomicUsize::new(0),
+            lane_bytes: std::sync::atomic::AtomicUsize::new(0),
+            appending_bytes: std::sync::atomic::AtomicUsize::new(0),
+            held: metrics.map(|m| m.webhook_queue_bytes.clone()).unwrap_or_else(metrics::Gauge::noop),
             figures: Figures {
                 queued: counter("queued"),
                 delivered: counter("delivered"),
@@ -140,9 +213,18 @@ impl Webhooks {
             self.push_local(hook);
             return;
         }
+        let size = hook.size();
+        if self.appending_bytes.load(std::sync::atomic::Ordering::Acquire) + size > self.max_bytes / 4 {
+            // The appender is this far behind in bytes: the bounded memory queue takes it.
+            self.push_local(hook);
+            return;
+        }
         self.appending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.appending_bytes.fetch_add(size, std::sync::atomic::Ordering::AcqRel);
+        self.show_held();
         if let Err(e) = self.appends.try_send(hook) {
             self.appending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            self.appending_bytes.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
             // The appender is this far behind (Redis slow or away): keep it here rather than wait.
             let hook = match e {
                 mpsc::error::TrySendError::Full(h) | mpsc::error::TrySendError::Closed(h) => h,
@@ -164,26 +246,20 @@ impl Webhooks {
     async fn append(&self, hook: Hook) {
         let Some(redis) = &self.redis else { return };
         let mut conn = redis.commands();
-        let added: redis::RedisResult<(usize, String)> = redis::pipe()
-            .cmd("XLEN")
-            .arg(&self.stream)
-            .cmd("XADD")
-            .arg(&self.stream)
-            .arg("MAXLEN")
+        let added: redis::RedisResult<(u64, u64)> = redis::Script::new(APPEND_SCRIPT)
+            .key(&self.stream)
+            .key(&self.stream_bytes)
+            .arg(self.max_bytes)
             .arg(MAX_QUEUED)
-            .arg("*")
-            .arg("k")
             .arg(&hook.key)
-            .arg("t")
             .arg(hook.ts)
-            .arg("b")
             .arg(&hook.body)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await;
         match added {
-            Ok((len, _)) => {
-                if len >= MAX_QUEUED {
-                    self.figures.dropped.increment(1);
+            Ok((dropped, _)) => {
+                if dropped > 0 {
+                    self.figures.dropped.increment(dropped);
                 }
             }
             Err(e) => {
@@ -194,15 +270,49 @@ impl Webhooks {
         }
     }
 
+    /// Queues in memory within both bounds: the oldest go until the new one fits beside what the lanes
+    /// and the appends hold (a hook that cannot fit at all is dropped itself).
     fn push_local(&self, hook: Hook) {
+        let size = hook.size();
         let mut q = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= MAX_QUEUED {
-            q.pop_front();
+        let others = self.lane_bytes.load(std::sync::atomic::Ordering::Acquire)
+            + self.appending_bytes.load(std::sync::atomic::Ordering::Acquire);
+        while q.queue.len() >= MAX_QUEUED || (!q.queue.is_empty() && q.bytes + others + size > self.max_bytes) {
+            if let Some(old) = q.queue.pop_front() {
+                q.bytes -= old.size();
+            }
             self.figures.dropped.increment(1);
         }
-        q.push_back(hook);
+        if q.bytes + others + size > self.max_bytes {
+            self.figures.dropped.increment(1);
+            return;
+        }
+        q.bytes += size;
+        q.queue.push_back(hook);
         drop(q);
+        self.show_held();
         self.wake.notify_one();
+    }
+
+    /// The lanes take no more while they hold this many webhooks or bytes (the rest waits where it is
+    /// bounded: the memory queue, the stream).
+    fn lanes_full(&self) -> bool {
+        self.in_lanes.load(std::sync::atomic::Ordering::Relaxed) >= MAX_QUEUED
+            || self.lane_bytes.load(std::sync::atomic::Ordering::Acquire) >= self.max_bytes / 4
+    }
+
+    fn to_lane(&self, hook: &Hook) {
+        self.in_lanes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lane_bytes.fetch_add(hook.size(), std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// `realtime_webhook_queue_bytes`: what this node holds now.
+    fn show_held(&self) {
+        let local = self.local.lock().unwrap_or_else(|e| e.into_inner()).bytes;
+        let held = local
+            + self.lane_bytes.load(std::sync::atomic::Ordering::Acquire)
+            + self.appending_bytes.load(std::sync::atomic::Ordering::Acquire);
+        self.held.set(held as f64);
     }
 
     /// One POST; an error for anything but a 2xx.
@@ -211,7 +321,7 @@ impl Webhooks {
         let mut req =
             self.http.post(&self.url).header("content-type", "application/json").header("x-realtime-timestamp", ts);
         if let Some(secret) = &self.secret {
-            req = req.header("x-realtime-signature", crate::proxy::signature(secret, hook.body.as_bytes()));
+            req = req.header("x-realtime-signature", crate::proxy::signature(secret, ts, hook.body.as_bytes()));
         }
         match req.body(hook.body.clone()).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
@@ -263,7 +373,8 @@ pub fn spawn(hooks: Arc<Webhooks>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let mut lanes = Vec::with_capacity(LANES);
     for _ in 0..LANES {
-        // The lanes' backlog together is bounded ([`MAX_QUEUED`]: the reader waits past it), not each
+        // The lanes' backlog together is bounded ([`MAX_QUEUED`] and a quarter of the bytes: the
+        // readers wait past it), not each
         // lane's: a lane held up by a failing user does not stop the others.
         let (tx, mut rx) = mpsc::unbounded_channel::<Hook>();
         lanes.push(tx);
@@ -272,19 +383,16 @@ pub fn spawn(hooks: Arc<Webhooks>) -> Vec<tokio::task::JoinHandle<()>> {
             while let Some(hook) = rx.recv().await {
                 hooks.deliver(&hook).await;
                 hooks.in_lanes.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                hooks.lane_bytes.fetch_sub(hook.size(), std::sync::atomic::Ordering::AcqRel);
+                hooks.show_held();
                 if let (Some(entry), Some(redis)) = (&hook.entry, &hooks.redis) {
                     let mut conn = redis.commands();
-                    let acked: redis::RedisResult<()> = redis::pipe()
-                        .cmd("XACK")
-                        .arg(&hooks.stream)
-                        .arg("hooks")
+                    let acked: redis::RedisResult<i64> = redis::Script::new(ACK_SCRIPT)
+                        .key(&hooks.stream)
+                        .key(&hooks.stream_bytes)
                         .arg(entry)
-                        .ignore()
-                        .cmd("XDEL")
-                        .arg(&hooks.stream)
-                        .arg(entry)
-                        .ignore()
-                        .query_async(&mut conn)
+                        .arg(hook.size())
+                        .invoke_async(&mut conn)
                         .await;
                     if let Err(e) = acked {
                         tracing::debug!("webhook ack: {e}");
@@ -299,15 +407,23 @@ pub fn spawn(hooks: Arc<Webhooks>) -> Vec<tokio::task::JoinHandle<()>> {
         let (hooks, lanes) = (hooks.clone(), lanes.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                if hooks.in_lanes.load(std::sync::atomic::Ordering::Relaxed) >= MAX_QUEUED {
+                if hooks.lanes_full() {
                     // The lanes are this far behind: the bounded queue holds the rest meanwhile.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-                let next = hooks.local.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let next = {
+                    let mut q = hooks.local.lock().unwrap_or_else(|e| e.into_inner());
+                    let hook = q.queue.pop_front();
+                    if let Some(h) = &hook {
+                        q.bytes -= h.size();
+                        // Counted in the lanes before the lock goes: never off both counts at once.
+                        hooks.to_lane(h);
+                    }
+                    hook
+                };
                 match next {
                     Some(hook) => {
-                        hooks.in_lanes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if lanes[lane_of(&hook.key)].send(hook).is_err() {
                             return;
                         }
@@ -323,8 +439,11 @@ pub fn spawn(hooks: Arc<Webhooks>) -> Vec<tokio::task::JoinHandle<()>> {
             let hooks = hooks.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(hook) = rx.recv().await {
+                    let size = hook.size();
                     hooks.append(hook).await;
                     hooks.appending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    hooks.appending_bytes.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
+                    hooks.show_held();
                 }
             }));
         }
@@ -377,7 +496,7 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::UnboundedSender<
     // XREADGROUP blocks its connection: a connection of its own.
     let mut blocking: Option<redis::aio::MultiplexedConnection> = None;
     loop {
-        if hooks.in_lanes.load(std::sync::atomic::Ordering::Relaxed) >= MAX_QUEUED {
+        if hooks.lanes_full() {
             // The lanes are this far behind: read more once they have delivered some.
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
@@ -468,7 +587,7 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::UnboundedSender<
 fn dispatch(hooks: &Webhooks, lanes: &[mpsc::UnboundedSender<Hook>], entries: Entries) {
     for (id, fields) in entries {
         if let Some(hook) = to_hook(id, fields) {
-            hooks.in_lanes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            hooks.to_lane(&hook);
             let _ = lanes[lane_of(&hook.key)].send(hook);
         }
     }

@@ -10,10 +10,15 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 const SECRET = process.env.WEBHOOK_SECRET ?? '';
 const nicks = new Map(); // socketId -> nickname (socket.data.nick, before)
 
-function signed(body, header) {
+const MAX_AGE_MS = 5 * 60 * 1000;
+
+/** X-Realtime-Signature is the HMAC of "<X-Realtime-Timestamp>.<body>"; a stale timestamp is a replay. */
+function signed(body, headers) {
   if (!SECRET) return true;
-  const want = Buffer.from(`sha256=${createHmac('sha256', SECRET).update(body).digest('hex')}`);
-  const got = Buffer.from(header ?? '');
+  const timestamp = Number(headers['x-realtime-timestamp']);
+  if (!Number.isSafeInteger(timestamp) || Math.abs(Date.now() - timestamp) > MAX_AGE_MS) return false;
+  const want = Buffer.from(`sha256=${createHmac('sha256', SECRET).update(`${timestamp}.${body}`).digest('hex')}`);
+  const got = Buffer.from(headers['x-realtime-signature'] ?? '');
   return got.length === want.length && timingSafeEqual(got, want);
 }
 
@@ -34,7 +39,7 @@ const server = createServer((req, res) => {
   let body = '';
   req.on('data', (d) => { body += d; });
   req.on('end', () => {
-    if (!signed(body, req.headers['x-realtime-signature'])) { res.writeHead(401); res.end(); return; }
+    if (!signed(body, req.headers)) { res.writeHead(401); res.end(); return; }
     const call = JSON.parse(body);
     const handler = handlers[call.event];
     const answer = handler ? handler(call) : { ack: { success: false, error: 'Unknown event', code: 'NOT_FOUND' } };

@@ -49,7 +49,7 @@ test('the official Admin UI in headless Chromium: two nodes, their sockets, and 
   const ui = await serveUi();
   const redis = await startRedis({ persist: false });
   // The UI connects with credentials (withCredentials): its origin must be listed.
-  const env = { REDIS_URL: redis.url, ADMIN_UI_PASSWORD: PASSWORD, CORS_ORIGINS: ui.url };
+  const env = { REDIS_URL: redis.url, ADMIN_UI_PASSWORD: PASSWORD, ADMIN_UI_MODE: 'development', CORS_ORIGINS: ui.url };
   const A = await startGateway({ ...env, NODE_ID: 'ui-node-a' });
   const B = await startGateway({ ...env, NODE_ID: 'ui-node-b' });
   const browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true,

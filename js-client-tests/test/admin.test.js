@@ -33,7 +33,7 @@ const seen = (state, pred, what, ms = 5000) => until(() => state.events.find(pre
 
 let gw;
 before(async () => {
-  gw = await startGateway({ ADMIN_UI_PASSWORD: PASSWORD, NODE_ID: 'admin-node', RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000' });
+  gw = await startGateway({ ADMIN_UI_PASSWORD: PASSWORD, ADMIN_UI_MODE: 'development', NODE_ID: 'admin-node', RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000' });
 });
 after(async () => { await gw?.stop(); });
 
@@ -151,7 +151,7 @@ test('admin: actions: emit to a socket, a room and everyone; join; leave; _disco
 
 test('admin: read-only and production modes; a bcrypt hash as the password; no ADMIN_UI_PASSWORD, no /admin', async () => {
   const hash = bcrypt.hashSync('hashed-pw', 4);
-  const ro = await startGateway({ ADMIN_UI_PASSWORD: hash, ADMIN_UI_USERNAME: 'ops', ADMIN_UI_READONLY: 'true' });
+  const ro = await startGateway({ ADMIN_UI_PASSWORD: hash, ADMIN_UI_USERNAME: 'ops', ADMIN_UI_READONLY: 'true', ADMIN_UI_MODE: 'development' });
   try {
     const a = await admin(ro.url, { username: 'ops', password: 'hashed-pw' });
     assert.deepEqual([...a.config.supportedFeatures].sort(), ['AGGREGATED_EVENTS', 'ALL_EVENTS']);
@@ -185,7 +185,7 @@ test('admin: read-only and production modes; a bcrypt hash as the password; no A
 
 test('admin cluster: one login sees both nodes (server rows, sockets) and acts on sockets of the other node', async () => {
   const redis = await startRedis({ persist: false });
-  const env = { REDIS_URL: redis.url, ADMIN_UI_PASSWORD: PASSWORD };
+  const env = { REDIS_URL: redis.url, ADMIN_UI_PASSWORD: PASSWORD, ADMIN_UI_MODE: 'development' };
   const A = await startGateway({ ...env, NODE_ID: 'adm-a' });
   const B = await startGateway({ ...env, NODE_ID: 'adm-b' });
   try {

@@ -18,7 +18,7 @@ function startBackend() {
     let body = '';
     req.on('data', (d) => { body += d; });
     req.on('end', async () => {
-      const want = `sha256=${createHmac('sha256', SECRET).update(body).digest('hex')}`;
+      const want = `sha256=${createHmac('sha256', SECRET).update(`${req.headers['x-realtime-timestamp']}.${body}`).digest('hex')}`;
       const signed = req.headers['x-realtime-signature'] === want && /^\d+$/.test(req.headers['x-realtime-timestamp'] ?? '');
       const call = JSON.parse(body);
       calls.push({ ...call, signed });

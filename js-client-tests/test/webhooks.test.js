@@ -19,7 +19,7 @@ function startBackend() {
     req.on('data', (d) => { body += d; });
     req.on('end', () => {
       if (state.down) { state.refused++; res.writeHead(503); res.end(); return; }
-      const sig = `sha256=${createHmac('sha256', SECRET).update(body).digest('hex')}`;
+      const sig = `sha256=${createHmac('sha256', SECRET).update(`${req.headers['x-realtime-timestamp']}.${body}`).digest('hex')}`;
       const hook = JSON.parse(body);
       got.push({ ...hook, signed: req.headers['x-realtime-signature'] === sig && /^\d+$/.test(req.headers['x-realtime-timestamp']) });
       res.writeHead(204); res.end();
