@@ -124,6 +124,9 @@ pub async fn authenticate<A: Adapter>(
     let auth = auth.ok();
     let token = find_token(auth.as_ref(), parts.uri.query(), header);
     let ip = crate::http::client_ip(parts, state.config.trust_proxy_headers);
+    // The handshake already took this connection's place in the address's budget.
+    let counted = parts.extensions.get::<Arc<crate::http::engine::Handshake>>().is_some_and(|h| h.connecting());
+    let ip = if counted { None } else { ip };
     let client = link(socket.clone());
     let session = events::admit(&state, &*client, token.as_deref(), ip).await?;
     // Session, counters and handlers are set before socketioxide sends the CONNECT packet. The
