@@ -115,6 +115,9 @@ mod tests {
     fn socket_io_targets_stay_at_info_unless_named() {
         assert_eq!(super::log_directives(Some("debug")), "debug,socketioxide=info,engineioxide=info");
         assert_eq!(super::log_directives(None), "info,socketioxide=info,engineioxide=info");
-        assert_eq!(super::log_directives(Some("debug,socketioxide=debug")), "debug,socketioxide=debug,engineioxide=info");
+        assert_eq!(
+            super::log_directives(Some("debug,socketioxide=debug")),
+            "debug,socketioxide=debug,engineioxide=info"
+        );
     }
 }
