@@ -139,6 +139,15 @@ pub async fn authenticate<A: Adapter>(
     Ok(())
 }
 
+/// Connect middleware for a namespace whose own middleware does not look at the handshake (the Admin
+/// UI): its session no longer waits for a namespace (see `http/engine.rs`).
+pub async fn handshake_done<A: Adapter>(socket: SocketRef<A>) -> Result<(), Infallible> {
+    if let Some(h) = socket.req_parts().extensions.get::<Arc<crate::http::engine::Handshake>>() {
+        h.connecting();
+    }
+    Ok(())
+}
+
 /// Departs a socket that socketioxide drops without running its disconnect handler: one whose
 /// transport closed while its connect middleware ran, so it never entered the namespace. It was
 /// admitted (counted, presence, user room); without this it would stay counted for good, its user

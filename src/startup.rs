@@ -107,9 +107,12 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
                 .build_layer();
             io.ns("/", on_connect.with(authenticate)).await.map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
             if state.admin.is_some() {
-                io.ns(crate::admin::NAMESPACE, crate::admin::on_connect.with(crate::admin::authenticate))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
+                io.ns(
+                    crate::admin::NAMESPACE,
+                    crate::admin::on_connect.with(crate::sio::handshake_done).with(crate::admin::authenticate),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
             }
             Ok(assemble(io, layer, state, cors, listener, tls))
         }
@@ -117,7 +120,10 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
             let (layer, io) = builder.build_layer();
             io.ns("/", on_connect.with(authenticate));
             if state.admin.is_some() {
-                io.ns(crate::admin::NAMESPACE, crate::admin::on_connect.with(crate::admin::authenticate));
+                io.ns(
+                    crate::admin::NAMESPACE,
+                    crate::admin::on_connect.with(crate::sio::handshake_done).with(crate::admin::authenticate),
+                );
             }
             Ok(assemble(io, layer, state, cors, listener, tls))
         }
