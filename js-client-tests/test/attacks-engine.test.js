@@ -81,6 +81,17 @@ test('a sessionId does not open the victim\'s polling session: POST, GET and a W
   friend.socket.close();
 });
 
+test('a client that starts on polling upgrades to websocket through its private id and keeps working', async () => {
+  const g = await gateway();
+  const { socket, hello } = await connect(g.url, { auth: { token: token(uniq('upgrader')) } });
+  const engineSocket = socket.io.engine;
+  if (engineSocket.transport.name !== 'websocket') await next(engineSocket, 'upgrade');
+  assert.equal(engineSocket.transport.name, 'websocket');
+  assert.notEqual(engineSocket.id, hello.sessionId);
+  assert.equal((await request(socket, 'list_channels')).success, true);
+  socket.close();
+});
+
 test('a burst of polling handshakes from one address is refused with 429 before it opens sessions', async () => {
   const g = await gateway({ CONNECT_RATE_PER_IP: '2' });
   const n = 300;
