@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -72,7 +72,7 @@ impl EngineGuard {
 /// whatever ended the session.
 pub struct Handshake {
     guard: Arc<EngineGuard>,
-    private: Mutex<Option<String>>,
+    private: OnceLock<String>,
     /// Connected to a namespace: the pending place is free.
     connected: AtomicBool,
     /// The handshake took a place in the address's budget, which the first CONNECT uses.
@@ -104,7 +104,7 @@ impl Drop for Handshake {
         if !self.connected.load(Ordering::Acquire) {
             self.release();
         }
-        if let Some(p) = self.private.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(p) = self.private.take() {
             self.guard.ids().remove(&p);
         }
     }
@@ -184,7 +184,7 @@ pub async fn guard(State(guard): State<Arc<EngineGuard>>, mut req: Request, next
     guard.set_pending();
     let handshake = Arc::new(Handshake {
         guard: guard.clone(),
-        private: Mutex::new(None),
+        private: OnceLock::new(),
         connected: AtomicBool::new(false),
         counted: AtomicBool::new(within),
         over_budget: !within,
@@ -215,7 +215,7 @@ pub async fn guard(State(guard): State<Arc<EngineGuard>>, mut req: Request, next
     }
     text.replace_range(at..at + engine.len(), &private);
     guard.ids().insert(private.clone(), engine);
-    *handshake.private.lock().unwrap_or_else(|e| e.into_inner()) = Some(private);
+    let _ = handshake.private.set(private);
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(text))
 }
