@@ -87,10 +87,37 @@ async fn shutdown_signal() {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::new(log_directives(std::env::var("RUST_LOG").ok().as_deref()));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),
+    }
+}
+
+/// The log filter: `RUST_LOG` (default `info`), with socketioxide and engineioxide held at `info`
+/// unless `RUST_LOG` names them: at `debug` they log CONNECT `auth` payloads and event arguments,
+/// tokens included, and tokens are never logged (docs/security.md).
+fn log_directives(rust_log: Option<&str>) -> String {
+    let asked = rust_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
+    let mut directives = asked.to_string();
+    for target in ["socketioxide", "engineioxide"] {
+        if !asked.contains(target) {
+            directives.push_str(&format!(",{target}=info"));
+        }
+    }
+    directives
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn socket_io_targets_stay_at_info_unless_named() {
+        assert_eq!(super::log_directives(Some("debug")), "debug,socketioxide=info,engineioxide=info");
+        assert_eq!(super::log_directives(None), "info,socketioxide=info,engineioxide=info");
+        assert_eq!(
+            super::log_directives(Some("debug,socketioxide=debug")),
+            "debug,socketioxide=debug,engineioxide=info"
+        );
     }
 }

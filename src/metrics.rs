@@ -92,6 +92,10 @@ pub struct Metrics {
     acks_error: Counter,
     errors: HashMap<&'static str, Counter>,
     refused: Counter,
+    handshakes: Counter,
+    handshakes_refused: Counter,
+    /// Engine.IO sessions not yet connected to a namespace (see `http/engine.rs`).
+    pub handshakes_pending: Gauge,
     pub connections_authenticated: Gauge,
     pub connections_anonymous: Gauge,
     pub subscriptions: Gauge,
@@ -149,6 +153,16 @@ impl Metrics {
         describe("realtime_acks_total", "Acks sent to clients, by result");
         describe("realtime_errors_total", "Failed client events, by error code");
         describe("realtime_connections_refused_total", "Connections refused at the handshake");
+        describe("realtime_engine_handshakes_total", "Engine.IO handshakes (polling and WebSocket) received");
+        describe(
+            "realtime_engine_handshakes_refused_total",
+            "Engine.IO handshakes refused before a session was opened (per-address budget, pending cap)",
+        );
+        recorder.describe_gauge(
+            "realtime_engine_sessions_pending".into(),
+            None,
+            "Engine.IO sessions not yet connected to a namespace (dropped after 10 s)".into(),
+        );
         describe("realtime_ingress_messages_total", "Messages received from Redis ingress and REST publish");
         describe("realtime_ingress_dropped_total", "Ingress messages dropped (broken envelope, unknown channel)");
         describe(
@@ -199,6 +213,9 @@ impl Metrics {
             acks_error: counter("realtime_acks_total", vec![Label::new("result", "error")]),
             errors,
             refused: counter("realtime_connections_refused_total", vec![]),
+            handshakes: counter("realtime_engine_handshakes_total", vec![]),
+            handshakes_refused: counter("realtime_engine_handshakes_refused_total", vec![]),
+            handshakes_pending: gauge("realtime_engine_sessions_pending", vec![]),
             connections_authenticated: gauge("realtime_connections", vec![Label::new("kind", "authenticated")]),
             connections_anonymous: gauge("realtime_connections", vec![Label::new("kind", "anonymous")]),
             subscriptions: gauge("realtime_subscriptions", vec![]),
@@ -254,6 +271,12 @@ impl Metrics {
     /// The counter of a webhook outcome (a no-op counter for an unknown one).
     pub fn webhook_counter(&self, outcome: &str) -> Counter {
         self.webhooks.get(outcome).cloned().unwrap_or_else(Counter::noop)
+    }
+    pub fn handshake(&self) {
+        self.handshakes.increment(1);
+    }
+    pub fn handshake_refused(&self) {
+        self.handshakes_refused.increment(1);
     }
     pub fn refused(&self) {
         self.refused.increment(1);

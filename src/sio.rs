@@ -124,6 +124,9 @@ pub async fn authenticate<A: Adapter>(
     let auth = auth.ok();
     let token = find_token(auth.as_ref(), parts.uri.query(), header);
     let ip = crate::http::client_ip(parts, state.config.trust_proxy_headers);
+    // The handshake already took this connection's place in the address's budget.
+    let counted = parts.extensions.get::<Arc<crate::http::engine::Handshake>>().is_some_and(|h| h.connecting());
+    let ip = if counted { None } else { ip };
     let client = link(socket.clone());
     let session = events::admit(&state, &*client, token.as_deref(), ip).await?;
     // Session, counters and handlers are set before socketioxide sends the CONNECT packet. The
@@ -133,6 +136,15 @@ pub async fn authenticate<A: Adapter>(
     socket.extensions.insert(session);
     socket.on_fallback(dispatch::<A>);
     socket.on_disconnect(on_disconnect::<A>);
+    Ok(())
+}
+
+/// Connect middleware for a namespace whose own middleware does not look at the handshake (the Admin
+/// UI): its session no longer waits for a namespace (see `http/engine.rs`).
+pub async fn handshake_done<A: Adapter>(socket: SocketRef<A>) -> Result<(), Infallible> {
+    if let Some(h) = socket.req_parts().extensions.get::<Arc<crate::http::engine::Handshake>>() {
+        h.connecting();
+    }
     Ok(())
 }
 

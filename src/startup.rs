@@ -90,7 +90,9 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         .ws_max_frame_size(cfg.max_payload_bytes as usize)
         .ws_read_buffer_size(cfg.ws_read_buffer_bytes as usize)
         .ping_interval(cfg.ping_interval())
-        .ping_timeout(cfg.ping_timeout());
+        .ping_timeout(cfg.ping_timeout())
+        // SPEC §7: a session without a namespace is dropped after 10 s (see http/engine.rs).
+        .connect_timeout(Duration::from_secs(10));
     match (&redis, cfg.redis_url.as_deref()) {
         (Some(link), Some(url)) => {
             let driver = GatewayDriver::new(url, link.clone())?;
@@ -105,9 +107,12 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
                 .build_layer();
             io.ns("/", on_connect.with(authenticate)).await.map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
             if state.admin.is_some() {
-                io.ns(crate::admin::NAMESPACE, crate::admin::on_connect.with(crate::admin::authenticate))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
+                io.ns(
+                    crate::admin::NAMESPACE,
+                    crate::admin::on_connect.with(crate::sio::handshake_done).with(crate::admin::authenticate),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
             }
             Ok(assemble(io, layer, state, cors, listener, tls))
         }
@@ -115,7 +120,10 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
             let (layer, io) = builder.build_layer();
             io.ns("/", on_connect.with(authenticate));
             if state.admin.is_some() {
-                io.ns(crate::admin::NAMESPACE, crate::admin::on_connect.with(crate::admin::authenticate));
+                io.ns(
+                    crate::admin::NAMESPACE,
+                    crate::admin::on_connect.with(crate::sio::handshake_done).with(crate::admin::authenticate),
+                );
             }
             Ok(assemble(io, layer, state, cors, listener, tls))
         }
@@ -164,10 +172,13 @@ fn assemble<A: Adapter>(
     }
     let api = Api { state: state.clone() };
     let front = crate::ws::WsFront { state: state.clone(), clients: ws };
-    // The head compaction runs before the Socket.IO layer sees the request (see http/compact.rs).
+    // The head compaction runs before the Socket.IO layer sees the request (see http/compact.rs),
+    // then the Engine.IO guard (private session ids, the handshake budget: see http/engine.rs).
+    let engine_guard = crate::http::engine::EngineGuard::new(state.clone());
     let router = crate::http::router(api)
         .merge(crate::ws::router(front))
         .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(engine_guard, crate::http::engine::guard))
         .layer(tower::util::MapRequestLayer::new(crate::http::compact::compact_head))
         .layer(cors);
     let drain_state = state.clone();

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod compact;
 pub mod conn;
+pub mod engine;
 pub mod files;
 pub mod health;
 
