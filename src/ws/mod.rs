@@ -157,20 +157,29 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
                             admin.packets(true, 1, text.len() as u64);
                         }
                         next = match count_frame(&front, &conn) {
-                            Ok(()) => Box::pin(on_text(&front, &conn, text.as_str())).await,
-                            Err(n) => n,
+                            Counted::Read => Box::pin(on_text(&front, &conn, text.as_str())).await,
+                            Counted::Refused => refuse_frame(&conn, Some(text.as_str())),
+                            Counted::Close(n) => n,
                         };
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        next = count_frame(&front, &conn).err().unwrap_or_else(|| {
-                            let e = ApiError::invalid("Binary frames are not supported: send JSON text");
-                            let _ = conn.send_text(frames::error(&e, None, None, None));
-                            Next::Go
-                        });
+                        next = match count_frame(&front, &conn) {
+                            Counted::Read => {
+                                let e = ApiError::invalid("Binary frames are not supported: send JSON text");
+                                let _ = conn.send_text(frames::error(&e, None, None, None));
+                                Next::Go
+                            }
+                            Counted::Refused => refuse_frame(&conn, None),
+                            Counted::Close(n) => n,
+                        };
                     }
                     Some(Ok(Message::Close(_))) | None => break,
                     // The library answers pings, but a stream of them is abuse like any other frame.
-                    Some(Ok(Message::Ping(_))) => next = count_frame(&front, &conn).err().unwrap_or(Next::Go),
+                    Some(Ok(Message::Ping(_))) => {
+                        if let Counted::Close(n) = count_frame(&front, &conn) {
+                            next = n;
+                        }
+                    }
                     Some(Ok(_)) => {} // pongs answer our pings: activity
                     Some(Err(e)) => {
                         next = read_error(&e);
@@ -291,29 +300,68 @@ async fn welcome(front: &WsFront, conn: &Arc<WsConn>, request_id: Option<&Value>
     }
 }
 
+/// What [`count_frame`] decided about a frame.
+enum Counted {
+    /// Within the budget: read and answer it.
+    Read,
+    /// Past the budget: answered `RATE_LIMITED` (see [`refuse_frame`]), not run.
+    Refused,
+    Close(Next),
+}
+
 /// Counts a frame before anything reads it (SPEC §10): whether it parses or not, and binary frames
 /// too. Before authentication at most [`PRE_AUTH_FRAMES`] are accepted; after, every frame takes from
-/// the connection's frame budget (the event quota; past it the frame is answered `RATE_LIMITED`
-/// unread, and a connection that goes on past the budget of refusals is closed with 1008). An
-/// event also takes from the session's own budget in `events::handle`: both have the same quota
-/// and the frame budget is spent first, so the frame budget is the one a `/ws` client meets.
-fn count_frame(front: &WsFront, conn: &WsConn) -> Result<(), Next> {
+/// the connection's frame budget (the event quota; past it the frame is refused, and a connection
+/// that goes on past the budget of refusals is closed with 1008). An event also takes from the
+/// session's own budget in `events::handle`: both have the same quota and the frame budget is spent
+/// first, so the frame budget is the one a `/ws` client meets.
+fn count_frame(front: &WsFront, conn: &WsConn) -> Counted {
     if conn.session().is_none() {
         if conn.pre_auth_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= PRE_AUTH_FRAMES {
-            return Err(Next::Close(1008, "Authentication required"));
+            return Counted::Close(Next::Close(1008, "Authentication required"));
         }
-        return Ok(());
+        return Counted::Read;
     }
     if conn.frames.check().is_ok() {
-        return Ok(());
+        return Counted::Read;
     }
     front.state.metrics.error(Code::RateLimited);
     if conn.frame_strikes.check().is_err() {
         tracing::warn!(sid = %conn.id(), "/ws frame flood: disconnecting");
-        return Err(Next::Close(1008, "Rate limit exceeded"));
+        return Counted::Close(Next::Close(1008, "Rate limit exceeded"));
     }
-    let _ = conn.send_text(frames::error(&ApiError::new(Code::RateLimited, "Too many events"), None, None, None));
-    Err(Next::Go)
+    Counted::Refused
+}
+
+/// What a refused frame's answer needs: its kind and `requestId`. The rest is skipped, not built.
+#[derive(serde::Deserialize, Default)]
+struct Head {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    event: Option<String>,
+    #[serde(rename = "requestId")]
+    request_id: Option<Value>,
+}
+
+/// The `RATE_LIMITED` answer to a frame past the budget, shaped as its own answer would have been
+/// (the `requestId` echoed; an `ack` frame for a generic request that has one). Reading its head is
+/// bounded work: the refusals have a budget of their own, past which the connection is closed.
+fn refuse_frame(conn: &WsConn, text: Option<&str>) -> Next {
+    let e = ApiError::new(Code::RateLimited, "Too many events");
+    let head = text.and_then(|t| serde_json::from_str::<Head>(t).ok()).unwrap_or_default();
+    let kind = head.kind.or(head.event);
+    let channel_frame = |k: &str| matches!(k, "ping" | "subscribe" | "unsubscribe" | "list_channels" | "stats");
+    let generic = kind.as_deref().filter(|k| !channel_frame(k));
+    let frame = match (&head.request_id, generic) {
+        (Some(id), Some(k)) if k != "auth" && k != "authenticate" => {
+            let body = serde_json::to_value(AckError { success: false, error: &e.message, code: e.code })
+                .unwrap_or(Value::Null);
+            frames::ack(id, &body, conn.payload_style())
+        }
+        (rid, event) => frames::error(&e, event, None, rid.as_ref()),
+    };
+    let _ = conn.send_text(frame);
+    Next::Go
 }
 
 async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
