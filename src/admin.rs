@@ -346,7 +346,7 @@ fn serialize_raw(client: &dyn crate::client::Link) -> Value {
     let mut data = Map::new();
     if let Some(s) = &session {
         data.insert("userId".into(), json!(s.user_id()));
-        data.insert("user".into(), json!(s.user));
+        data.insert("user".into(), json!(s.user().as_deref()));
     }
     let id = client.id().to_string();
     json!({

@@ -82,7 +82,7 @@ pub fn spawn_heartbeat(state: AppState, on_gone: OnNodeGone) -> Option<tokio::ta
 async fn resync(state: &AppState) {
     let mut local: Vec<(crate::auth::User, u64)> = Vec::new();
     for c in state.hub.local_clients() {
-        let Some(user) = c.session().and_then(|s| s.user.clone()) else {
+        let Some(user) = c.session().and_then(|s| s.user()).map(|u| (*u).clone()) else {
             continue;
         };
         match local.iter_mut().find(|(u, _)| u.user_id == user.user_id) {

@@ -1,7 +1,10 @@
 //! Channel policy (SPEC §3): an ordered list of rules; the first rule whose pattern matches a channel
 //! decides who may subscribe to it, and a channel no rule matches is refused to everyone.
 //!
-//! Patterns use `*` for one or more characters and `{userId}` for the subscriber's own id.
+//! Patterns use `*` for one or more characters and `{userId}` for the subscriber's own id. User ids
+//! may contain `:`, the channels' separator, so an id can fill `{userId}` only where nothing of the
+//! pattern follows it (`user:{userId}`), or when it has no `:`: otherwise `bob:alerts` would own
+//! `inbox:bob:alerts:high` under `inbox:{userId}:*`, a channel of `bob`'s.
 
 use std::path::Path;
 
@@ -174,10 +177,11 @@ impl Policy {
                     continue;
                 }
                 match (who, user) {
+                    (Who::Owner, Some(u)) if templated && !fills(&rule.pattern, &u.user_id) => {}
                     (Who::Owner, Some(u)) if templated => push(rule.pattern.replace("{userId}", &u.user_id)),
                     (Who::Owner, _) => {}
                     _ if templated => {
-                        if let Some(u) = user {
+                        if let Some(u) = user.filter(|u| fills(&rule.pattern, &u.user_id)) {
                             push(rule.pattern.replace("{userId}", &u.user_id));
                         }
                         push(rule.pattern.replace("{userId}", "*"));
@@ -199,6 +203,12 @@ fn pattern_matches(pattern: &str, channel: &str) -> bool {
     }
 }
 
+/// May `user_id` stand for `{userId}` in `pattern`? Not when it holds a `:` and the pattern goes on
+/// after a `{userId}`: the id would cross into the next segments (see the module's doc).
+fn fills(pattern: &str, user_id: &str) -> bool {
+    !user_id.contains(':') || pattern.split("{userId}").skip(1).all(str::is_empty)
+}
+
 /// A pattern character: `None` is a star.
 type Tok = Option<u8>;
 
@@ -209,7 +219,7 @@ fn tokens(pattern: &str, out: &mut Vec<Tok>) {
 /// Does the owner rule `pattern` match `channel` with the user's id in place of `{userId}`? The id
 /// is matched literally: a `*` in it is a character, never a wildcard.
 fn owner_matches(pattern: &str, user_id: &str, channel: &str) -> bool {
-    if !pattern.contains("{userId}") {
+    if !pattern.contains("{userId}") || !fills(pattern, user_id) {
         return false;
     }
     let mut toks = Vec::with_capacity(pattern.len() + user_id.len());
@@ -270,6 +280,20 @@ mod tests {
         assert!(owner_matches("me:{userId}:inbox", "a*", "me:a*:inbox"));
         assert!(!owner_matches("me:{userId}:inbox", "a*", "me:ab:inbox"));
         assert!(owner_matches("me:{userId}:*", "bob", "me:bob:x"));
+    }
+
+    #[test]
+    fn an_id_with_a_colon_never_crosses_a_segment() {
+        let p = Policy::from_toml("[[rule]]\npattern = \"inbox:{userId}:*\"\nwho = \"owner\"\n[[rule]]\npattern = \"user:{userId}\"\nwho = \"owner\"\n").unwrap();
+        let (bob, bob_alerts) = (user("bob", "user"), user("bob:alerts", "user"));
+        assert!(p.may_subscribe(Some(&bob), "inbox:bob:alerts:high"));
+        assert!(!p.may_subscribe(Some(&bob_alerts), "inbox:bob:alerts:high"), "bob's inbox, not bob:alerts'");
+        assert!(!p.authorized_patterns(Some(&bob_alerts)).iter().any(|x| x.starts_with("inbox:")));
+        // At the end of a pattern an id with `:` is unambiguous: it keeps its own channel.
+        assert!(p.may_subscribe(Some(&bob_alerts), "user:bob:alerts"));
+        assert!(!p.may_subscribe(Some(&bob), "user:bob:alerts"));
+        assert!(p.may_subscribe(Some(&bob), "user:bob"));
+        assert!(p.authorized_patterns(Some(&bob_alerts)).contains(&"user:bob:alerts".to_string()));
     }
 
     #[test]

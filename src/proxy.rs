@@ -99,7 +99,7 @@ impl EventProxy {
             "event": event,
             "args": args,
             "socketId": ctx.id().to_string(),
-            "user": ctx.session.user,
+            "user": ctx.user.as_deref(),
             "nodeId": ctx.state.node_id,
             "ts": ts,
         });

@@ -229,11 +229,12 @@ pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(state): State<Ap
     let client = link(socket.clone());
     // Presence first, so that once a client holds `connected` everyone sharing a room heard of it.
     events::announce_arrival(&state, &*client, &session).await;
+    let user = session.user();
     let greeting = Connected {
         session_id: socket.id.to_string(),
         user_id: session.user_id(),
-        user: session.user.as_ref(),
-        authorized_channels: state.policy.authorized_patterns(session.user.as_ref()),
+        user: user.as_deref(),
+        authorized_channels: state.policy.authorized_patterns(user.as_deref()),
         server_time: crate::auth::unix_now_ms(),
     };
     let _ = socket.emit("connected", &greeting);

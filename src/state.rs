@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use std::net::IpAddr;
@@ -163,9 +163,13 @@ pub fn random_node_id() -> String {
     format!("node-{n:08x}")
 }
 
-/// What a socket is, fixed at connect (the expiry moves with `refresh-token`). Kept small: one per socket.
+/// What a socket is. Its user id is fixed at connect; the claims (role, email, name, expiry) are those
+/// of its latest token: a refresh replaces them (SPEC §2). Kept small: one per socket.
 pub struct Session {
-    pub user: Option<User>,
+    /// The id of [`Session::user`], which never changes: kept apart so that it can be lent out.
+    user_id: Option<String>,
+    /// The claims of the latest token; read through [`Session::user`], replaced by [`Session::set_claims`].
+    user: RwLock<Option<Arc<User>>>,
     /// Token expiry in seconds since the epoch; 0 for anonymous sockets.
     exp: AtomicU64,
     /// The socket's event budget (`RATE_LIMIT_PER_SEC`, bursts of `RATE_LIMIT_BURST`).
@@ -218,7 +222,8 @@ impl Quotas {
 impl Session {
     pub fn new(user: Option<User>, exp: u64, quotas: &Quotas, slot: Option<Slot>) -> Self {
         Self {
-            user,
+            user_id: user.as_ref().map(|u| u.user_id.clone()),
+            user: RwLock::new(user.map(Arc::new)),
             exp: AtomicU64::new(exp),
             limiter: DefaultDirectRateLimiter::direct(quotas.events),
             strikes: DefaultDirectRateLimiter::direct(quotas.strikes),
@@ -267,10 +272,24 @@ impl Session {
         self.exp.store(exp, Ordering::Relaxed)
     }
     pub fn user_id(&self) -> Option<&str> {
-        self.user.as_ref().map(|u| u.user_id.as_str())
+        self.user_id.as_deref()
+    }
+    /// The user as its latest token describes it; None for an anonymous socket.
+    pub fn user(&self) -> Option<Arc<User>> {
+        self.user.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// Replaces the claims with a newer token's, of the same user (false, and nothing changed, for
+    /// another user or an anonymous socket). A lower role takes effect at once: every check that
+    /// follows reads the new claims. The expiry moves apart, with its timers (`connection::refresh`).
+    pub fn set_claims(&self, user: User) -> bool {
+        if self.user_id.as_deref() != Some(user.user_id.as_str()) {
+            return false;
+        }
+        *self.user.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(user));
+        true
     }
     pub fn is_admin(&self) -> bool {
-        self.user.as_ref().is_some_and(User::is_admin)
+        self.user().is_some_and(|u| u.is_admin())
     }
 }
 

@@ -58,11 +58,19 @@ fn subscribed(ctx: &Ctx) -> Vec<String> {
 /// place `{offset, epoch}`, and the missed publications follow the answer (see `publications.rs`).
 pub async fn subscribe(ctx: &Ctx, req: ChannelRequest) -> HandlerResult {
     let (channel, since) = req.into_valid()?;
-    if !ctx.state.policy.may_subscribe(ctx.session.user.as_ref(), &channel) {
+    if !ctx.state.policy.may_subscribe(ctx.session.user().as_deref(), &channel) {
         return Err(ApiError::forbidden("Not authorized to subscribe to this channel"));
     }
     let cap = ctx.state.config.max_subscriptions_per_socket;
     let sub = ctx.state.publications.subscribe(ctx.client.clone(), channel.clone(), since, cap).await?;
+    // A refresh that lowered the role while this subscription was being set up swept the socket's
+    // subscriptions before this one existed: checked again against the claims of now. Unsubscribed
+    // before `sub` is dropped, so that no missed publication goes out.
+    if !ctx.state.policy.may_subscribe(ctx.session.user().as_deref(), &channel) {
+        ctx.state.publications.unsubscribe(ctx.client.clone(), channel).await;
+        drop(sub);
+        return Err(ApiError::forbidden("Not authorized to subscribe to this channel"));
+    }
     // SPEC §3's `{success, channel}`; with `since`, SPEC §15's `recovered`, `offset` and `epoch`
     // (`null` when the history is off or unreadable).
     let mut ack = json!({ "success": true, "channel": channel });
@@ -134,7 +142,7 @@ pub async fn channel_history(ctx: &Ctx, req: HistoryRequest) -> HandlerResult {
 pub async fn list_channels(ctx: &Ctx) -> HandlerResult {
     Ok(json!({
         "success": true,
-        "channels": ctx.state.policy.authorized_patterns(ctx.session.user.as_ref()),
+        "channels": ctx.state.policy.authorized_patterns(ctx.session.user().as_deref()),
         "subscribed": subscribed(ctx),
     }))
 }

@@ -162,10 +162,10 @@ pub async fn announce_arrival(state: &AppState, client: &dyn Link, session: &Ses
         user_id.unwrap_or(&sid),
         || serde_json::json!({ "socketId": sid, "userId": user_id, "transport": client.transport() }),
     );
-    if let (Some(user), true) = (&session.user, session.became_online.load(std::sync::atomic::Ordering::Relaxed)) {
-        state.hook("user.online", &user.user_id, || serde_json::json!({ "userId": user.user_id, "user": user }));
+    if let (Some(user), true) = (session.user(), session.became_online.load(std::sync::atomic::Ordering::Relaxed)) {
+        state.hook("user.online", &user.user_id, || serde_json::json!({ "userId": user.user_id, "user": &*user }));
     }
-    if let Some(user) = &session.user {
+    if let Some(user) = session.user() {
         if session.became_online.load(std::sync::atomic::Ordering::Relaxed) {
             presence::announce(state, &user.user_id, "online", &[]).await;
         }
@@ -174,8 +174,8 @@ pub async fn announce_arrival(state: &AppState, client: &dyn Link, session: &Ses
 
 /// After the greeting: the user's queued private messages.
 pub async fn after_greeting(state: &AppState, client: Client, session: &Session) {
-    if let Some(user) = &session.user {
-        private::deliver_pending(state, client, &user.user_id).await;
+    if let Some(user) = session.user_id() {
+        private::deliver_pending(state, client, user).await;
     }
 }
 
@@ -197,12 +197,12 @@ pub async fn depart(state: &AppState, client: &dyn Link, reason: &str) {
     });
     tracing::info!(sid = %client.id(), user_id = session.user_id().unwrap_or("-"), reason,
         transport = client.transport(), "disconnected");
-    if let Some(user) = &session.user {
+    if let Some(user) = session.user() {
         // Its uploads cannot go on: their chunks came over this connection.
         state.files.sweep(Some(&sid)).await;
-        user_left(state, client, &session, user).await;
+        user_left(state, client, &session, &user).await;
     }
-    state.counters.remove(session.user.is_some());
+    state.counters.remove(session.user_id().is_some());
 }
 
 /// One of the user's clients is gone: its rooms, presence and calls.
@@ -242,6 +242,9 @@ pub struct Ctx {
     pub client: Client,
     pub state: AppState,
     pub session: Arc<Session>,
+    /// The session's claims when the event arrived: one event runs with one role throughout (a
+    /// refresh that lowers it applies from the next event).
+    pub user: Option<Arc<crate::auth::User>>,
     /// Set by a handler that has something to do once its answer is written (see [`Then`]).
     pub then: std::sync::Mutex<Then>,
 }
@@ -249,7 +252,7 @@ pub struct Ctx {
 impl Ctx {
     /// The caller's user, or `UNAUTHENTICATED` for an anonymous client.
     pub fn user(&self) -> Result<&crate::auth::User, ApiError> {
-        self.session.user.as_ref().ok_or_else(ApiError::unauthenticated)
+        self.user.as_deref().ok_or_else(ApiError::unauthenticated)
     }
     pub fn hub(&self) -> &Hub {
         &self.state.hub
@@ -303,7 +306,7 @@ pub async fn handle<P: Payload>(
     if let Err(flood) = check_rate(state, &*client, &session) {
         return flood;
     }
-    let ctx = Ctx { client, state: state.clone(), session, then: Default::default() };
+    let ctx = Ctx { client, state: state.clone(), user: session.user(), session, then: Default::default() };
     let run = AssertUnwindSafe(route(&ctx, event, payload)).catch_unwind();
     let result = match run.await {
         Ok(r) => r,

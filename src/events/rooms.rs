@@ -107,8 +107,8 @@ pub async fn room_users(state: &AppState, room: &str, except: Option<socketioxid
         }
         match &m.session {
             Some(session) => {
-                if let Some(u) = &session.user {
-                    count(u);
+                if let Some(u) = session.user() {
+                    count(&u);
                 }
             }
             None => remote.push(m.id.to_string()),

@@ -19,7 +19,8 @@ use tokio::sync::Notify;
 use crate::bus::{Bus, Listener};
 use crate::client::{Client, Close, Link, SendError};
 use crate::hub::{Broadcast, Member, Transport};
-use crate::state::Session;
+use crate::state::{Quotas, Session};
+use governor::DefaultDirectRateLimiter;
 
 use super::frames;
 
@@ -60,12 +61,21 @@ pub struct WsConn {
     payload_style: AtomicBool,
     /// Frames received before authentication (a client that may do nothing else yet).
     pub pre_auth_frames: std::sync::atomic::AtomicU32,
+    /// Every frame after authentication, counted before it is read (the event quota), and the
+    /// budget of frames refused for it: spent, the connection is flooding (SPEC §10).
+    pub frames: DefaultDirectRateLimiter,
+    pub frame_strikes: DefaultDirectRateLimiter,
     /// Where it connected from (for the Admin UI).
     address: Option<std::net::IpAddr>,
 }
 
 impl WsConn {
-    pub fn new(clients: Arc<WsClients>, buffer: usize, address: Option<std::net::IpAddr>) -> Arc<Self> {
+    pub fn new(
+        clients: Arc<WsClients>,
+        buffer: usize,
+        address: Option<std::net::IpAddr>,
+        quotas: &Quotas,
+    ) -> Arc<Self> {
         Arc::new(WsConn {
             id: Sid::new(),
             queue: Mutex::new(Queue::default()),
@@ -79,6 +89,8 @@ impl WsConn {
             open: AtomicBool::new(true),
             payload_style: AtomicBool::new(false),
             pre_auth_frames: std::sync::atomic::AtomicU32::new(0),
+            frames: DefaultDirectRateLimiter::direct(quotas.events),
+            frame_strikes: DefaultDirectRateLimiter::direct(quotas.strikes),
             address,
         })
     }

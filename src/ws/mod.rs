@@ -97,7 +97,7 @@ fn close_msg(code: u16, reason: &'static str) -> Message {
 
 async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: Option<IpAddr>) {
     let cfg = &front.state.config;
-    let conn = WsConn::new(front.clients.clone(), cfg.socket_buffer_packets as usize, ip);
+    let conn = WsConn::new(front.clients.clone(), cfg.socket_buffer_packets as usize, ip, &front.state.quotas);
     front.clients.register(conn.clone());
     // What is awaited once (admission, departure) is boxed: the connection's future stays small
     // for as long as it is idle.
@@ -156,14 +156,31 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
                         if let Some(admin) = &front.state.admin {
                             admin.packets(true, 1, text.len() as u64);
                         }
-                        next = Box::pin(on_text(&front, &conn, text.as_str())).await;
+                        next = match count_frame(&front, &conn) {
+                            Counted::Read => Box::pin(on_text(&front, &conn, text.as_str())).await,
+                            Counted::Refused => refuse_frame(&conn, Some(text.as_str())),
+                            Counted::Close(n) => n,
+                        };
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        let e = ApiError::invalid("Binary frames are not supported: send JSON text");
-                        let _ = conn.send_text(frames::error(&e, None, None, None));
+                        next = match count_frame(&front, &conn) {
+                            Counted::Read => {
+                                let e = ApiError::invalid("Binary frames are not supported: send JSON text");
+                                let _ = conn.send_text(frames::error(&e, None, None, None));
+                                Next::Go
+                            }
+                            Counted::Refused => refuse_frame(&conn, None),
+                            Counted::Close(n) => n,
+                        };
                     }
                     Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => {} // pings are answered by the library; pongs count as activity
+                    // The library answers pings, but a stream of them is abuse like any other frame.
+                    Some(Ok(Message::Ping(_))) => {
+                        if let Counted::Close(n) = count_frame(&front, &conn) {
+                            next = n;
+                        }
+                    }
+                    Some(Ok(_)) => {} // pongs answer our pings: activity
                     Some(Err(e)) => {
                         next = read_error(&e);
                         if matches!(next, Next::Go) {
@@ -277,10 +294,74 @@ async fn welcome(front: &WsFront, conn: &Arc<WsConn>, request_id: Option<&Value>
     tracing::info!(sid = %conn.id(), user_id = session.user_id().unwrap_or("-"), transport = "ws", "connected");
     events::announce_arrival(&front.state, &**conn, &session).await;
     welcome_again(front, conn, request_id);
-    if session.user.is_some() {
+    if session.user_id().is_some() {
         let (state, client) = (front.state.clone(), conn.clone() as Client);
         tokio::spawn(async move { events::after_greeting(&state, client.clone(), &session).await });
     }
+}
+
+/// What [`count_frame`] decided about a frame.
+enum Counted {
+    /// Within the budget: read and answer it.
+    Read,
+    /// Past the budget: answered `RATE_LIMITED` (see [`refuse_frame`]), not run.
+    Refused,
+    Close(Next),
+}
+
+/// Counts a frame before anything reads it (SPEC §10): whether it parses or not, and binary frames
+/// too. Before authentication at most [`PRE_AUTH_FRAMES`] are accepted; after, every frame takes from
+/// the connection's frame budget (the event quota; past it the frame is refused, and a connection
+/// that goes on past the budget of refusals is closed with 1008). An event also takes from the
+/// session's own budget in `events::handle`: both have the same quota and the frame budget is spent
+/// first, so the frame budget is the one a `/ws` client meets.
+fn count_frame(front: &WsFront, conn: &WsConn) -> Counted {
+    if conn.session().is_none() {
+        if conn.pre_auth_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= PRE_AUTH_FRAMES {
+            return Counted::Close(Next::Close(1008, "Authentication required"));
+        }
+        return Counted::Read;
+    }
+    if conn.frames.check().is_ok() {
+        return Counted::Read;
+    }
+    front.state.metrics.error(Code::RateLimited);
+    if conn.frame_strikes.check().is_err() {
+        tracing::warn!(sid = %conn.id(), "/ws frame flood: disconnecting");
+        return Counted::Close(Next::Close(1008, "Rate limit exceeded"));
+    }
+    Counted::Refused
+}
+
+/// What a refused frame's answer needs: its kind and `requestId`. The rest is skipped, not built.
+#[derive(serde::Deserialize, Default)]
+struct Head {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    event: Option<String>,
+    #[serde(rename = "requestId")]
+    request_id: Option<Value>,
+}
+
+/// The `RATE_LIMITED` answer to a frame past the budget, shaped as its own answer would have been
+/// (the `requestId` echoed; an `ack` frame for a generic request that has one). Reading its head is
+/// bounded work: the refusals have a budget of their own, past which the connection is closed.
+fn refuse_frame(conn: &WsConn, text: Option<&str>) -> Next {
+    let e = ApiError::new(Code::RateLimited, "Too many events");
+    let head = text.and_then(|t| serde_json::from_str::<Head>(t).ok()).unwrap_or_default();
+    let kind = head.kind.or(head.event);
+    let channel_frame = |k: &str| matches!(k, "ping" | "subscribe" | "unsubscribe" | "list_channels" | "stats");
+    let generic = kind.as_deref().filter(|k| !channel_frame(k));
+    let frame = match (&head.request_id, generic) {
+        (Some(id), Some(k)) if k != "auth" && k != "authenticate" => {
+            let body = serde_json::to_value(AckError { success: false, error: &e.message, code: e.code })
+                .unwrap_or(Value::Null);
+            frames::ack(id, &body, conn.payload_style())
+        }
+        (rid, event) => frames::error(&e, event, None, rid.as_ref()),
+    };
+    let _ = conn.send_text(frame);
+    Next::Go
 }
 
 async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
@@ -297,40 +378,19 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
         }
     };
     if f.kind == "auth" || f.kind == "authenticate" {
-        // A refresh is an event like any other for the rate budget.
-        if let Some(session) = conn.session() {
-            match events::check_rate(&front.state, &**conn, &session) {
-                Ok(()) => {}
-                Err(Outcome::Answer(Err(e), _)) => {
-                    let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, f.request_id.as_ref()));
-                    return Next::Go;
-                }
-                Err(_) => return Next::Close(1008, "Rate limit exceeded"),
-            }
-        }
+        // Counted like any frame, already (`count_frame`).
         return authenticate(front, conn, f).await;
     }
-    let Some(session) = conn.session() else {
+    if conn.session().is_none() {
         // Before authentication a client may do nothing else: a few frames are answered, a stream of
-        // them is abuse.
-        if conn.pre_auth_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= PRE_AUTH_FRAMES {
-            return Next::Close(1008, "Authentication required");
-        }
+        // them is abuse (counted in `count_frame`).
         let e = ApiError::new(Code::Unauthenticated, "Authentication required");
         let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, f.request_id.as_ref()));
         return Next::Go;
-    };
+    }
     let rid = f.request_id.as_ref();
     match f.kind.as_str() {
         "ping" => {
-            match events::check_rate(&front.state, &**conn, &session) {
-                Ok(()) => {}
-                Err(Outcome::Answer(Err(e), _)) => {
-                    let _ = conn.send_text(frames::error(&e, None, None, rid));
-                    return Next::Go;
-                }
-                Err(_) => return Next::Close(1008, "Rate limit exceeded"),
-            }
             let _ = conn.send_text(frames::reply("pong", serde_json::Map::new(), rid));
             Next::Go
         }
@@ -450,10 +510,16 @@ async fn authenticate(front: &WsFront, conn: &Arc<WsConn>, f: Inbound) -> Next {
         }
     };
     match conn.session() {
-        Some(session) => match &session.user {
-            // The same user again: a token refresh.
+        Some(session) => match session.user() {
+            // The same user again: a token refresh, whose claims replace the old. The channels they
+            // no longer allow are dropped, each told with an `unsubscribed` frame before `connected`.
             Some(user) if user.user_id == verified.user.user_id => {
-                events::connection::extend(state, conn.id(), &session, verified.exp);
+                let client: Client = conn.clone();
+                for channel in events::connection::refresh(state, &client, &session, verified).await {
+                    let mut m = serde_json::Map::new();
+                    m.insert("channel".into(), Value::String(channel));
+                    let _ = conn.send_text(frames::reply("unsubscribed", m, None));
+                }
                 welcome_again(front, conn, rid);
                 Next::Go
             }
@@ -490,7 +556,8 @@ fn welcome_again(front: &WsFront, conn: &WsConn, request_id: Option<&Value>) {
     let mut f = serde_json::Map::new();
     f.insert("connectionId".into(), json!(conn.id().to_string()));
     f.insert("userId".into(), json!(session.user_id()));
-    f.insert("user".into(), json!(session.user));
-    f.insert("authorizedChannels".into(), json!(front.state.policy.authorized_patterns(session.user.as_ref())));
+    let user = session.user();
+    f.insert("user".into(), json!(user.as_deref()));
+    f.insert("authorizedChannels".into(), json!(front.state.policy.authorized_patterns(user.as_deref())));
     let _ = conn.send_text(frames::reply("connected", f, request_id));
 }
