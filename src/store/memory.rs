@@ -1,6 +1,6 @@
 //! The single-node store: plain maps behind one mutex, held only for short, await-free sections.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,12 +54,21 @@ impl<V> Expiring<V> {
     }
 }
 
-/// One room's history, with its size and when it was last written.
+/// One room's history (each message with its place in the order of all appends), with its size
+/// and when it was last written.
 #[derive(Default)]
 struct History {
-    msgs: VecDeque<Message>,
+    msgs: VecDeque<(u64, Message)>,
     bytes: usize,
     written: Option<Instant>,
+}
+
+/// What one user's messages hold in all histories: their bytes, and where each is (by its place in
+/// the order of all appends: the first is the oldest).
+#[derive(Default)]
+struct Author {
+    bytes: usize,
+    msgs: BTreeMap<u64, String>,
 }
 
 #[derive(Default)]
@@ -88,6 +97,11 @@ struct Inner {
     created_by: HashMap<String, usize>,
     history: HashMap<String, History>,
     history_bytes: usize,
+    /// Each author's share of the histories, and the authors ordered by it (the heaviest last).
+    authors: HashMap<String, Author>,
+    by_weight: BTreeSet<(usize, String)>,
+    /// The place of the next appended message in the order of all appends.
+    seq: u64,
     dedup: Expiring<String>,
     presence: HashMap<String, PresenceEntry>,
     /// Offline checks: (due, ms since the epoch; user).
@@ -113,6 +127,9 @@ impl MemoryStore {
                 created_by: HashMap::new(),
                 history: HashMap::new(),
                 history_bytes: 0,
+                authors: HashMap::new(),
+                by_weight: BTreeSet::new(),
+                seq: 0,
                 dedup: Expiring::new(limits.dedup_ttl_secs),
                 presence: HashMap::new(),
                 offline_due: BTreeSet::new(),
@@ -159,6 +176,75 @@ impl Inner {
     fn forget_history(&mut self, id: &str) {
         if let Some(h) = self.history.remove(id) {
             self.history_bytes = self.history_bytes.saturating_sub(h.bytes);
+            for (seq, m) in &h.msgs {
+                self.unaccount(&m.user_id, *seq, message_cost(m));
+            }
+        }
+    }
+
+    /// Changes an author's bytes by `add - sub`, keeping `by_weight` in step.
+    fn reweigh(&mut self, author: &str, add: usize, sub: usize) {
+        let a = self.authors.entry(author.to_string()).or_default();
+        let before = a.bytes;
+        a.bytes = (a.bytes + add).saturating_sub(sub);
+        let after = a.bytes;
+        let gone = a.msgs.is_empty();
+        self.by_weight.remove(&(before, author.to_string()));
+        if gone {
+            self.authors.remove(author);
+        } else {
+            self.by_weight.insert((after, author.to_string()));
+        }
+    }
+
+    fn account(&mut self, author: &str, seq: u64, room: &str, cost: usize) {
+        self.authors.entry(author.to_string()).or_default().msgs.insert(seq, room.to_string());
+        self.reweigh(author, cost, 0);
+    }
+
+    /// Forgets a message (already taken out of its room) from its author's share.
+    fn unaccount(&mut self, author: &str, seq: u64, cost: usize) {
+        if let Some(a) = self.authors.get_mut(author) {
+            a.msgs.remove(&seq);
+        }
+        self.reweigh(author, 0, cost);
+    }
+
+    /// Takes an author's oldest message out of its room (and the room's history, if that empties it).
+    fn evict_oldest_of(&mut self, author: &str) {
+        let Some((seq, room)) = self.authors.get(author).and_then(|a| a.msgs.first_key_value()) else { return };
+        let (seq, room) = (*seq, room.clone());
+        let removed = self.history.get_mut(&room).and_then(|h| {
+            let i = h.msgs.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+            let (_, m) = h.msgs.remove(i)?;
+            h.bytes = h.bytes.saturating_sub(message_cost(&m));
+            Some(m)
+        });
+        let cost = removed.as_ref().map_or(0, message_cost);
+        self.history_bytes = self.history_bytes.saturating_sub(cost);
+        self.unaccount(author, seq, cost);
+        if self.history.get(&room).is_some_and(|h| h.msgs.is_empty()) {
+            self.history.remove(&room);
+        }
+    }
+
+    /// The bounds over rooms, after `author` wrote (or edited) message `keep`: first the author's
+    /// own oldest messages go until they are within their budget; then, while all histories
+    /// together are over the total, the oldest messages of whoever holds the most. `keep` itself
+    /// is never taken.
+    fn enforce(&mut self, limits: &Limits, author: &str, keep: u64) {
+        while let Some(a) = self.authors.get(author) {
+            if a.bytes <= limits.history_bytes_per_user || a.msgs.first_key_value().is_none_or(|(s, _)| *s == keep) {
+                break;
+            }
+            self.evict_oldest_of(author);
+        }
+        while self.history_bytes > limits.history_bytes_total {
+            let Some((_, heaviest)) = self.by_weight.last().cloned() else { break };
+            if self.authors.get(&heaviest).and_then(|a| a.msgs.first_key_value()).is_none_or(|(s, _)| *s == keep) {
+                break;
+            }
+            self.evict_oldest_of(&heaviest);
         }
     }
 
@@ -215,34 +301,30 @@ impl Store for MemoryStore {
     async fn append(&self, msg: &Message) -> StoreResult<()> {
         let mut g = self.lock();
         let g = &mut *g;
-        let h = g.history.entry(msg.room_id.clone()).or_default();
+        g.seq += 1;
+        let seq = g.seq;
         let cost = message_cost(msg);
-        h.msgs.push_back(msg.clone());
+        let h = g.history.entry(msg.room_id.clone()).or_default();
+        h.msgs.push_back((seq, msg.clone()));
         h.bytes += cost;
         h.written = Some(Instant::now());
-        g.history_bytes += cost;
+        let mut trimmed = Vec::new();
         while h.msgs.len() > 1
             && (h.msgs.len() > self.limits.history_per_room || h.bytes > self.limits.history_bytes_per_room)
         {
-            if let Some(old) = h.msgs.pop_front() {
-                let c = message_cost(&old);
-                h.bytes = h.bytes.saturating_sub(c);
-                g.history_bytes = g.history_bytes.saturating_sub(c);
+            if let Some((s, old)) = h.msgs.pop_front() {
+                h.bytes = h.bytes.saturating_sub(message_cost(&old));
+                trimmed.push((s, old));
             }
         }
-        // All rooms together: forget the least recently written ones (never the one just written).
-        while g.history_bytes > self.limits.history_bytes_total {
-            let oldest = g
-                .history
-                .iter()
-                .filter(|(id, _)| **id != msg.room_id)
-                .min_by_key(|(_, h)| h.written)
-                .map(|(id, _)| id.clone());
-            match oldest {
-                Some(id) => g.forget_history(&id),
-                None => break,
-            }
+        g.history_bytes += cost;
+        g.account(&msg.user_id, seq, &msg.room_id, cost);
+        for (s, old) in trimmed {
+            let c = message_cost(&old);
+            g.history_bytes = g.history_bytes.saturating_sub(c);
+            g.unaccount(&old.user_id, s, c);
         }
+        g.enforce(&self.limits, &msg.user_id, seq);
         Ok(())
     }
 
@@ -259,33 +341,37 @@ impl Store for MemoryStore {
         let h = &h.msgs;
         let end = match before {
             None => h.len(),
-            Some(id) => match h.iter().position(|m| m.id == id) {
+            Some(id) => match h.iter().position(|(_, m)| m.id == id) {
                 Some(i) => i,
                 None => return Ok(None),
             },
         };
         let start = end.saturating_sub(limit);
-        Ok(Some((h.range(start..end).cloned().collect(), start > 0)))
+        Ok(Some((h.range(start..end).map(|(_, m)| m.clone()).collect(), start > 0)))
     }
 
     async fn message(&self, room: &str, id: &str) -> StoreResult<Option<Message>> {
         let g = self.lock();
-        Ok(g.history.get(room).and_then(|h| h.msgs.iter().find(|m| m.id == id).cloned()))
+        Ok(g.history.get(room).and_then(|h| h.msgs.iter().find(|(_, m)| m.id == id).map(|(_, m)| m.clone())))
     }
 
     async fn edit(&self, room: &str, id: &str, edit: Edit) -> StoreResult<Option<Message>> {
         let mut g = self.lock();
         let g = &mut *g;
         let Some(h) = g.history.get_mut(room) else { return Ok(None) };
-        let Some(m) = h.msgs.iter_mut().find(|m| m.id == id && !m.deleted) else {
+        let Some((seq, m)) = h.msgs.iter_mut().find(|(_, m)| m.id == id && !m.deleted) else {
             return Ok(None);
         };
+        let seq = *seq;
         let before = message_cost(m);
         m.apply(&edit);
         let after = message_cost(m);
         h.bytes = (h.bytes + after).saturating_sub(before);
+        let edited = m.clone();
         g.history_bytes = (g.history_bytes + after).saturating_sub(before);
-        Ok(Some(m.clone()))
+        g.reweigh(&edited.user_id, after, before);
+        g.enforce(&self.limits, &edited.user_id, seq);
+        Ok(Some(edited))
     }
 
     async fn claim(&self, key: &str, value: &str) -> StoreResult<Claim> {
@@ -467,9 +553,13 @@ impl Store for MemoryStore {
         Ok(ids.iter().map(|id| g.receipts.get(id).cloned()).collect())
     }
 
-    async fn put_call(&self, call: &Call) -> StoreResult<()> {
-        self.lock().calls.insert(call.id.clone(), call.clone());
-        Ok(())
+    async fn put_call(&self, call: &Call, cap: usize) -> StoreResult<bool> {
+        let mut g = self.lock();
+        if g.calls.values().filter(|c| c.counts_against(&call.caller)).count() >= cap {
+            return Ok(false);
+        }
+        g.calls.insert(call.id.clone(), call.clone());
+        Ok(true)
     }
 
     async fn call(&self, id: &str) -> StoreResult<Option<Call>> {
@@ -480,17 +570,19 @@ impl Store for MemoryStore {
         Ok(self.lock().calls.remove(id))
     }
 
-    async fn answer_call(&self, id: &str, callee_sid: &str, node: &str) -> StoreResult<Option<Call>> {
+    async fn answer_call(&self, id: &str, callee_sid: &str, node: &str, cap: usize) -> StoreResult<Answered> {
         let mut g = self.lock();
-        match g.calls.get_mut(id) {
-            Some(c) if c.state == CallState::Ringing => {
-                c.state = CallState::Active;
-                c.callee_sid = Some(callee_sid.to_string());
-                c.callee_node = Some(node.to_string());
-                Ok(Some(c.clone()))
-            }
-            _ => Ok(None),
+        let Some(callee) = g.calls.get(id).filter(|c| c.state == CallState::Ringing).map(|c| c.callee.clone()) else {
+            return Ok(Answered::NotRinging);
+        };
+        if g.calls.values().filter(|c| c.counts_against(&callee)).count() >= cap {
+            return Ok(Answered::AtCap);
         }
+        let Some(c) = g.calls.get_mut(id) else { return Ok(Answered::NotRinging) };
+        c.state = CallState::Active;
+        c.callee_sid = Some(callee_sid.to_string());
+        c.callee_node = Some(node.to_string());
+        Ok(Answered::Yes(c.clone()))
     }
 
     async fn remove_ringing_call(&self, id: &str) -> StoreResult<Option<Call>> {
