@@ -210,9 +210,12 @@ impl Inner {
         self.reweigh(author, 0, cost);
     }
 
-    /// Takes an author's oldest message out of its room (and the room's history, if that empties it).
-    fn evict_oldest_of(&mut self, author: &str) {
-        let Some((seq, room)) = self.authors.get(author).and_then(|a| a.msgs.first_key_value()) else { return };
+    /// Takes an author's oldest message but `keep` out of its room (and the room's history, if that
+    /// empties it). False when there is none.
+    fn evict_oldest_of(&mut self, author: &str, keep: u64) -> bool {
+        let Some((seq, room)) = self.authors.get(author).and_then(|a| a.msgs.iter().find(|(s, _)| **s != keep)) else {
+            return false;
+        };
         let (seq, room) = (*seq, room.clone());
         let removed = self.history.get_mut(&room).and_then(|h| {
             let i = h.msgs.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
@@ -226,6 +229,7 @@ impl Inner {
         if self.history.get(&room).is_some_and(|h| h.msgs.is_empty()) {
             self.history.remove(&room);
         }
+        true
     }
 
     /// The bounds over rooms, after `author` wrote (or edited) message `keep`: first the author's
@@ -233,18 +237,16 @@ impl Inner {
     /// together are over the total, the oldest messages of whoever holds the most. `keep` itself
     /// is never taken.
     fn enforce(&mut self, limits: &Limits, author: &str, keep: u64) {
-        while let Some(a) = self.authors.get(author) {
-            if a.bytes <= limits.history_bytes_per_user || a.msgs.first_key_value().is_none_or(|(s, _)| *s == keep) {
+        while self.authors.get(author).is_some_and(|a| a.bytes > limits.history_bytes_per_user) {
+            if !self.evict_oldest_of(author, keep) {
                 break;
             }
-            self.evict_oldest_of(author);
         }
         while self.history_bytes > limits.history_bytes_total {
             let Some((_, heaviest)) = self.by_weight.last().cloned() else { break };
-            if self.authors.get(&heaviest).and_then(|a| a.msgs.first_key_value()).is_none_or(|(s, _)| *s == keep) {
+            if !self.evict_oldest_of(&heaviest, keep) {
                 break;
             }
-            self.evict_oldest_of(&heaviest);
         }
     }
 
@@ -688,6 +690,19 @@ mod tests {
         assert_eq!(s.history("empty", None, 2).await.unwrap().unwrap().0.len(), 0);
     }
 
+    /// A message of `len` bytes of content by `author`.
+    fn by(author: &str, room: &str, id: &str, len: usize) -> Message {
+        let mut m = msg(room, id);
+        m.user_id = author.into();
+        m.user = user(author);
+        m.content = "x".repeat(len);
+        m
+    }
+
+    fn ids(s: &MemoryStore, room: &str) -> Vec<String> {
+        s.lock().history.get(room).map(|h| h.msgs.iter().map(|(_, m)| m.id.clone()).collect()).unwrap_or_default()
+    }
+
     #[tokio::test]
     async fn history_is_bounded_by_bytes_per_room_and_in_total() {
         let s = MemoryStore::new(Limits {
@@ -696,23 +711,104 @@ mod tests {
             ..Limits::default()
         });
         for i in 0..6 {
-            let mut m = msg("big", &i.to_string());
-            m.content = "x".repeat(1000);
-            s.append(&m).await.unwrap();
+            s.append(&by("a", "big", &i.to_string(), 1000)).await.unwrap();
         }
-        let (kept, _) = s.history("big", None, 100).await.unwrap().unwrap();
-        assert_eq!(kept.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["3", "4", "5"], "newest kept");
-        // Two more rooms of two messages each: the total bound forgets the least recently written room.
-        for room in ["r2", "r3"] {
+        assert_eq!(ids(&s, "big"), ["3", "4", "5"], "newest kept");
+        // Over the total, the oldest messages of whoever holds the most go first: here "a", though
+        // "b" wrote least recently.
+        s.append(&by("b", "quiet", "q", 1000)).await.unwrap();
+        for i in 0..2 {
+            s.append(&by("a", "r2", &i.to_string(), 1000)).await.unwrap();
+        }
+        assert_eq!(ids(&s, "quiet"), ["q"], "the lighter author keeps theirs");
+        assert_eq!(ids(&s, "big"), ["4", "5"]);
+        assert_eq!(ids(&s, "r2"), ["0", "1"]);
+        let g = s.lock();
+        assert!(g.history_bytes <= 5 * (1000 + 256));
+        assert_eq!(g.history_bytes, g.authors.values().map(|a| a.bytes).sum::<usize>(), "shares add up");
+    }
+
+    #[tokio::test]
+    async fn one_users_writes_displace_only_their_own_history() {
+        let budget = 10 * (1000 + 256);
+        let s = MemoryStore::new(Limits {
+            history_bytes_per_user: budget,
+            history_bytes_total: 40 * (1000 + 256),
+            ..Limits::default()
+        });
+        s.create_room(room("grp:v", "v")).await.unwrap();
+        for i in 0..3 {
+            s.append(&by("v", "grp:v", &format!("v{i}"), 1000)).await.unwrap();
+            s.append(&by("v", "open", &format!("o{i}"), 1000)).await.unwrap();
+        }
+        // The attacker writes in the victim's open room too, then fills 100 rooms of their own.
+        s.append(&by("x", "open", "x-open", 1000)).await.unwrap();
+        for r in 0..100 {
             for i in 0..2 {
-                let mut m = msg(room, &i.to_string());
-                m.content = "y".repeat(1000);
-                s.append(&m).await.unwrap();
+                s.append(&by("x", &format!("flood{r}"), &format!("{r}.{i}"), 1000)).await.unwrap();
             }
         }
-        assert!(s.history("big", None, 100).await.unwrap().unwrap().0.is_empty(), "oldest room forgotten");
-        assert_eq!(s.history("r3", None, 100).await.unwrap().unwrap().0.len(), 2);
-        assert!(s.lock().history_bytes <= 5 * (1000 + 256));
+        assert_eq!(ids(&s, "grp:v"), ["v0", "v1", "v2"], "the victim's created room is intact");
+        assert_eq!(ids(&s, "open"), ["o0", "o1", "o2"], "the victim's messages in a shared room stay");
+        assert!(s.room("grp:v").await.unwrap().is_some());
+        assert!(ids(&s, "flood0").is_empty(), "the attacker's oldest go first");
+        assert!(!s.lock().history.contains_key("flood0"), "an emptied room is forgotten");
+        assert_eq!(ids(&s, "flood99"), ["99.0", "99.1"], "the attacker's newest stay");
+        let g = s.lock();
+        assert!(g.authors["x"].bytes <= budget);
+        assert_eq!(g.authors["x"].msgs.len(), 10);
+        assert_eq!(g.authors["v"].bytes, 6 * (1000 + 256));
+    }
+
+    #[tokio::test]
+    async fn edits_count_against_the_authors_budget() {
+        let s = MemoryStore::new(Limits { history_bytes_per_user: 3 * (1000 + 256), ..Limits::default() });
+        for i in 0..3 {
+            s.append(&by("a", "r", &i.to_string(), 10)).await.unwrap();
+        }
+        s.append(&by("b", "r", "b", 10)).await.unwrap();
+        // Growing the newest message past the budget drops the author's oldest, never the edited one.
+        s.edit("r", "2", Edit::Content("y".repeat(3000))).await.unwrap().unwrap();
+        assert_eq!(ids(&s, "r"), ["1", "2", "b"]);
+        s.edit("r", "1", Edit::Content("y".repeat(3000))).await.unwrap().unwrap();
+        assert_eq!(ids(&s, "r"), ["1", "b"], "the older message edited: the other one goes");
+        let g = s.lock();
+        assert_eq!(g.authors["a"].bytes, 3000 + 256);
+        assert_eq!(g.authors["a"].msgs.len(), 1);
+        assert_eq!(g.history_bytes, 3000 + 256 + 10 + 256);
+    }
+
+    fn call(id: &str, caller: &str, callee: &str) -> Call {
+        Call {
+            id: id.into(),
+            caller: caller.into(),
+            callee: callee.into(),
+            caller_sid: "s".into(),
+            caller_node: "n".into(),
+            callee_sid: None,
+            callee_node: None,
+            call_type: "audio".into(),
+            state: CallState::Ringing,
+            created_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn ringing_calls_count_against_their_caller_only() {
+        let s = store();
+        for i in 0..2 {
+            assert!(s.put_call(&call(&format!("x{i}"), "x", "v"), 2).await.unwrap());
+        }
+        assert!(!s.put_call(&call("x2", "x", "w"), 2).await.unwrap(), "the caller is at the cap");
+        assert!(s.put_call(&call("f", "f", "v"), 2).await.unwrap(), "a fresh call to the victim rings");
+        assert!(s.put_call(&call("v1", "v", "w"), 2).await.unwrap(), "the victim may call");
+        // Answered calls count for both parties: the victim (one call placed) may answer one more.
+        assert!(matches!(s.answer_call("f", "sv", "n", 2).await.unwrap(), Answered::Yes(_)));
+        assert_eq!(s.answer_call("x0", "sv", "n", 2).await.unwrap(), Answered::AtCap);
+        assert_eq!(s.answer_call("f", "sv", "n", 2).await.unwrap(), Answered::NotRinging);
+        assert!(!s.put_call(&call("v2", "v", "w"), 2).await.unwrap(), "the victim is at their own cap");
+        s.remove_call("v1").await.unwrap();
+        assert!(matches!(s.answer_call("x0", "sv", "n", 2).await.unwrap(), Answered::Yes(_)));
     }
 
     #[tokio::test]
