@@ -148,7 +148,7 @@ pub async fn call_answer(ctx: &Ctx, req: CallAnswer) -> HandlerResult {
     let sid = ctx.id().to_string();
     let cap = ctx.state.config.max_calls_per_user as usize;
     let call = match ctx.state.store.answer_call(&call.id, &sid, &ctx.state.node_id, cap).await? {
-        Answered::Yes(call) => call,
+        Answered::Yes(call) => *call,
         Answered::NotRinging => return Err(ApiError::forbidden("Call already answered")),
         Answered::AtCap => return Err(too_many_calls()),
     };

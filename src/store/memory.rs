@@ -584,7 +584,7 @@ impl Store for MemoryStore {
         c.state = CallState::Active;
         c.callee_sid = Some(callee_sid.to_string());
         c.callee_node = Some(node.to_string());
-        Ok(Answered::Yes(c.clone()))
+        Ok(Answered::Yes(Box::new(c.clone())))
     }
 
     async fn remove_ringing_call(&self, id: &str) -> StoreResult<Option<Call>> {

@@ -113,7 +113,7 @@ impl Call {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answered {
     /// Answered: the call as stored now (active).
-    Yes(Call),
+    Yes(Box<Call>),
     /// Not ringing (answered already, ended, or unknown).
     NotRinging,
     /// The callee already has `cap` calls counting against them.

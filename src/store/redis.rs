@@ -846,7 +846,7 @@ impl Store for RedisStore {
                 .invoke_async(&mut self.conn()?)
                 .await)?;
             match n {
-                1 => return Ok(Answered::Yes(call)),
+                1 => return Ok(Answered::Yes(Box::new(call))),
                 -1 => return Ok(Answered::AtCap),
                 _ => {}
             }
