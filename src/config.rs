@@ -211,6 +211,11 @@ pub struct Config {
     #[arg(long, env = "MAX_CREATED_ROOMS_PER_USER", value_name = "MAX_CREATED_ROOMS_PER_USER", default_value_t = 200,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_created_rooms_per_user: u64,
+    /// Bytes of room history one user's messages may hold over all rooms (counted as
+    /// `MAX_ROOM_HISTORY_BYTES` counts): past it the user's own oldest messages go first.
+    #[arg(long, env = "MAX_HISTORY_BYTES_PER_USER", value_name = "MAX_HISTORY_BYTES_PER_USER", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_history_bytes_per_user: u64,
     /// A room's history, and a room made with `create-room`, are forgotten after this long without a message.
     #[arg(long, env = "ROOM_IDLE_TTL_SECS", value_name = "ROOM_IDLE_TTL_SECS", default_value_t = 30 * 24 * 3600,
           value_parser = clap::value_parser!(u64).range(60..))]

@@ -5,6 +5,12 @@
 //! adapter room `c:<callId>:a` and the answering callee socket `c:<callId>:b`, so that answers,
 //! candidates and the end reach exactly the socket in the call, on whichever node it is. While a
 //! call rings, the callee side is every socket of the callee (`u:<callee>`).
+//!
+//! `MAX_CALLS_PER_USER` counts, for each user, the calls they placed (ringing or answered) and the
+//! calls they answered: never a call still ringing *to* them, so that nobody can make another user
+//! unreachable by calling them and letting it ring (a fresh call from someone else still rings).
+//! An answered call counts for both parties, since each chose to be in it; answering past one's own
+//! cap is refused like calling past it. The store checks and counts in one step.
 
 use std::time::Duration;
 
@@ -15,7 +21,7 @@ use super::Ctx;
 use crate::error::{ApiError, Code, HandlerResult};
 use crate::names;
 use crate::state::AppState;
-use crate::store::{new_id, Call, CallState};
+use crate::store::{new_id, Answered, Call, CallState};
 use crate::timers::Job;
 
 /// Largest offer or answer (serialised JSON); SDPs are a few KB.
@@ -36,6 +42,10 @@ fn callee_side(call: &Call) -> String {
         CallState::Active => callee_room(&call.id),
         CallState::Ringing => names::user(&call.callee),
     }
+}
+
+fn too_many_calls() -> ApiError {
+    ApiError::new(Code::RateLimited, "Too many concurrent calls")
 }
 
 fn sized(v: &Value, max: usize, what: &str) -> Result<(), ApiError> {
@@ -73,12 +83,6 @@ pub async fn call_user(ctx: &Ctx, req: CallUser) -> HandlerResult {
         return Err(ApiError::invalid("callType must be \"audio\" or \"video\""));
     }
     let store = &ctx.state.store;
-    let max_calls = ctx.state.config.max_calls_per_user as usize;
-    if store.calls_of(&user.user_id).await?.len() >= max_calls
-        || store.calls_of(&req.target_user_id).await?.len() >= max_calls
-    {
-        return Err(ApiError::new(Code::RateLimited, "Too many concurrent calls"));
-    }
     if store.sockets_of(&req.target_user_id).await? == 0 {
         return Err(ApiError::new(Code::UserOffline, "User offline"));
     }
@@ -94,7 +98,9 @@ pub async fn call_user(ctx: &Ctx, req: CallUser) -> HandlerResult {
         state: CallState::Ringing,
         created_at: crate::auth::unix_now_ms(),
     };
-    store.put_call(&call).await?;
+    if !store.put_call(&call, ctx.state.config.max_calls_per_user as usize).await? {
+        return Err(too_many_calls());
+    }
     super::join(&ctx.state, &*ctx.client, &caller_room(&call.id));
     ctx.state.timers.schedule(
         Duration::from_millis(ctx.state.config.call_ring_timeout_ms),
@@ -140,8 +146,11 @@ pub async fn call_answer(ctx: &Ctx, req: CallAnswer) -> HandlerResult {
     }
     sized(&req.answer, MAX_SDP_BYTES, "answer")?;
     let sid = ctx.id().to_string();
-    let Some(call) = ctx.state.store.answer_call(&call.id, &sid, &ctx.state.node_id).await? else {
-        return Err(ApiError::forbidden("Call already answered"));
+    let cap = ctx.state.config.max_calls_per_user as usize;
+    let call = match ctx.state.store.answer_call(&call.id, &sid, &ctx.state.node_id, cap).await? {
+        Answered::Yes(call) => *call,
+        Answered::NotRinging => return Err(ApiError::forbidden("Call already answered")),
+        Answered::AtCap => return Err(too_many_calls()),
     };
     super::join(&ctx.state, &*ctx.client, &callee_room(&call.id));
     let answered = json!({ "callId": call.id, "fromUserId": user.user_id, "answer": req.answer });

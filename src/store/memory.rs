@@ -1,6 +1,6 @@
 //! The single-node store: plain maps behind one mutex, held only for short, await-free sections.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,12 +54,21 @@ impl<V> Expiring<V> {
     }
 }
 
-/// One room's history, with its size and when it was last written.
+/// One room's history (each message with its place in the order of all appends), with its size
+/// and when it was last written.
 #[derive(Default)]
 struct History {
-    msgs: VecDeque<Message>,
+    msgs: VecDeque<(u64, Message)>,
     bytes: usize,
     written: Option<Instant>,
+}
+
+/// What one user's messages hold in all histories: their bytes, and where each is (by its place in
+/// the order of all appends: the first is the oldest).
+#[derive(Default)]
+struct Author {
+    bytes: usize,
+    msgs: BTreeMap<u64, String>,
 }
 
 #[derive(Default)]
@@ -88,6 +97,11 @@ struct Inner {
     created_by: HashMap<String, usize>,
     history: HashMap<String, History>,
     history_bytes: usize,
+    /// Each author's share of the histories, and the authors ordered by it (the heaviest last).
+    authors: HashMap<String, Author>,
+    by_weight: BTreeSet<(usize, String)>,
+    /// The place of the next appended message in the order of all appends.
+    seq: u64,
     dedup: Expiring<String>,
     presence: HashMap<String, PresenceEntry>,
     /// Offline checks: (due, ms since the epoch; user).
@@ -113,6 +127,9 @@ impl MemoryStore {
                 created_by: HashMap::new(),
                 history: HashMap::new(),
                 history_bytes: 0,
+                authors: HashMap::new(),
+                by_weight: BTreeSet::new(),
+                seq: 0,
                 dedup: Expiring::new(limits.dedup_ttl_secs),
                 presence: HashMap::new(),
                 offline_due: BTreeSet::new(),
@@ -159,6 +176,77 @@ impl Inner {
     fn forget_history(&mut self, id: &str) {
         if let Some(h) = self.history.remove(id) {
             self.history_bytes = self.history_bytes.saturating_sub(h.bytes);
+            for (seq, m) in &h.msgs {
+                self.unaccount(&m.user_id, *seq, message_cost(m));
+            }
+        }
+    }
+
+    /// Changes an author's bytes by `add - sub`, keeping `by_weight` in step.
+    fn reweigh(&mut self, author: &str, add: usize, sub: usize) {
+        let a = self.authors.entry(author.to_string()).or_default();
+        let before = a.bytes;
+        a.bytes = (a.bytes + add).saturating_sub(sub);
+        let after = a.bytes;
+        let gone = a.msgs.is_empty();
+        self.by_weight.remove(&(before, author.to_string()));
+        if gone {
+            self.authors.remove(author);
+        } else {
+            self.by_weight.insert((after, author.to_string()));
+        }
+    }
+
+    fn account(&mut self, author: &str, seq: u64, room: &str, cost: usize) {
+        self.authors.entry(author.to_string()).or_default().msgs.insert(seq, room.to_string());
+        self.reweigh(author, cost, 0);
+    }
+
+    /// Forgets a message (already taken out of its room) from its author's share.
+    fn unaccount(&mut self, author: &str, seq: u64, cost: usize) {
+        if let Some(a) = self.authors.get_mut(author) {
+            a.msgs.remove(&seq);
+        }
+        self.reweigh(author, 0, cost);
+    }
+
+    /// Takes an author's oldest message but `keep` out of its room (and the room's history, if that
+    /// empties it). False when there is none.
+    fn evict_oldest_of(&mut self, author: &str, keep: u64) -> bool {
+        let Some((seq, room)) = self.authors.get(author).and_then(|a| a.msgs.iter().find(|(s, _)| **s != keep)) else {
+            return false;
+        };
+        let (seq, room) = (*seq, room.clone());
+        let removed = self.history.get_mut(&room).and_then(|h| {
+            let i = h.msgs.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+            let (_, m) = h.msgs.remove(i)?;
+            h.bytes = h.bytes.saturating_sub(message_cost(&m));
+            Some(m)
+        });
+        let cost = removed.as_ref().map_or(0, message_cost);
+        self.history_bytes = self.history_bytes.saturating_sub(cost);
+        self.unaccount(author, seq, cost);
+        if self.history.get(&room).is_some_and(|h| h.msgs.is_empty()) {
+            self.history.remove(&room);
+        }
+        true
+    }
+
+    /// The bounds over rooms, after `author` wrote (or edited) message `keep`: first the author's
+    /// own oldest messages go until they are within their budget; then, while all histories
+    /// together are over the total, the oldest messages of whoever holds the most. `keep` itself
+    /// is never taken.
+    fn enforce(&mut self, limits: &Limits, author: &str, keep: u64) {
+        while self.authors.get(author).is_some_and(|a| a.bytes > limits.history_bytes_per_user) {
+            if !self.evict_oldest_of(author, keep) {
+                break;
+            }
+        }
+        while self.history_bytes > limits.history_bytes_total {
+            let Some((_, heaviest)) = self.by_weight.last().cloned() else { break };
+            if !self.evict_oldest_of(&heaviest, keep) {
+                break;
+            }
         }
     }
 
@@ -215,34 +303,30 @@ impl Store for MemoryStore {
     async fn append(&self, msg: &Message) -> StoreResult<()> {
         let mut g = self.lock();
         let g = &mut *g;
-        let h = g.history.entry(msg.room_id.clone()).or_default();
+        g.seq += 1;
+        let seq = g.seq;
         let cost = message_cost(msg);
-        h.msgs.push_back(msg.clone());
+        let h = g.history.entry(msg.room_id.clone()).or_default();
+        h.msgs.push_back((seq, msg.clone()));
         h.bytes += cost;
         h.written = Some(Instant::now());
-        g.history_bytes += cost;
+        let mut trimmed = Vec::new();
         while h.msgs.len() > 1
             && (h.msgs.len() > self.limits.history_per_room || h.bytes > self.limits.history_bytes_per_room)
         {
-            if let Some(old) = h.msgs.pop_front() {
-                let c = message_cost(&old);
-                h.bytes = h.bytes.saturating_sub(c);
-                g.history_bytes = g.history_bytes.saturating_sub(c);
+            if let Some((s, old)) = h.msgs.pop_front() {
+                h.bytes = h.bytes.saturating_sub(message_cost(&old));
+                trimmed.push((s, old));
             }
         }
-        // All rooms together: forget the least recently written ones (never the one just written).
-        while g.history_bytes > self.limits.history_bytes_total {
-            let oldest = g
-                .history
-                .iter()
-                .filter(|(id, _)| **id != msg.room_id)
-                .min_by_key(|(_, h)| h.written)
-                .map(|(id, _)| id.clone());
-            match oldest {
-                Some(id) => g.forget_history(&id),
-                None => break,
-            }
+        g.history_bytes += cost;
+        g.account(&msg.user_id, seq, &msg.room_id, cost);
+        for (s, old) in trimmed {
+            let c = message_cost(&old);
+            g.history_bytes = g.history_bytes.saturating_sub(c);
+            g.unaccount(&old.user_id, s, c);
         }
+        g.enforce(&self.limits, &msg.user_id, seq);
         Ok(())
     }
 
@@ -259,33 +343,37 @@ impl Store for MemoryStore {
         let h = &h.msgs;
         let end = match before {
             None => h.len(),
-            Some(id) => match h.iter().position(|m| m.id == id) {
+            Some(id) => match h.iter().position(|(_, m)| m.id == id) {
                 Some(i) => i,
                 None => return Ok(None),
             },
         };
         let start = end.saturating_sub(limit);
-        Ok(Some((h.range(start..end).cloned().collect(), start > 0)))
+        Ok(Some((h.range(start..end).map(|(_, m)| m.clone()).collect(), start > 0)))
     }
 
     async fn message(&self, room: &str, id: &str) -> StoreResult<Option<Message>> {
         let g = self.lock();
-        Ok(g.history.get(room).and_then(|h| h.msgs.iter().find(|m| m.id == id).cloned()))
+        Ok(g.history.get(room).and_then(|h| h.msgs.iter().find(|(_, m)| m.id == id).map(|(_, m)| m.clone())))
     }
 
     async fn edit(&self, room: &str, id: &str, edit: Edit) -> StoreResult<Option<Message>> {
         let mut g = self.lock();
         let g = &mut *g;
         let Some(h) = g.history.get_mut(room) else { return Ok(None) };
-        let Some(m) = h.msgs.iter_mut().find(|m| m.id == id && !m.deleted) else {
+        let Some((seq, m)) = h.msgs.iter_mut().find(|(_, m)| m.id == id && !m.deleted) else {
             return Ok(None);
         };
+        let seq = *seq;
         let before = message_cost(m);
         m.apply(&edit);
         let after = message_cost(m);
         h.bytes = (h.bytes + after).saturating_sub(before);
+        let edited = m.clone();
         g.history_bytes = (g.history_bytes + after).saturating_sub(before);
-        Ok(Some(m.clone()))
+        g.reweigh(&edited.user_id, after, before);
+        g.enforce(&self.limits, &edited.user_id, seq);
+        Ok(Some(edited))
     }
 
     async fn claim(&self, key: &str, value: &str) -> StoreResult<Claim> {
@@ -467,9 +555,13 @@ impl Store for MemoryStore {
         Ok(ids.iter().map(|id| g.receipts.get(id).cloned()).collect())
     }
 
-    async fn put_call(&self, call: &Call) -> StoreResult<()> {
-        self.lock().calls.insert(call.id.clone(), call.clone());
-        Ok(())
+    async fn put_call(&self, call: &Call, cap: usize) -> StoreResult<bool> {
+        let mut g = self.lock();
+        if g.calls.values().filter(|c| c.counts_against(&call.caller)).count() >= cap {
+            return Ok(false);
+        }
+        g.calls.insert(call.id.clone(), call.clone());
+        Ok(true)
     }
 
     async fn call(&self, id: &str) -> StoreResult<Option<Call>> {
@@ -480,17 +572,19 @@ impl Store for MemoryStore {
         Ok(self.lock().calls.remove(id))
     }
 
-    async fn answer_call(&self, id: &str, callee_sid: &str, node: &str) -> StoreResult<Option<Call>> {
+    async fn answer_call(&self, id: &str, callee_sid: &str, node: &str, cap: usize) -> StoreResult<Answered> {
         let mut g = self.lock();
-        match g.calls.get_mut(id) {
-            Some(c) if c.state == CallState::Ringing => {
-                c.state = CallState::Active;
-                c.callee_sid = Some(callee_sid.to_string());
-                c.callee_node = Some(node.to_string());
-                Ok(Some(c.clone()))
-            }
-            _ => Ok(None),
+        let Some(callee) = g.calls.get(id).filter(|c| c.state == CallState::Ringing).map(|c| c.callee.clone()) else {
+            return Ok(Answered::NotRinging);
+        };
+        if g.calls.values().filter(|c| c.counts_against(&callee)).count() >= cap {
+            return Ok(Answered::AtCap);
         }
+        let Some(c) = g.calls.get_mut(id) else { return Ok(Answered::NotRinging) };
+        c.state = CallState::Active;
+        c.callee_sid = Some(callee_sid.to_string());
+        c.callee_node = Some(node.to_string());
+        Ok(Answered::Yes(Box::new(c.clone())))
     }
 
     async fn remove_ringing_call(&self, id: &str) -> StoreResult<Option<Call>> {
@@ -596,6 +690,19 @@ mod tests {
         assert_eq!(s.history("empty", None, 2).await.unwrap().unwrap().0.len(), 0);
     }
 
+    /// A message of `len` bytes of content by `author`.
+    fn by(author: &str, room: &str, id: &str, len: usize) -> Message {
+        let mut m = msg(room, id);
+        m.user_id = author.into();
+        m.user = user(author);
+        m.content = "x".repeat(len);
+        m
+    }
+
+    fn ids(s: &MemoryStore, room: &str) -> Vec<String> {
+        s.lock().history.get(room).map(|h| h.msgs.iter().map(|(_, m)| m.id.clone()).collect()).unwrap_or_default()
+    }
+
     #[tokio::test]
     async fn history_is_bounded_by_bytes_per_room_and_in_total() {
         let s = MemoryStore::new(Limits {
@@ -604,23 +711,104 @@ mod tests {
             ..Limits::default()
         });
         for i in 0..6 {
-            let mut m = msg("big", &i.to_string());
-            m.content = "x".repeat(1000);
-            s.append(&m).await.unwrap();
+            s.append(&by("a", "big", &i.to_string(), 1000)).await.unwrap();
         }
-        let (kept, _) = s.history("big", None, 100).await.unwrap().unwrap();
-        assert_eq!(kept.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["3", "4", "5"], "newest kept");
-        // Two more rooms of two messages each: the total bound forgets the least recently written room.
-        for room in ["r2", "r3"] {
+        assert_eq!(ids(&s, "big"), ["3", "4", "5"], "newest kept");
+        // Over the total, the oldest messages of whoever holds the most go first: here "a", though
+        // "b" wrote least recently.
+        s.append(&by("b", "quiet", "q", 1000)).await.unwrap();
+        for i in 0..2 {
+            s.append(&by("a", "r2", &i.to_string(), 1000)).await.unwrap();
+        }
+        assert_eq!(ids(&s, "quiet"), ["q"], "the lighter author keeps theirs");
+        assert_eq!(ids(&s, "big"), ["4", "5"]);
+        assert_eq!(ids(&s, "r2"), ["0", "1"]);
+        let g = s.lock();
+        assert!(g.history_bytes <= 5 * (1000 + 256));
+        assert_eq!(g.history_bytes, g.authors.values().map(|a| a.bytes).sum::<usize>(), "shares add up");
+    }
+
+    #[tokio::test]
+    async fn one_users_writes_displace_only_their_own_history() {
+        let budget = 10 * (1000 + 256);
+        let s = MemoryStore::new(Limits {
+            history_bytes_per_user: budget,
+            history_bytes_total: 40 * (1000 + 256),
+            ..Limits::default()
+        });
+        s.create_room(room("grp:v", "v")).await.unwrap();
+        for i in 0..3 {
+            s.append(&by("v", "grp:v", &format!("v{i}"), 1000)).await.unwrap();
+            s.append(&by("v", "open", &format!("o{i}"), 1000)).await.unwrap();
+        }
+        // The attacker writes in the victim's open room too, then fills 100 rooms of their own.
+        s.append(&by("x", "open", "x-open", 1000)).await.unwrap();
+        for r in 0..100 {
             for i in 0..2 {
-                let mut m = msg(room, &i.to_string());
-                m.content = "y".repeat(1000);
-                s.append(&m).await.unwrap();
+                s.append(&by("x", &format!("flood{r}"), &format!("{r}.{i}"), 1000)).await.unwrap();
             }
         }
-        assert!(s.history("big", None, 100).await.unwrap().unwrap().0.is_empty(), "oldest room forgotten");
-        assert_eq!(s.history("r3", None, 100).await.unwrap().unwrap().0.len(), 2);
-        assert!(s.lock().history_bytes <= 5 * (1000 + 256));
+        assert_eq!(ids(&s, "grp:v"), ["v0", "v1", "v2"], "the victim's created room is intact");
+        assert_eq!(ids(&s, "open"), ["o0", "o1", "o2"], "the victim's messages in a shared room stay");
+        assert!(s.room("grp:v").await.unwrap().is_some());
+        assert!(ids(&s, "flood0").is_empty(), "the attacker's oldest go first");
+        assert!(!s.lock().history.contains_key("flood0"), "an emptied room is forgotten");
+        assert_eq!(ids(&s, "flood99"), ["99.0", "99.1"], "the attacker's newest stay");
+        let g = s.lock();
+        assert!(g.authors["x"].bytes <= budget);
+        assert_eq!(g.authors["x"].msgs.len(), 10);
+        assert_eq!(g.authors["v"].bytes, 6 * (1000 + 256));
+    }
+
+    #[tokio::test]
+    async fn edits_count_against_the_authors_budget() {
+        let s = MemoryStore::new(Limits { history_bytes_per_user: 3 * (1000 + 256), ..Limits::default() });
+        for i in 0..3 {
+            s.append(&by("a", "r", &i.to_string(), 10)).await.unwrap();
+        }
+        s.append(&by("b", "r", "b", 10)).await.unwrap();
+        // Growing the newest message past the budget drops the author's oldest, never the edited one.
+        s.edit("r", "2", Edit::Content("y".repeat(3000))).await.unwrap().unwrap();
+        assert_eq!(ids(&s, "r"), ["1", "2", "b"]);
+        s.edit("r", "1", Edit::Content("y".repeat(3000))).await.unwrap().unwrap();
+        assert_eq!(ids(&s, "r"), ["1", "b"], "the older message edited: the other one goes");
+        let g = s.lock();
+        assert_eq!(g.authors["a"].bytes, 3000 + 256);
+        assert_eq!(g.authors["a"].msgs.len(), 1);
+        assert_eq!(g.history_bytes, 3000 + 256 + 10 + 256);
+    }
+
+    fn call(id: &str, caller: &str, callee: &str) -> Call {
+        Call {
+            id: id.into(),
+            caller: caller.into(),
+            callee: callee.into(),
+            caller_sid: "s".into(),
+            caller_node: "n".into(),
+            callee_sid: None,
+            callee_node: None,
+            call_type: "audio".into(),
+            state: CallState::Ringing,
+            created_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn ringing_calls_count_against_their_caller_only() {
+        let s = store();
+        for i in 0..2 {
+            assert!(s.put_call(&call(&format!("x{i}"), "x", "v"), 2).await.unwrap());
+        }
+        assert!(!s.put_call(&call("x2", "x", "w"), 2).await.unwrap(), "the caller is at the cap");
+        assert!(s.put_call(&call("f", "f", "v"), 2).await.unwrap(), "a fresh call to the victim rings");
+        assert!(s.put_call(&call("v1", "v", "w"), 2).await.unwrap(), "the victim may call");
+        // Answered calls count for both parties: the victim (one call placed) may answer one more.
+        assert!(matches!(s.answer_call("f", "sv", "n", 2).await.unwrap(), Answered::Yes(_)));
+        assert_eq!(s.answer_call("x0", "sv", "n", 2).await.unwrap(), Answered::AtCap);
+        assert_eq!(s.answer_call("f", "sv", "n", 2).await.unwrap(), Answered::NotRinging);
+        assert!(!s.put_call(&call("v2", "v", "w"), 2).await.unwrap(), "the victim is at their own cap");
+        s.remove_call("v1").await.unwrap();
+        assert!(matches!(s.answer_call("x0", "sv", "n", 2).await.unwrap(), Answered::Yes(_)));
     }
 
     #[tokio::test]

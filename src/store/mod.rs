@@ -3,8 +3,9 @@
 //!
 //! One trait, two implementations: [`memory::MemoryStore`] for a single node and
 //! [`redis::RedisStore`] for a cluster, so that any node can serve any user. Every collection is
-//! bounded: history per room (count and bytes), queue per user (count and bytes), created rooms per
-//! user, and TTLs on rooms, history, de-dup keys, receipts and queues.
+//! bounded: history per room (count and bytes) and per author (bytes), queue per user (count and
+//! bytes), created rooms per user, calls per user, and TTLs on rooms, history, de-dup keys, receipts
+//! and queues.
 
 pub mod memory;
 pub mod redis;
@@ -99,6 +100,26 @@ pub enum CallState {
     Active,
 }
 
+impl Call {
+    /// Does this call count against `user_id`'s `MAX_CALLS_PER_USER`? The calls a user placed
+    /// (ringing or answered) and the calls they answered; a call ringing *to* a user counts against
+    /// its caller only, so that nobody can make another user unreachable by calling them.
+    pub fn counts_against(&self, user_id: &str) -> bool {
+        self.caller == user_id || (self.callee == user_id && self.state == CallState::Active)
+    }
+}
+
+/// The outcome of answering a call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answered {
+    /// Answered: the call as stored now (active).
+    Yes(Box<Call>),
+    /// Not ringing (answered already, ended, or unknown).
+    NotRinging,
+    /// The callee already has `cap` calls counting against them.
+    AtCap,
+}
+
 /// An edit of a stored message.
 #[derive(Debug, Clone)]
 pub enum Edit {
@@ -163,8 +184,12 @@ pub struct Limits {
     pub receipt_ttl_secs: u64,
     /// Rooms remembered per user between a disconnect and the end of the presence grace.
     pub departed_rooms_per_user: usize,
-    /// The in-memory store's bound on all rooms' history together: past it, the least recently
-    /// written rooms are forgotten first.
+    /// Bytes of history one user's messages may hold, over all rooms (counted as the room caps
+    /// count them): past it, that user's own oldest messages go first, so one user's writes only
+    /// ever displace their own.
+    pub history_bytes_per_user: usize,
+    /// The in-memory store's bound on all rooms' history together: past it, the oldest messages of
+    /// the user who holds the most go first.
     pub history_bytes_total: usize,
 }
 
@@ -181,6 +206,7 @@ impl Default for Limits {
             dedup_ttl_secs: 300,
             receipt_ttl_secs: 7 * 24 * 3600,
             departed_rooms_per_user: 2000,
+            history_bytes_per_user: 16 * 1024 * 1024,
             history_bytes_total: 256 * 1024 * 1024,
         }
     }
@@ -193,6 +219,7 @@ impl Limits {
             history_bytes_per_room: cfg.max_room_history_bytes as usize,
             room_idle_ttl_secs: cfg.room_idle_ttl_secs,
             created_rooms_per_user: cfg.max_created_rooms_per_user as usize,
+            history_bytes_per_user: cfg.max_history_bytes_per_user as usize,
             ..Limits::default()
         }
     }
@@ -219,7 +246,8 @@ pub trait Store: Send + Sync + 'static {
     async fn rooms_of(&self, user_id: &str) -> StoreResult<Vec<Room>>;
 
     // --- history ---
-    /// Appends, trimming the room to `history_per_room` messages and `history_bytes_per_room`.
+    /// Appends, trimming the room to `history_per_room` messages and `history_bytes_per_room`, and
+    /// the author's messages (over all rooms) to `history_bytes_per_user`, oldest first.
     async fn append(&self, msg: &Message) -> StoreResult<()>;
     /// Up to `limit` messages just before `before` (or the newest), oldest first, and whether older
     /// ones exist. `None` when `before` is not in the history.
@@ -230,7 +258,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Option<(Vec<Message>, bool)>>;
     async fn message(&self, room: &str, id: &str) -> StoreResult<Option<Message>>;
-    /// Applies an edit to a live (not deleted) message and returns it as stored.
+    /// Applies an edit to a live (not deleted) message and returns it as stored. The change in size
+    /// counts against its author's `history_bytes_per_user`.
     async fn edit(&self, room: &str, id: &str, edit: Edit) -> StoreResult<Option<Message>>;
 
     // --- de-duplication ---
@@ -288,11 +317,14 @@ pub trait Store: Send + Sync + 'static {
     async fn receipts(&self, ids: &[String]) -> StoreResult<Vec<Option<(String, String)>>>;
 
     // --- calls ---
-    async fn put_call(&self, call: &Call) -> StoreResult<()>;
+    /// Stores a new (ringing) call unless its caller already has `cap` calls counting against them
+    /// ([`Call::counts_against`]), checked and stored in one step. False at the cap.
+    async fn put_call(&self, call: &Call, cap: usize) -> StoreResult<bool>;
     async fn call(&self, id: &str) -> StoreResult<Option<Call>>;
     async fn remove_call(&self, id: &str) -> StoreResult<Option<Call>>;
-    /// Marks a ringing call answered by `callee_sid` on `node`; `None` if it is not ringing (or unknown).
-    async fn answer_call(&self, id: &str, callee_sid: &str, node: &str) -> StoreResult<Option<Call>>;
+    /// Marks a ringing call answered by `callee_sid` on `node`, unless the callee already has `cap`
+    /// calls counting against them (checked and changed in one step).
+    async fn answer_call(&self, id: &str, callee_sid: &str, node: &str, cap: usize) -> StoreResult<Answered>;
     /// Removes the call only if it is still ringing (the ring timeout).
     async fn remove_ringing_call(&self, id: &str) -> StoreResult<Option<Call>>;
     /// Live calls the user is a party of.

@@ -7,6 +7,12 @@
 //! dead node's sockets stop counting when Redis expires the key. No wall clock of any node is
 //! compared with another's: times that decide (grace, `lastSeen`) come from Redis's own clock (see
 //! [`crate::cluster`] for the heartbeat and the reaper).
+//!
+//! Each author's share of the room histories is kept beside them: `ubytes:<user>` (bytes of their
+//! stored messages' JSON), `uhist:<user>` (`<room> <messageId>` in the order of all appends, scored
+//! by the counter `hist-seq`) and `ucost:<user>` (each one's bytes, so that a message whose room
+//! expired can still be given back). The append and edit scripts keep them in step and drop the
+//! author's own oldest messages past `history_bytes_per_user`.
 
 use std::sync::Arc;
 
@@ -29,6 +35,9 @@ pub struct RedisStore {
 
 struct Scripts {
     append: Script,
+    edit: Script,
+    put_call: Script,
+    answer_call: Script,
     create_room: Script,
     socket_up: Script,
     socket_down: Script,
@@ -39,7 +48,6 @@ struct Scripts {
     enqueue: Script,
     enqueue_if_offline: Script,
     ack_queue: Script,
-    cas_hash: Script,
     cas_key: Script,
 }
 
@@ -73,23 +81,119 @@ local function push(qkey, bkey, raw, cap, maxbytes, ttl)
   redis.call('EXPIRE', qkey, ttl)
   redis.call('EXPIRE', bkey, ttl)
 end
+-- Forgets message `member` ('<room> <id>', already out of its room) from its author's share.
+local function unaccount(up, author, member)
+  local costs = up .. 'ucost:' .. author
+  local cost = redis.call('HGET', costs, member)
+  redis.call('HDEL', costs, member)
+  redis.call('ZREM', up .. 'uhist:' .. author, member)
+  if cost and redis.call('DECRBY', up .. 'ubytes:' .. author, cost) <= 0 then
+    redis.call('DEL', up .. 'ubytes:' .. author)
+  end
+end
+-- The author of a stored message's JSON, if it parses.
+local function author_of(raw)
+  local ok, m = pcall(cjson.decode, raw)
+  if ok and type(m) == 'table' and type(m.userId) == 'string' then return m.userId end
+  return nil
+end
+-- Drops the author's oldest messages (never `keep`) while they hold more than `budget` bytes.
+local function within_budget(up, author, budget, keep)
+  local bkey = up .. 'ubytes:' .. author
+  while tonumber(redis.call('GET', bkey) or '0') > budget do
+    local first = redis.call('ZRANGE', up .. 'uhist:' .. author, 0, 0)[1]
+    if (not first) or first == keep then break end
+    local sp = string.find(first, ' ', 1, true)
+    if sp then
+      local room, id = string.sub(first, 1, sp - 1), string.sub(first, sp + 1)
+      local raw = redis.call('HGET', up .. 'msgs:' .. room, id)
+      if raw then
+        redis.call('LREM', up .. 'hist:' .. room, 1, id)
+        redis.call('HDEL', up .. 'msgs:' .. room, id)
+        redis.call('DECRBY', up .. 'histbytes:' .. room, #raw)
+      end
+    end
+    unaccount(up, author, first)
+  end
+end
+-- The calls that count against `user` (those they placed, and those they answered), but `except`;
+-- forgets the ids in their set whose call is gone.
+local function calls_against(set, callprefix, user, except)
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', set)) do
+    local raw = redis.call('GET', callprefix .. id)
+    if not raw then
+      redis.call('SREM', set, id)
+    elseif id ~= except then
+      local ok, c = pcall(cjson.decode, raw)
+      if (not ok) or type(c) ~= 'table' or c.caller == user or c.state == 'active' then n = n + 1 end
+    end
+  end
+  return n
+end
 "#;
 
 impl Scripts {
     fn new() -> Self {
         let lua = |body: &str| Script::new(&format!("{LIB}\n{body}"));
         Scripts {
-            // KEYS: ids list, msgs hash, bytes, room. ARGV: id, json, max, max bytes, idle ttl.
+            // KEYS: ids list, msgs hash, bytes, room. ARGV: id, json, max, max bytes, idle ttl,
+            // key prefix with its ':', author, room id, the author's budget.
             append: lua(r#"
+local up, author, member = ARGV[6], ARGV[7], ARGV[8] .. ' ' .. ARGV[1]
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 local bytes = redis.call('INCRBY', KEYS[3], #ARGV[2])
+redis.call('ZADD', up .. 'uhist:' .. author, redis.call('INCR', up .. 'hist-seq'), member)
+redis.call('HSET', up .. 'ucost:' .. author, member, #ARGV[2])
+redis.call('INCRBY', up .. 'ubytes:' .. author, #ARGV[2])
 while redis.call('LLEN', KEYS[1]) > 1 and (redis.call('LLEN', KEYS[1]) > tonumber(ARGV[3]) or bytes > tonumber(ARGV[4])) do
   local old = redis.call('LPOP', KEYS[1])
-  bytes = redis.call('DECRBY', KEYS[3], redis.call('HSTRLEN', KEYS[2], old))
-  redis.call('HDEL', KEYS[2], old)
+  local raw = redis.call('HGET', KEYS[2], old)
+  if raw then
+    bytes = redis.call('DECRBY', KEYS[3], #raw)
+    redis.call('HDEL', KEYS[2], old)
+    local by = author_of(raw)
+    if by then unaccount(up, by, ARGV[8] .. ' ' .. old) end
+  end
 end
+within_budget(up, author, tonumber(ARGV[9]), member)
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+for _, k in ipairs({'uhist:', 'ucost:', 'ubytes:'}) do redis.call('EXPIRE', up .. k .. author, ARGV[5]) end
+return 1
+"#),
+            // KEYS: msgs hash, room bytes. ARGV: id, old json, new json, key prefix with its ':',
+            // author, room id, the author's budget. 0 when the message changed meanwhile.
+            edit: lua(r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local d = #ARGV[3] - #ARGV[2]
+redis.call('INCRBY', KEYS[2], d)
+local up, author, member = ARGV[4], ARGV[5], ARGV[6] .. ' ' .. ARGV[1]
+if redis.call('HEXISTS', up .. 'ucost:' .. author, member) == 1 then
+  redis.call('HINCRBY', up .. 'ucost:' .. author, member, d)
+  redis.call('INCRBY', up .. 'ubytes:' .. author, d)
+  within_budget(up, author, tonumber(ARGV[7]), member)
+end
+return 1
+"#),
+            // KEYS: call, the caller's calls, the callee's calls. ARGV: json, cap, ttl, call id,
+            // call key prefix, caller. 0 when the caller is at the cap.
+            put_call: lua(r#"
+if calls_against(KEYS[2], ARGV[5], ARGV[6], '') >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+for i = 2, 3 do
+  redis.call('SADD', KEYS[i], ARGV[4])
+  redis.call('EXPIRE', KEYS[i], ARGV[3])
+end
+return 1
+"#),
+            // KEYS: call, the callee's calls. ARGV: old json, new json, cap, call key prefix, callee,
+            // call id. 1: answered; 0: the call changed meanwhile; -1: the callee is at the cap.
+            answer_call: lua(r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if calls_against(KEYS[2], ARGV[4], ARGV[5], ARGV[6]) >= tonumber(ARGV[3]) then return -1 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 return 1
 "#),
             // KEYS: room, the creator's created set. ARGV: json, cap, room id, idle ttl, room key prefix.
@@ -183,16 +287,6 @@ end
 if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
 return 1
 "#),
-            // KEYS: hash. ARGV: field, old, new.
-            cas_hash: Script::new(
-                r#"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-  return 1
-end
-return 0
-"#,
-            ),
             // KEYS: key. ARGV: old, new ('' deletes).
             cas_key: Script::new(
                 r#"
@@ -360,6 +454,10 @@ impl Store for RedisStore {
             .arg(self.limits.history_per_room)
             .arg(self.limits.history_bytes_per_room)
             .arg(self.limits.room_idle_ttl_secs)
+            .arg(self.key(&[""]))
+            .arg(&msg.user_id)
+            .arg(&msg.room_id)
+            .arg(self.limits.history_bytes_per_user)
             .invoke_async(&mut self.conn()?)
             .await;
         self.ok(r).map(|_| ())
@@ -408,11 +506,16 @@ impl Store for RedisStore {
             m.apply(&edit);
             let n: i64 = self.ok(self
                 .scripts
-                .cas_hash
+                .edit
                 .key(&key)
+                .key(self.key(&["histbytes", room]))
                 .arg(id)
                 .arg(&raw)
                 .arg(json(&m)?)
+                .arg(self.key(&[""]))
+                .arg(&m.user_id)
+                .arg(room)
+                .arg(self.limits.history_bytes_per_user)
                 .invoke_async(&mut self.conn()?)
                 .await)?;
             if n == 1 {
@@ -690,14 +793,22 @@ impl Store for RedisStore {
         Ok(raw.into_iter().map(|r| r.and_then(|s| serde_json::from_str(&s).ok())).collect())
     }
 
-    async fn put_call(&self, call: &Call) -> StoreResult<()> {
-        let mut p = ::redis::pipe();
-        p.set_ex(self.key(&["call", &call.id]), json(call)?, CALL_TTL_SECS);
-        for u in [&call.caller, &call.callee] {
-            let k = self.key(&["user-calls", u]);
-            p.sadd(&k, &call.id).expire(&k, CALL_TTL_SECS as i64);
-        }
-        self.ok(p.query_async::<()>(&mut self.conn()?).await)
+    async fn put_call(&self, call: &Call, cap: usize) -> StoreResult<bool> {
+        let n: i64 = self.ok(self
+            .scripts
+            .put_call
+            .key(self.key(&["call", &call.id]))
+            .key(self.key(&["user-calls", &call.caller]))
+            .key(self.key(&["user-calls", &call.callee]))
+            .arg(json(call)?)
+            .arg(cap)
+            .arg(CALL_TTL_SECS)
+            .arg(&call.id)
+            .arg(self.key(&["call", ""]))
+            .arg(&call.caller)
+            .invoke_async(&mut self.conn()?)
+            .await)?;
+        Ok(n == 1)
     }
 
     async fn call(&self, id: &str) -> StoreResult<Option<Call>> {
@@ -709,17 +820,38 @@ impl Store for RedisStore {
         self.update_call(id, |_| Some(None)).await
     }
 
-    async fn answer_call(&self, id: &str, callee_sid: &str, node: &str) -> StoreResult<Option<Call>> {
-        self.update_call(id, |c| {
-            (c.state == CallState::Ringing).then(|| {
-                let mut next = c.clone();
-                next.state = CallState::Active;
-                next.callee_sid = Some(callee_sid.to_string());
-                next.callee_node = Some(node.to_string());
-                Some(next)
-            })
-        })
-        .await
+    async fn answer_call(&self, id: &str, callee_sid: &str, node: &str, cap: usize) -> StoreResult<Answered> {
+        let key = self.key(&["call", id]);
+        for _ in 0..5 {
+            let raw: Option<String> = self.ok(self.conn()?.get(&key).await)?;
+            let Some(raw) = raw else { return Ok(Answered::NotRinging) };
+            let mut call: Call = parse(&raw)?;
+            if call.state != CallState::Ringing {
+                return Ok(Answered::NotRinging);
+            }
+            call.state = CallState::Active;
+            call.callee_sid = Some(callee_sid.to_string());
+            call.callee_node = Some(node.to_string());
+            let n: i64 = self.ok(self
+                .scripts
+                .answer_call
+                .key(&key)
+                .key(self.key(&["user-calls", &call.callee]))
+                .arg(&raw)
+                .arg(json(&call)?)
+                .arg(cap)
+                .arg(self.key(&["call", ""]))
+                .arg(&call.callee)
+                .arg(id)
+                .invoke_async(&mut self.conn()?)
+                .await)?;
+            match n {
+                1 => return Ok(Answered::Yes(Box::new(call))),
+                -1 => return Ok(Answered::AtCap),
+                _ => {}
+            }
+        }
+        Err(StoreError::Unavailable("call changed concurrently".into()))
     }
 
     async fn remove_ringing_call(&self, id: &str) -> StoreResult<Option<Call>> {
