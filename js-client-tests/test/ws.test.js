@@ -160,23 +160,18 @@ test('/ws ALLOW_ANONYMOUS=false: nothing before in-band auth; {type:"auth"} and 
   } finally { all.forEach((c) => c.terminate()); await g.stop(); }
 });
 
-test('/ws bad token at the upgrade or in-band: error "Authentication failed: <reason>", UNAUTHENTICATED, then close 4003', async (t) => {
+test('/ws bad token at the upgrade: HTTP 401 {error:"Authentication failed: <reason>"}; in-band: error frame, UNAUTHENTICATED, then close 4003', async (t) => {
   const ws = wsClients(t, gw);
   const cases = [
-    ['query, expired', { token: token('bad-1', { ttl: -120 }) }, 'Authentication failed: token expired'],
-    ['header, wrong secret', { header: token('bad-2', { secret: 'another-secret' }) }, 'Authentication failed: invalid signature'],
-    ['query, garbage', { token: 'garbage' }, 'Authentication failed: malformed token'],
-    ['subprotocol, wrong secret', { protocol: token('bad-3', { secret: 'another-secret' }) }, 'Authentication failed: invalid signature'],
+    ['query, expired', { token: token('bad-1', { ttl: -120 }) }],
+    ['header, wrong secret', { header: token('bad-2', { secret: 'another-secret' }) }],
+    ['query, garbage', { token: 'garbage' }],
+    ['subprotocol, wrong secret', { protocol: token('bad-3', { secret: 'another-secret' }) }],
   ];
-  for (const [name, opts, message] of cases) {
-    const c = ws.track(await wsConnect(gw.url, { ...opts, hello: false }));
-    const e = await c.next('error');
-    assert.equal(e.message, message, name);
-    assert.equal(e.code, 'UNAUTHENTICATED', name);
-    assert.match(e.timestamp, ISO);
-    const cl = await closedWithin(c, 5000);
-    assert.equal(cl?.code, 4003, `${name}: close code`);
-    assert.ok(!c.frames.some((f) => f.type === 'connected'), `${name}: never downgraded to anonymous`);
+  for (const [name, opts] of cases) {
+    // Refused at the upgrade (seed-000.test.js reads the body): the client never opens.
+    const err = await wsConnect(gw.url, { ...opts, hello: false }).then(() => null, (e) => e);
+    assert.match(String(err?.message), /401/, `${name}: refused with 401`);
   }
   // In-band, from an anonymous connection and from a user's connection.
   for (const [who, bad, message] of [[null, token('bad-4', { ttl: -120 }), 'Authentication failed: token expired'],

@@ -70,6 +70,9 @@ fn upgrade_token(parts: &Parts) -> (Option<String>, Option<String>) {
 
 async fn upgrade(State(front): State<WsFront>, ws: WebSocketUpgrade, parts: Parts) -> Response {
     let (token, protocol) = upgrade_token(&parts);
+    if let Some(refusal) = token.as_deref().and_then(|t| refuse_token(&front.state, t)) {
+        return refusal;
+    }
     let ip = crate::http::client_ip(&parts, front.state.config.trust_proxy_headers);
     let max = front.state.config.max_payload_bytes as usize;
     let mut ws = ws
@@ -83,6 +86,18 @@ async fn upgrade(State(front): State<WsFront>, ws: WebSocketUpgrade, parts: Part
     }
     ws.on_failed_upgrade(|e| tracing::debug!("ws upgrade failed: {e}"))
         .on_upgrade(move |socket| run(front, socket, token, ip))
+}
+
+/// A bad or expired token presented with the upgrade is refused there, with HTTP 401 (SPEC §10):
+/// accepted and then closed with 4003, a browser client's `onopen` would reset its reconnect counter
+/// and it would retry for ever.
+fn refuse_token(state: &AppState, token: &str) -> Option<Response> {
+    use axum::response::IntoResponse;
+    let e = state.auth.verify(token).err()?;
+    state.metrics.refused();
+    tracing::info!(reason = e.reason(), transport = "ws", "upgrade refused");
+    let body = json!({ "error": e.to_string(), "code": Code::Unauthenticated });
+    Some((axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response())
 }
 
 /// What the connection's loop does after a frame.
@@ -162,7 +177,14 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
                         let e = ApiError::invalid("Binary frames are not supported: send JSON text");
                         let _ = conn.send_text(frames::error(&e, None, None, None));
                     }
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(_))) => {
+                        // The library queued the echo of the client's close frame: send it (a clean
+                        // close, SPEC §10), then the TCP connection closes as the socket drops.
+                        use futures_util::SinkExt;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
+                        break;
+                    }
+                    None => break,
                     Some(Ok(_)) => {} // pings are answered by the library; pongs count as activity
                     Some(Err(e)) => {
                         next = read_error(&e);
