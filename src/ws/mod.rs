@@ -7,6 +7,7 @@
 //! abuse or a full buffer, 1009 a frame over `MAX_PAYLOAD_BYTES`, 1001 shutdown.
 
 pub mod clients;
+pub mod dialect;
 pub mod frames;
 
 use std::net::IpAddr;
@@ -306,6 +307,10 @@ async fn welcome(front: &WsFront, conn: &Arc<WsConn>, request_id: Option<&Value>
 }
 
 async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
+    // The seeds' own protocols (dialect/): a connection that speaks one is answered there.
+    if let Some(next) = dialect::on_text(front, conn, text).await {
+        return next;
+    }
     let f = match frames::parse(text) {
         Ok(f) => {
             if f.payload_style {
