@@ -158,9 +158,14 @@ pub fn detect(frame: &Map<String, Value>) -> Kind {
     if native::DIALECT.ops.iter().any(|o| o.name == ty) {
         return Kind::Native;
     }
-    // Seed 002 names its requests in snake_case; its `auth` carries the token in `payload`.
+    // Seed 002 names its requests in snake_case; its `auth` carries the token in `payload` and, as
+    // every frame of its `createMessage`, an ISO `timestamp` (the generic envelope's `auth` has a
+    // top-level `token`, or a numeric timestamp from a client of CLIENTS.md's summary).
     let qrypt_op = qrypt::DIALECT.ops.iter().any(|o| o.name == ty && o.name != "auth");
-    if qrypt_op || (ty == "auth" && frame.get("payload").is_some_and(Value::is_object)) {
+    let qrypt_auth = ty == "auth"
+        && frame.get("payload").is_some_and(Value::is_object)
+        && frame.get("timestamp").is_some_and(Value::is_string);
+    if qrypt_op || qrypt_auth {
         return Kind::Qrypt;
     }
     Kind::Saas
@@ -575,6 +580,7 @@ mod tests {
         );
         assert_eq!(detect(&obj(json!({"type": "load_conversations", "payload": {}}))), Kind::Qrypt);
         assert_eq!(detect(&obj(json!({"type": "auth", "token": "t"}))), Kind::Saas);
+        assert_eq!(detect(&obj(json!({"type": "auth", "payload": {"token": "t"}, "timestamp": 1}))), Kind::Saas);
         assert_eq!(detect(&obj(json!({"type": "subscribe", "channel": "c"}))), Kind::Saas);
         assert_eq!(detect(&obj(json!({"type": "join-room", "data": "r"}))), Kind::Saas);
         assert_eq!(detect(&obj(json!({"type": "ping"}))), Kind::Undecided);
