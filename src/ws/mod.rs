@@ -3,8 +3,9 @@
 //! every other event, run by the same handlers as Socket.IO (`events::handle`).
 //!
 //! One task per connection reads frames, writes what the core queued for it ([`clients::Out`]),
-//! pings, and closes: 4001 no authentication in time, 4002 idle, 4003 bad or expired token, 1008
-//! abuse or a full buffer, 1009 a frame over `MAX_PAYLOAD_BYTES`, 1001 shutdown.
+//! pings, and closes: 4001 no authentication in time, 4002 idle, 4003 bad or expired token in-band
+//! (one at the upgrade is refused there with HTTP 401), 1008 abuse or a full buffer, 1009 a frame over
+//! `MAX_PAYLOAD_BYTES`, 1001 shutdown. The seeds' own protocols are in `dialect/`.
 
 pub mod clients;
 pub mod dialect;
