@@ -271,3 +271,17 @@ test('dialects fuzz: hostile frames in each dialect (seeds 002, 003, 004) never 
     assert.equal((await http(`${g.url}/health`)).body.status, 'ok');
   } finally { conns.forEach((c) => c.terminate()); await g.stop(); }
 });
+
+test('seed 004: before authentication a heartbeat is ignored, not answered, but counted: past 20 frames the connection closes with 1008', async () => {
+  const g = await startGateway({ ALLOW_ANONYMOUS: 'false' });
+  try {
+    const ws = new WebSocket(wsUrlOf(g));
+    const frames = [];
+    ws.onmessage = (e) => frames.push(JSON.parse(e.data));
+    const closed = new Promise((resolve) => { ws.onclose = (e) => resolve(e.code); });
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+    for (let i = 0; i < 25; i++) ws.send(JSON.stringify({ event: 'heartbeat' }));
+    assert.equal(await Promise.race([closed, pause(5000).then(() => null)]), 1008);
+    assert.deepEqual(frames, [], 'no answer to a heartbeat');
+  } finally { await g.stop(); }
+});

@@ -365,18 +365,23 @@ async fn run(front: &WsFront, conn: &Arc<WsConn>, d: &'static Dialect, frame: Ma
         let _ = conn.send_text(d.error_frame(&e, &req, rid));
     };
     let op = d.ops.iter().find(|o| o.name == name);
-    match op.map(|o| &o.does) {
-        Some(Does::Nothing) => return Next::Go,
-        Some(Does::Authenticate) => return authenticate(front, conn, d, op, &req, rid).await,
-        _ => {}
+    let silent = matches!(op.map(|o| &o.does), Some(Does::Nothing));
+    if let Some(Does::Authenticate) = op.map(|o| &o.does) {
+        return authenticate(front, conn, d, op, &req, rid).await;
     }
     let Some(session) = conn.session() else {
         if conn.pre_auth_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= super::PRE_AUTH_FRAMES {
             return Next::Close(1008, "Authentication required");
         }
-        fail(ApiError::new(Code::Unauthenticated, "Authentication required"));
+        // A heartbeat before authentication is ignored, as by the helper (but counted).
+        if !silent {
+            fail(ApiError::new(Code::Unauthenticated, "Authentication required"));
+        }
         return Next::Go;
     };
+    if silent {
+        return Next::Go;
+    }
     let client: Client = conn.clone();
     let env = Env { req: &req, conn: Some(conn), ..Env::empty() };
     let Some(op) = op else {
