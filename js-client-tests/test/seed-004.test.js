@@ -6,7 +6,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
-import { RedisHelper, WebSocketEmitter } from '@venizia/ignis-helpers';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import {
   startGateway, startRedis, redisClient, connect, request, token, http, until, pause, WS,
 } from '../lib/helpers.js';
@@ -20,6 +22,10 @@ let b;
 let helper;
 let emitter;
 before(async () => {
+  // The package logs to files in APP_ENV_LOGGER_FOLDER_PATH (read when it loads; default: the working
+  // directory): a temporary directory, so that nothing is written into the checkout.
+  process.env.APP_ENV_LOGGER_FOLDER_PATH = mkdtempSync(path.join(tmpdir(), 'rtg-ignis-logs-'));
+  const { RedisHelper, WebSocketEmitter } = await import('@venizia/ignis-helpers');
   redis = await startRedis({ persist: false });
   pub = await redisClient(redis.url);
   [a, b] = await Promise.all([startGateway({ REDIS_URL: redis.url }), startGateway({ REDIS_URL: redis.url })]);
