@@ -108,6 +108,12 @@ async fn run_once(
     let emitter_requests = crate::emitter::request_channel();
     pubsub.psubscribe(&emitter_pattern).await?;
     pubsub.subscribe(&emitter_requests).await?;
+    // Seed 004's `WebSocketEmitter` (see ws/dialect/emitter.rs).
+    use crate::ws::dialect::emitter as ws_emitter;
+    pubsub.subscribe(ws_emitter::BROADCAST).await?;
+    for p in ws_emitter::PATTERNS {
+        pubsub.psubscribe(p).await?;
+    }
     for p in patterns {
         pubsub.psubscribe(p).await?;
     }
@@ -126,8 +132,10 @@ async fn run_once(
             None if channel == EMIT_CHANNEL => emit(state, payload).await,
             None if channel == bus => state.bus.on_payload(payload),
             None if channel == emitter_requests => crate::emitter::on_request(state, payload),
+            None if channel == ws_emitter::BROADCAST => ws_emitter::on_message(state, payload).await,
             None => {}
             Some(p) if p == emitter_pattern => crate::emitter::on_broadcast(state, payload).await,
+            Some(p) if ws_emitter::PATTERNS.contains(&p.as_str()) => ws_emitter::on_message(state, payload).await,
             Some(p) => {
                 // A channel matching two patterns arrives once per pattern: take the first only.
                 let first = patterns.iter().find(|q| redis_glob(q, &channel));

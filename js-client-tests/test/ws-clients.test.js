@@ -539,7 +539,8 @@ class BunHelperClient {
       this.ws.onmessage = (e) => {
         const msg = JSON.parse(e.data);
         this.messages.push(msg);
-        if (msg.type === 'connected') { this.id = msg.connectionId; this.userId = msg.userId; resolve(msg); }
+        // The helper's frames are {event, data} (a SaaS greeting before authentication has no `event`).
+        if (msg.event === 'connected') { this.id = msg.data.id; this.userId = msg.data.userId; resolve(msg); }
       };
     });
     this.ws.onerror = () => {};
@@ -578,7 +579,7 @@ test('Bun helper clients: authenticate → connected (id, userId); nothing befor
     const bad = new BunHelperClient(url, token('bun-bad', { ttl: -120 })).connect(); all.push(bad);
     const c4003 = await Promise.race([bad.closed, pause(5000).then(() => null)]);
     assert.equal(c4003?.code, 4003);
-    assert.equal(bad.messages.find((m) => m.type === 'error')?.message, 'Authentication failed: token expired');
+    assert.equal(bad.messages.find((m) => m.event === 'error')?.data.message, 'Authentication failed: token expired');
 
     // 4002: the authenticated client that went silent (no server pings for 60 s) is closed after 1.5 s.
     const c4002 = await Promise.race([ok.closed, pause(6000).then(() => null)]);
@@ -593,7 +594,7 @@ test('Bun helper clients: authenticate → connected (id, userId); nothing befor
     const c1001 = await Promise.race([last.closed, pause(10000).then(() => null)]);
     assert.equal(c1001?.code, 1001);
     assert.equal(c1001.meaning, 'going away');
-    assert.ok(last.messages.some((m) => m.type === 'server-shutdown'));
+    assert.ok(last.messages.some((m) => m.event === 'server-shutdown'));
   } finally { all.forEach((c) => c.ws.terminate()); await g.stop(); }
 });
 

@@ -22,6 +22,7 @@ use crate::hub::{Broadcast, Member, Transport};
 use crate::state::{Quotas, Session};
 use governor::DefaultDirectRateLimiter;
 
+use super::dialect::{self, Kind};
 use super::frames;
 
 /// What the connection's task writes.
@@ -59,6 +60,8 @@ pub struct WsConn {
     open: AtomicBool,
     /// The client sends `payload` (not `data`): its server frames carry `payload` too.
     payload_style: AtomicBool,
+    /// The protocol it speaks (a [`dialect::Kind`]), told by its first frames.
+    dialect: std::sync::atomic::AtomicU8,
     /// Frames received before authentication (a client that may do nothing else yet).
     pub pre_auth_frames: std::sync::atomic::AtomicU32,
     /// Every frame after authentication, counted before it is read (the event quota), and the
@@ -88,6 +91,7 @@ impl WsConn {
             kill_signal: Notify::new(),
             open: AtomicBool::new(true),
             payload_style: AtomicBool::new(false),
+            dialect: std::sync::atomic::AtomicU8::new(Kind::Undecided as u8),
             pre_auth_frames: std::sync::atomic::AtomicU32::new(0),
             frames: DefaultDirectRateLimiter::direct(quotas.events),
             frame_strikes: DefaultDirectRateLimiter::direct(quotas.strikes),
@@ -163,6 +167,20 @@ impl WsConn {
         self.payload_style.load(Ordering::Relaxed)
     }
 
+    pub fn dialect(&self) -> Kind {
+        Kind::from_u8(self.dialect.load(Ordering::Relaxed))
+    }
+
+    /// Set once, by the first frame that tells.
+    pub fn set_dialect(&self, kind: Kind) {
+        let _ = self.dialect.compare_exchange(Kind::Undecided as u8, kind as u8, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// A server event as this connection's protocol writes it.
+    fn event_frame(&self, event: &str, data: &Value) -> String {
+        dialect::render(self.dialect(), event, data).unwrap_or_else(|| frames::event(event, data, self.payload_style()))
+    }
+
     pub fn set_closed(&self) {
         self.open.store(false, Ordering::Release);
     }
@@ -194,7 +212,7 @@ impl Link for WsConn {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
     fn emit(&self, event: &str, data: &Value) -> Result<(), SendError> {
-        self.send_text(frames::event(event, data, self.payload_style()))
+        self.send_text(self.event_frame(event, data))
     }
     fn emit_confirmed<'a>(&'a self, event: &'a str, data: &'a Value, _timeout: Duration) -> BoxFuture<'a, bool> {
         // No client acks on `/ws`: queued is handed over.
@@ -441,12 +459,14 @@ impl WsClients {
         if targets.is_empty() {
             return;
         }
-        // Built once per envelope style, and only when someone speaks it.
-        let (mut plain, mut with_payload): (Option<Utf8Bytes>, Option<Utf8Bytes>) = (None, None);
+        // Built once per envelope style and dialect, and only when someone speaks it.
+        let mut built: [Option<Utf8Bytes>; 6] = Default::default();
         for c in targets {
-            let style = c.payload_style();
-            let slot = if style { &mut with_payload } else { &mut plain };
-            let frame = slot.get_or_insert_with(|| Utf8Bytes::from(frames::event(&b.event, &b.data, style)));
+            let slot = match c.dialect() {
+                Kind::Undecided | Kind::Saas => usize::from(c.payload_style()),
+                other => other as usize + 1,
+            };
+            let frame = built[slot].get_or_insert_with(|| Utf8Bytes::from(c.event_frame(&b.event, &b.data)));
             let _ = c.push(frame.clone());
         }
     }

@@ -3,10 +3,12 @@
 //! every other event, run by the same handlers as Socket.IO (`events::handle`).
 //!
 //! One task per connection reads frames, writes what the core queued for it ([`clients::Out`]),
-//! pings, and closes: 4001 no authentication in time, 4002 idle, 4003 bad or expired token, 1008
-//! abuse or a full buffer, 1009 a frame over `MAX_PAYLOAD_BYTES`, 1001 shutdown.
+//! pings, and closes: 4001 no authentication in time, 4002 idle, 4003 bad or expired token in-band
+//! (one at the upgrade is refused there with HTTP 401), 1008 abuse or a full buffer, 1009 a frame over
+//! `MAX_PAYLOAD_BYTES`, 1001 shutdown. The seeds' own protocols are in `dialect/`.
 
 pub mod clients;
+pub mod dialect;
 pub mod frames;
 
 use std::net::IpAddr;
@@ -70,6 +72,9 @@ fn upgrade_token(parts: &Parts) -> (Option<String>, Option<String>) {
 
 async fn upgrade(State(front): State<WsFront>, ws: WebSocketUpgrade, parts: Parts) -> Response {
     let (token, protocol) = upgrade_token(&parts);
+    if let Some(refusal) = token.as_deref().and_then(|t| refuse_token(&front.state, t)) {
+        return refusal;
+    }
     let ip = crate::http::client_ip(&parts, front.state.config.trust_proxy_headers);
     let max = front.state.config.max_payload_bytes as usize;
     let mut ws = ws
@@ -83,6 +88,18 @@ async fn upgrade(State(front): State<WsFront>, ws: WebSocketUpgrade, parts: Part
     }
     ws.on_failed_upgrade(|e| tracing::debug!("ws upgrade failed: {e}"))
         .on_upgrade(move |socket| run(front, socket, token, ip))
+}
+
+/// A bad or expired token presented with the upgrade is refused there, with HTTP 401 (SPEC §10):
+/// accepted and then closed with 4003, a browser client's `onopen` would reset its reconnect counter
+/// and it would retry for ever.
+fn refuse_token(state: &AppState, token: &str) -> Option<Response> {
+    use axum::response::IntoResponse;
+    let e = state.auth.verify(token).err()?;
+    state.metrics.refused();
+    tracing::info!(reason = e.reason(), transport = "ws", "upgrade refused");
+    let body = json!({ "error": e.to_string(), "code": Code::Unauthenticated });
+    Some((axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response())
 }
 
 /// What the connection's loop does after a frame.
@@ -173,7 +190,14 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
                             Counted::Close(n) => n,
                         };
                     }
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(_))) => {
+                        // The library queued the echo of the client's close frame: send it (a clean
+                        // close, SPEC §10), then the TCP connection closes as the socket drops.
+                        use futures_util::SinkExt;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
+                        break;
+                    }
+                    None => break,
                     // The library answers pings, but a stream of them is abuse like any other frame.
                     Some(Ok(Message::Ping(_))) => {
                         if let Counted::Close(n) = count_frame(&front, &conn) {
@@ -365,6 +389,10 @@ fn refuse_frame(conn: &WsConn, text: Option<&str>) -> Next {
 }
 
 async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
+    // The seeds' own protocols (dialect/): a connection that speaks one is answered there.
+    if let Some(next) = dialect::on_text(front, conn, text).await {
+        return next;
+    }
     let f = match frames::parse(text) {
         Ok(f) => {
             if f.payload_style {
