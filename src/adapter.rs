@@ -22,7 +22,8 @@ type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 
 #[derive(Clone)]
 pub struct GatewayDriver {
-    conn: ConnectionManager,
+    /// Replaced when the sentinels name a new master (see [`GatewayDriver::follow`]).
+    conn: Arc<RwLock<ConnectionManager>>,
     handlers: Handlers,
     link: Arc<RedisLink>,
 }
@@ -31,49 +32,68 @@ pub struct GatewayDriver {
 #[error("redis: {0}")]
 pub struct DriverError(#[from] redis::RedisError);
 
-/// Adds `protocol=resp3` to a Redis URL that does not choose a protocol: pub/sub pushes on a
-/// multiplexed connection need RESP3.
-pub fn resp3_url(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_string()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
-    } else {
-        format!("{url}?protocol=resp3")
-    }
+/// A RESP3 connection (pub/sub pushes on a multiplexed connection need it) to the link's current
+/// server, whose pushes go to `handlers`.
+fn push_manager(link: &RedisLink, handlers: &Handlers) -> redis::RedisResult<ConnectionManager> {
+    let sink = handlers.clone();
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(2))
+        .set_push_sender(move |msg: PushInfo| {
+            route(msg, &sink);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .set_automatic_resubscription();
+    ConnectionManager::new_lazy_with_config(link.resp3_client()?, config)
 }
 
 impl GatewayDriver {
-    pub fn new(url: &str, link: Arc<RedisLink>) -> anyhow::Result<Self> {
-        let client = redis::Client::open(resp3_url(url))?;
+    pub fn new(link: Arc<RedisLink>) -> anyhow::Result<Self> {
         let handlers: Handlers = Arc::default();
-        let sink = handlers.clone();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(2))
-            .set_push_sender(move |msg: PushInfo| {
-                route(msg, &sink);
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .set_automatic_resubscription();
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { conn, handlers, link })
+        let conn = Arc::new(RwLock::new(push_manager(&link, &handlers)?));
+        let driver = Self { conn, handlers, link };
+        tokio::spawn(driver.clone().follow());
+        Ok(driver)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// After a failover, a fresh connection to the new master, subscribed to every channel the
+    /// adapter listens to. (The old one is dropped: were the old master to come back as a replica,
+    /// which receives every publish too, it would deliver each message twice.)
+    async fn follow(self) {
+        let mut moved = self.link.changes();
+        while moved.changed().await.is_ok() {
+            match push_manager(&self.link, &self.handlers) {
+                Ok(fresh) => {
+                    *self.conn.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                    let chans: Vec<String> =
+                        self.handlers.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+                    tracing::info!(channels = chans.len(), "adapter: resubscribing on the new master");
+                    for chan in chans {
+                        self.subscribe_until_done(chan);
+                    }
+                }
+                Err(e) => tracing::warn!("adapter: cannot reach the new master: {e}"),
+            }
+        }
     }
 
     /// Subscribes, retrying in the background while Redis is unreachable; once subscribed, the
     /// connection manager resubscribes after every reconnect.
     fn subscribe_until_done(&self, chan: String) {
-        let mut conn = self.conn.clone();
-        let handlers = self.handlers.clone();
+        let this = self.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                if !handlers.read().unwrap_or_else(|e| e.into_inner()).contains_key(&chan) {
+                if !this.handlers.read().unwrap_or_else(|e| e.into_inner()).contains_key(&chan) {
                     return; // unsubscribed meanwhile
                 }
-                match conn.subscribe(chan.as_str()).await {
+                match this.conn().subscribe(chan.as_str()).await {
                     Ok(()) => return,
                     Err(e) => tracing::debug!(chan, "adapter subscribe: {e}; retrying"),
                 }
@@ -107,7 +127,7 @@ impl Driver for GatewayDriver {
         if self.link.is_down() {
             return Ok(()); // this node alone until the heartbeat sees Redis again
         }
-        let res: redis::RedisResult<redis::Value> = self.conn.clone().publish(chan, val).await;
+        let res: redis::RedisResult<redis::Value> = self.conn().publish(chan, val).await;
         match res {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -127,7 +147,7 @@ impl Driver for GatewayDriver {
 
     async fn unsubscribe(&self, chan: String) -> Result<(), DriverError> {
         self.handlers.write().unwrap_or_else(|e| e.into_inner()).remove(&chan);
-        let _ = self.conn.clone().unsubscribe(chan).await;
+        let _ = self.conn().unsubscribe(chan).await;
         Ok(())
     }
 
@@ -136,18 +156,8 @@ impl Driver for GatewayDriver {
             return Ok(1);
         }
         let res: redis::RedisResult<(String, u16)> =
-            redis::cmd("PUBSUB").arg("NUMSUB").arg(chan).query_async(&mut self.conn.clone()).await;
+            redis::cmd("PUBSUB").arg("NUMSUB").arg(chan).query_async(&mut self.conn()).await;
         // While Redis is away, this node is the whole cluster.
         Ok(res.map(|(_, n)| n.max(1)).unwrap_or(1))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn resp3() {
-        assert_eq!(super::resp3_url("redis://h:1"), "redis://h:1?protocol=resp3");
-        assert_eq!(super::resp3_url("redis://h:1/0?x=1"), "redis://h:1/0?x=1&protocol=resp3");
-        assert_eq!(super::resp3_url("redis://h?protocol=resp2"), "redis://h?protocol=resp2");
     }
 }

@@ -52,10 +52,7 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         None => Policy::default(),
     };
     let cors = crate::http::cors(&config.cors_origins)?;
-    let redis = match config.redis_url.as_deref().filter(|u| !u.is_empty()) {
-        Some(url) => Some(Arc::new(RedisLink::open(url)?)),
-        None => None,
-    };
+    let redis = RedisLink::from_config(&config).await?;
     let limits = Limits::from_config(&config);
     let node_id = config.node_id.clone().unwrap_or_else(crate::state::random_node_id);
     let store: Arc<dyn Store> = match &redis {
@@ -91,9 +88,9 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         .ws_read_buffer_size(cfg.ws_read_buffer_bytes as usize)
         .ping_interval(cfg.ping_interval())
         .ping_timeout(cfg.ping_timeout());
-    match (&redis, cfg.redis_url.as_deref()) {
-        (Some(link), Some(url)) => {
-            let driver = GatewayDriver::new(url, link.clone())?;
+    match &redis {
+        Some(link) => {
+            let driver = GatewayDriver::new(link.clone())?;
             let adapter_config = RedisAdapterConfig::new()
                 .with_prefix(format!("{}-sio", cfg.redis_prefix))
                 .with_request_timeout(Duration::from_secs(2));
@@ -111,7 +108,7 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
             }
             Ok(assemble(io, layer, state, cors, listener, tls))
         }
-        _ => {
+        None => {
             let (layer, io) = builder.build_layer();
             io.ns("/", on_connect.with(authenticate));
             if state.admin.is_some() {

@@ -389,7 +389,7 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::UnboundedSender<
         }
         let conn = match &mut blocking {
             Some(c) => c,
-            None => match redis.client.get_multiplexed_async_connection().await {
+            None => match redis.client().get_multiplexed_async_connection().await {
                 Ok(c) => blocking.insert(c),
                 Err(e) => {
                     tracing::debug!("webhooks: {e}");

@@ -1,0 +1,182 @@
+// Where Redis runs (SPEC §9, issue 25): TLS (`rediss://` + REDIS_CA_FILE), Sentinel failover, and settings
+// that contradict each other. Every server is a real process started here (redis-server with TLS, redis-server
+// --sentinel), killed when its test ends, on failure too.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { startGateway, connect, request, next, token, http, until, freePort, WS } from '../lib/helpers.js';
+
+// Every process this file starts, killed at the end whatever happened.
+const procs = new Set();
+const cleanup = () => { for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL'); };
+process.on('exit', cleanup);
+after(cleanup);
+
+/** Spawns `cmd args` and resolves once its output matches `ready`; {proc, out(), kill(signal)}. */
+async function server(cmd, args, ready, ms = 10000) {
+  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  procs.add(proc);
+  let out = '';
+  const onData = (d) => { out += d.toString(); };
+  proc.stdout.on('data', onData);
+  proc.stderr.on('data', onData);
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${cmd} did not start:\n${out}`)), ms);
+    const check = () => { if (ready.test(out)) { clearTimeout(timer); resolve(); } };
+    proc.stdout.on('data', check);
+    proc.stderr.on('data', check);
+    proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`${cmd} exited ${code}:\n${out}`)); });
+  });
+  return {
+    proc,
+    out: () => out,
+    async kill(signal = 'SIGTERM') {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const exited = once(proc, 'exit');
+      proc.kill(signal);
+      await exited;
+    },
+  };
+}
+
+/** Stops every gateway (and server) of a test when it ends. */
+function tracker(t) {
+  const list = [];
+  t.after(async () => {
+    for (const g of list.reverse()) await (g.stop ? g.stop('SIGKILL') : g.kill('SIGKILL')).catch(() => {});
+  });
+  return (g) => { list.push(g); if (g.proc) procs.add(g.proc); return g; };
+}
+
+const READY = /Ready to accept connections/;
+
+/** A test CA, a server certificate it signed for 127.0.0.1/localhost, and an unrelated CA. */
+function makeCerts() {
+  const dir = mkdtempSync(path.join(tmpdir(), 'rtg-redis-tls-'));
+  const f = (n) => path.join(dir, n);
+  const ssl = (...args) => execFileSync('openssl', args, { stdio: 'pipe' });
+  for (const ca of ['ca', 'other-ca']) {
+    ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', `/CN=rtg test ${ca}`,
+      '-keyout', f(`${ca}.key`), '-out', f(`${ca}.pem`));
+  }
+  ssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-keyout', f('server.key'), '-out', f('server.csr'));
+  writeFileSync(f('ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
+  ssl('x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial',
+    '-days', '2', '-extfile', f('ext.cnf'), '-out', f('server.pem'));
+  return { dir, ca: f('ca.pem'), otherCa: f('other-ca.pem'), cert: f('server.pem'), key: f('server.key') };
+}
+
+/** redis-server speaking TLS only (no plain port), client certificates not required. */
+async function tlsRedis(certs) {
+  const port = await freePort();
+  const s = await server('redis-server', ['--port', '0', '--tls-port', String(port), '--bind', '127.0.0.1',
+    '--tls-cert-file', certs.cert, '--tls-key-file', certs.key, '--tls-ca-cert-file', certs.ca,
+    '--tls-auth-clients', 'no', '--save', '', '--appendonly', 'no'], READY);
+  return { ...s, port, url: `rediss://127.0.0.1:${port}` };
+}
+
+/** A node-redis client (for PUBLISH, like a backend), over TLS with `ca` when given. */
+async function redisClient(url, ca) {
+  const { createClient } = await import('redis');
+  const socket = { reconnectStrategy: (n) => Math.min(50 * n, 500), ...(ca ? { tls: true, ca: readFileSync(ca) } : {}) };
+  const c = createClient({ url, socket });
+  c.on('error', () => {});
+  await c.connect();
+  return c;
+}
+
+const health = async (g) => (await http(`${g.url}/health`)).body;
+const up = (g, ms = 15000) => until(async () => (await health(g)).redis === 'up', ms, 'redis up');
+const user = async (g, id) => (await connect(g.url, { ...WS, auth: { token: token(id) } })).socket;
+
+/**
+ * Cross-node traffic between A and B: a room message from A reaches B, a private message from A reaches B,
+ * a backend PUBLISH on `channel` reaches a subscriber on B. `tag` keeps each round's ids apart.
+ */
+async function crossNode(A, B, pub, tag, ms = 5000) {
+  const alice = await user(A, `alice-${tag}`);
+  const bob = await user(B, `bob-${tag}`);
+  try {
+    const room = `room-${tag}`;
+    await request(alice, 'join-room', room);
+    await request(bob, 'join-room', room);
+    const msg = next(bob, 'new-message', ms);
+    const sent = await request(alice, 'message', { roomId: room, content: `hello ${tag}` });
+    assert.equal(sent.success, true);
+    assert.equal((await msg).id, sent.messageId);
+
+    const pm = next(bob, 'private-message', ms);
+    const ack = await request(alice, 'private-message', { targetUserId: `bob-${tag}`, content: `pm ${tag}` });
+    assert.equal(ack.delivered, true);
+    assert.equal((await pm).id, ack.messageId);
+
+    const channel = `apps:${tag}`;
+    await request(bob, 'subscribe', channel);
+    const ev = next(bob, 'event', ms);
+    await pub.publish(channel, JSON.stringify({ tag }));
+    const got = await ev;
+    assert.equal(got.channel, channel);
+    assert.deepEqual(got.data, { tag });
+  } finally { alice.close(); bob.close(); }
+}
+
+test('TLS: two nodes on rediss:// with a private CA carry rooms, private messages and channel publications', async (t) => {
+  const keep = tracker(t);
+  const certs = makeCerts();
+  const redis = keep(await tlsRedis(certs));
+  const env = { REDIS_URL: redis.url, REDIS_CA_FILE: certs.ca };
+  const A = keep(await startGateway({ ...env, NODE_ID: 'tls-a' }));
+  const B = keep(await startGateway({ ...env, NODE_ID: 'tls-b' }));
+  await up(A); await up(B);
+  const h = await health(A);
+  assert.equal(h.redisMode, 'single');
+  assert.equal(h.redisMaster, `127.0.0.1:${redis.port}`);
+  const metrics = (await (await fetch(`${A.url}/metrics`)).text());
+  assert.match(metrics, new RegExp(`realtime_redis_mode\\{mode="single",master="127.0.0.1:${redis.port}"\\} 1`));
+  const pub = await redisClient(redis.url, certs.ca);
+  t.after(() => pub.quit().catch(() => {}));
+  // The server has no plain port at all (--port 0): all of this runs over TLS.
+  await crossNode(A, B, pub, 'tls');
+});
+
+test('TLS: a certificate that does not verify stops the start with a message naming TLS', async (t) => {
+  const keep = tracker(t);
+  const certs = makeCerts();
+  const redis = keep(await tlsRedis(certs));
+  const started = Date.now();
+  // Another CA than the one that signed the server's certificate.
+  const err = await startGateway({ REDIS_URL: redis.url, REDIS_CA_FILE: certs.otherCa }).then(
+    (g) => { keep(g); return null; }, (e) => e);
+  assert.ok(err, 'the gateway started with an untrusted Redis certificate');
+  assert.match(err.message, /gateway exited [1-9]/);
+  assert.match(err.message, /REDIS_URL: TLS/);
+  assert.ok(Date.now() - started < 10000, 'the refusal took too long');
+  // No CA given and the test CA is not in the system's store: refused too.
+  const err2 = await startGateway({ REDIS_URL: redis.url }).then((g) => { keep(g); return null; }, (e) => e);
+  assert.ok(err2, 'the gateway started with an unknown issuer');
+  assert.match(err2.message, /TLS/);
+  // A CA file that is not PEM names the variable.
+  const bad = path.join(certs.dir, 'bad.pem');
+  writeFileSync(bad, 'not a certificate\n');
+  const err3 = await startGateway({ REDIS_URL: redis.url, REDIS_CA_FILE: bad }).then((g) => { keep(g); return null; }, (e) => e);
+  assert.ok(err3, 'the gateway started with a broken REDIS_CA_FILE');
+  assert.match(err3.message, /REDIS_CA_FILE/);
+});
+
+test('two ways to reach Redis at once stop the start, naming both settings', async (t) => {
+  const keep = tracker(t);
+  for (const [env, names] of [
+    [{ REDIS_URL: 'redis://127.0.0.1:1', REDIS_SENTINELS: '127.0.0.1:2' }, ['REDIS_URL', 'REDIS_SENTINELS']],
+    [{ REDIS_URL: 'redis://127.0.0.1:1', REDIS_CLUSTER_NODES: '127.0.0.1:2' }, ['REDIS_URL', 'REDIS_CLUSTER_NODES']],
+    [{ REDIS_SENTINELS: '127.0.0.1:2', REDIS_CLUSTER_NODES: '127.0.0.1:3' }, ['REDIS_SENTINELS', 'REDIS_CLUSTER_NODES']],
+  ]) {
+    const err = await startGateway(env).then((g) => { keep(g); return null; }, (e) => e);
+    assert.ok(err, `started with ${names.join(' and ')}`);
+    assert.match(err.message, /gateway exited [1-9]/);
+    for (const n of names) assert.match(err.message, new RegExp(n));
+  }
+});
