@@ -267,6 +267,8 @@ impl RedisLink {
         *self.last_failover.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::iso_now());
         tracing::warn!(from = old.addr, to = addr, "redis: the sentinels name a new master; following it");
         self.changed.send_modify(|n| *n += 1);
+        // The sentinels' answer was checked against the server's own ROLE: it is up.
+        self.set_up(true);
         Ok(())
     }
     pub fn is_up(&self) -> bool {
@@ -285,6 +287,19 @@ impl RedisLink {
     /// True while Redis is known to be unreachable: skip it rather than wait.
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
+    }
+
+    /// Which server the link is on: changes with each failover followed.
+    pub fn generation(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
+    /// A heartbeat's result, ignored when it was started against a master since left behind (a
+    /// beat to the dead master that ends after the switch must not mark the new one down).
+    pub fn beat(&self, generation: u64, up: bool) {
+        if up || generation == self.generation() {
+            self.set_up(up);
+        }
     }
 
     /// Set by the heartbeat alone (and the ingress when it subscribes): one failed request elsewhere

@@ -115,7 +115,7 @@ async function crossNode(A, B, pub, tag, ms = 5000) {
     assert.equal((await pm).id, ack.messageId);
 
     const channel = `apps:${tag}`;
-    await request(bob, 'subscribe', channel);
+    assert.equal((await request(bob, 'subscribe', channel)).success, true);
     const ev = next(bob, 'event', ms);
     await pub.publish(channel, JSON.stringify({ tag }));
     const got = await ev;
@@ -138,7 +138,7 @@ test('TLS: two nodes on rediss:// with a private CA carry rooms, private message
   const metrics = (await (await fetch(`${A.url}/metrics`)).text());
   assert.match(metrics, new RegExp(`realtime_redis_mode\\{mode="single",master="127.0.0.1:${redis.port}"\\} 1`));
   const pub = await redisClient(redis.url, certs.ca);
-  t.after(() => pub.quit().catch(() => {}));
+  t.after(() => { pub.disconnect().catch(() => {}); });
   // The server has no plain port at all (--port 0): all of this runs over TLS.
   await crossNode(A, B, pub, 'tls');
 });
@@ -179,4 +179,115 @@ test('two ways to reach Redis at once stop the start, naming both settings', asy
     assert.match(err.message, /gateway exited [1-9]/);
     for (const n of names) assert.match(err.message, new RegExp(n));
   }
+});
+
+/** A master, a replica and three sentinels watching them (quorum 2, a master is down after 1 s of silence). */
+async function sentinelSet(keep) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'rtg-sentinel-'));
+  const plain = ['--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir];
+  const mport = await freePort();
+  const master = keep(await server('redis-server', ['--port', String(mport), ...plain, '--dbfilename', 'm.rdb'], READY));
+  const rport = await freePort();
+  const replica = keep(await server('redis-server', ['--port', String(rport), ...plain, '--dbfilename', 'r.rdb',
+    '--replicaof', '127.0.0.1', String(mport)], /MASTER <-> REPLICA sync: Finished with success/));
+  const sentinels = [];
+  for (let i = 0; i < 3; i++) {
+    const port = await freePort();
+    const conf = path.join(dir, `sentinel-${i}.conf`);
+    writeFileSync(conf, [`port ${port}`, 'bind 127.0.0.1', `dir ${dir}`,
+      `sentinel monitor mymaster 127.0.0.1 ${mport} 2`,
+      'sentinel down-after-milliseconds mymaster 1000',
+      'sentinel failover-timeout mymaster 10000',
+      'sentinel parallel-syncs mymaster 1', ''].join('\n'));
+    sentinels.push({ port, ...keep(await server('redis-server', [conf, '--sentinel'], /\+monitor master mymaster/)) });
+  }
+  // A failover needs each sentinel to know the replica and the other two (they meet through the master).
+  await until(() => sentinels.every((s) => s.out().includes(`+slave slave 127.0.0.1:${rport}`)
+    && (s.out().match(/\+sentinel sentinel /g) || []).length >= 2), 20000, 'the sentinels to know each other and the replica');
+  return { master, mport, replica, rport, sentinels, list: sentinels.map((s) => `127.0.0.1:${s.port}`).join(',') };
+}
+
+test('Sentinel: a SIGKILLed master is followed; clients stay connected and cross-node traffic flows again', async (t) => {
+  const keep = tracker(t);
+  const set = await sentinelSet(keep);
+  const env = { REDIS_SENTINELS: set.list, PRESENCE_GRACE_MS: '300' };
+  const A = keep(await startGateway({ ...env, NODE_ID: 'sen-a' }));
+  const B = keep(await startGateway({ ...env, NODE_ID: 'sen-b' }));
+  await up(A); await up(B);
+  for (const g of [A, B]) {
+    const h = await health(g);
+    assert.equal(h.redisMode, 'sentinel');
+    assert.equal(h.redisMaster, `127.0.0.1:${set.mport}`);
+    assert.equal(h.redisLastFailover, null);
+  }
+  const oldPub = await redisClient(`redis://127.0.0.1:${set.mport}`);
+  await crossNode(A, B, oldPub, 'before');
+  oldPub.disconnect().catch(() => {});
+
+  // Two clients that must live through the failover, with traffic between them meanwhile.
+  const alice = await user(A, 'sen-alice');
+  const bob = await user(B, 'sen-bob');
+  t.after(() => { alice.close(); bob.close(); });
+  const drops = [];
+  alice.on('disconnect', (r) => drops.push(`alice: ${r}`));
+  bob.on('disconnect', (r) => drops.push(`bob: ${r}`));
+  await request(alice, 'join-room', 'sen-room');
+  await request(bob, 'join-room', 'sen-room');
+  const bobGot = new Map();
+  bob.on('new-message', (m) => bobGot.set(m.id, Date.now()));
+
+  let traffic = true;
+  const sentAfterKill = [];
+  let killedAt = 0;
+  const sender = (async () => {
+    for (let i = 0; traffic; i++) {
+      const at = Date.now();
+      const ack = await Promise.race([request(alice, 'message', { roomId: 'sen-room', content: `m${i}` }),
+        new Promise((r) => setTimeout(() => r({ success: false, error: 'no ack' }), 3000))]);
+      if (killedAt && at > killedAt) sentAfterKill.push({ at, ack });
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
+
+  await new Promise((r) => setTimeout(r, 500)); // some traffic before the kill (bounded, not a synchronisation)
+  killedAt = Date.now();
+  await set.master.kill('SIGKILL');
+  // Both nodes follow the replica the sentinels promote.
+  const newMaster = `127.0.0.1:${set.rport}`;
+  await until(async () => (await health(A)).redisMaster === newMaster && (await health(B)).redisMaster === newMaster,
+    30000, 'both nodes on the promoted replica');
+  const switchedAt = Date.now();
+  // Cross-node traffic flows again: a message acknowledged after the switch reaches bob on the other node.
+  await until(() => sentAfterKill.some((s) => s.ack.success && bobGot.has(s.ack.messageId)), 15000, 'room traffic after the failover');
+  const flowingAt = Date.now();
+  traffic = false;
+  await sender;
+  console.log(`# sentinel failover: nodes on the new master ${switchedAt - killedAt} ms after the SIGKILL; `
+    + `cross-node room traffic again after ${flowingAt - killedAt} ms`);
+  assert.ok(flowingAt - switchedAt < 10000, 'traffic took more than 10 s after the switch');
+
+  await until(async () => (await health(A)).redis === 'up' && (await health(B)).redis === 'up', 15000, 'redis up after the failover');
+  for (const g of [A, B]) {
+    const h = await health(g);
+    assert.ok(h.redisLastFailover, 'no failover time in /health');
+    assert.match(await (await fetch(`${g.url}/metrics`)).text(), /realtime_redis_last_failover_seconds [1-9]/);
+  }
+  const pub = await redisClient(`redis://${newMaster}`);
+  t.after(() => { pub.disconnect().catch(() => {}); });
+  await crossNode(A, B, pub, 'after');
+
+  // Nothing acknowledged after the failover is lost: each message acked now is delivered and in the history.
+  const acked = [];
+  for (let i = 0; i < 5; i++) {
+    const got = next(bob, 'new-message');
+    const ack = await request(alice, 'message', { roomId: 'sen-room', content: `after ${i}` });
+    assert.equal(ack.success, true);
+    assert.equal((await got).id, ack.messageId);
+    acked.push(ack.messageId);
+  }
+  const hist = await request(bob, 'load-messages', { roomId: 'sen-room', limit: 100 });
+  const ids = hist.messages.map((m) => m.id);
+  for (const id of acked) assert.ok(ids.includes(id), `message ${id} acknowledged after the failover is not in the history`);
+  assert.deepEqual(drops, [], 'a client was disconnected by the failover');
+  assert.ok(alice.connected && bob.connected);
 });
