@@ -12,6 +12,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterConfig;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncCommands, FromRedisValue, PushInfo, PushKind};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
@@ -23,7 +26,7 @@ type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 #[derive(Clone)]
 pub struct GatewayDriver {
     /// Replaced when the sentinels name a new master (see [`GatewayDriver::follow`]).
-    conn: Arc<RwLock<ConnectionManager>>,
+    conn: Arc<RwLock<PubSub>>,
     handlers: Handlers,
     link: Arc<RedisLink>,
 }
@@ -32,9 +35,72 @@ pub struct GatewayDriver {
 #[error("redis: {0}")]
 pub struct DriverError(#[from] redis::RedisError);
 
+/// The adapter's connection: to one server, or to a Redis Cluster, where its channels are sharded
+/// (`SPUBLISH`/`SSUBSCRIBE`): each lives on the shard its name hashes to, so the adapter's traffic
+/// spreads over the masters instead of reaching every node of the cluster.
+#[derive(Clone)]
+enum PubSub {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// A sharded channel's master.
+fn shard_of(chan: &str) -> RoutingInfo {
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(chan, SlotAddr::Master)))
+}
+
+impl PubSub {
+    async fn subscribe(&mut self, chan: &str) -> redis::RedisResult<()> {
+        match self {
+            PubSub::Single(c) => c.subscribe(chan).await,
+            PubSub::Cluster(c) => c.ssubscribe(chan).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, chan: &str) -> redis::RedisResult<()> {
+        match self {
+            PubSub::Single(c) => c.unsubscribe(chan).await,
+            PubSub::Cluster(c) => c.sunsubscribe(chan).await,
+        }
+    }
+
+    async fn publish(&mut self, chan: &str, val: Vec<u8>) -> redis::RedisResult<redis::Value> {
+        match self {
+            PubSub::Single(c) => c.publish(chan, val).await,
+            PubSub::Cluster(c) => {
+                c.route_command(redis::cmd("SPUBLISH").arg(chan).arg(val).clone(), shard_of(chan)).await
+            }
+        }
+    }
+
+    /// How many nodes listen on `chan`.
+    async fn listeners(&mut self, chan: &str) -> redis::RedisResult<u16> {
+        let (_, n): (String, u16) = match self {
+            PubSub::Single(c) => redis::cmd("PUBSUB").arg("NUMSUB").arg(chan).query_async(c).await?,
+            PubSub::Cluster(c) => {
+                let v =
+                    c.route_command(redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(chan).clone(), shard_of(chan)).await?;
+                redis::from_redis_value(v)?
+            }
+        };
+        Ok(n)
+    }
+}
+
 /// A RESP3 connection (pub/sub pushes on a multiplexed connection need it) to the link's current
-/// server, whose pushes go to `handlers`.
-fn push_manager(link: &RedisLink, handlers: &Handlers) -> redis::RedisResult<ConnectionManager> {
+/// server or cluster, whose pushes go to `handlers`.
+fn push_manager(link: &RedisLink, handlers: &Handlers) -> redis::RedisResult<PubSub> {
+    let sink = handlers.clone();
+    if let Some(client) = link.cluster_push_client(move |msg: PushInfo| {
+        route(msg, &sink);
+        Ok::<(), std::convert::Infallible>(())
+    }) {
+        // Connects in the background: an unreachable cluster at start is not an error.
+        let config = ClusterConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(5));
+        return Ok(PubSub::Cluster(client?.get_pending_async_connection_with_config(config)));
+    }
     let sink = handlers.clone();
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -46,7 +112,7 @@ fn push_manager(link: &RedisLink, handlers: &Handlers) -> redis::RedisResult<Con
             Ok::<(), std::convert::Infallible>(())
         })
         .set_automatic_resubscription();
-    ConnectionManager::new_lazy_with_config(link.resp3_client()?, config)
+    Ok(PubSub::Single(ConnectionManager::new_lazy_with_config(link.resp3_client()?, config)?))
 }
 
 impl GatewayDriver {
@@ -58,7 +124,7 @@ impl GatewayDriver {
         Ok(driver)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> PubSub {
         self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -127,7 +193,7 @@ impl Driver for GatewayDriver {
         if self.link.is_down() {
             return Ok(()); // this node alone until the heartbeat sees Redis again
         }
-        let res: redis::RedisResult<redis::Value> = self.conn().publish(chan, val).await;
+        let res = self.conn().publish(&chan, val).await;
         match res {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -147,7 +213,7 @@ impl Driver for GatewayDriver {
 
     async fn unsubscribe(&self, chan: String) -> Result<(), DriverError> {
         self.handlers.write().unwrap_or_else(|e| e.into_inner()).remove(&chan);
-        let _ = self.conn().unsubscribe(chan).await;
+        let _ = self.conn().unsubscribe(&chan).await;
         Ok(())
     }
 
@@ -155,9 +221,7 @@ impl Driver for GatewayDriver {
         if self.link.is_down() {
             return Ok(1);
         }
-        let res: redis::RedisResult<(String, u16)> =
-            redis::cmd("PUBSUB").arg("NUMSUB").arg(chan).query_async(&mut self.conn()).await;
         // While Redis is away, this node is the whole cluster.
-        Ok(res.map(|(_, n)| n.max(1)).unwrap_or(1))
+        Ok(self.conn().listeners(chan).await.map(|n| n.max(1)).unwrap_or(1))
     }
 }

@@ -73,10 +73,14 @@ pub fn spawn(state: AppState) -> Option<tokio::task::JoinHandle<()>> {
     let patterns = Arc::new(redis_patterns(&state.policy));
     Some(tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
+        // In a cluster, which listed node to subscribe on: the next one after each failure.
+        let mut attempt = 0;
         loop {
             let mut subscribed = false;
             let mut moved = redis.changes();
-            match run_once(&state, &redis.client(), &patterns, &mut subscribed, &mut moved).await {
+            let client = redis.pubsub_client(attempt);
+            attempt += 1;
+            match run_once(&state, &client, &patterns, &mut subscribed, &mut moved).await {
                 Ok(()) => tracing::warn!("redis ingress: subscription closed"),
                 Err(e) => tracing::warn!("redis ingress: {e}"),
             }

@@ -6,17 +6,23 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{AsyncCommands, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, TlsCertificates, TlsMode};
+use redis::{
+    AsyncCommands, ConnectionAddr, FromRedisValue, IntoConnectionInfo, ProtocolVersion, TlsCertificates, TlsMode,
+};
 
 use crate::config::Config;
 
-/// Where Redis runs (SPEC §9): one endpoint, or a master found through Sentinel.
+/// Where Redis runs (SPEC §9): one endpoint, a master found through Sentinel, or Redis Cluster.
 #[derive(Clone, Debug)]
 pub enum Mode {
     Single,
     Sentinel { sentinels: Vec<String>, master: String },
+    Cluster { nodes: Vec<String> },
 }
 
 impl Mode {
@@ -24,6 +30,7 @@ impl Mode {
         match self {
             Mode::Single => "single",
             Mode::Sentinel { .. } => "sentinel",
+            Mode::Cluster { .. } => "cluster",
         }
     }
 }
@@ -31,7 +38,7 @@ impl Mode {
 /// The Redis server this node talks to now: replaced as a whole when Sentinel names another master.
 struct Endpoint {
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: Conn,
     /// `host:port` (for `/health`).
     addr: String,
 }
@@ -53,6 +60,18 @@ pub struct RedisLink {
     down: AtomicBool,
     /// The ingress subscriber is subscribed (`/health` says `up` only then).
     ingress: AtomicBool,
+    /// Redis Cluster: the client for connections of one's own, one client per listed node (the
+    /// ingress moves to the next when its node fails) and the shard count seen last.
+    cluster: Option<ClusterSide>,
+}
+
+struct ClusterSide {
+    client: ClusterClient,
+    infos: Vec<redis::ConnectionInfo>,
+    nodes: Vec<redis::Client>,
+    route: SingleNodeRoutingInfo,
+    tag: String,
+    shards: std::sync::atomic::AtomicUsize,
 }
 
 /// How long a connection attempt may take before the node treats Redis as unreachable.
@@ -101,7 +120,18 @@ impl RedisLink {
 
     fn with_client(mode: Mode, ca: Option<Vec<u8>>, client: redis::Client) -> anyhow::Result<Self> {
         let addr = addr_of(client.get_connection_info());
-        let conn = manager(client.clone())?;
+        let conn = Conn::Single(manager(client.clone())?);
+        Self::with_conn(mode, ca, client, conn, addr, None)
+    }
+
+    fn with_conn(
+        mode: Mode,
+        ca: Option<Vec<u8>>,
+        client: redis::Client,
+        conn: Conn,
+        addr: String,
+        cluster: Option<ClusterSide>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             mode,
             ca,
@@ -111,7 +141,38 @@ impl RedisLink {
             up: AtomicBool::new(false),
             down: AtomicBool::new(false),
             ingress: AtomicBool::new(false),
+            cluster,
         })
+    }
+
+    /// Redis Cluster: every key of the gateway carries the hash tag `{<REDIS_PREFIX>}` (see
+    /// `startup`), so all of them, and every multi-key script, live in one slot; every command goes to
+    /// that slot's master. Pub/sub is what spreads: the adapter's channels are sharded (`SPUBLISH`).
+    fn cluster(nodes: Vec<String>, prefix: &str, ca: Option<Vec<u8>>) -> anyhow::Result<Self> {
+        let infos = nodes
+            .iter()
+            .map(|u| u.as_str().into_connection_info())
+            .collect::<redis::RedisResult<Vec<_>>>()
+            .context("REDIS_CLUSTER_NODES: not a list of host:port or redis[s]:// URLs")?;
+        let client = cluster_builder(&infos, ca.as_deref()).build().context("REDIS_CLUSTER_NODES")?;
+        let clients = infos
+            .iter()
+            .map(|i| match &ca {
+                Some(pem) => redis::Client::build_with_tls(i.clone(), certificates(pem)),
+                None => redis::Client::open(i.clone()),
+            })
+            .collect::<redis::RedisResult<Vec<_>>>()
+            .context("REDIS_CLUSTER_NODES")?;
+        let first = clients.first().cloned().context("REDIS_CLUSTER_NODES: no node given")?;
+        let tag = format!("{{{prefix}}}");
+        let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(&tag, SlotAddr::Master));
+        let pending = client.get_pending_async_connection_with_config(
+            ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT).set_response_timeout(Duration::from_secs(5)),
+        );
+        let conn = Conn::Cluster(ClusterConn { conn: pending, route: route.clone() });
+        let side =
+            ClusterSide { client, infos, nodes: clients, route, tag, shards: std::sync::atomic::AtomicUsize::new(0) };
+        Self::with_conn(Mode::Cluster { nodes }, ca, first, conn, String::new(), Some(side))
     }
 
     /// The link the settings ask for, or none without Redis. Contradicting settings, a CA file that
@@ -148,7 +209,12 @@ impl RedisLink {
         let link = match modes.first() {
             None => return Ok(None),
             Some(&"REDIS_CLUSTER_NODES") => {
-                anyhow::bail!("REDIS_CLUSTER_NODES: Redis Cluster is not supported by this build; use REDIS_URL or REDIS_SENTINELS")
+                let nodes = sentinel_urls(config.redis_cluster_nodes.as_deref().unwrap_or_default());
+                let link = Self::cluster(nodes, &config.redis_prefix, ca)?;
+                if link.is_tls() {
+                    link.check_tls("REDIS_CLUSTER_NODES").await?;
+                }
+                link
             }
             Some(&"REDIS_URL") => {
                 let url = config.redis_url.as_deref().unwrap_or_default().trim();
@@ -193,6 +259,9 @@ impl RedisLink {
             let lookup = Lookup::new(sentinels, master, link.ca.as_deref())?;
             tokio::spawn(watch_sentinels(Arc::downgrade(&link), lookup));
         }
+        if link.cluster.is_some() {
+            tokio::spawn(watch_cluster(Arc::downgrade(&link)));
+        }
         Ok(Some(link))
     }
 
@@ -224,7 +293,8 @@ impl RedisLink {
         &self.mode
     }
 
-    /// `host:port` of the Redis server (the master) in use.
+    /// `host:port` of the Redis server (the master) in use; in a cluster, the master of the gateway's
+    /// keys.
     pub fn master(&self) -> String {
         self.now.read().unwrap_or_else(|e| e.into_inner()).addr.clone()
     }
@@ -232,6 +302,47 @@ impl RedisLink {
     /// When this node last followed a failover (ISO 8601), if ever.
     pub fn last_failover(&self) -> Option<String> {
         self.last_failover.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Redis Cluster: how many shards (masters) the cluster has, when known.
+    pub fn shards(&self) -> Option<usize> {
+        self.cluster.as_ref().map(|c| c.shards.load(Ordering::Relaxed))
+    }
+
+    /// The client for a pub/sub connection of one's own: the current server, or in a cluster (whose
+    /// classic pub/sub reaches every node) the `attempt`-th listed node, so that a failed node is
+    /// left for the next.
+    pub fn pubsub_client(&self, attempt: usize) -> redis::Client {
+        match &self.cluster {
+            Some(c) if !c.nodes.is_empty() => c.nodes[attempt % c.nodes.len()].clone(),
+            _ => self.client(),
+        }
+    }
+
+    /// A connection of its own for blocking reads (`XREADGROUP ... BLOCK`), to the server (or the
+    /// cluster master) that holds the gateway's keys.
+    pub async fn blocking_conn(&self) -> redis::RedisResult<Conn> {
+        match &self.cluster {
+            Some(c) => {
+                Ok(Conn::Cluster(ClusterConn { conn: c.client.get_async_connection().await?, route: c.route.clone() }))
+            }
+            None => Ok(Conn::Plain(self.client().get_multiplexed_async_connection().await?)),
+        }
+    }
+
+    /// Redis Cluster: a client whose connections push (RESP3) to `push`, for the adapter's sharded
+    /// pub/sub.
+    pub fn cluster_push_client(
+        &self,
+        push: impl redis::aio::AsyncPushSender,
+    ) -> Option<redis::RedisResult<ClusterClient>> {
+        let c = self.cluster.as_ref()?;
+        Some(
+            cluster_builder(&c.infos, self.ca.as_deref())
+                .use_protocol(ProtocolVersion::RESP3)
+                .push_sender(push)
+                .build(),
+        )
     }
 
     /// A client for the current server (for connections of one's own: pub/sub, blocking reads).
@@ -247,7 +358,7 @@ impl RedisLink {
     }
 
     /// The shared command connection (reconnecting by itself).
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> Conn {
         self.now.read().unwrap_or_else(|e| e.into_inner()).conn.clone()
     }
 
@@ -259,7 +370,7 @@ impl RedisLink {
     /// Points every new command at `client` and tells the pub/sub connections to move.
     fn switch(&self, client: redis::Client) -> anyhow::Result<()> {
         let addr = addr_of(client.get_connection_info());
-        let conn = manager(client.clone())?;
+        let conn = Conn::Single(manager(client.clone())?);
         let old = std::mem::replace(
             &mut *self.now.write().unwrap_or_else(|e| e.into_inner()),
             Endpoint { client, conn, addr: addr.clone() },
@@ -331,7 +442,56 @@ impl RedisLink {
 /// executed) while the manager reconnects; the retry waits for the new connection. Other errors
 /// (timeouts, script errors) are not retried, so nothing that may have run is run twice.
 #[derive(Clone)]
-pub struct RetryConn(pub ConnectionManager);
+pub struct RetryConn(pub Conn);
+
+/// A command connection: to one server (reconnecting, or plain for blocking reads of one's own), or
+/// to a Redis Cluster.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Plain(MultiplexedConnection),
+    Cluster(ClusterConn),
+}
+
+/// A cluster connection that sends every command and pipeline to the master of the gateway's slot
+/// (the keys' hash tag): scripts that compute key names from their arguments, `SCRIPT LOAD` and
+/// `PUBLISH` (which a cluster carries to every node) included.
+#[derive(Clone)]
+pub struct ClusterConn {
+    conn: ClusterConnection,
+    route: SingleNodeRoutingInfo,
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Plain(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => Box::pin(c.conn.route_command(cmd.clone(), RoutingInfo::SingleNode(c.route.clone()))),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => Box::pin(c.conn.route_pipeline(pipeline.clone(), offset, count, c.route.clone())),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Plain(c) => c.get_db(),
+            Conn::Cluster(_) => 0,
+        }
+    }
+}
 
 fn dropped(e: &redis::RedisError) -> bool {
     e.is_connection_dropped() || e.is_connection_refusal()
@@ -370,6 +530,16 @@ impl RedisLink {
     /// A command connection that survives a Redis restart (see [`RetryConn`]).
     pub fn commands(&self) -> RetryConn {
         RetryConn(self.conn())
+    }
+}
+
+fn cluster_builder(infos: &[redis::ConnectionInfo], ca: Option<&[u8]>) -> ClusterClientBuilder {
+    let builder = ClusterClientBuilder::new(infos.to_vec())
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(Duration::from_secs(5));
+    match ca {
+        Some(pem) => builder.certs(certificates(pem)),
+        None => builder,
     }
 }
 
@@ -441,6 +611,56 @@ async fn watch_sentinels(link: std::sync::Weak<RedisLink>, mut lookup: Lookup) {
             }
             Ok(Err(e)) => tracing::debug!("sentinels: no master yet: {e}"),
             Err(_) => tracing::debug!("sentinels: no answer within 3 s"),
+        }
+    }
+}
+
+/// Redis Cluster: every 2 s, which master holds the gateway's slot and how many shards there are;
+/// a change of that master is a failover followed (the cluster client itself follows it, on the
+/// first `MOVED` or failed connection).
+async fn watch_cluster(link: std::sync::Weak<RedisLink>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(link) = link.upgrade() else { return };
+        let Some(side) = &link.cluster else { return };
+        let mut conn = link.conn();
+        let slot: redis::RedisResult<i64> =
+            redis::cmd("CLUSTER").arg("KEYSLOT").arg(&side.tag).query_async(&mut conn).await;
+        let slots: redis::RedisResult<Vec<Vec<redis::Value>>> =
+            redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await;
+        let (Ok(slot), Ok(slots)) = (slot, slots) else { continue };
+        let mut masters = std::collections::HashSet::new();
+        let mut ours = None;
+        for range in &slots {
+            let (Some(start), Some(end), Some(master)) = (range.first(), range.get(1), range.get(2)) else { continue };
+            let (Ok(start), Ok(end)) = (i64::from_redis_value_ref(start), i64::from_redis_value_ref(end)) else {
+                continue;
+            };
+            // `[host, port, id, {metadata}?]`
+            let Ok(fields) = Vec::<redis::Value>::from_redis_value_ref(master) else { continue };
+            let (Some(Ok(host)), Some(Ok(port))) =
+                (fields.first().map(String::from_redis_value_ref), fields.get(1).map(i64::from_redis_value_ref))
+            else {
+                continue;
+            };
+            let node = format!("{host}:{port}");
+            if (start..=end).contains(&slot) {
+                ours = Some(node.clone());
+            }
+            masters.insert(node);
+        }
+        side.shards.store(masters.len(), Ordering::Relaxed);
+        if let Some(ours) = ours {
+            let mut now = link.now.write().unwrap_or_else(|e| e.into_inner());
+            if now.addr != ours {
+                if !now.addr.is_empty() {
+                    *link.last_failover.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::iso_now());
+                    tracing::warn!(from = now.addr, to = ours, "redis cluster: the gateway's slot has a new master");
+                }
+                now.addr = ours;
+            }
         }
     }
 }

@@ -291,3 +291,117 @@ test('Sentinel: a SIGKILLed master is followed; clients stay connected and cross
   assert.deepEqual(drops, [], 'a client was disconnected by the failover');
   assert.ok(alice.connected && bob.connected);
 });
+
+/** `redis-cli args...` (resolves with its output). */
+function cli(...args) {
+  return execFileSync('redis-cli', args, { encoding: 'utf8', timeout: 30000 });
+}
+
+/** A free port below 55535 whose cluster bus port (+10000) is free as well. */
+async function clusterPort() {
+  const net = await import('node:net');
+  const free = (port) => new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+  for (;;) {
+    const port = 20000 + Math.floor(Math.random() * 35000);
+    if (await free(port) && await free(port + 10000)) return port;
+  }
+}
+
+/** Six cluster nodes on loopback: three masters with a replica each. */
+async function clusterSet(keep) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'rtg-cluster-'));
+  const nodes = [];
+  for (let i = 0; i < 6; i++) {
+    const port = await clusterPort();
+    nodes.push({ port, ...keep(await server('redis-server', ['--port', String(port), '--bind', '127.0.0.1',
+      '--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${port}.conf`),
+      '--cluster-node-timeout', '2000', '--cluster-replica-validity-factor', '0', '--dir', dir, '--dbfilename', `d-${port}.rdb`, '--save', '', '--appendonly', 'no'], READY)) });
+  }
+  cli('--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '1', '--cluster-yes');
+  await until(() => nodes.every((n) => /cluster_state:ok/.test(cli('-p', String(n.port), 'cluster', 'info'))), 20000, 'the cluster to be ok');
+  return nodes;
+}
+
+/** The port of the master serving `key`'s slot, asked of the node on `port`. */
+function masterOf(port, key) {
+  const slot = Number(cli('-p', String(port), 'cluster', 'keyslot', key).trim());
+  const lines = cli('-p', String(port), 'cluster', 'nodes').trim().split('\n');
+  for (const line of lines) {
+    const f = line.split(' ');
+    if (!f[2].includes('master') || f[2].includes('fail')) continue;
+    for (const r of f.slice(8)) {
+      const [a, b] = r.split('-').map(Number);
+      if (slot >= a && slot <= (Number.isNaN(b) ? a : b)) return Number(f[1].split(':')[1].split('@')[0]);
+    }
+  }
+  return null;
+}
+
+test('Redis Cluster: two nodes on three masters; a master of the gateway\'s slot SIGKILLed and followed', async (t) => {
+  const keep = tracker(t);
+  const nodes = await clusterSet(keep);
+  const env = { REDIS_CLUSTER_NODES: nodes.slice(0, 3).map((n) => `127.0.0.1:${n.port}`).join(','), PRESENCE_GRACE_MS: '300' };
+  const A = keep(await startGateway({ ...env, NODE_ID: 'clu-a' }));
+  const B = keep(await startGateway({ ...env, NODE_ID: 'clu-b' }));
+  await up(A); await up(B);
+  await until(async () => (await health(A)).redisShards === 3, 10000, 'three shards in /health');
+  const h = await health(A);
+  assert.equal(h.redisMode, 'cluster');
+  const keysMaster = masterOf(nodes[0].port, '{rtg}');
+  assert.equal(h.redisMaster, `127.0.0.1:${keysMaster}`);
+  // A backend publishes on any node: here one that does not hold the gateway's keys.
+  const pubPort = nodes.slice(0, 3).map((n) => n.port).find((p) => p !== keysMaster) ?? nodes[0].port;
+  const pub = await redisClient(`redis://127.0.0.1:${pubPort}`);
+  t.after(() => { pub.disconnect().catch(() => {}); });
+  await crossNode(A, B, pub, 'clu-before');
+  // Every key the gateway wrote carries the hash tag (so each multi-key script stays in one slot).
+  const keys = cli('-p', String(keysMaster), '--scan').trim().split('\n').filter(Boolean);
+  assert.ok(keys.length > 5, `the gateway wrote only ${keys.length} keys`);
+  for (const k of keys) assert.ok(k.startsWith('{rtg}:'), `key without the hash tag: ${k}`);
+
+  // Room history written on A is read on B.
+  const alice = await user(A, 'clu-alice');
+  const bob = await user(B, 'clu-bob');
+  t.after(() => { alice.close(); bob.close(); });
+  const drops = [];
+  alice.on('disconnect', (r) => drops.push(`alice: ${r}`));
+  bob.on('disconnect', (r) => drops.push(`bob: ${r}`));
+  await request(alice, 'join-room', 'clu-room');
+  await request(bob, 'join-room', 'clu-room');
+  const first = await request(alice, 'message', { roomId: 'clu-room', content: 'before' });
+  assert.equal(first.success, true);
+  assert.deepEqual((await request(bob, 'load-messages', { roomId: 'clu-room' })).messages.map((m) => m.id), [first.messageId]);
+
+  const killedAt = Date.now();
+  await nodes.find((n) => n.port === keysMaster).kill('SIGKILL');
+  const alive = nodes.find((n) => n.port !== keysMaster).port;
+  await until(() => { const m = masterOf(alive, '{rtg}'); return m && m !== keysMaster; }, 30000, 'a replica promoted');
+  const promotedAt = Date.now();
+  const promoted = masterOf(alive, '{rtg}');
+  // Traffic flows again: a message acknowledged now reaches bob on the other node.
+  await until(async () => {
+    const got = next(bob, 'new-message', 2000).catch(() => null);
+    const ack = await request(alice, 'message', { roomId: 'clu-room', content: 'probe' }).catch(() => ({ success: false }));
+    return ack.success && (await got)?.id === ack.messageId;
+  }, 20000, 'room traffic after the failover');
+  const flowingAt = Date.now();
+  console.log(`# cluster failover: replica promoted ${promotedAt - killedAt} ms after the SIGKILL; `
+    + `cross-node room traffic again after ${flowingAt - killedAt} ms`);
+  await until(async () => (await health(A)).redisMaster === `127.0.0.1:${promoted}`, 10000, 'the new master in /health');
+  assert.ok((await health(A)).redisLastFailover);
+  await until(async () => (await health(A)).redis === 'up' && (await health(B)).redis === 'up', 15000, 'redis up after the failover');
+  await crossNode(A, B, pub, 'clu-after');
+  const acked = [];
+  for (let i = 0; i < 5; i++) {
+    const ack = await request(alice, 'message', { roomId: 'clu-room', content: `after ${i}` });
+    assert.equal(ack.success, true);
+    acked.push(ack.messageId);
+  }
+  const ids = (await request(bob, 'load-messages', { roomId: 'clu-room', limit: 100 })).messages.map((m) => m.id);
+  for (const id of acked) assert.ok(ids.includes(id), `message ${id} acknowledged after the failover is not in the history`);
+  assert.deepEqual(drops, []);
+});

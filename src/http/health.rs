@@ -38,6 +38,9 @@ pub async fn health(State(api): State<Api>) -> Json<Value> {
         body["redisMode"] = json!(link.mode().name());
         body["redisMaster"] = json!(link.master());
         body["redisLastFailover"] = json!(link.last_failover());
+        if let Some(shards) = link.shards() {
+            body["redisShards"] = json!(shards);
+        }
     }
     Json(body)
 }
@@ -69,13 +72,18 @@ fn redis_mode_metrics(link: &crate::redis_link::RedisLink) -> String {
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
         .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
     let master = link.master().replace(['\\', '"', '\n'], "_");
+    let shards = link.shards().map_or(String::new(), |n| {
+        format!(
+            "# HELP realtime_redis_shards Masters of the Redis Cluster\n# TYPE realtime_redis_shards gauge\nrealtime_redis_shards {n}\n"
+        )
+    });
     format!(
         "# HELP realtime_redis_mode How this node reaches Redis, and the server (master) in use\n\
          # TYPE realtime_redis_mode gauge\n\
          realtime_redis_mode{{mode=\"{}\",master=\"{master}\"}} 1\n\
          # HELP realtime_redis_last_failover_seconds When this node last followed a failover (Unix seconds; 0: never)\n\
          # TYPE realtime_redis_last_failover_seconds gauge\n\
-         realtime_redis_last_failover_seconds {failover}\n",
+         realtime_redis_last_failover_seconds {failover}\n{shards}",
         link.mode().name()
     )
 }
