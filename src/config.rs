@@ -102,7 +102,7 @@ pub struct Config {
     /// The master's name known to the sentinels.
     #[arg(long, env = "REDIS_SENTINEL_MASTER", value_name = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
     pub redis_sentinel_master: String,
-    /// Redis Cluster nodes (comma-separated); not supported by this build: setting it stops the start.
+    /// Redis Cluster nodes (comma-separated `host:port` or URLs, any nodes of it). Excludes `REDIS_URL`.
     #[arg(long, env = "REDIS_CLUSTER_NODES", value_name = "REDIS_CLUSTER_NODES", hide_env_values = true)]
     pub redis_cluster_nodes: Option<String>,
     #[arg(long, env = "API_KEY", value_name = "API_KEY", hide_env_values = true)]

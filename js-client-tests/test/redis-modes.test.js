@@ -4,6 +4,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
+import { createServer } from 'node:http';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -344,7 +345,17 @@ function masterOf(port, key) {
 test('Redis Cluster: two nodes on three masters; a master of the gateway\'s slot SIGKILLed and followed', async (t) => {
   const keep = tracker(t);
   const nodes = await clusterSet(keep);
-  const env = { REDIS_CLUSTER_NODES: nodes.slice(0, 3).map((n) => `127.0.0.1:${n.port}`).join(','), PRESENCE_GRACE_MS: '300' };
+  // A webhook receiver: the hooks' stream lives in the cluster too.
+  const hooks = [];
+  const receiver = createServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => { body += d; });
+    req.on('end', () => { hooks.push(JSON.parse(body)); res.writeHead(204); res.end(); });
+  });
+  await new Promise((r) => receiver.listen(0, '127.0.0.1', r));
+  t.after(() => new Promise((r) => receiver.close(r)));
+  const env = { REDIS_CLUSTER_NODES: nodes.slice(0, 3).map((n) => `127.0.0.1:${n.port}`).join(','), PRESENCE_GRACE_MS: '300',
+    WEBHOOK_URL: `http://127.0.0.1:${receiver.address().port}/hooks`, WEBHOOK_SECRET: 'cluster-hooks' };
   const A = keep(await startGateway({ ...env, NODE_ID: 'clu-a' }));
   const B = keep(await startGateway({ ...env, NODE_ID: 'clu-b' }));
   await up(A); await up(B);
@@ -362,6 +373,15 @@ test('Redis Cluster: two nodes on three masters; a master of the gateway\'s slot
   const keys = cli('-p', String(keysMaster), '--scan').trim().split('\n').filter(Boolean);
   assert.ok(keys.length > 5, `the gateway wrote only ${keys.length} keys`);
   for (const k of keys) assert.ok(k.startsWith('{rtg}:'), `key without the hash tag: ${k}`);
+  // Channel history (SPEC §15) kept in the cluster: the publication of crossNode is there, read on A.
+  const reader = await user(A, 'clu-reader');
+  assert.equal((await request(reader, 'subscribe', 'apps:clu-before')).success, true);
+  const hist = await request(reader, 'channel-history', { channel: 'apps:clu-before' });
+  reader.close();
+  assert.equal(hist.success, true, JSON.stringify(hist));
+  assert.deepEqual(hist.publications.map((p) => p.data), [{ tag: 'clu-before' }]);
+  // Webhooks queued in the cluster's stream reach the backend (message.created of crossNode's room message).
+  await until(() => hooks.some((h) => h.type === 'message.created' && h.data.content === 'hello clu-before'), 10000, 'the message.created webhook');
 
   // Room history written on A is read on B.
   const alice = await user(A, 'clu-alice');
@@ -372,6 +392,11 @@ test('Redis Cluster: two nodes on three masters; a master of the gateway\'s slot
   bob.on('disconnect', (r) => drops.push(`bob: ${r}`));
   await request(alice, 'join-room', 'clu-room');
   await request(bob, 'join-room', 'clu-room');
+  // The official emitter, on a node that does not hold the gateway's keys: its classic PUBLISH reaches every node.
+  const { Emitter } = await import('@socket.io/redis-emitter');
+  const dm = next(bob, 'dm');
+  new Emitter(pub).to('user:clu-bob').emit('dm', { via: 'emitter' });
+  assert.deepEqual(await dm, { via: 'emitter' });
   const first = await request(alice, 'message', { roomId: 'clu-room', content: 'before' });
   assert.equal(first.success, true);
   assert.deepEqual((await request(bob, 'load-messages', { roomId: 'clu-room' })).messages.map((m) => m.id), [first.messageId]);
