@@ -250,8 +250,7 @@ impl RedisLink {
                         redis::Client::open(lookup.fallback()?)?
                     }
                 };
-                let link = Self::with_client(mode, ca, client)?;
-                link
+                Self::with_client(mode, ca, client)?
             }
         };
         let link = Arc::new(link);
