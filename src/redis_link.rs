@@ -550,6 +550,11 @@ fn certificates(ca: &[u8]) -> TlsCertificates {
 struct Lookup {
     client: SentinelClient,
     first: redis::ConnectionInfo,
+    /// For the cheap poll: one client per sentinel, the connection to the one that answered last.
+    sentinels: Vec<redis::Client>,
+    name: String,
+    asking: Option<(usize, MultiplexedConnection)>,
+    last: usize,
 }
 
 impl Lookup {
@@ -577,7 +582,57 @@ impl Lookup {
                     .set_client_to_redis_certificates(certificates(pem));
             }
         }
-        Ok(Self { client: b.build().context("REDIS_SENTINELS")?, first })
+        let sentinels = infos
+            .iter()
+            .map(|i| match ca {
+                Some(pem) => redis::Client::build_with_tls(i.clone(), certificates(pem)),
+                None => redis::Client::open(i.clone()),
+            })
+            .collect::<redis::RedisResult<Vec<_>>>()
+            .context("REDIS_SENTINELS")?;
+        Ok(Self {
+            client: b.build().context("REDIS_SENTINELS")?,
+            first,
+            sentinels,
+            name: master.to_string(),
+            asking: None,
+            last: 0,
+        })
+    }
+
+    /// `host:port` of the master as a sentinel names it (`SENTINEL GET-MASTER-ADDR-BY-NAME`), on a
+    /// connection kept to one sentinel (the next one after a failure). Cheap enough to ask twice a
+    /// second; the full lookup, which also checks the server's `ROLE`, runs only when it changes.
+    async fn named(&mut self) -> Option<String> {
+        for _ in 0..self.sentinels.len() {
+            let (i, conn) = match self.asking.take() {
+                Some(a) => a,
+                None => {
+                    let i = self.next_sentinel();
+                    let conn =
+                        tokio::time::timeout(CONNECT_TIMEOUT, self.sentinels[i].get_multiplexed_async_connection());
+                    match conn.await {
+                        Ok(Ok(c)) => (i, c),
+                        _ => continue,
+                    }
+                }
+            };
+            let mut c = conn.clone();
+            let mut cmd = redis::cmd("SENTINEL");
+            cmd.arg("GET-MASTER-ADDR-BY-NAME").arg(&self.name);
+            let asked = tokio::time::timeout(CONNECT_TIMEOUT, cmd.query_async::<Option<(String, u16)>>(&mut c)).await;
+            if let Ok(Ok(Some((host, port)))) = asked {
+                self.asking = Some((i, conn));
+                return Some(format!("{host}:{port}"));
+            }
+            self.last = i;
+        }
+        None
+    }
+
+    fn next_sentinel(&mut self) -> usize {
+        self.last = (self.last + 1) % self.sentinels.len();
+        self.last
     }
 
     async fn master(&mut self) -> redis::RedisResult<redis::Client> {
@@ -593,13 +648,20 @@ impl Lookup {
 /// Asks the sentinels every half second which server is the master and follows it when it moves.
 /// (A failover's `+switch-master` would say so too, but a poll also finds a change made while this
 /// node could not hear the sentinels.)
-async fn watch_sentinels(link: std::sync::Weak<RedisLink>, mut lookup: Lookup) {
+async fn watch_sentinels(weak: std::sync::Weak<RedisLink>, mut lookup: Lookup) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let named = lookup.named().await;
+        let Some(link) = weak.upgrade() else { return };
+        if named.is_some_and(|m| m == link.master()) {
+            continue;
+        }
+        drop(link);
+        // Another master named (or no sentinel answered): the full lookup, checked against ROLE.
         let found = tokio::time::timeout(Duration::from_secs(3), lookup.master()).await;
-        let Some(link) = link.upgrade() else { return };
+        let Some(link) = weak.upgrade() else { return };
         match found {
             Ok(Ok(client)) => {
                 if addr_of(client.get_connection_info()) != link.master() {
