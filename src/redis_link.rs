@@ -725,3 +725,14 @@ async fn watch_cluster(link: std::sync::Weak<RedisLink>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sentinel_entries_become_urls() {
+        assert_eq!(
+            super::sentinel_urls(" a:1, rediss://:pw@b:2 ,,"),
+            vec!["redis://a:1".to_string(), "rediss://:pw@b:2".to_string()]
+        );
+    }
+}
