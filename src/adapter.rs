@@ -12,6 +12,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterConfig;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncCommands, FromRedisValue, PushInfo, PushKind};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
@@ -22,7 +25,8 @@ type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 
 #[derive(Clone)]
 pub struct GatewayDriver {
-    conn: ConnectionManager,
+    /// Replaced when the sentinels name a new master (see [`GatewayDriver::follow`]).
+    conn: Arc<RwLock<PubSub>>,
     handlers: Handlers,
     link: Arc<RedisLink>,
 }
@@ -31,49 +35,131 @@ pub struct GatewayDriver {
 #[error("redis: {0}")]
 pub struct DriverError(#[from] redis::RedisError);
 
-/// Adds `protocol=resp3` to a Redis URL that does not choose a protocol: pub/sub pushes on a
-/// multiplexed connection need RESP3.
-pub fn resp3_url(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_string()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
-    } else {
-        format!("{url}?protocol=resp3")
+/// The adapter's connection: to one server, or to a Redis Cluster, where its channels are sharded
+/// (`SPUBLISH`/`SSUBSCRIBE`): each lives on the shard its name hashes to, so the adapter's traffic
+/// spreads over the masters instead of reaching every node of the cluster.
+#[derive(Clone)]
+enum PubSub {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// A sharded channel's master.
+fn shard_of(chan: &str) -> RoutingInfo {
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(chan, SlotAddr::Master)))
+}
+
+impl PubSub {
+    async fn subscribe(&mut self, chan: &str) -> redis::RedisResult<()> {
+        match self {
+            PubSub::Single(c) => c.subscribe(chan).await,
+            PubSub::Cluster(c) => c.ssubscribe(chan).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, chan: &str) -> redis::RedisResult<()> {
+        match self {
+            PubSub::Single(c) => c.unsubscribe(chan).await,
+            PubSub::Cluster(c) => c.sunsubscribe(chan).await,
+        }
+    }
+
+    async fn publish(&mut self, chan: &str, val: Vec<u8>) -> redis::RedisResult<redis::Value> {
+        match self {
+            PubSub::Single(c) => c.publish(chan, val).await,
+            PubSub::Cluster(c) => {
+                c.route_command(redis::cmd("SPUBLISH").arg(chan).arg(val).clone(), shard_of(chan)).await
+            }
+        }
+    }
+
+    /// How many nodes listen on `chan`.
+    async fn listeners(&mut self, chan: &str) -> redis::RedisResult<u16> {
+        let (_, n): (String, u16) = match self {
+            PubSub::Single(c) => redis::cmd("PUBSUB").arg("NUMSUB").arg(chan).query_async(c).await?,
+            PubSub::Cluster(c) => {
+                let v =
+                    c.route_command(redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(chan).clone(), shard_of(chan)).await?;
+                redis::from_redis_value(v)?
+            }
+        };
+        Ok(n)
     }
 }
 
+/// A RESP3 connection (pub/sub pushes on a multiplexed connection need it) to the link's current
+/// server or cluster, whose pushes go to `handlers`.
+fn push_manager(link: &RedisLink, handlers: &Handlers) -> redis::RedisResult<PubSub> {
+    let sink = handlers.clone();
+    if let Some(client) = link.cluster_push_client(move |msg: PushInfo| {
+        route(msg, &sink);
+        Ok::<(), std::convert::Infallible>(())
+    }) {
+        // Connects in the background: an unreachable cluster at start is not an error.
+        let config = ClusterConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(5));
+        return Ok(PubSub::Cluster(client?.get_pending_async_connection_with_config(config)));
+    }
+    let sink = handlers.clone();
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_secs(2))
+        .set_push_sender(move |msg: PushInfo| {
+            route(msg, &sink);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .set_automatic_resubscription();
+    Ok(PubSub::Single(ConnectionManager::new_lazy_with_config(link.resp3_client()?, config)?))
+}
+
 impl GatewayDriver {
-    pub fn new(url: &str, link: Arc<RedisLink>) -> anyhow::Result<Self> {
-        let client = redis::Client::open(resp3_url(url))?;
+    pub fn new(link: Arc<RedisLink>) -> anyhow::Result<Self> {
         let handlers: Handlers = Arc::default();
-        let sink = handlers.clone();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(2))
-            .set_push_sender(move |msg: PushInfo| {
-                route(msg, &sink);
-                Ok::<(), std::convert::Infallible>(())
-            })
-            .set_automatic_resubscription();
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { conn, handlers, link })
+        let conn = Arc::new(RwLock::new(push_manager(&link, &handlers)?));
+        let driver = Self { conn, handlers, link };
+        tokio::spawn(driver.clone().follow());
+        Ok(driver)
+    }
+
+    fn conn(&self) -> PubSub {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// After a failover, a fresh connection to the new master, subscribed to every channel the
+    /// adapter listens to. (The old one is dropped: were the old master to come back as a replica,
+    /// which receives every publish too, it would deliver each message twice.)
+    async fn follow(self) {
+        let mut moved = self.link.changes();
+        while moved.changed().await.is_ok() {
+            match push_manager(&self.link, &self.handlers) {
+                Ok(fresh) => {
+                    *self.conn.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                    let chans: Vec<String> =
+                        self.handlers.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+                    tracing::info!(channels = chans.len(), "adapter: resubscribing on the new master");
+                    for chan in chans {
+                        self.subscribe_until_done(chan);
+                    }
+                }
+                Err(e) => tracing::warn!("adapter: cannot reach the new master: {e}"),
+            }
+        }
     }
 
     /// Subscribes, retrying in the background while Redis is unreachable; once subscribed, the
     /// connection manager resubscribes after every reconnect.
     fn subscribe_until_done(&self, chan: String) {
-        let mut conn = self.conn.clone();
-        let handlers = self.handlers.clone();
+        let this = self.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                if !handlers.read().unwrap_or_else(|e| e.into_inner()).contains_key(&chan) {
+                if !this.handlers.read().unwrap_or_else(|e| e.into_inner()).contains_key(&chan) {
                     return; // unsubscribed meanwhile
                 }
-                match conn.subscribe(chan.as_str()).await {
+                match this.conn().subscribe(chan.as_str()).await {
                     Ok(()) => return,
                     Err(e) => tracing::debug!(chan, "adapter subscribe: {e}; retrying"),
                 }
@@ -107,7 +193,7 @@ impl Driver for GatewayDriver {
         if self.link.is_down() {
             return Ok(()); // this node alone until the heartbeat sees Redis again
         }
-        let res: redis::RedisResult<redis::Value> = self.conn.clone().publish(chan, val).await;
+        let res = self.conn().publish(&chan, val).await;
         match res {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -127,7 +213,7 @@ impl Driver for GatewayDriver {
 
     async fn unsubscribe(&self, chan: String) -> Result<(), DriverError> {
         self.handlers.write().unwrap_or_else(|e| e.into_inner()).remove(&chan);
-        let _ = self.conn.clone().unsubscribe(chan).await;
+        let _ = self.conn().unsubscribe(&chan).await;
         Ok(())
     }
 
@@ -135,19 +221,7 @@ impl Driver for GatewayDriver {
         if self.link.is_down() {
             return Ok(1);
         }
-        let res: redis::RedisResult<(String, u16)> =
-            redis::cmd("PUBSUB").arg("NUMSUB").arg(chan).query_async(&mut self.conn.clone()).await;
         // While Redis is away, this node is the whole cluster.
-        Ok(res.map(|(_, n)| n.max(1)).unwrap_or(1))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn resp3() {
-        assert_eq!(super::resp3_url("redis://h:1"), "redis://h:1?protocol=resp3");
-        assert_eq!(super::resp3_url("redis://h:1/0?x=1"), "redis://h:1/0?x=1&protocol=resp3");
-        assert_eq!(super::resp3_url("redis://h?protocol=resp2"), "redis://h?protocol=resp2");
+        Ok(self.conn().listeners(chan).await.map(|n| n.max(1)).unwrap_or(1))
     }
 }

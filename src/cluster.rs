@@ -34,6 +34,7 @@ pub fn spawn_heartbeat(state: AppState, on_gone: OnNodeGone) -> Option<tokio::ta
             tick.tick().await;
             n += 1;
             let stats = local_stats(&state).await;
+            let generation = redis.generation();
             let mut conn = redis.commands();
             // The liveness key's previous value: missing when this is the first beat, when the
             // node was away longer than its lifetime, or when Redis lost its data (a restart
@@ -56,7 +57,7 @@ pub fn spawn_heartbeat(state: AppState, on_gone: OnNodeGone) -> Option<tokio::ta
                 .hlen(state.redis_key(&["nodes"]))
                 .query_async(&mut conn)
                 .await;
-            redis.set_up(beat.is_ok());
+            redis.beat(generation, beat.is_ok());
             if let Ok((_, nodes)) = &beat {
                 // The other nodes (dead ones not reaped yet included): how many answers a question
                 // to every node waits for (the `/ws` bus).

@@ -92,6 +92,19 @@ pub struct Config {
 
     #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PEM CA certificate(s) trusted for every TLS connection to Redis (`rediss://`), in any mode.
+    #[arg(long, env = "REDIS_CA_FILE", value_name = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// Sentinels (comma-separated `host:port` or `redis[s]://[:password@]host:port`): the master is
+    /// found through them and followed through a failover. Excludes `REDIS_URL`.
+    #[arg(long, env = "REDIS_SENTINELS", value_name = "REDIS_SENTINELS", hide_env_values = true)]
+    pub redis_sentinels: Option<String>,
+    /// The master's name known to the sentinels.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", value_name = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    pub redis_sentinel_master: String,
+    /// Redis Cluster nodes (comma-separated `host:port` or URLs, any nodes of it). Excludes `REDIS_URL`.
+    #[arg(long, env = "REDIS_CLUSTER_NODES", value_name = "REDIS_CLUSTER_NODES", hide_env_values = true)]
+    pub redis_cluster_nodes: Option<String>,
     #[arg(long, env = "API_KEY", value_name = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     #[arg(long, env = "CORS_ORIGINS", value_name = "CORS_ORIGINS", default_value = "*")]

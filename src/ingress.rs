@@ -73,9 +73,14 @@ pub fn spawn(state: AppState) -> Option<tokio::task::JoinHandle<()>> {
     let patterns = Arc::new(redis_patterns(&state.policy));
     Some(tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
+        // In a cluster, which listed node to subscribe on: the next one after each failure.
+        let mut attempt = 0;
         loop {
             let mut subscribed = false;
-            match run_once(&state, &redis.client, &patterns, &mut subscribed).await {
+            let mut moved = redis.changes();
+            let client = redis.pubsub_client(attempt);
+            attempt += 1;
+            match run_once(&state, &client, &patterns, &mut subscribed, &mut moved).await {
                 Ok(()) => tracing::warn!("redis ingress: subscription closed"),
                 Err(e) => tracing::warn!("redis ingress: {e}"),
             }
@@ -85,7 +90,8 @@ pub fn spawn(state: AppState) -> Option<tokio::task::JoinHandle<()>> {
             if subscribed {
                 backoff = Duration::from_millis(100);
             }
-            tokio::time::sleep(backoff).await;
+            // A new master (Sentinel) is worth trying at once.
+            let _ = tokio::time::timeout(backoff, moved.changed()).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }))
@@ -96,6 +102,7 @@ async fn run_once(
     client: &redis::Client,
     patterns: &[String],
     subscribed: &mut bool,
+    moved: &mut tokio::sync::watch::Receiver<u64>,
 ) -> redis::RedisResult<()> {
     let mut pubsub = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
         .await
@@ -124,7 +131,16 @@ async fn run_once(
     }
     tracing::info!(patterns = patterns.len(), "redis ingress subscribed");
     let mut stream = pubsub.on_message();
-    while let Some(msg) = stream.next().await {
+    moved.mark_unchanged();
+    loop {
+        // The old master may linger half-open after a failover: leave it when the sentinels name another.
+        let msg = tokio::select! {
+            m = stream.next() => match m { Some(m) => m, None => break },
+            _ = moved.changed() => {
+                tracing::info!("redis ingress: the master changed; resubscribing there");
+                break;
+            }
+        };
         let channel = msg.get_channel_name().to_string();
         let pattern: Option<String> = msg.get_pattern().ok();
         let payload = msg.get_payload_bytes();

@@ -52,17 +52,21 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         None => Policy::default(),
     };
     let cors = crate::http::cors(&config.cors_origins)?;
-    let redis = match config.redis_url.as_deref().filter(|u| !u.is_empty()) {
-        Some(url) => Some(Arc::new(RedisLink::open(url)?)),
-        None => None,
-    };
+    let redis = RedisLink::from_config(&config).await?;
+    // The adapter's channels keep the plain prefix: in a cluster they are sharded, spread by name.
+    let adapter_prefix = format!("{}-sio", config.redis_prefix);
+    let mut config = config;
+    if redis.as_ref().is_some_and(|r| r.mode().name() == "cluster") {
+        // Redis Cluster: every key carries the hash tag `{<prefix>}`, so that all of them (and each
+        // multi-key script) live in one slot (scaling.md, Where Redis runs).
+        config.redis_prefix = format!("{{{}}}", config.redis_prefix);
+    }
     let limits = Limits::from_config(&config);
     let node_id = config.node_id.clone().unwrap_or_else(crate::state::random_node_id);
     let store: Arc<dyn Store> = match &redis {
         Some(link) => Arc::new(RedisStore::new(link.clone(), &config.redis_prefix, &node_id, limits)),
         None => Arc::new(MemoryStore::new(limits)),
     };
-    let mut config = config;
     config.node_id = Some(node_id);
     let admin = crate::admin::Settings::from_config(&config)?.map(crate::admin::Admin::new);
     let proxy = crate::proxy::EventProxy::from_config(&config)?;
@@ -93,12 +97,11 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         .ping_timeout(cfg.ping_timeout())
         // SPEC §7: a session without a namespace is dropped after 10 s (see http/engine.rs).
         .connect_timeout(Duration::from_secs(10));
-    match (&redis, cfg.redis_url.as_deref()) {
-        (Some(link), Some(url)) => {
-            let driver = GatewayDriver::new(url, link.clone())?;
-            let adapter_config = RedisAdapterConfig::new()
-                .with_prefix(format!("{}-sio", cfg.redis_prefix))
-                .with_request_timeout(Duration::from_secs(2));
+    match &redis {
+        Some(link) => {
+            let driver = GatewayDriver::new(link.clone())?;
+            let adapter_config =
+                RedisAdapterConfig::new().with_prefix(adapter_prefix).with_request_timeout(Duration::from_secs(2));
             let (layer, io) = builder
                 .with_adapter::<CustomRedisAdapter<_, GatewayDriver>>(RedisAdapterCtr::new_with_driver(
                     driver,
@@ -116,7 +119,7 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
             }
             Ok(assemble(io, layer, state, cors, listener, tls))
         }
-        _ => {
+        None => {
             let (layer, io) = builder.build_layer();
             io.ns("/", on_connect.with(authenticate));
             if state.admin.is_some() {

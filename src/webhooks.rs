@@ -494,7 +494,7 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::UnboundedSender<
     let mut reading = false;
     let mut group_ready = false;
     // XREADGROUP blocks its connection: a connection of its own.
-    let mut blocking: Option<redis::aio::MultiplexedConnection> = None;
+    let mut blocking: Option<crate::redis_link::Conn> = None;
     loop {
         if hooks.lanes_full() {
             // The lanes are this far behind: read more once they have delivered some.
@@ -508,7 +508,7 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::UnboundedSender<
         }
         let conn = match &mut blocking {
             Some(c) => c,
-            None => match redis.client.get_multiplexed_async_connection().await {
+            None => match redis.blocking_conn().await {
                 Ok(c) => blocking.insert(c),
                 Err(e) => {
                     tracing::debug!("webhooks: {e}");

@@ -59,7 +59,7 @@ async fn the_first_command_after_a_redis_restart_succeeds() {
     // Two links, so each has a connection of its own that the restart drops.
     let (link, other) = (RedisLink::open(&url).expect("link"), RedisLink::open(&url).expect("link"));
     let mut retrying = link.commands();
-    let mut bare = other.conn.clone();
+    let mut bare = other.conn();
     let _: () = retrying.set("k", "before").await.expect("set before the restart");
     let _: String = redis::cmd("PING").query_async(&mut bare).await.expect("bare ping before the restart");
 

@@ -22,7 +22,7 @@ pub async fn health(State(api): State<Api>) -> Json<Value> {
     let state = &api.state;
     let redis = redis_status(state);
     let channels = local_stats(state).await.connections_by_channel.len();
-    Json(json!({
+    let mut body = json!({
         "status": if redis == "down" { "degraded" } else { "ok" },
         "service": "realtime",
         "connections": state.counters.connections(),
@@ -32,7 +32,17 @@ pub async fn health(State(api): State<Api>) -> Json<Value> {
         "nodeId": state.node_id,
         "uptimeSeconds": state.started.elapsed().as_secs(),
         "timestamp": crate::iso_now(),
-    }))
+    });
+    if let Some(link) = &state.redis {
+        // Where Redis is reached (SPEC §9): the mode, the server in use, the last failover followed.
+        body["redisMode"] = json!(link.mode().name());
+        body["redisMaster"] = json!(link.master());
+        body["redisLastFailover"] = json!(link.last_failover());
+        if let Some(shards) = link.shards() {
+            body["redisShards"] = json!(shards);
+        }
+    }
+    Json(body)
 }
 
 pub async fn metrics(State(api): State<Api>) -> impl IntoResponse {
@@ -48,5 +58,32 @@ pub async fn metrics(State(api): State<Api>) -> impl IntoResponse {
         "down" => 0.0,
         _ => -1.0,
     });
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
+    let mut text = m.render();
+    if let Some(link) = &state.redis {
+        text.push_str(&redis_mode_metrics(link));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// `realtime_redis_mode{mode,master} 1` and the time of the last failover followed (0: none).
+fn redis_mode_metrics(link: &crate::redis_link::RedisLink) -> String {
+    let failover = link
+        .last_failover()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
+    let master = link.master().replace(['\\', '"', '\n'], "_");
+    let shards = link.shards().map_or(String::new(), |n| {
+        format!(
+            "# HELP realtime_redis_shards Masters of the Redis Cluster\n# TYPE realtime_redis_shards gauge\nrealtime_redis_shards {n}\n"
+        )
+    });
+    format!(
+        "# HELP realtime_redis_mode How this node reaches Redis, and the server (master) in use\n\
+         # TYPE realtime_redis_mode gauge\n\
+         realtime_redis_mode{{mode=\"{}\",master=\"{master}\"}} 1\n\
+         # HELP realtime_redis_last_failover_seconds When this node last followed a failover (Unix seconds; 0: never)\n\
+         # TYPE realtime_redis_last_failover_seconds gauge\n\
+         realtime_redis_last_failover_seconds {failover}\n{shards}",
+        link.mode().name()
+    )
 }
