@@ -10,7 +10,9 @@ import { ROOT } from '../lib/helpers.js';
 test('docker-compose.yml: Redis, two gateway nodes on Redis, and a load balancer', () => {
   const doc = YAML.parse(readFileSync(path.join(ROOT, 'docker-compose.yml'), 'utf8'), { merge: true });
   const s = doc.services;
-  assert.deepEqual(Object.keys(s).sort(), ['gateway1', 'gateway2', 'haproxy', 'redis']);
+  // Without a profile: one Redis, two nodes and the balancer; the `sentinel` profile adds the rest.
+  const plain = Object.keys(s).filter((n) => !s[n].profiles).sort();
+  assert.deepEqual(plain, ['gateway1', 'gateway2', 'haproxy', 'redis']);
   assert.match(s.redis.image, /^redis:7/);
   for (const name of ['gateway1', 'gateway2']) {
     const g = s[name];
@@ -24,6 +26,24 @@ test('docker-compose.yml: Redis, two gateway nodes on Redis, and a load balancer
   assert.notEqual(s.gateway1.environment.NODE_ID, s.gateway2.environment.NODE_ID);
   assert.ok(s.haproxy.ports.includes('8080:8080'));
   assert.ok(s.haproxy.volumes.some((v) => v.startsWith('./deploy/haproxy.cfg:')));
+});
+
+test('docker-compose.yml: the sentinel profile runs a replica, three sentinels and two nodes that find the master through them', () => {
+  const doc = YAML.parse(readFileSync(path.join(ROOT, 'docker-compose.yml'), 'utf8'), { merge: true });
+  const s = doc.services;
+  const profiled = Object.keys(s).filter((n) => (s[n].profiles || []).includes('sentinel')).sort();
+  assert.deepEqual(profiled, ['gateway-sentinel1', 'gateway-sentinel2', 'redis-replica', 'sentinel1', 'sentinel2', 'sentinel3']);
+  assert.ok(s['redis-replica'].command.includes('--replicaof'));
+  for (const name of ['sentinel1', 'sentinel2', 'sentinel3']) {
+    assert.match(s[name].entrypoint.join(' '), /sentinel monitor mymaster redis 6379 2/);
+  }
+  for (const name of ['gateway-sentinel1', 'gateway-sentinel2']) {
+    const env = s[name].environment;
+    assert.equal(env.REDIS_URL, '', 'REDIS_URL unset: two modes at once stop the gateway');
+    assert.equal(env.REDIS_SENTINELS, 'sentinel1:26379,sentinel2:26379,sentinel3:26379');
+    assert.equal(env.REDIS_SENTINEL_MASTER, 'mymaster');
+    assert.equal(env.NODE_ID, name);
+  }
 });
 
 test('haproxy.cfg: sticky cookie and both nodes with health checks', () => {
