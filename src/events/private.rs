@@ -15,7 +15,8 @@ use crate::names;
 use crate::state::AppState;
 use crate::store::{new_id, Claim, PrivateMessage};
 
-/// How long a client has to ack `pending-messages` before a still-connected socket counts as served.
+/// How long a client has to confirm `pending-messages` (Socket.IO: its ack; `/ws`: the frame written
+/// to its socket); unconfirmed, the queue stays for the next connect.
 const PENDING_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Deserialize)]
@@ -136,10 +137,11 @@ pub async fn mark_read(ctx: &Ctx, req: MarkRead) -> HandlerResult {
 
 /// On connect: hands the user's queue to this socket as one `pending-messages`, under a lease so
 /// that two sockets connecting together do not both get it. The messages stay queued until the
-/// client acks, or until the ack wait is over with the socket still connected (it was handed over);
-/// a socket gone by then, or a node that dies meanwhile, leaves them for the next hand-over: a socket
-/// that found the lease taken tries once more when it has run out. Messages queued meanwhile are
-/// not touched.
+/// hand-over is confirmed ([`Link::emit_confirmed`]: the Socket.IO client's ack, or on `/ws` the
+/// frame's bytes written to the socket), never on a queue push: a socket that does not confirm in
+/// time (a half-open one, a client that does not read), or a node that dies meanwhile, leaves them
+/// for the next hand-over; a socket that found the lease taken tries once more when it has run out.
+/// Messages queued meanwhile are not touched.
 pub async fn deliver_pending(state: &AppState, client: Client, user_id: &str) {
     let lease_key = format!("pending:{user_id}");
     let lease_ms = PENDING_ACK_TIMEOUT.as_millis() as u64 + 1000;
@@ -185,11 +187,12 @@ async fn hand_over(state: &AppState, client: &dyn Link, user_id: &str) {
     let n = msgs.len();
     state.metrics.event_out("pending-messages");
     let Ok(data) = serde_json::to_value(&msgs) else { return };
-    let acked = client.emit_confirmed("pending-messages", &data, PENDING_ACK_TIMEOUT).await;
-    if acked || client.connected() {
-        tracing::debug!(user_id, n, acked, "pending messages handed over");
+    if client.emit_confirmed("pending-messages", &data, PENDING_ACK_TIMEOUT).await {
+        tracing::debug!(user_id, n, "pending messages handed over");
         if let Err(e) = state.store.ack_queue(user_id, &msgs).await {
             tracing::warn!(user_id, "pending queue ack: {e}");
         }
+    } else {
+        tracing::debug!(user_id, n, "pending messages not confirmed: kept for the next connect");
     }
 }
