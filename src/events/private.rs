@@ -13,7 +13,7 @@ use crate::client::{Client, Link};
 use crate::error::{ApiError, HandlerResult};
 use crate::names;
 use crate::state::AppState;
-use crate::store::{new_id, Claim, PrivateMessage};
+use crate::store::{new_id, Claim, Enqueued, PrivateMessage};
 
 /// How long a client has to confirm `pending-messages` (Socket.IO: its ack; `/ws`: the frame written
 /// to its socket); unconfirmed, the queue stays for the next connect.
@@ -77,7 +77,16 @@ pub async fn send(ctx: &Ctx, pm: &PrivateMessage) -> Result<bool, ApiError> {
     // Queued or not is decided in one step with the target's presence count, so a target that
     // connects meanwhile either finds it in its queue or is in its user room for the live emit.
     store.remember_receipt(&pm.id, &pm.from_user_id, &pm.to_user_id).await?;
-    let queued = store.enqueue_if_offline(pm).await?;
+    let queued = match store.enqueue_if_offline(pm).await? {
+        Enqueued::Online => false,
+        Enqueued::Queued => true,
+        Enqueued::SenderFull => {
+            return Err(ApiError::new(
+                crate::error::Code::RateLimited,
+                "Too much waiting in offline queues: try again when some was delivered",
+            ))
+        }
+    };
     if queued {
         // The target is offline: the moment for the backend's push notification.
         ctx.state.hook("private.queued", &pm.to_user_id, || json!(pm));

@@ -78,14 +78,26 @@ struct Queue {
 }
 
 impl Queue {
-    fn pop_front(&mut self) {
+    /// Drops the oldest message, releasing its bytes from its sender's share.
+    fn pop_front(&mut self, senders: &mut HashMap<String, usize>) {
         if let Some((m, _)) = self.msgs.pop_front() {
             self.bytes = self.bytes.saturating_sub(queued_cost(&m));
+            release(senders, &m);
         }
     }
-    fn drop_expired(&mut self, now: Instant) {
+    fn drop_expired(&mut self, now: Instant, senders: &mut HashMap<String, usize>) {
         while self.msgs.front().is_some_and(|(_, exp)| *exp <= now) {
-            self.pop_front();
+            self.pop_front(senders);
+        }
+    }
+}
+
+/// Gives a message's bytes back to its sender's share of the offline queues.
+fn release(senders: &mut HashMap<String, usize>, m: &PrivateMessage) {
+    if let Some(b) = senders.get_mut(&m.from_user_id) {
+        *b = b.saturating_sub(queued_cost(m));
+        if *b == 0 {
+            senders.remove(&m.from_user_id);
         }
     }
 }
@@ -107,6 +119,8 @@ struct Inner {
     /// Offline checks: (due, ms since the epoch; user).
     offline_due: BTreeSet<(u64, String)>,
     queues: HashMap<String, Queue>,
+    /// Bytes each sender keeps in all queues (`queued_bytes_per_sender`).
+    senders: HashMap<String, usize>,
     receipts: Expiring<(String, String)>,
     calls: HashMap<String, Call>,
     leases: HashMap<String, Instant>,
@@ -134,6 +148,7 @@ impl MemoryStore {
                 presence: HashMap::new(),
                 offline_due: BTreeSet::new(),
                 queues: HashMap::new(),
+                senders: HashMap::new(),
                 receipts: Expiring::new(limits.receipt_ttl_secs),
                 calls: HashMap::new(),
                 leases: HashMap::new(),
@@ -165,8 +180,9 @@ impl MemoryStore {
         for id in old_rooms {
             g.forget_room(&id);
         }
-        g.queues.retain(|_, q| {
-            q.drop_expired(now);
+        let Inner { queues, senders, .. } = &mut *g;
+        queues.retain(|_, q| {
+            q.drop_expired(now, senders);
             !q.msgs.is_empty()
         });
     }
@@ -509,13 +525,17 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<bool> {
+    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<Enqueued> {
         let mut g = self.lock();
         if g.presence.get(&msg.to_user_id).is_some_and(|e| e.sockets > 0) {
-            return Ok(false);
+            return Ok(Enqueued::Online);
+        }
+        let held = g.senders.get(&msg.from_user_id).copied().unwrap_or(0);
+        if held + queued_cost(msg) > self.limits.queued_bytes_per_sender {
+            return Ok(Enqueued::SenderFull);
         }
         self.push(&mut g, msg);
-        Ok(true)
+        Ok(Enqueued::Queued)
     }
 
     async fn enqueue(&self, msg: &PrivateMessage) -> StoreResult<()> {
@@ -535,12 +555,19 @@ impl Store for MemoryStore {
 
     async fn ack_queue(&self, user_id: &str, msgs: &[PrivateMessage]) -> StoreResult<()> {
         let mut g = self.lock();
-        let Some(q) = g.queues.get_mut(user_id) else { return Ok(()) };
+        let Inner { queues, senders, .. } = &mut *g;
+        let Some(q) = queues.get_mut(user_id) else { return Ok(()) };
         let ids: HashSet<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
-        q.msgs.retain(|(m, _)| !ids.contains(m.id.as_str()));
+        q.msgs.retain(|(m, _)| {
+            let gone = ids.contains(m.id.as_str());
+            if gone {
+                release(senders, m);
+            }
+            !gone
+        });
         q.bytes = q.msgs.iter().map(|(m, _)| queued_cost(m)).sum();
         if q.msgs.is_empty() {
-            g.queues.remove(user_id);
+            queues.remove(user_id);
         }
         Ok(())
     }
@@ -609,14 +636,16 @@ impl MemoryStore {
     /// Appends to the target's queue, dropping expired and then the oldest messages past the caps.
     fn push(&self, g: &mut Inner, msg: &PrivateMessage) {
         let now = Instant::now();
-        let q = g.queues.entry(msg.to_user_id.clone()).or_default();
-        q.drop_expired(now);
+        let Inner { queues, senders, .. } = g;
+        let q = queues.entry(msg.to_user_id.clone()).or_default();
+        q.drop_expired(now, senders);
         q.msgs.push_back((msg.clone(), now + Duration::from_secs(self.limits.queue_ttl_secs)));
         q.bytes += queued_cost(msg);
+        *senders.entry(msg.from_user_id.clone()).or_default() += queued_cost(msg);
         while q.msgs.len() > 1
             && (q.msgs.len() > self.limits.queue_per_user || q.bytes > self.limits.queue_bytes_per_user)
         {
-            q.pop_front();
+            q.pop_front(senders);
         }
     }
 }
@@ -908,9 +937,9 @@ mod tests {
     async fn queue_is_capped_and_acked() {
         let s = store();
         assert!(s.socket_up(&user("on"), "s", 5).await.unwrap().is_some());
-        assert!(!s.enqueue_if_offline(&pm("x", "on", "x")).await.unwrap(), "online: not queued");
+        assert_eq!(s.enqueue_if_offline(&pm("x", "on", "x")).await.unwrap(), Enqueued::Online, "online: not queued");
         for i in 0..5 {
-            assert!(s.enqueue_if_offline(&pm(&i.to_string(), "a", "x")).await.unwrap());
+            assert_eq!(s.enqueue_if_offline(&pm(&i.to_string(), "a", "x")).await.unwrap(), Enqueued::Queued);
         }
         let q = s.peek_queue("a").await.unwrap();
         assert_eq!(q.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["2", "3", "4"], "capped, oldest dropped");
@@ -925,5 +954,29 @@ mod tests {
             s.enqueue(&pm(&i.to_string(), "a", &"z".repeat(1000))).await.unwrap();
         }
         assert_eq!(s.peek_queue("a").await.unwrap().len(), 2, "bytes cap");
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_are_bounded_per_sender_and_released() {
+        let cost = 1000 + 256;
+        let s = MemoryStore::new(Limits { queued_bytes_per_sender: 3 * cost, queue_ttl_secs: 60, ..Limits::default() });
+        let body = "z".repeat(1000);
+        for (i, to) in ["u1", "u2", "u3"].iter().enumerate() {
+            assert_eq!(s.enqueue_if_offline(&pm(&i.to_string(), to, &body)).await.unwrap(), Enqueued::Queued);
+        }
+        assert_eq!(s.enqueue_if_offline(&pm("3", "u4", &body)).await.unwrap(), Enqueued::SenderFull, "over all targets");
+        assert!(s.peek_queue("u4").await.unwrap().is_empty());
+        let mut other = pm("4", "u4", &body);
+        other.from_user_id = "c".into();
+        assert_eq!(s.enqueue_if_offline(&other).await.unwrap(), Enqueued::Queued, "another sender is unaffected");
+        // Handed over: released.
+        let q = s.peek_queue("u1").await.unwrap();
+        s.ack_queue("u1", &q).await.unwrap();
+        assert_eq!(s.enqueue_if_offline(&pm("5", "u5", &body)).await.unwrap(), Enqueued::Queued);
+        assert_eq!(s.enqueue_if_offline(&pm("6", "u6", &body)).await.unwrap(), Enqueued::SenderFull);
+        // Expired: released.
+        s.purge_at(Instant::now() + Duration::from_secs(61));
+        assert!(s.lock().senders.is_empty());
+        assert_eq!(s.enqueue_if_offline(&pm("7", "u7", &body)).await.unwrap(), Enqueued::Queued);
     }
 }

@@ -109,6 +109,16 @@ impl Call {
     }
 }
 
+/// The outcome of queueing a private message for an offline target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The target has a connected socket: not queued.
+    Online,
+    Queued,
+    /// Not queued: its sender already keeps `queued_bytes_per_sender` waiting in offline queues.
+    SenderFull,
+}
+
 /// The outcome of answering a call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answered {
@@ -180,6 +190,9 @@ pub struct Limits {
     /// Bytes of queued private messages per user (the oldest go first).
     pub queue_bytes_per_user: usize,
     pub queue_ttl_secs: u64,
+    /// Bytes (as [`queued_cost`] counts) one sender may keep waiting in all offline queues
+    /// together; released when a message is handed over, evicted or expires.
+    pub queued_bytes_per_sender: usize,
     pub dedup_ttl_secs: u64,
     pub receipt_ttl_secs: u64,
     /// Rooms remembered per user between a disconnect and the end of the presence grace.
@@ -203,6 +216,7 @@ impl Default for Limits {
             queue_per_user: 1000,
             queue_bytes_per_user: 4 * 1024 * 1024,
             queue_ttl_secs: 7 * 24 * 3600,
+            queued_bytes_per_sender: 8 * 1024 * 1024,
             dedup_ttl_secs: 300,
             receipt_ttl_secs: 7 * 24 * 3600,
             departed_rooms_per_user: 2000,
@@ -220,6 +234,7 @@ impl Limits {
             room_idle_ttl_secs: cfg.room_idle_ttl_secs,
             created_rooms_per_user: cfg.max_created_rooms_per_user as usize,
             history_bytes_per_user: cfg.max_history_bytes_per_user as usize,
+            queued_bytes_per_sender: cfg.max_queued_bytes_per_sender as usize,
             ..Limits::default()
         }
     }
@@ -303,9 +318,12 @@ pub trait Store: Send + Sync + 'static {
 
     // --- private messages ---
     /// Queues the message unless its target has a connected socket, in one step with the check, so
-    /// that a target connecting meanwhile either finds it in its queue or receives it live. True
-    /// when queued.
-    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<bool>;
+    /// that a target connecting meanwhile either finds it in its queue or receives it live; and
+    /// unless its sender already keeps `queued_bytes_per_sender` in offline queues (checked and
+    /// counted in the same step).
+    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<Enqueued>;
+    /// Queues a message already accepted (its target left while it was on its way): counted
+    /// against its sender like any queued message, never refused.
     async fn enqueue(&self, msg: &PrivateMessage) -> StoreResult<()>;
     /// The user's queue, oldest first, left in place until [`Store::ack_queue`].
     async fn peek_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>>;

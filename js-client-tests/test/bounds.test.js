@@ -1,0 +1,66 @@
+// Bounds of issue 23 (SPEC §5 and §7): what one sender keeps waiting in offline users' queues
+// (MAX_QUEUED_BYTES_PER_SENDER), in the memory store and in Redis.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { io } from 'socket.io-client';
+import { startGateway, startRedis, connect, request, token, until, WS } from '../lib/helpers.js';
+
+let redis;
+before(async () => { redis = await startRedis({ persist: false }); });
+after(async () => { await redis.stop(); });
+
+const COST = 60000 + 256; // a message's cost: its content bytes plus 256
+const CAP = 3 * COST + 100;
+
+/** Connects `userId` and acks its pending-messages; resolves with them. */
+function takePending(url, userId, open) {
+  const socket = io(url, { forceNew: true, reconnection: false, ...WS, auth: { token: token(userId) } });
+  open.push(socket);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no pending-messages')), 10000);
+    socket.on('pending-messages', (msgs, ack) => { clearTimeout(timer); ack({ success: true }); resolve(msgs); });
+  });
+}
+
+for (const store of ['memory', 'redis']) {
+  test(`MAX_QUEUED_BYTES_PER_SENDER (${store}): over all targets, RATE_LIMITED past it, live unaffected, released on hand-over`, async () => {
+    const tag = `${store}-${Date.now().toString(36)}`;
+    const g = await startGateway({ MAX_QUEUED_BYTES_PER_SENDER: String(CAP), ...(store === 'redis' ? { REDIS_URL: redis.url } : {}) });
+    const open = [];
+    try {
+      const spammer = await connect(g.url, { ...WS, auth: { token: token(`spammer-${tag}`) } });
+      open.push(spammer.socket);
+      const big = 'x'.repeat(60000);
+      for (let i = 0; i < 3; i++) {
+        const ack = await request(spammer.socket, 'private-message', { targetUserId: `made-up-${tag}-${i}`, content: big });
+        assert.deepEqual([ack.success, ack.delivered], [true, false], JSON.stringify(ack));
+      }
+      const refused = await request(spammer.socket, 'private-message', { targetUserId: `made-up-${tag}-3`, content: big });
+      assert.deepEqual([refused.success, refused.code], [false, 'RATE_LIMITED'], JSON.stringify(refused));
+      const small = await request(spammer.socket, 'private-message', { targetUserId: `made-up-${tag}-3`, content: 'x'.repeat(200) });
+      assert.equal(small.code, 'RATE_LIMITED', 'the cap counts bytes over all targets');
+
+      // A connected target is unaffected, and so is another sender.
+      const online = await connect(g.url, { ...WS, auth: { token: token(`online-${tag}`) } });
+      open.push(online.socket);
+      const live = await request(spammer.socket, 'private-message', { targetUserId: `online-${tag}`, content: big });
+      assert.deepEqual([live.success, live.delivered], [true, true], JSON.stringify(live));
+      const other = await connect(g.url, { ...WS, auth: { token: token(`other-${tag}`) } });
+      open.push(other.socket);
+      const theirs = await request(other.socket, 'private-message', { targetUserId: `made-up-${tag}-3`, content: big });
+      assert.deepEqual([theirs.success, theirs.delivered], [true, false], JSON.stringify(theirs));
+
+      // Handed over (acked): the sender's bytes come back.
+      const pending = await takePending(g.url, `made-up-${tag}-0`, open);
+      assert.equal(pending.length, 1);
+      const again = await until(async () => {
+        const a = await request(spammer.socket, 'private-message', { targetUserId: `made-up-${tag}-4`, content: big });
+        return a.success ? a : null;
+      }, 5000, 'the released bytes');
+      assert.equal(again.delivered, false);
+    } finally {
+      for (const s of open) s.close();
+      await g.stop();
+    }
+  });
+}
