@@ -385,12 +385,16 @@ pub async fn edit_message(ctx: &Ctx, req: EditMessage) -> HandlerResult {
 
 pub async fn delete_message(ctx: &Ctx, req: EditMessage) -> HandlerResult {
     let id = valid_room(req.room_id)?;
-    own_message(ctx, &id, &req.message_id).await?;
+    let msg = own_message(ctx, &id, &req.message_id).await?;
     ctx.state
         .store
         .edit(&id, &req.message_id, Edit::Delete)
         .await?
         .ok_or_else(|| ApiError::not_found("Message not found"))?;
+    // A deleted file message takes its file with it: nobody downloads what was deleted.
+    if let Some(file_id) = msg.file.as_ref().and_then(|f| f.get("id")).and_then(|v| v.as_str()) {
+        ctx.state.files.delete(file_id).await;
+    }
     tell_room(ctx, &id, "message-deleted", &json!({ "roomId": id, "messageId": req.message_id })).await;
     Ok(json!({ "success": true }))
 }
