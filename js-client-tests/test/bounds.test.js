@@ -64,3 +64,35 @@ for (const store of ['memory', 'redis']) {
     }
   });
 }
+
+test('GET /health costs the same with 10,000 channel subscriptions on the node as with none', async () => {
+  const g = await startGateway({ RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000' });
+  const open = [];
+  /** Milliseconds for `n` sequential /health requests. */
+  const time = async (n) => {
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) {
+      const r = await fetch(`${g.url}/health`);
+      assert.equal(r.status, 200);
+      await r.arrayBuffer();
+    }
+    return performance.now() - t0;
+  };
+  try {
+    await time(50); // warm up
+    const idle = await time(100);
+    for (let s = 0; s < 100; s++) {
+      const c = await connect(g.url, { ...WS, auth: { token: token(`sub${s}`) } });
+      open.push(c.socket);
+      const acks = await Promise.all(Array.from({ length: 100 }, (_, i) => request(c.socket, 'subscribe', `apps:load-${s}-${i}`)));
+      assert.ok(acks.every((a) => a.success), JSON.stringify(acks.find((a) => !a.success)));
+    }
+    await until(async () => (await (await fetch(`${g.url}/health`)).json()).activeChannels === 10000, 5000, '10,000 channels');
+    const busy = await time(100);
+    console.log(`100 /health: ${idle.toFixed(0)} ms idle, ${busy.toFixed(0)} ms with 10,000 subscriptions`);
+    assert.ok(busy < idle * 3 + 200, `100 requests took ${busy.toFixed(0)} ms with 10,000 subscriptions, ${idle.toFixed(0)} ms without`);
+  } finally {
+    for (const s of open) s.close();
+    await g.stop();
+  }
+});
