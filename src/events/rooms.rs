@@ -467,8 +467,12 @@ pub async fn typing(ctx: &Ctx, req: RoomRef) -> HandlerResult {
         .insert((id.clone(), user.user_id.clone()), Instant::now() + timeout)
         .is_some();
     // One pending timer per typist and room: a renewal only moves the deadline the timer re-reads.
-    if !was_typing {
-        ctx.state.timers.schedule(timeout, Job::TypingStop { room: id.clone(), user_id: user.user_id.clone() });
+    // A timer the wheel dropped (its queue full) would leave the entry for good: it goes at once.
+    if !was_typing
+        && !ctx.state.timers.schedule(timeout, Job::TypingStop { room: id.clone(), user_id: user.user_id.clone() })
+    {
+        ctx.state.typing.lock().unwrap_or_else(|e| e.into_inner()).remove(&(id.clone(), user.user_id.clone()));
+        return Err(ApiError::new(Code::RateLimited, "Too busy: try again"));
     }
     let note = json!({ "userId": user.user_id, "user": user, "roomId": id });
     let _ = ctx.hub().to(room).except(names::user(&user.user_id)).emit("user-typing", &note).await;
@@ -512,13 +516,18 @@ pub async fn typing_timeout(state: &AppState, room: &str, user_id: &str) {
             }
         }
     };
-    match wait {
-        Some(rest) => state.timers.schedule(rest, Job::TypingStop { room: key.0, user_id: key.1 }),
-        None => {
-            let note = json!({ "userId": user_id, "roomId": room });
-            let _ =
-                state.hub.to(names::chat(room)).except(names::user(user_id)).emit("user-stopped-typing", &note).await;
+    let stop = match wait {
+        None => true,
+        Some(rest) => {
+            let next = Job::TypingStop { room: key.0.clone(), user_id: key.1.clone() };
+            // The wheel dropped the next timer: stop now rather than never.
+            !state.timers.schedule(rest, next)
+                && state.typing.lock().unwrap_or_else(|e| e.into_inner()).remove(&key).is_some()
         }
+    };
+    if stop {
+        let note = json!({ "userId": user_id, "roomId": room });
+        let _ = state.hub.to(names::chat(room)).except(names::user(user_id)).emit("user-stopped-typing", &note).await;
     }
 }
 

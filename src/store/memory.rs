@@ -8,6 +8,9 @@ use async_trait::async_trait;
 
 use super::*;
 
+/// How long the presence of a user without a socket is remembered after they were last seen.
+const PRESENCE_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+
 #[derive(Default)]
 struct PresenceEntry {
     sockets: u64,
@@ -184,6 +187,13 @@ impl MemoryStore {
         queues.retain(|_, q| {
             q.drop_expired(now, senders);
             !q.msgs.is_empty()
+        });
+        // Users without a socket, last seen longer ago than PRESENCE_KEEP, are forgotten (they then
+        // read as `offline` with `lastSeen: null`): the map holds the users of a week, not of ever.
+        let now_ms = crate::auth::unix_now_ms() + now.saturating_duration_since(Instant::now()).as_millis() as u64;
+        let keep_ms = PRESENCE_KEEP.as_millis() as u64;
+        g.presence.retain(|_, e| {
+            e.sockets > 0 || !e.departed.is_empty() || e.last_seen.is_some_and(|t| t + keep_ms > now_ms)
         });
     }
 }
@@ -978,5 +988,21 @@ mod tests {
         s.purge_at(Instant::now() + Duration::from_secs(61));
         assert!(s.lock().senders.is_empty());
         assert_eq!(s.enqueue_if_offline(&pm("7", "u7", &body)).await.unwrap(), Enqueued::Queued);
+    }
+
+    #[tokio::test]
+    async fn presence_of_users_gone_for_a_week_is_forgotten() {
+        let s = store();
+        for u in ["gone", "here"] {
+            assert!(s.socket_up(&user(u), "s", 5).await.unwrap().is_some());
+        }
+        s.socket_down("gone", "s", &[], 0).await.unwrap();
+        assert!(s.mark_offline_if_idle("gone", 0).await.unwrap().is_some());
+        s.purge_at(Instant::now());
+        assert_eq!(s.lock().presence.len(), 2, "seen recently: kept");
+        s.purge_at(Instant::now() + PRESENCE_KEEP + Duration::from_secs(60));
+        assert!(!s.lock().presence.contains_key("gone"), "offline for a week: forgotten");
+        assert!(s.lock().presence.contains_key("here"), "a connected user stays");
+        assert_eq!(s.presence(&["gone".into()]).await.unwrap()[0].status, "offline");
     }
 }
