@@ -41,7 +41,7 @@ pub async fn private_message(ctx: &Ctx, req: PrivateRequest) -> HandlerResult {
     let id = new_id("pm");
     let dedup_key = req.client_message_id.as_ref().map(|cmid| format!("pm:{}:{cmid}", user.user_id));
     if let Some(key) = &dedup_key {
-        if let Claim::Seen(first) = store.claim(key, &id).await? {
+        if let Claim::Seen(first) = store.claim(&user.user_id, key, &id).await? {
             // The first send's answer: its id, and whether it is still waiting in the queue.
             let first_id = first.split_once('|').map_or(first.as_str(), |(i, _)| i);
             let queued = store.peek_queue(&req.target_user_id).await?.iter().any(|m| m.id == first_id);

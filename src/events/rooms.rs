@@ -285,7 +285,8 @@ pub async fn message(ctx: &Ctx, req: SendMessage) -> HandlerResult {
     let req_cmid = req.client_message_id.clone();
     if let Some(cmid) = &req.client_message_id {
         let key = format!("msg:{}:{cmid}", user.user_id);
-        if let Claim::Seen(first) = ctx.state.store.claim(&key, &format!("{msg_id}|{timestamp}")).await? {
+        if let Claim::Seen(first) = ctx.state.store.claim(&user.user_id, &key, &format!("{msg_id}|{timestamp}")).await?
+        {
             let (first_id, first_ts) = first.split_once('|').unwrap_or((first.as_str(), "0"));
             return Ok(
                 json!({ "success": true, "messageId": first_id, "timestamp": first_ts.parse::<u64>().unwrap_or(0) }),

@@ -20,16 +20,49 @@ struct PresenceEntry {
     departed: HashSet<String>,
 }
 
-/// Keys that expire after a fixed TTL, oldest first, so purging is popping the front.
+/// Keys that expire after a fixed TTL, oldest first, so purging is popping the front; each owned
+/// by someone who may hold at most `per_owner` of them (their oldest go first).
 struct Expiring<V> {
     map: HashMap<String, (V, Instant)>,
     order: VecDeque<(Instant, String)>,
     ttl: Duration,
+    owners: HashMap<String, VecDeque<String>>,
+    per_owner: usize,
 }
 
 impl<V> Expiring<V> {
-    fn new(ttl_secs: u64) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), ttl: Duration::from_secs(ttl_secs) }
+    fn new(ttl_secs: u64, per_owner: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            ttl: Duration::from_secs(ttl_secs),
+            owners: HashMap::new(),
+            per_owner: per_owner.max(1),
+        }
+    }
+    /// Inserts a key of `owner`, forgetting the owner's oldest keys past `per_owner`.
+    fn insert_owned(&mut self, owner: &str, key: String, value: V) {
+        self.insert(key.clone(), value);
+        let map = &mut self.map;
+        let keys = self.owners.entry(owner.to_string()).or_default();
+        // Keys that expired (or were released) meanwhile leave the owner's list first.
+        while keys.front().is_some_and(|k| !map.contains_key(k)) {
+            keys.pop_front();
+        }
+        keys.push_back(key);
+        while keys.len() > self.per_owner {
+            if let Some(old) = keys.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+    /// Forgets the owners' lists of keys that are gone (the periodic purge).
+    fn purge_owners(&mut self) {
+        let map = &self.map;
+        self.owners.retain(|_, keys| {
+            keys.retain(|k| map.contains_key(k));
+            !keys.is_empty()
+        });
     }
     fn purge(&mut self, now: Instant) {
         while let Some((at, _)) = self.order.front() {
@@ -147,12 +180,12 @@ impl MemoryStore {
                 authors: HashMap::new(),
                 by_weight: BTreeSet::new(),
                 seq: 0,
-                dedup: Expiring::new(limits.dedup_ttl_secs),
+                dedup: Expiring::new(limits.dedup_ttl_secs, limits.keys_per_sender),
                 presence: HashMap::new(),
                 offline_due: BTreeSet::new(),
                 queues: HashMap::new(),
                 senders: HashMap::new(),
-                receipts: Expiring::new(limits.receipt_ttl_secs),
+                receipts: Expiring::new(limits.receipt_ttl_secs, limits.keys_per_sender),
                 calls: HashMap::new(),
                 leases: HashMap::new(),
             }),
@@ -183,6 +216,10 @@ impl MemoryStore {
         for id in old_rooms {
             g.forget_room(&id);
         }
+        g.dedup.purge(now);
+        g.receipts.purge(now);
+        g.dedup.purge_owners();
+        g.receipts.purge_owners();
         let Inner { queues, senders, .. } = &mut *g;
         queues.retain(|_, q| {
             q.drop_expired(now, senders);
@@ -402,12 +439,12 @@ impl Store for MemoryStore {
         Ok(Some(edited))
     }
 
-    async fn claim(&self, key: &str, value: &str) -> StoreResult<Claim> {
+    async fn claim(&self, owner: &str, key: &str, value: &str) -> StoreResult<Claim> {
         let mut g = self.lock();
         if let Some(v) = g.dedup.get(key) {
             return Ok(Claim::Seen(v.clone()));
         }
-        g.dedup.insert(key.to_string(), value.to_string());
+        g.dedup.insert_owned(owner, key.to_string(), value.to_string());
         Ok(Claim::New)
     }
 
@@ -583,7 +620,7 @@ impl Store for MemoryStore {
     }
 
     async fn remember_receipt(&self, id: &str, from: &str, to: &str) -> StoreResult<()> {
-        self.lock().receipts.insert(id.to_string(), (from.to_string(), to.to_string()));
+        self.lock().receipts.insert_owned(from, id.to_string(), (from.to_string(), to.to_string()));
         Ok(())
     }
 
@@ -892,8 +929,8 @@ mod tests {
     #[tokio::test]
     async fn dedup_and_rooms() {
         let s = store();
-        assert_eq!(s.claim("k", "v1").await.unwrap(), Claim::New);
-        assert_eq!(s.claim("k", "v2").await.unwrap(), Claim::Seen("v1".into()));
+        assert_eq!(s.claim("u", "k", "v1").await.unwrap(), Claim::New);
+        assert_eq!(s.claim("u", "k", "v2").await.unwrap(), Claim::Seen("v1".into()));
         let r = room("dm", "a");
         s.create_room(r.clone()).await.unwrap();
         let mut other = r.clone();
@@ -974,7 +1011,11 @@ mod tests {
         for (i, to) in ["u1", "u2", "u3"].iter().enumerate() {
             assert_eq!(s.enqueue_if_offline(&pm(&i.to_string(), to, &body)).await.unwrap(), Enqueued::Queued);
         }
-        assert_eq!(s.enqueue_if_offline(&pm("3", "u4", &body)).await.unwrap(), Enqueued::SenderFull, "over all targets");
+        assert_eq!(
+            s.enqueue_if_offline(&pm("3", "u4", &body)).await.unwrap(),
+            Enqueued::SenderFull,
+            "over all targets"
+        );
         assert!(s.peek_queue("u4").await.unwrap().is_empty());
         let mut other = pm("4", "u4", &body);
         other.from_user_id = "c".into();
@@ -1004,5 +1045,22 @@ mod tests {
         assert!(!s.lock().presence.contains_key("gone"), "offline for a week: forgotten");
         assert!(s.lock().presence.contains_key("here"), "a connected user stays");
         assert_eq!(s.presence(&["gone".into()]).await.unwrap()[0].status, "offline");
+    }
+
+    #[tokio::test]
+    async fn receipts_and_dedup_keys_are_bounded_per_sender() {
+        let s = MemoryStore::new(Limits { keys_per_sender: 3, ..Limits::default() });
+        for i in 0..5 {
+            s.remember_receipt(&format!("m{i}"), "b", "a").await.unwrap();
+            assert_eq!(s.claim("b", &format!("k{i}"), "v").await.unwrap(), Claim::New);
+        }
+        s.remember_receipt("other", "c", "a").await.unwrap();
+        let ids: Vec<String> = ["m0", "m1", "m2", "m4", "other"].iter().map(|x| x.to_string()).collect();
+        let known: Vec<bool> = s.receipts(&ids).await.unwrap().iter().map(Option::is_some).collect();
+        assert_eq!(known, [false, false, true, true, true], "the sender's oldest forgotten, another sender's kept");
+        assert_eq!(s.claim("b", "k0", "v").await.unwrap(), Claim::New, "the oldest key forgotten");
+        assert_eq!(s.claim("b", "k4", "v").await.unwrap(), Claim::Seen("v".into()));
+        assert_eq!(s.lock().receipts.map.len(), 4);
+        assert!(s.lock().dedup.map.len() <= 3);
     }
 }

@@ -195,6 +195,10 @@ pub struct Limits {
     pub queued_bytes_per_sender: usize,
     pub dedup_ttl_secs: u64,
     pub receipt_ttl_secs: u64,
+    /// De-duplication keys, and read receipts, one sender may hold (each): past it the sender's
+    /// oldest is forgotten (an old duplicate may pass again; `mark-read` of a very old message is
+    /// ignored), so one account cannot grow them without bound.
+    pub keys_per_sender: usize,
     /// Rooms remembered per user between a disconnect and the end of the presence grace.
     pub departed_rooms_per_user: usize,
     /// Bytes of history one user's messages may hold, over all rooms (counted as the room caps
@@ -219,6 +223,7 @@ impl Default for Limits {
             queued_bytes_per_sender: 8 * 1024 * 1024,
             dedup_ttl_secs: 300,
             receipt_ttl_secs: 7 * 24 * 3600,
+            keys_per_sender: 100_000,
             departed_rooms_per_user: 2000,
             history_bytes_per_user: 16 * 1024 * 1024,
             history_bytes_total: 256 * 1024 * 1024,
@@ -278,8 +283,9 @@ pub trait Store: Send + Sync + 'static {
     async fn edit(&self, room: &str, id: &str, edit: Edit) -> StoreResult<Option<Message>>;
 
     // --- de-duplication ---
-    /// Claims `key` for `ttl_secs`, remembering `value`; a second claim gets the first value.
-    async fn claim(&self, key: &str, value: &str) -> StoreResult<Claim>;
+    /// Claims `key` for `ttl_secs`, remembering `value`; a second claim gets the first value. The
+    /// key counts against `owner`'s `keys_per_sender` (their oldest is forgotten past it).
+    async fn claim(&self, owner: &str, key: &str, value: &str) -> StoreResult<Claim>;
     /// Gives a claim back (the work it guarded failed), so that a retry is not taken for a duplicate.
     async fn release(&self, key: &str) -> StoreResult<()>;
     /// Takes a lease on `key` for `ms` unless someone holds it: true when taken. It ends with
@@ -329,7 +335,8 @@ pub trait Store: Send + Sync + 'static {
     async fn peek_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>>;
     /// Removes these messages from the user's queue (they were handed over).
     async fn ack_queue(&self, user_id: &str, msgs: &[PrivateMessage]) -> StoreResult<()>;
-    /// Remembers who sent a private message to whom, for `mark-read`.
+    /// Remembers who sent a private message to whom, for `mark-read`; at most `keys_per_sender`
+    /// per sender (their oldest is forgotten past it).
     async fn remember_receipt(&self, id: &str, from: &str, to: &str) -> StoreResult<()>;
     /// (from, to) of each message id, when known.
     async fn receipts(&self, ids: &[String]) -> StoreResult<Vec<Option<(String, String)>>>;

@@ -47,6 +47,7 @@ struct Scripts {
     due_offline: Script,
     enqueue: Script,
     ack_queue: Script,
+    own_key: Script,
     cas_key: Script,
 }
 
@@ -320,6 +321,21 @@ end
 if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
 return 1
 "#),
+            // KEYS: the owner's keys (a sorted set by when each was made). ARGV: a key just made, its
+            // TTL in seconds, the most the owner may hold. Past it the owner's oldest keys are deleted.
+            own_key: lua(r#"
+local now = now_ms()
+redis.call('ZADD', KEYS[1], ms(now), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms(now - tonumber(ARGV[2]) * 1000))
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if over > 0 then
+  local old = redis.call('ZRANGE', KEYS[1], 0, over - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+  for _, k in ipairs(old) do redis.call('DEL', k) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"#),
             // KEYS: key. ARGV: old, new ('' deletes).
             cas_key: Script::new(
                 r#"
@@ -388,6 +404,21 @@ impl RedisStore {
             .invoke_async(&mut self.conn()?)
             .await;
         self.ok(r)
+    }
+
+    /// Counts `key` (just made, for `ttl` seconds) against its owner's `keys_per_sender`, in the
+    /// owner's sorted set `parts`; past the cap the owner's oldest keys are deleted.
+    async fn own(&self, parts: &[&str], key: &str, ttl: u64) -> StoreResult<()> {
+        let r: ::redis::RedisResult<i64> = self
+            .scripts
+            .own_key
+            .key(self.key(parts))
+            .arg(key)
+            .arg(ttl)
+            .arg(self.limits.keys_per_sender)
+            .invoke_async(&mut self.conn()?)
+            .await;
+        self.ok(r).map(|_| ())
     }
 
     /// The connection, or `Unavailable` at once while Redis is known to be down.
@@ -584,7 +615,7 @@ impl Store for RedisStore {
         Err(StoreError::Unavailable("message changed concurrently".into()))
     }
 
-    async fn claim(&self, key: &str, value: &str) -> StoreResult<Claim> {
+    async fn claim(&self, owner: &str, key: &str, value: &str) -> StoreResult<Claim> {
         let k = self.key(&["dedup", key]);
         let set: Option<String> = self.ok(::redis::cmd("SET")
             .arg(&k)
@@ -595,6 +626,7 @@ impl Store for RedisStore {
             .query_async(&mut self.conn()?)
             .await)?;
         if set.is_some() {
+            self.own(&["dedup-keys", owner], &k, self.limits.dedup_ttl_secs).await?;
             return Ok(Claim::New);
         }
         let first: Option<String> = self.ok(self.conn()?.get(&k).await)?;
@@ -821,7 +853,9 @@ impl Store for RedisStore {
 
     async fn remember_receipt(&self, id: &str, from: &str, to: &str) -> StoreResult<()> {
         let value = json(&(from, to))?;
-        self.ok(self.conn()?.set_ex(self.key(&["receipt", id]), value, self.limits.receipt_ttl_secs).await)
+        let k = self.key(&["receipt", id]);
+        self.ok(self.conn()?.set_ex::<_, _, ()>(&k, value, self.limits.receipt_ttl_secs).await)?;
+        self.own(&["receipt-keys", from], &k, self.limits.receipt_ttl_secs).await
     }
 
     async fn receipts(&self, ids: &[String]) -> StoreResult<Vec<Option<(String, String)>>> {
