@@ -96,3 +96,34 @@ test('GET /health costs the same with 10,000 channel subscriptions on the node a
     await g.stop();
   }
 });
+
+test('node stats: unchanged figures are not written to Redis again each second (only kept alive)', async () => {
+  const { redisClient } = await import('../lib/helpers.js');
+  const nodeId = `stats-${Date.now().toString(36)}`;
+  const g = await startGateway({ REDIS_URL: redis.url, NODE_ID: nodeId });
+  const open = [];
+  const r = await redisClient(redis.url);
+  try {
+    const c = await connect(g.url, { ...WS, auth: { token: token('subscriber') } });
+    open.push(c.socket);
+    for (let i = 0; i < 50; i++) assert.equal((await request(c.socket, 'subscribe', `apps:stats-${i}`)).success, true);
+    const key = await until(async () => (await r.keys(`*node-stats:${nodeId}`))[0], 5000, 'the node-stats key');
+    await until(async () => Object.keys(JSON.parse((await r.get(key)) ?? '{}').connectionsByChannel ?? {}).length === 50, 5000, 'the figures written');
+    await r.sendCommand(['CONFIG', 'RESETSTAT']);
+    const t0 = Date.now();
+    // A window of several heartbeats (1 s each) with nothing changing on the node.
+    await until(() => Date.now() - t0 > 3500, 5000, 'three heartbeats');
+    const info = await r.sendCommand(['INFO', 'commandstats']);
+    const calls = (cmd) => Number(info.match(new RegExp(`cmdstat_${cmd}:calls=(\\d+)`))?.[1] ?? 0);
+    assert.equal(calls('setex'), 0, 'unchanged figures are not written again');
+    assert.ok(calls('expire') >= 3, `the figures are kept alive each beat (expire: ${calls('expire')})`);
+    assert.ok((await r.ttl(key)) > 0);
+    // A change is written at the next beat.
+    assert.equal((await request(c.socket, 'subscribe', 'apps:stats-new')).success, true);
+    await until(async () => 'apps:stats-new' in (JSON.parse((await r.get(key)) ?? '{}').connectionsByChannel ?? {}), 3000, 'the change written');
+  } finally {
+    await r.quit();
+    for (const s of open) s.close();
+    await g.stop();
+  }
+});
