@@ -860,6 +860,10 @@ mod tests {
             s.fail(1, t0);
         }
         assert_eq!(s.until(&1, t0), Some(t0 + BACKOFF_MAX));
+        // Forgotten FORGET_AFTER its last failure: the address starts over with its free failures.
+        let later = t0 + FORGET_AFTER + BACKOFF_MAX;
+        s.fail(1, later);
+        assert_eq!(s.until(&1, later), None, "failures forgotten with time");
         for k in 2..(MAX_TRACKED as u32 + 500) {
             s.fail(k, t0 + Duration::from_millis(k as u64));
         }

@@ -64,8 +64,10 @@ pub trait Link: Send + Sync {
     fn rooms(&self) -> Vec<String>;
     /// Sends `event` with `data` to this client alone.
     fn emit(&self, event: &str, data: &Value) -> Result<(), SendError>;
-    /// Sends and waits until the client confirmed it (Socket.IO: its ack) or `timeout`; true when
-    /// confirmed. A transport without client acks confirms once the frame is queued.
+    /// Sends and waits until the client confirmed it; true when confirmed. Socket.IO: its ack within
+    /// `timeout`, or else the socket still connected a whole heartbeat after the frame (it answered
+    /// a ping sent behind it). A transport without client acks (`/ws`) confirms once the frame's
+    /// bytes were written to the socket, never on a queue push.
     fn emit_confirmed<'a>(&'a self, event: &'a str, data: &'a Value, timeout: Duration) -> BoxFuture<'a, bool>;
     fn connected(&self) -> bool;
     fn close(&self, why: Close);

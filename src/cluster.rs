@@ -30,10 +30,20 @@ pub fn spawn_heartbeat(state: AppState, on_gone: OnNodeGone) -> Option<tokio::ta
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n: u64 = 0;
         let mut was_up = false;
+        // The figures last written: unchanged ones are not written again (they name every
+        // subscribed channel), only kept alive.
+        let mut written: Option<String> = None;
         loop {
             tick.tick().await;
             n += 1;
-            let stats = local_stats(&state).await;
+            let stats = serde_json::to_string(&local_stats(&state).await).unwrap_or_default();
+            let stats_key = state.redis_key(&["node-stats", &state.node_id]);
+            let mut stats_cmd = redis::pipe();
+            if written.as_deref() == Some(stats.as_str()) {
+                stats_cmd.expire(&stats_key, (NODE_LIVENESS_MS / 1000) as i64).ignore();
+            } else {
+                stats_cmd.set_ex(&stats_key, &stats, NODE_LIVENESS_MS / 1000).ignore();
+            }
             let generation = redis.generation();
             let mut conn = redis.commands();
             // The liveness key's previous value: missing when this is the first beat, when the
@@ -48,15 +58,21 @@ pub fn spawn_heartbeat(state: AppState, on_gone: OnNodeGone) -> Option<tokio::ta
                 .arg("GET")
                 .hset(state.redis_key(&["nodes"]), &state.node_id, crate::auth::unix_now_ms())
                 .ignore()
-                .set_ex(
-                    state.redis_key(&["node-stats", &state.node_id]),
-                    serde_json::to_string(&stats).unwrap_or_default(),
-                    NODE_LIVENESS_MS / 1000,
-                )
-                .ignore()
                 .hlen(state.redis_key(&["nodes"]))
                 .query_async(&mut conn)
                 .await;
+            // Written after the beat: a node whose liveness key Redis lost writes its figures anew.
+            let stats_ok = match &beat {
+                Ok((Some(_), _)) => stats_cmd.query_async::<()>(&mut conn).await.is_ok(),
+                Ok((None, _)) => redis::pipe()
+                    .set_ex(&stats_key, &stats, NODE_LIVENESS_MS / 1000)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            };
+            written = stats_ok.then_some(stats);
             redis.beat(generation, beat.is_ok());
             if let Ok((_, nodes)) = &beat {
                 // The other nodes (dead ones not reaped yet included): how many answers a question

@@ -229,6 +229,11 @@ pub struct Config {
     #[arg(long, env = "MAX_HISTORY_BYTES_PER_USER", value_name = "MAX_HISTORY_BYTES_PER_USER", default_value_t = 16 * 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_history_bytes_per_user: u64,
+    /// Bytes of private messages one sender may keep waiting in offline users' queues, over all its
+    /// targets (SPEC §5): past it a message for an offline user answers `RATE_LIMITED`.
+    #[arg(long, env = "MAX_QUEUED_BYTES_PER_SENDER", value_name = "MAX_QUEUED_BYTES_PER_SENDER", default_value_t = 8 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_queued_bytes_per_sender: u64,
     /// A room's history, and a room made with `create-room`, are forgotten after this long without a message.
     #[arg(long, env = "ROOM_IDLE_TTL_SECS", value_name = "ROOM_IDLE_TTL_SECS", default_value_t = 30 * 24 * 3600,
           value_parser = clap::value_parser!(u64).range(60..))]

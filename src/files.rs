@@ -82,6 +82,18 @@ pub struct Upload {
     pub head: Vec<u8>,
     writer: Option<BufWriter>,
     last: Instant,
+    /// Where `size` was charged against the daily budget: what an abandoned upload did not write
+    /// is given back there.
+    budget: Option<Budget>,
+}
+
+/// Where an upload's bytes were counted against the daily budget.
+#[derive(Clone)]
+enum Budget {
+    /// The cluster's count, `<prefix>:upload-bytes:<user>:<day>`.
+    Redis(Arc<crate::redis_link::RedisLink>, String),
+    /// This node's count for that day.
+    Local(u64),
 }
 
 impl Upload {
@@ -99,6 +111,7 @@ impl Upload {
             head: Vec::new(),
             writer: Some(writer),
             last: Instant::now(),
+            budget: None,
         }
     }
 }
@@ -206,23 +219,46 @@ impl Files {
         self.uploads.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts `bytes` against the user's daily budget on this node; false past it.
-    fn reserve_local(&self, user_id: &str, bytes: u64) -> bool {
+    /// Counts `bytes` against the user's daily budget on this node; `None` past it.
+    fn reserve_local(&self, user_id: &str, bytes: u64) -> Option<Budget> {
         let day = crate::auth::unix_now() / 86_400;
         let mut t = self.today.lock().unwrap_or_else(|e| e.into_inner());
         t.retain(|_, (d, _)| *d == day);
         let e = t.entry(user_id.to_string()).or_insert((day, 0));
         if e.1.saturating_add(bytes) > self.limits.bytes_per_day {
-            return false;
+            return None;
         }
         e.1 += bytes;
-        true
+        Some(Budget::Local(day))
+    }
+
+    /// Gives back the part of an upload's charge that it never wrote (it was abandoned or failed).
+    async fn refund(&self, upload: &mut Upload) {
+        let unwritten = upload.size.saturating_sub(upload.received);
+        let (Some(budget), true) = (upload.budget.take(), unwritten > 0) else { return };
+        match budget {
+            Budget::Local(day) => {
+                let mut t = self.today.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(e) = t.get_mut(&upload.user_id).filter(|e| e.0 == day) {
+                    e.1 = e.1.saturating_sub(unwritten);
+                }
+            }
+            Budget::Redis(redis, key) => {
+                let script = redis::Script::new(
+                    "if redis.call('DECRBY', KEYS[1], ARGV[1]) <= 0 then redis.call('DEL', KEYS[1]) end return 1",
+                );
+                let mut conn = redis.commands();
+                if let Err(e) = script.key(key).arg(unwritten).invoke_async::<i64>(&mut conn).await {
+                    tracing::warn!(upload = upload.id, "upload budget refund: {e}");
+                }
+            }
+        }
     }
 
     /// Starts an upload: the per-user caps, then a writer on storage (which stores nothing yet).
     pub async fn start(
         &self,
-        redis: Option<&crate::redis_link::RedisLink>,
+        redis: Option<&Arc<crate::redis_link::RedisLink>>,
         prefix: &str,
         user_id: &str,
         sid: &str,
@@ -255,9 +291,13 @@ impl Files {
             };
             uploads.insert(id.clone(), entry);
         }
-        if !self.reserve_today(redis, prefix, user_id, size).await {
+        let Some(budget) = self.reserve_today(redis, prefix, user_id, size).await else {
             self.uploads().remove(&id);
             return Err(ApiError::new(Code::RateLimited, "Daily upload limit reached"));
+        };
+        let registered = self.uploads().get(&id).map(|e| e.upload.clone());
+        if let Some(u) = registered {
+            u.lock().await.budget = Some(budget);
         }
         Ok(id)
     }
@@ -266,11 +306,11 @@ impl Files {
     /// this node. Redis unreachable: this node's count.
     async fn reserve_today(
         &self,
-        redis: Option<&crate::redis_link::RedisLink>,
+        redis: Option<&Arc<crate::redis_link::RedisLink>>,
         prefix: &str,
         user_id: &str,
         bytes: u64,
-    ) -> bool {
+    ) -> Option<Budget> {
         let Some(redis) = redis.filter(|r| !r.is_down()) else { return self.reserve_local(user_id, bytes) };
         let day = crate::auth::unix_now() / 86_400;
         let key = format!("{prefix}:upload-bytes:{user_id}:{day}");
@@ -284,8 +324,9 @@ return 1
 "#,
         );
         let mut conn = redis.commands();
-        match script.key(key).arg(bytes).arg(self.limits.bytes_per_day).invoke_async::<i64>(&mut conn).await {
-            Ok(ok) => ok == 1,
+        match script.key(&key).arg(bytes).arg(self.limits.bytes_per_day).invoke_async::<i64>(&mut conn).await {
+            Ok(1) => Some(Budget::Redis(redis.clone(), key)),
+            Ok(_) => None,
             Err(e) => {
                 tracing::warn!("upload budget: redis unavailable, counting on this node: {e}");
                 self.reserve_local(user_id, bytes)
@@ -363,9 +404,10 @@ return 1
         Ok(Some(meta))
     }
 
-    /// Forgets an upload and what it stored.
+    /// Forgets an upload and what it stored, and gives back the budget it did not use.
     pub async fn drop_upload(&self, upload: &mut Upload) {
         self.uploads().remove(&upload.id);
+        self.refund(upload).await;
         if let Some(mut w) = upload.writer.take() {
             if let Err(e) = w.abort().await {
                 tracing::debug!(upload = upload.id, "abort: {e}");
@@ -395,6 +437,20 @@ return 1
             if gone {
                 tracing::info!(upload = guard.id, user_id = guard.user_id, "upload dropped");
                 self.drop_upload(&mut guard).await;
+            }
+        }
+    }
+
+    /// Deletes a finished file (its metadata first: from then on it is unknown to downloads). For a
+    /// file whose message could not be posted, or whose message was deleted.
+    pub async fn delete(&self, id: &str) {
+        if !valid_file_id(id) {
+            return;
+        }
+        for path in [meta_path(id), data_path(id)] {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(file = id, "file delete: {e}"),
             }
         }
     }

@@ -26,8 +26,9 @@ use crate::events::{self, Outcome, Payload};
 use crate::hub::{Broadcast, Member, Transport};
 use crate::state::{AppState, Session};
 
-/// A Socket.IO socket as the core sees it.
-pub struct SioLink<A: Adapter>(pub SocketRef<A>);
+/// A Socket.IO socket as the core sees it, with the Engine.IO heartbeat (ping interval plus ping
+/// timeout): a socket still connected that long after a frame answered a ping sent after it.
+pub struct SioLink<A: Adapter>(pub SocketRef<A>, pub Duration);
 
 fn send_error(e: socketioxide::SendError) -> SendError {
     match e {
@@ -63,10 +64,27 @@ impl<A: Adapter> Link for SioLink<A> {
         timeout: Duration,
     ) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            match self.0.timeout(timeout).emit_with_ack::<_, serde_json::Value>(event, &(data,)) {
+            let sent = tokio::time::Instant::now();
+            let acked = match self.0.timeout(timeout).emit_with_ack::<_, serde_json::Value>(event, &(data,)) {
                 Ok(stream) => stream.await.is_ok(),
-                Err(_) => false,
+                Err(_) => return false,
+            };
+            if acked {
+                return true;
             }
+            // No ack (an app that does not acknowledge the event): the frame counts as handed over
+            // once the socket has lived through a whole heartbeat after it. Engine.IO pings go out
+            // behind the frame on the same ordered transport, and a socket that stops answering
+            // them is closed within that time, so a socket still connected then received it; a
+            // half-open one is gone by then and confirms nothing.
+            let deadline = sent + self.1;
+            while tokio::time::Instant::now() < deadline {
+                if !self.0.connected() {
+                    return false;
+                }
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(250))).await;
+            }
+            self.0.connected()
         })
     }
     fn connected(&self) -> bool {
@@ -108,8 +126,17 @@ impl<A: Adapter> Link for SioLink<A> {
     }
 }
 
-fn link<A: Adapter>(socket: SocketRef<A>) -> Client {
-    Arc::new(SioLink(socket))
+fn link<A: Adapter>(state: &AppState, socket: SocketRef<A>) -> Client {
+    link_with(heartbeat(state), socket)
+}
+
+fn link_with<A: Adapter>(heartbeat: Duration, socket: SocketRef<A>) -> Client {
+    Arc::new(SioLink(socket, heartbeat))
+}
+
+/// The Engine.IO heartbeat: a socket silent that long is closed.
+pub fn heartbeat(state: &AppState) -> Duration {
+    state.config.ping_interval() + state.config.ping_timeout()
 }
 
 /// Connect middleware: finds and verifies the token (SPEC §2). Its error becomes `connect_error`
@@ -127,7 +154,7 @@ pub async fn authenticate<A: Adapter>(
     // The handshake already took this connection's place in the address's budget.
     let counted = parts.extensions.get::<Arc<crate::http::engine::Handshake>>().is_some_and(|h| h.connecting());
     let ip = if counted { None } else { ip };
-    let client = link(socket.clone());
+    let client = link(&state, socket.clone());
     let session = events::admit(&state, &*client, token.as_deref(), ip).await?;
     // Session, counters and handlers are set before socketioxide sends the CONNECT packet. The
     // connect handler runs on a task of its own after that packet, so handlers registered there
@@ -226,7 +253,7 @@ pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(state): State<Ap
     };
     tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"),
         transport = ?socket.transport_type(), "connected");
-    let client = link(socket.clone());
+    let client = link(&state, socket.clone());
     // Presence first, so that once a client holds `connected` everyone sharing a room heard of it.
     events::announce_arrival(&state, &*client, &session).await;
     let user = session.user();
@@ -242,7 +269,7 @@ pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(state): State<Ap
 }
 
 async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>, reason: DisconnectReason) {
-    events::depart(&state, &*link(socket), &reason.to_string()).await;
+    events::depart(&state, &*link(&state, socket), &reason.to_string()).await;
 }
 
 /// One incoming event: its socket, raw arguments and ack id.
@@ -362,7 +389,7 @@ async fn dispatch<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState
     if let Some(admin) = &state.admin {
         admin.packets(true, 1, msg.size() as u64);
     }
-    match events::handle(&state, link(socket.clone()), &event, &mut msg, wants_ack).await {
+    match events::handle(&state, link(&state, socket.clone()), &event, &mut msg, wants_ack).await {
         Outcome::Answer(result, then) => {
             msg.answer(&event, result, state.admin.as_deref());
             drop(then);
@@ -424,6 +451,8 @@ fn shed_slow_consumers<A: Adapter>(io: &SocketIo<A>, rooms: &[String], res: &Res
 /// The Socket.IO side of the hub.
 pub struct SioTransport<A: Adapter> {
     pub io: SocketIo<A>,
+    /// See [`heartbeat`].
+    pub heartbeat: Duration,
 }
 
 impl<A: Adapter> Transport for SioTransport<A> {
@@ -455,11 +484,11 @@ impl<A: Adapter> Transport for SioTransport<A> {
     }
 
     fn get(&self, id: Sid) -> Option<Client> {
-        self.io.get_socket(id).map(link)
+        self.io.get_socket(id).map(|s| link_with(self.heartbeat, s))
     }
 
     fn local_clients(&self) -> Vec<Client> {
-        self.io.local().sockets().into_iter().map(link).collect()
+        self.io.local().sockets().into_iter().map(|s| link_with(self.heartbeat, s)).collect()
     }
 
     fn members<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Vec<Member>> {

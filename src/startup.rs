@@ -144,7 +144,10 @@ fn assemble<A: Adapter>(
 ) -> Gateway {
     // The hub's transports: Socket.IO (crossing nodes through the adapter) and `/ws` (through the bus).
     let ws = WsClients::new(state.bus.clone());
-    state.hub.install(vec![Arc::new(SioTransport { io: io.clone() }), Arc::new(WsTransport(ws.clone()))]);
+    state.hub.install(vec![
+        Arc::new(SioTransport { io: io.clone(), heartbeat: crate::sio::heartbeat(&state) }),
+        Arc::new(WsTransport(ws.clone())),
+    ]);
     let mut tasks = vec![crate::events::spawn_expiry_sweeper(state.clone()), ws.spawn_presence()];
     let timer_state = state.clone();
     tasks.push(state.timers.spawn(move |job| {

@@ -38,9 +38,15 @@ impl Default for Timers {
 }
 
 impl Timers {
-    pub fn schedule(&self, after: Duration, job: Job) {
-        if let Err(e) = self.tx.try_send((after, job)) {
-            tracing::warn!("timer queue full or closed, job dropped: {e}");
+    /// Hands `job` to the wheel; false when it was dropped (the queue is full): a caller that keeps
+    /// state for the job must not wait for it then.
+    pub fn schedule(&self, after: Duration, job: Job) -> bool {
+        match self.tx.try_send((after, job)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("timer queue full or closed, job dropped: {e}");
+                false
+            }
         }
     }
 
@@ -78,8 +84,12 @@ mod tests {
         let timers = Timers::default();
         let (tx, mut rx) = mpsc::unbounded_channel();
         // Fill the channel before the wheel runs: past QUEUE, jobs are dropped, not queued.
-        for i in 0..QUEUE + 10 {
-            timers.schedule(Duration::from_millis(1), Job::CallTimeout { call_id: i.to_string() });
+        for i in 0..QUEUE {
+            assert!(timers.schedule(Duration::from_millis(1), Job::CallTimeout { call_id: i.to_string() }));
+        }
+        for i in 0..10 {
+            let dropped = !timers.schedule(Duration::from_millis(1), Job::CallTimeout { call_id: i.to_string() });
+            assert!(dropped, "a dropped job is reported, so that its caller does not wait for it");
         }
         let task = timers.spawn(move |job| {
             let tx = tx.clone();

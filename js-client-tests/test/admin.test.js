@@ -160,9 +160,24 @@ test('admin: read-only and production modes; a bcrypt hash as the password; no A
     s.on('nope', (x) => got.push(x));
     a.socket.emit('emit', '/', s.id, 'nope', 1);
     a.socket.emit('_disconnect', '/', true, s.id);
-    // A fence: an ack of the user's own after the admin's frames.
-    assert.equal((await request(s, 'list_channels')).success, true);
-    await new Promise((r) => setTimeout(r, 300));
+    // The same frames on a gateway that is not read-only (below) reach the user within `took` ms: wait
+    // ten times that (at least 500 ms) here, so that the absence asserted means something.
+    const ok = await startGateway({ ADMIN_UI_PASSWORD: hash, ADMIN_UI_USERNAME: 'ops', ADMIN_UI_MODE: 'development' });
+    let took;
+    try {
+      const b = await admin(ok.url, { username: 'ops', password: 'hashed-pw' });
+      const { socket: u } = await connect(ok.url, { auth: { token: token('rw-user') } });
+      const t0 = Date.now();
+      const heard = next(u, 'nope', 5000);
+      b.socket.emit('emit', '/', u.id, 'nope', 1);
+      assert.equal(await heard, 1, 'control: an admin emit reaches the user');
+      const gone = next(u, 'disconnect', 5000);
+      b.socket.emit('_disconnect', '/', true, u.id);
+      assert.equal(await gone, 'io server disconnect', 'control: an admin disconnect disconnects');
+      took = Date.now() - t0;
+      b.socket.close();
+    } finally { await ok.stop(); }
+    await until(() => got.length > 0 || !s.connected, Math.max(500, 10 * took), 'nothing').catch(() => {});
     assert.deepEqual(got, [], 'read-only: no emit');
     assert.equal(s.connected, true, 'read-only: no disconnect');
     s.close(); a.socket.close();
@@ -178,8 +193,10 @@ test('admin: read-only and production modes; a bcrypt hash as the password; no A
   } finally { await prod.stop(); }
   const off = await startGateway({});
   try {
+    // No ADMIN_UI_PASSWORD: the namespace does not exist (not a wrong password, not a timeout).
     const e = await admin(off.url, { username: 'admin', password: PASSWORD }).then(() => null, (err) => err);
     assert.ok(e, 'no /admin namespace');
+    assert.equal(e.message, 'Invalid namespace');
   } finally { await off.stop(); }
 });
 

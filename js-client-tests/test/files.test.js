@@ -165,7 +165,7 @@ test('refusals: not in the room, too large, out of order, oversized chunk, unkno
   } finally { await g.stop(); }
 });
 
-test('caps: concurrent uploads per user (RATE_LIMITED), bytes per day (RATE_LIMITED); a disconnect frees its uploads and deletes what they stored', async () => {
+test('caps: concurrent uploads per user (RATE_LIMITED), bytes per day (RATE_LIMITED); a disconnect frees its uploads, deletes what they stored and refunds what they did not write', async () => {
   const dir = storeDir();
   const g = await startGateway({ FILE_STORE_URL: dir, MAX_UPLOADS_PER_USER: '2', UPLOAD_BYTES_PER_DAY: '2000000', UPLOAD_CHUNK_BYTES: '65536' });
   const stored = () => (existsSync(path.join(dir, 'files')) ? readdirSync(path.join(dir, 'files')) : []);
@@ -189,8 +189,9 @@ test('caps: concurrent uploads per user (RATE_LIMITED), bytes per day (RATE_LIMI
     await request(b, 'join-room', room);
     await until(async () => (await request(b, 'upload-start', { name: 'd', size: 500000, roomId: room })).success, 5000, 'slots freed');
     await until(() => !stored().some((f) => f.startsWith(u1.uploadId) || f.startsWith(u2.uploadId)), 5000, 'partial data deleted');
-    // 3 × 500,000 started; 600,000 more would pass 2,000,000 a day.
-    const daily = await request(b, 'upload-start', { name: 'e', size: 600000, roomId: room });
+    // The dropped uploads gave back what they did not write: 262,144 (u1's four chunks) + 500,000 (d) are
+    // counted, so 1,237,857 more would pass 2,000,000 a day.
+    const daily = await request(b, 'upload-start', { name: 'e', size: 2000000 - 262144 - 500000 + 1, roomId: room });
     assert.deepEqual(daily, { success: false, error: 'Daily upload limit reached', code: 'RATE_LIMITED' });
     b.close();
   } finally { await g.stop(); }

@@ -2,7 +2,7 @@
 // create-room room that lists the user), the PRESENCE_GRACE_MS grace and flapping, update-status, get-presence.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startGateway, connect, request, next, collect, token, until, http, uniq, WS, POLLING, clients } from '../lib/helpers.js';
+import { startGateway, connect, request, next, nextWhere, collect, token, until, http, uniq, WS, POLLING, clients } from '../lib/helpers.js';
 
 const GRACE = 500;
 let gw;
@@ -10,6 +10,24 @@ before(async () => { gw = await startGateway({ PRESENCE_GRACE_MS: String(GRACE) 
 after(async () => { await gw.stop(); });
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Connects a control user listed in bob's group; `leave()` closes it and resolves once bob heard it go
+ * offline: a grace that started after every earlier one ended, so their checks have run by then.
+ */
+async function control(g, bob, id) {
+  const online = nextWhere(bob.socket, 'presence-update', (e) => e.userId === id && e.status === 'online', 5000);
+  const c = await connect(g.url, { ...WS, auth: { token: token(id) } });
+  await online;
+  return {
+    socket: c.socket,
+    async leave() {
+      const gone = nextWhere(bob.socket, 'presence-update', (e) => e.userId === id && e.status === 'offline', GRACE + 5000);
+      c.socket.close();
+      await gone;
+    },
+  };
+}
 
 
 /** A create-room group made by `c` that lists `members`. */
@@ -113,23 +131,25 @@ test('flapping: a disconnect and reconnect within the grace sends neither offlin
   try {
     const bob = await connect(g.url, { ...WS, auth: { token: token('bob') } });
     open.push(bob.socket);
-    await group({ socket: bob.socket }, ['alice']);
-    const online = next(bob.socket, 'presence-update');
+    await group({ socket: bob.socket }, ['alice', 'carol']);
+    const online = nextWhere(bob.socket, 'presence-update', (e) => e.userId === 'alice');
     const first = await connect(g.url, { ...WS, auth: { token: token('alice') } });
     open.push(first.socket);
     assertUpdate(await online, 'alice', 'online', Date.now() - 5000);
+    const carol = await control(g, bob, 'carol');
+    open.push(carol.socket);
 
     const seen = collect(bob.socket, 'presence-update');
     first.socket.close();
-    await authenticatedIs(g, 1); // alice has no socket now: the grace runs
+    await authenticatedIs(g, 2); // alice has no socket now: the grace runs
     const again = await connect(g.url, { ...WS, auth: { token: token('alice') } });
     open.push(again.socket);
-    await sleep(GRACE + 300); // past the grace: asserting an absence
-    const fence = next(bob.socket, 'presence-update');
+    await carol.leave(); // carol's grace started after alice's and has ended: alice's check has run
+    const fence = nextWhere(bob.socket, 'presence-update', (e) => e.userId === 'alice');
     const t0 = Date.now();
     assert.deepEqual(await request(again.socket, 'update-status', 'busy'), { success: true });
     assertUpdate(await fence, 'alice', 'busy', t0);
-    assert.deepEqual(seen.map((e) => e.status), ['busy'], 'no offline or online before the update-status');
+    assert.deepEqual(seen.filter((e) => e.userId === 'alice').map((e) => e.status), ['busy'], 'no offline or online before the update-status');
     const p = await request(bob.socket, 'get-presence', { userIds: ['alice'] });
     assert.equal(p.presence.alice.status, 'busy');
   } finally {
@@ -144,24 +164,26 @@ test('a user stays online while any of their sockets is connected', async () => 
   try {
     const bob = await connect(g.url, { ...WS, auth: { token: token('bob') } });
     open.push(bob.socket);
-    await group({ socket: bob.socket }, ['alice']);
-    const online = next(bob.socket, 'presence-update');
+    await group({ socket: bob.socket }, ['alice', 'carol']);
+    const online = nextWhere(bob.socket, 'presence-update', (e) => e.userId === 'alice');
     const phone = await connect(g.url, { ...WS, auth: { token: token('alice') } });
     open.push(phone.socket);
     assertUpdate(await online, 'alice', 'online', Date.now() - 5000);
+    const carol = await control(g, bob, 'carol');
+    open.push(carol.socket);
     const seen = collect(bob.socket, 'presence-update');
     const laptop = await connect(g.url, { ...POLLING, auth: { token: token('alice') } });
     open.push(laptop.socket);
 
     phone.socket.close();
-    await authenticatedIs(g, 2);
-    await sleep(GRACE + 300); // past the grace: asserting an absence
-    const fence = next(bob.socket, 'presence-update');
+    await authenticatedIs(g, 3);
+    await carol.leave(); // carol's grace started after the phone left and has ended
+    const fence = nextWhere(bob.socket, 'presence-update', (e) => e.userId === 'alice');
     await request(laptop.socket, 'update-status', 'away');
     assert.equal((await fence).status, 'away');
-    assert.deepEqual(seen.map((e) => e.status), ['away'], 'a second socket connecting or one of two leaving changes nothing');
+    assert.deepEqual(seen.filter((e) => e.userId === 'alice').map((e) => e.status), ['away'], 'a second socket connecting or one of two leaving changes nothing');
 
-    const offline = next(bob.socket, 'presence-update', 5000);
+    const offline = nextWhere(bob.socket, 'presence-update', (e) => e.userId === 'alice', 5000);
     const t0 = Date.now();
     laptop.socket.close();
     assertUpdate(await offline, 'alice', 'offline', t0);

@@ -101,11 +101,13 @@ pub async fn call_user(ctx: &Ctx, req: CallUser) -> HandlerResult {
     if !store.put_call(&call, ctx.state.config.max_calls_per_user as usize).await? {
         return Err(too_many_calls());
     }
+    // Without its ring timeout (the wheel full) the call would ring, and count, for good.
+    let timeout = Duration::from_millis(ctx.state.config.call_ring_timeout_ms);
+    if !ctx.state.timers.schedule(timeout, Job::CallTimeout { call_id: call.id.clone() }) {
+        let _ = store.remove_call(&call.id).await;
+        return Err(ApiError::new(Code::RateLimited, "Too busy: try again"));
+    }
     super::join(&ctx.state, &*ctx.client, &caller_room(&call.id));
-    ctx.state.timers.schedule(
-        Duration::from_millis(ctx.state.config.call_ring_timeout_ms),
-        Job::CallTimeout { call_id: call.id.clone() },
-    );
     let incoming = json!({
         "callId": call.id, "fromUserId": user.user_id, "fromUser": user, "offer": req.offer, "callType": call.call_type,
     });

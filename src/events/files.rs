@@ -54,7 +54,7 @@ pub async fn upload_start(ctx: &Ctx, req: UploadStart) -> HandlerResult {
     };
     let id = files
         .start(
-            ctx.state.redis.as_deref(),
+            ctx.state.redis.as_ref(),
             &ctx.state.config.redis_prefix,
             &user.user_id,
             &ctx.id().to_string(),
@@ -118,12 +118,24 @@ pub async fn upload_chunk(ctx: &Ctx, req: UploadChunk) -> HandlerResult {
         return Err(ApiError::new(Code::NotFound, "Unknown upload"));
     };
     let mut upload = upload.lock().await;
+    // The room is checked again at the last chunk: a sender who left meanwhile posts nothing.
+    let last = upload.received.saturating_add(req.data.0.len() as u64) >= upload.size && req.seq == upload.next_seq;
+    if let (true, Destination::Room(room)) = (last, &upload.to) {
+        if !super::rooms::is_joined(ctx, room) {
+            files.drop_upload(&mut upload).await;
+            return Err(ApiError::new(Code::NotInRoom, "Not in room"));
+        }
+    }
     let Some(meta) = files.chunk(&mut upload, req.seq, &req.data.0).await? else {
         return Ok(json!({ "success": true, "received": upload.received }));
     };
     let received = upload.received;
     drop(upload);
-    share(ctx, user, &meta).await?;
+    if let Err(e) = share(ctx, user, &meta).await {
+        // No message, no file: a failed post leaves nothing downloadable behind.
+        files.delete(&meta.id).await;
+        return Err(e);
+    }
     Ok(json!({ "success": true, "received": received, "complete": true, "file": meta.public() }))
 }
 

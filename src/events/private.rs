@@ -13,9 +13,10 @@ use crate::client::{Client, Link};
 use crate::error::{ApiError, HandlerResult};
 use crate::names;
 use crate::state::AppState;
-use crate::store::{new_id, Claim, PrivateMessage};
+use crate::store::{new_id, Claim, Enqueued, PrivateMessage};
 
-/// How long a client has to ack `pending-messages` before a still-connected socket counts as served.
+/// How long a client has to confirm `pending-messages` (Socket.IO: its ack; `/ws`: the frame written
+/// to its socket); unconfirmed, the queue stays for the next connect.
 const PENDING_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Deserialize)]
@@ -40,7 +41,7 @@ pub async fn private_message(ctx: &Ctx, req: PrivateRequest) -> HandlerResult {
     let id = new_id("pm");
     let dedup_key = req.client_message_id.as_ref().map(|cmid| format!("pm:{}:{cmid}", user.user_id));
     if let Some(key) = &dedup_key {
-        if let Claim::Seen(first) = store.claim(key, &id).await? {
+        if let Claim::Seen(first) = store.claim(&user.user_id, key, &id).await? {
             // The first send's answer: its id, and whether it is still waiting in the queue.
             let first_id = first.split_once('|').map_or(first.as_str(), |(i, _)| i);
             let queued = store.peek_queue(&req.target_user_id).await?.iter().any(|m| m.id == first_id);
@@ -76,7 +77,16 @@ pub async fn send(ctx: &Ctx, pm: &PrivateMessage) -> Result<bool, ApiError> {
     // Queued or not is decided in one step with the target's presence count, so a target that
     // connects meanwhile either finds it in its queue or is in its user room for the live emit.
     store.remember_receipt(&pm.id, &pm.from_user_id, &pm.to_user_id).await?;
-    let queued = store.enqueue_if_offline(pm).await?;
+    let queued = match store.enqueue_if_offline(pm).await? {
+        Enqueued::Online => false,
+        Enqueued::Queued => true,
+        Enqueued::SenderFull => {
+            return Err(ApiError::new(
+                crate::error::Code::RateLimited,
+                "Too much waiting in offline queues: try again when some was delivered",
+            ))
+        }
+    };
     if queued {
         // The target is offline: the moment for the backend's push notification.
         ctx.state.hook("private.queued", &pm.to_user_id, || json!(pm));
@@ -136,10 +146,11 @@ pub async fn mark_read(ctx: &Ctx, req: MarkRead) -> HandlerResult {
 
 /// On connect: hands the user's queue to this socket as one `pending-messages`, under a lease so
 /// that two sockets connecting together do not both get it. The messages stay queued until the
-/// client acks, or until the ack wait is over with the socket still connected (it was handed over);
-/// a socket gone by then, or a node that dies meanwhile, leaves them for the next hand-over: a socket
-/// that found the lease taken tries once more when it has run out. Messages queued meanwhile are
-/// not touched.
+/// hand-over is confirmed ([`Link::emit_confirmed`]: the Socket.IO client's ack, or on `/ws` the
+/// frame's bytes written to the socket), never on a queue push: a socket that does not confirm in
+/// time (a half-open one, a client that does not read), or a node that dies meanwhile, leaves them
+/// for the next hand-over; a socket that found the lease taken tries once more when it has run out.
+/// Messages queued meanwhile are not touched.
 pub async fn deliver_pending(state: &AppState, client: Client, user_id: &str) {
     let lease_key = format!("pending:{user_id}");
     let lease_ms = PENDING_ACK_TIMEOUT.as_millis() as u64 + 1000;
@@ -185,11 +196,12 @@ async fn hand_over(state: &AppState, client: &dyn Link, user_id: &str) {
     let n = msgs.len();
     state.metrics.event_out("pending-messages");
     let Ok(data) = serde_json::to_value(&msgs) else { return };
-    let acked = client.emit_confirmed("pending-messages", &data, PENDING_ACK_TIMEOUT).await;
-    if acked || client.connected() {
-        tracing::debug!(user_id, n, acked, "pending messages handed over");
+    if client.emit_confirmed("pending-messages", &data, PENDING_ACK_TIMEOUT).await {
+        tracing::debug!(user_id, n, "pending messages handed over");
         if let Err(e) = state.store.ack_queue(user_id, &msgs).await {
             tracing::warn!(user_id, "pending queue ack: {e}");
         }
+    } else {
+        tracing::debug!(user_id, n, "pending messages not confirmed: kept for the next connect");
     }
 }

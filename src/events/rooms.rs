@@ -285,7 +285,8 @@ pub async fn message(ctx: &Ctx, req: SendMessage) -> HandlerResult {
     let req_cmid = req.client_message_id.clone();
     if let Some(cmid) = &req.client_message_id {
         let key = format!("msg:{}:{cmid}", user.user_id);
-        if let Claim::Seen(first) = ctx.state.store.claim(&key, &format!("{msg_id}|{timestamp}")).await? {
+        if let Claim::Seen(first) = ctx.state.store.claim(&user.user_id, &key, &format!("{msg_id}|{timestamp}")).await?
+        {
             let (first_id, first_ts) = first.split_once('|').unwrap_or((first.as_str(), "0"));
             return Ok(
                 json!({ "success": true, "messageId": first_id, "timestamp": first_ts.parse::<u64>().unwrap_or(0) }),
@@ -385,12 +386,16 @@ pub async fn edit_message(ctx: &Ctx, req: EditMessage) -> HandlerResult {
 
 pub async fn delete_message(ctx: &Ctx, req: EditMessage) -> HandlerResult {
     let id = valid_room(req.room_id)?;
-    own_message(ctx, &id, &req.message_id).await?;
+    let msg = own_message(ctx, &id, &req.message_id).await?;
     ctx.state
         .store
         .edit(&id, &req.message_id, Edit::Delete)
         .await?
         .ok_or_else(|| ApiError::not_found("Message not found"))?;
+    // A deleted file message takes its file with it: nobody downloads what was deleted.
+    if let Some(file_id) = msg.file.as_ref().and_then(|f| f.get("id")).and_then(|v| v.as_str()) {
+        ctx.state.files.delete(file_id).await;
+    }
     tell_room(ctx, &id, "message-deleted", &json!({ "roomId": id, "messageId": req.message_id })).await;
     Ok(json!({ "success": true }))
 }
@@ -463,8 +468,12 @@ pub async fn typing(ctx: &Ctx, req: RoomRef) -> HandlerResult {
         .insert((id.clone(), user.user_id.clone()), Instant::now() + timeout)
         .is_some();
     // One pending timer per typist and room: a renewal only moves the deadline the timer re-reads.
-    if !was_typing {
-        ctx.state.timers.schedule(timeout, Job::TypingStop { room: id.clone(), user_id: user.user_id.clone() });
+    // A timer the wheel dropped (its queue full) would leave the entry for good: it goes at once.
+    if !was_typing
+        && !ctx.state.timers.schedule(timeout, Job::TypingStop { room: id.clone(), user_id: user.user_id.clone() })
+    {
+        ctx.state.typing.lock().unwrap_or_else(|e| e.into_inner()).remove(&(id.clone(), user.user_id.clone()));
+        return Err(ApiError::new(Code::RateLimited, "Too busy: try again"));
     }
     let note = json!({ "userId": user.user_id, "user": user, "roomId": id });
     let _ = ctx.hub().to(room).except(names::user(&user.user_id)).emit("user-typing", &note).await;
@@ -508,13 +517,18 @@ pub async fn typing_timeout(state: &AppState, room: &str, user_id: &str) {
             }
         }
     };
-    match wait {
-        Some(rest) => state.timers.schedule(rest, Job::TypingStop { room: key.0, user_id: key.1 }),
-        None => {
-            let note = json!({ "userId": user_id, "roomId": room });
-            let _ =
-                state.hub.to(names::chat(room)).except(names::user(user_id)).emit("user-stopped-typing", &note).await;
+    let stop = match wait {
+        None => true,
+        Some(rest) => {
+            let next = Job::TypingStop { room: key.0.clone(), user_id: key.1.clone() };
+            // The wheel dropped the next timer: stop now rather than never.
+            !state.timers.schedule(rest, next)
+                && state.typing.lock().unwrap_or_else(|e| e.into_inner()).remove(&key).is_some()
         }
+    };
+    if stop {
+        let note = json!({ "userId": user_id, "roomId": room });
+        let _ = state.hub.to(names::chat(room)).except(names::user(user_id)).emit("user-stopped-typing", &note).await;
     }
 }
 

@@ -8,6 +8,9 @@ use async_trait::async_trait;
 
 use super::*;
 
+/// How long the presence of a user without a socket is remembered after they were last seen.
+const PRESENCE_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+
 #[derive(Default)]
 struct PresenceEntry {
     sockets: u64,
@@ -17,16 +20,49 @@ struct PresenceEntry {
     departed: HashSet<String>,
 }
 
-/// Keys that expire after a fixed TTL, oldest first, so purging is popping the front.
+/// Keys that expire after a fixed TTL, oldest first, so purging is popping the front; each owned
+/// by someone who may hold at most `per_owner` of them (their oldest go first).
 struct Expiring<V> {
     map: HashMap<String, (V, Instant)>,
     order: VecDeque<(Instant, String)>,
     ttl: Duration,
+    owners: HashMap<String, VecDeque<String>>,
+    per_owner: usize,
 }
 
 impl<V> Expiring<V> {
-    fn new(ttl_secs: u64) -> Self {
-        Self { map: HashMap::new(), order: VecDeque::new(), ttl: Duration::from_secs(ttl_secs) }
+    fn new(ttl_secs: u64, per_owner: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            ttl: Duration::from_secs(ttl_secs),
+            owners: HashMap::new(),
+            per_owner: per_owner.max(1),
+        }
+    }
+    /// Inserts a key of `owner`, forgetting the owner's oldest keys past `per_owner`.
+    fn insert_owned(&mut self, owner: &str, key: String, value: V) {
+        self.insert(key.clone(), value);
+        let map = &mut self.map;
+        let keys = self.owners.entry(owner.to_string()).or_default();
+        // Keys that expired (or were released) meanwhile leave the owner's list first.
+        while keys.front().is_some_and(|k| !map.contains_key(k)) {
+            keys.pop_front();
+        }
+        keys.push_back(key);
+        while keys.len() > self.per_owner {
+            if let Some(old) = keys.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+    /// Forgets the owners' lists of keys that are gone (the periodic purge).
+    fn purge_owners(&mut self) {
+        let map = &self.map;
+        self.owners.retain(|_, keys| {
+            keys.retain(|k| map.contains_key(k));
+            !keys.is_empty()
+        });
     }
     fn purge(&mut self, now: Instant) {
         while let Some((at, _)) = self.order.front() {
@@ -78,14 +114,26 @@ struct Queue {
 }
 
 impl Queue {
-    fn pop_front(&mut self) {
+    /// Drops the oldest message, releasing its bytes from its sender's share.
+    fn pop_front(&mut self, senders: &mut HashMap<String, usize>) {
         if let Some((m, _)) = self.msgs.pop_front() {
             self.bytes = self.bytes.saturating_sub(queued_cost(&m));
+            release(senders, &m);
         }
     }
-    fn drop_expired(&mut self, now: Instant) {
+    fn drop_expired(&mut self, now: Instant, senders: &mut HashMap<String, usize>) {
         while self.msgs.front().is_some_and(|(_, exp)| *exp <= now) {
-            self.pop_front();
+            self.pop_front(senders);
+        }
+    }
+}
+
+/// Gives a message's bytes back to its sender's share of the offline queues.
+fn release(senders: &mut HashMap<String, usize>, m: &PrivateMessage) {
+    if let Some(b) = senders.get_mut(&m.from_user_id) {
+        *b = b.saturating_sub(queued_cost(m));
+        if *b == 0 {
+            senders.remove(&m.from_user_id);
         }
     }
 }
@@ -107,6 +155,8 @@ struct Inner {
     /// Offline checks: (due, ms since the epoch; user).
     offline_due: BTreeSet<(u64, String)>,
     queues: HashMap<String, Queue>,
+    /// Bytes each sender keeps in all queues (`queued_bytes_per_sender`).
+    senders: HashMap<String, usize>,
     receipts: Expiring<(String, String)>,
     calls: HashMap<String, Call>,
     leases: HashMap<String, Instant>,
@@ -130,11 +180,12 @@ impl MemoryStore {
                 authors: HashMap::new(),
                 by_weight: BTreeSet::new(),
                 seq: 0,
-                dedup: Expiring::new(limits.dedup_ttl_secs),
+                dedup: Expiring::new(limits.dedup_ttl_secs, limits.keys_per_sender),
                 presence: HashMap::new(),
                 offline_due: BTreeSet::new(),
                 queues: HashMap::new(),
-                receipts: Expiring::new(limits.receipt_ttl_secs),
+                senders: HashMap::new(),
+                receipts: Expiring::new(limits.receipt_ttl_secs, limits.keys_per_sender),
                 calls: HashMap::new(),
                 leases: HashMap::new(),
             }),
@@ -165,9 +216,21 @@ impl MemoryStore {
         for id in old_rooms {
             g.forget_room(&id);
         }
-        g.queues.retain(|_, q| {
-            q.drop_expired(now);
+        g.dedup.purge(now);
+        g.receipts.purge(now);
+        g.dedup.purge_owners();
+        g.receipts.purge_owners();
+        let Inner { queues, senders, .. } = &mut *g;
+        queues.retain(|_, q| {
+            q.drop_expired(now, senders);
             !q.msgs.is_empty()
+        });
+        // Users without a socket, last seen longer ago than PRESENCE_KEEP, are forgotten (they then
+        // read as `offline` with `lastSeen: null`): the map holds the users of a week, not of ever.
+        let now_ms = crate::auth::unix_now_ms() + now.saturating_duration_since(Instant::now()).as_millis() as u64;
+        let keep_ms = PRESENCE_KEEP.as_millis() as u64;
+        g.presence.retain(|_, e| {
+            e.sockets > 0 || !e.departed.is_empty() || e.last_seen.is_some_and(|t| t + keep_ms > now_ms)
         });
     }
 }
@@ -376,12 +439,12 @@ impl Store for MemoryStore {
         Ok(Some(edited))
     }
 
-    async fn claim(&self, key: &str, value: &str) -> StoreResult<Claim> {
+    async fn claim(&self, owner: &str, key: &str, value: &str) -> StoreResult<Claim> {
         let mut g = self.lock();
         if let Some(v) = g.dedup.get(key) {
             return Ok(Claim::Seen(v.clone()));
         }
-        g.dedup.insert(key.to_string(), value.to_string());
+        g.dedup.insert_owned(owner, key.to_string(), value.to_string());
         Ok(Claim::New)
     }
 
@@ -509,13 +572,17 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<bool> {
+    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<Enqueued> {
         let mut g = self.lock();
         if g.presence.get(&msg.to_user_id).is_some_and(|e| e.sockets > 0) {
-            return Ok(false);
+            return Ok(Enqueued::Online);
+        }
+        let held = g.senders.get(&msg.from_user_id).copied().unwrap_or(0);
+        if held + queued_cost(msg) > self.limits.queued_bytes_per_sender {
+            return Ok(Enqueued::SenderFull);
         }
         self.push(&mut g, msg);
-        Ok(true)
+        Ok(Enqueued::Queued)
     }
 
     async fn enqueue(&self, msg: &PrivateMessage) -> StoreResult<()> {
@@ -535,18 +602,25 @@ impl Store for MemoryStore {
 
     async fn ack_queue(&self, user_id: &str, msgs: &[PrivateMessage]) -> StoreResult<()> {
         let mut g = self.lock();
-        let Some(q) = g.queues.get_mut(user_id) else { return Ok(()) };
+        let Inner { queues, senders, .. } = &mut *g;
+        let Some(q) = queues.get_mut(user_id) else { return Ok(()) };
         let ids: HashSet<&str> = msgs.iter().map(|m| m.id.as_str()).collect();
-        q.msgs.retain(|(m, _)| !ids.contains(m.id.as_str()));
+        q.msgs.retain(|(m, _)| {
+            let gone = ids.contains(m.id.as_str());
+            if gone {
+                release(senders, m);
+            }
+            !gone
+        });
         q.bytes = q.msgs.iter().map(|(m, _)| queued_cost(m)).sum();
         if q.msgs.is_empty() {
-            g.queues.remove(user_id);
+            queues.remove(user_id);
         }
         Ok(())
     }
 
     async fn remember_receipt(&self, id: &str, from: &str, to: &str) -> StoreResult<()> {
-        self.lock().receipts.insert(id.to_string(), (from.to_string(), to.to_string()));
+        self.lock().receipts.insert_owned(from, id.to_string(), (from.to_string(), to.to_string()));
         Ok(())
     }
 
@@ -609,14 +683,16 @@ impl MemoryStore {
     /// Appends to the target's queue, dropping expired and then the oldest messages past the caps.
     fn push(&self, g: &mut Inner, msg: &PrivateMessage) {
         let now = Instant::now();
-        let q = g.queues.entry(msg.to_user_id.clone()).or_default();
-        q.drop_expired(now);
+        let Inner { queues, senders, .. } = g;
+        let q = queues.entry(msg.to_user_id.clone()).or_default();
+        q.drop_expired(now, senders);
         q.msgs.push_back((msg.clone(), now + Duration::from_secs(self.limits.queue_ttl_secs)));
         q.bytes += queued_cost(msg);
+        *senders.entry(msg.from_user_id.clone()).or_default() += queued_cost(msg);
         while q.msgs.len() > 1
             && (q.msgs.len() > self.limits.queue_per_user || q.bytes > self.limits.queue_bytes_per_user)
         {
-            q.pop_front();
+            q.pop_front(senders);
         }
     }
 }
@@ -853,8 +929,8 @@ mod tests {
     #[tokio::test]
     async fn dedup_and_rooms() {
         let s = store();
-        assert_eq!(s.claim("k", "v1").await.unwrap(), Claim::New);
-        assert_eq!(s.claim("k", "v2").await.unwrap(), Claim::Seen("v1".into()));
+        assert_eq!(s.claim("u", "k", "v1").await.unwrap(), Claim::New);
+        assert_eq!(s.claim("u", "k", "v2").await.unwrap(), Claim::Seen("v1".into()));
         let r = room("dm", "a");
         s.create_room(r.clone()).await.unwrap();
         let mut other = r.clone();
@@ -908,9 +984,9 @@ mod tests {
     async fn queue_is_capped_and_acked() {
         let s = store();
         assert!(s.socket_up(&user("on"), "s", 5).await.unwrap().is_some());
-        assert!(!s.enqueue_if_offline(&pm("x", "on", "x")).await.unwrap(), "online: not queued");
+        assert_eq!(s.enqueue_if_offline(&pm("x", "on", "x")).await.unwrap(), Enqueued::Online, "online: not queued");
         for i in 0..5 {
-            assert!(s.enqueue_if_offline(&pm(&i.to_string(), "a", "x")).await.unwrap());
+            assert_eq!(s.enqueue_if_offline(&pm(&i.to_string(), "a", "x")).await.unwrap(), Enqueued::Queued);
         }
         let q = s.peek_queue("a").await.unwrap();
         assert_eq!(q.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["2", "3", "4"], "capped, oldest dropped");
@@ -925,5 +1001,66 @@ mod tests {
             s.enqueue(&pm(&i.to_string(), "a", &"z".repeat(1000))).await.unwrap();
         }
         assert_eq!(s.peek_queue("a").await.unwrap().len(), 2, "bytes cap");
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_are_bounded_per_sender_and_released() {
+        let cost = 1000 + 256;
+        let s = MemoryStore::new(Limits { queued_bytes_per_sender: 3 * cost, queue_ttl_secs: 60, ..Limits::default() });
+        let body = "z".repeat(1000);
+        for (i, to) in ["u1", "u2", "u3"].iter().enumerate() {
+            assert_eq!(s.enqueue_if_offline(&pm(&i.to_string(), to, &body)).await.unwrap(), Enqueued::Queued);
+        }
+        assert_eq!(
+            s.enqueue_if_offline(&pm("3", "u4", &body)).await.unwrap(),
+            Enqueued::SenderFull,
+            "over all targets"
+        );
+        assert!(s.peek_queue("u4").await.unwrap().is_empty());
+        let mut other = pm("4", "u4", &body);
+        other.from_user_id = "c".into();
+        assert_eq!(s.enqueue_if_offline(&other).await.unwrap(), Enqueued::Queued, "another sender is unaffected");
+        // Handed over: released.
+        let q = s.peek_queue("u1").await.unwrap();
+        s.ack_queue("u1", &q).await.unwrap();
+        assert_eq!(s.enqueue_if_offline(&pm("5", "u5", &body)).await.unwrap(), Enqueued::Queued);
+        assert_eq!(s.enqueue_if_offline(&pm("6", "u6", &body)).await.unwrap(), Enqueued::SenderFull);
+        // Expired: released.
+        s.purge_at(Instant::now() + Duration::from_secs(61));
+        assert!(s.lock().senders.is_empty());
+        assert_eq!(s.enqueue_if_offline(&pm("7", "u7", &body)).await.unwrap(), Enqueued::Queued);
+    }
+
+    #[tokio::test]
+    async fn presence_of_users_gone_for_a_week_is_forgotten() {
+        let s = store();
+        for u in ["gone", "here"] {
+            assert!(s.socket_up(&user(u), "s", 5).await.unwrap().is_some());
+        }
+        s.socket_down("gone", "s", &[], 0).await.unwrap();
+        assert!(s.mark_offline_if_idle("gone", 0).await.unwrap().is_some());
+        s.purge_at(Instant::now());
+        assert_eq!(s.lock().presence.len(), 2, "seen recently: kept");
+        s.purge_at(Instant::now() + PRESENCE_KEEP + Duration::from_secs(60));
+        assert!(!s.lock().presence.contains_key("gone"), "offline for a week: forgotten");
+        assert!(s.lock().presence.contains_key("here"), "a connected user stays");
+        assert_eq!(s.presence(&["gone".into()]).await.unwrap()[0].status, "offline");
+    }
+
+    #[tokio::test]
+    async fn receipts_and_dedup_keys_are_bounded_per_sender() {
+        let s = MemoryStore::new(Limits { keys_per_sender: 3, ..Limits::default() });
+        for i in 0..5 {
+            s.remember_receipt(&format!("m{i}"), "b", "a").await.unwrap();
+            assert_eq!(s.claim("b", &format!("k{i}"), "v").await.unwrap(), Claim::New);
+        }
+        s.remember_receipt("other", "c", "a").await.unwrap();
+        let ids: Vec<String> = ["m0", "m1", "m2", "m4", "other"].iter().map(|x| x.to_string()).collect();
+        let known: Vec<bool> = s.receipts(&ids).await.unwrap().iter().map(Option::is_some).collect();
+        assert_eq!(known, [false, false, true, true, true], "the sender's oldest forgotten, another sender's kept");
+        assert_eq!(s.claim("b", "k0", "v").await.unwrap(), Claim::New, "the oldest key forgotten");
+        assert_eq!(s.claim("b", "k4", "v").await.unwrap(), Claim::Seen("v".into()));
+        assert_eq!(s.lock().receipts.map.len(), 4);
+        assert!(s.lock().dedup.map.len() <= 3);
     }
 }

@@ -109,6 +109,16 @@ impl Call {
     }
 }
 
+/// The outcome of queueing a private message for an offline target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The target has a connected socket: not queued.
+    Online,
+    Queued,
+    /// Not queued: its sender already keeps `queued_bytes_per_sender` waiting in offline queues.
+    SenderFull,
+}
+
 /// The outcome of answering a call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answered {
@@ -180,8 +190,15 @@ pub struct Limits {
     /// Bytes of queued private messages per user (the oldest go first).
     pub queue_bytes_per_user: usize,
     pub queue_ttl_secs: u64,
+    /// Bytes (as [`queued_cost`] counts) one sender may keep waiting in all offline queues
+    /// together; released when a message is handed over, evicted or expires.
+    pub queued_bytes_per_sender: usize,
     pub dedup_ttl_secs: u64,
     pub receipt_ttl_secs: u64,
+    /// De-duplication keys, and read receipts, one sender may hold (each): past it the sender's
+    /// oldest is forgotten (an old duplicate may pass again; `mark-read` of a very old message is
+    /// ignored), so one account cannot grow them without bound.
+    pub keys_per_sender: usize,
     /// Rooms remembered per user between a disconnect and the end of the presence grace.
     pub departed_rooms_per_user: usize,
     /// Bytes of history one user's messages may hold, over all rooms (counted as the room caps
@@ -203,8 +220,10 @@ impl Default for Limits {
             queue_per_user: 1000,
             queue_bytes_per_user: 4 * 1024 * 1024,
             queue_ttl_secs: 7 * 24 * 3600,
+            queued_bytes_per_sender: 8 * 1024 * 1024,
             dedup_ttl_secs: 300,
             receipt_ttl_secs: 7 * 24 * 3600,
+            keys_per_sender: 100_000,
             departed_rooms_per_user: 2000,
             history_bytes_per_user: 16 * 1024 * 1024,
             history_bytes_total: 256 * 1024 * 1024,
@@ -220,6 +239,7 @@ impl Limits {
             room_idle_ttl_secs: cfg.room_idle_ttl_secs,
             created_rooms_per_user: cfg.max_created_rooms_per_user as usize,
             history_bytes_per_user: cfg.max_history_bytes_per_user as usize,
+            queued_bytes_per_sender: cfg.max_queued_bytes_per_sender as usize,
             ..Limits::default()
         }
     }
@@ -263,8 +283,9 @@ pub trait Store: Send + Sync + 'static {
     async fn edit(&self, room: &str, id: &str, edit: Edit) -> StoreResult<Option<Message>>;
 
     // --- de-duplication ---
-    /// Claims `key` for `ttl_secs`, remembering `value`; a second claim gets the first value.
-    async fn claim(&self, key: &str, value: &str) -> StoreResult<Claim>;
+    /// Claims `key` for `ttl_secs`, remembering `value`; a second claim gets the first value. The
+    /// key counts against `owner`'s `keys_per_sender` (their oldest is forgotten past it).
+    async fn claim(&self, owner: &str, key: &str, value: &str) -> StoreResult<Claim>;
     /// Gives a claim back (the work it guarded failed), so that a retry is not taken for a duplicate.
     async fn release(&self, key: &str) -> StoreResult<()>;
     /// Takes a lease on `key` for `ms` unless someone holds it: true when taken. It ends with
@@ -303,15 +324,19 @@ pub trait Store: Send + Sync + 'static {
 
     // --- private messages ---
     /// Queues the message unless its target has a connected socket, in one step with the check, so
-    /// that a target connecting meanwhile either finds it in its queue or receives it live. True
-    /// when queued.
-    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<bool>;
+    /// that a target connecting meanwhile either finds it in its queue or receives it live; and
+    /// unless its sender already keeps `queued_bytes_per_sender` in offline queues (checked and
+    /// counted in the same step).
+    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<Enqueued>;
+    /// Queues a message already accepted (its target left while it was on its way): counted
+    /// against its sender like any queued message, never refused.
     async fn enqueue(&self, msg: &PrivateMessage) -> StoreResult<()>;
     /// The user's queue, oldest first, left in place until [`Store::ack_queue`].
     async fn peek_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>>;
     /// Removes these messages from the user's queue (they were handed over).
     async fn ack_queue(&self, user_id: &str, msgs: &[PrivateMessage]) -> StoreResult<()>;
-    /// Remembers who sent a private message to whom, for `mark-read`.
+    /// Remembers who sent a private message to whom, for `mark-read`; at most `keys_per_sender`
+    /// per sender (their oldest is forgotten past it).
     async fn remember_receipt(&self, id: &str, from: &str, to: &str) -> StoreResult<()>;
     /// (from, to) of each message id, when known.
     async fn receipts(&self, ids: &[String]) -> StoreResult<Vec<Option<(String, String)>>>;

@@ -46,8 +46,8 @@ struct Scripts {
     schedule_offline: Script,
     due_offline: Script,
     enqueue: Script,
-    enqueue_if_offline: Script,
     ack_queue: Script,
+    own_key: Script,
     cas_key: Script,
 }
 
@@ -71,12 +71,35 @@ local function total(pkey, nodeprefix)
   end
   return t
 end
-local function push(qkey, bkey, raw, cap, maxbytes, ttl)
+-- A queued message leaves its sender's share of the offline queues (`sbytes:`, `squeue:`): the
+-- member is '<cost> <id> <to>', cost as queued_cost counts it (content bytes + 256).
+local function sender_release(up, raw)
+  local ok, m = pcall(cjson.decode, raw)
+  if not (ok and type(m) == 'table' and type(m.fromUserId) == 'string' and type(m.content) == 'string') then return end
+  local cost = #m.content + 256
+  local member = cost .. ' ' .. tostring(m.id) .. ' ' .. tostring(m.toUserId)
+  if redis.call('ZREM', up .. 'squeue:' .. m.fromUserId, member) == 1 then
+    if redis.call('DECRBY', up .. 'sbytes:' .. m.fromUserId, cost) <= 0 then
+      redis.call('DEL', up .. 'sbytes:' .. m.fromUserId)
+    end
+  end
+end
+-- Releases the sender's queued messages whose time is over (scored by when they expire).
+local function sender_expire(zkey, skey, now)
+  local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', ms(now), 'LIMIT', 0, 1000)
+  for _, member in ipairs(old) do
+    redis.call('ZREM', zkey, member)
+    local cost = tonumber(string.match(member, '^(%d+) '))
+    if cost then redis.call('DECRBY', skey, cost) end
+  end
+end
+local function push(qkey, bkey, raw, cap, maxbytes, ttl, up)
   redis.call('RPUSH', qkey, raw)
   local bytes = redis.call('INCRBY', bkey, #raw)
   while redis.call('LLEN', qkey) > 1 and (redis.call('LLEN', qkey) > tonumber(cap) or bytes > tonumber(maxbytes)) do
     local old = redis.call('LPOP', qkey)
     bytes = redis.call('DECRBY', bkey, #old)
+    sender_release(up, old)
   end
   redis.call('EXPIRE', qkey, ttl)
   redis.call('EXPIRE', bkey, ttl)
@@ -271,20 +294,46 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms(now_ms()), 'LIMIT', 
 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 return due
 "#),
-            // KEYS: queue, queue bytes. ARGV: json, cap, max bytes, ttl.
-            enqueue: lua("push(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) return 1"),
-            // KEYS: presence, queue, queue bytes. ARGV: node prefix, json, cap, max bytes, ttl.
-            enqueue_if_offline: lua(r#"
-if total(KEYS[1], ARGV[1]) > 0 then return 0 end
-push(KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+            // KEYS: presence, queue, queue bytes, sender's members, sender's bytes. ARGV: node prefix
+            // ('' queues whatever the presence), json, cap, max bytes, ttl, key prefix, sender cap
+            // ('' never refuses), cost, member. 0 online, 1 queued, 2 over the sender's cap.
+            enqueue: lua(r#"
+if ARGV[1] ~= '' and total(KEYS[1], ARGV[1]) > 0 then return 0 end
+local now = now_ms()
+sender_expire(KEYS[4], KEYS[5], now)
+local cost = tonumber(ARGV[8])
+if ARGV[7] ~= '' and tonumber(redis.call('GET', KEYS[5]) or '0') + cost > tonumber(ARGV[7]) then return 2 end
+redis.call('ZADD', KEYS[4], ms(now + tonumber(ARGV[5]) * 1000), ARGV[9])
+redis.call('INCRBY', KEYS[5], cost)
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+redis.call('EXPIRE', KEYS[5], ARGV[5])
+push(KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 return 1
 "#),
-            // KEYS: queue, queue bytes. ARGV: the handed-over messages' JSON.
+            // KEYS: queue, queue bytes. ARGV: key prefix, then the handed-over messages' JSON.
             ack_queue: lua(r#"
-for i = 1, #ARGV do
-  if redis.call('LREM', KEYS[1], 1, ARGV[i]) > 0 then redis.call('DECRBY', KEYS[2], #ARGV[i]) end
+for i = 2, #ARGV do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) > 0 then
+    redis.call('DECRBY', KEYS[2], #ARGV[i])
+    sender_release(ARGV[1], ARGV[i])
+  end
 end
 if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+return 1
+"#),
+            // KEYS: the owner's keys (a sorted set by when each was made). ARGV: a key just made, its
+            // TTL in seconds, the most the owner may hold. Past it the owner's oldest keys are deleted.
+            own_key: lua(r#"
+local now = now_ms()
+redis.call('ZADD', KEYS[1], ms(now), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms(now - tonumber(ARGV[2]) * 1000))
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if over > 0 then
+  local old = redis.call('ZRANGE', KEYS[1], 0, over - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+  for _, k in ipairs(old) do redis.call('DEL', k) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 "#),
             // KEYS: key. ARGV: old, new ('' deletes).
@@ -329,6 +378,47 @@ impl RedisStore {
     /// The prefix of the nodes' liveness keys (`<prefix>:node:<id>`).
     fn node_prefix(&self) -> String {
         format!("{}:node:", self.prefix)
+    }
+
+    /// Queues `msg` in one script with its sender's share (`checked`: unless its target is online
+    /// or its sender is at `queued_bytes_per_sender`). 0 online, 1 queued, 2 over the sender's cap.
+    async fn push_queue(&self, msg: &PrivateMessage, checked: bool) -> StoreResult<i64> {
+        let cost = queued_cost(msg);
+        let r: ::redis::RedisResult<i64> = self
+            .scripts
+            .enqueue
+            .key(self.key(&["presence", &msg.to_user_id]))
+            .key(self.key(&["queue", &msg.to_user_id]))
+            .key(self.key(&["qbytes", &msg.to_user_id]))
+            .key(self.key(&["squeue", &msg.from_user_id]))
+            .key(self.key(&["sbytes", &msg.from_user_id]))
+            .arg(if checked { self.node_prefix() } else { String::new() })
+            .arg(json(msg)?)
+            .arg(self.limits.queue_per_user)
+            .arg(self.limits.queue_bytes_per_user)
+            .arg(self.limits.queue_ttl_secs)
+            .arg(self.key(&[""]))
+            .arg(if checked { self.limits.queued_bytes_per_sender.to_string() } else { String::new() })
+            .arg(cost)
+            .arg(format!("{cost} {} {}", msg.id, msg.to_user_id))
+            .invoke_async(&mut self.conn()?)
+            .await;
+        self.ok(r)
+    }
+
+    /// Counts `key` (just made, for `ttl` seconds) against its owner's `keys_per_sender`, in the
+    /// owner's sorted set `parts`; past the cap the owner's oldest keys are deleted.
+    async fn own(&self, parts: &[&str], key: &str, ttl: u64) -> StoreResult<()> {
+        let r: ::redis::RedisResult<i64> = self
+            .scripts
+            .own_key
+            .key(self.key(parts))
+            .arg(key)
+            .arg(ttl)
+            .arg(self.limits.keys_per_sender)
+            .invoke_async(&mut self.conn()?)
+            .await;
+        self.ok(r).map(|_| ())
     }
 
     /// The connection, or `Unavailable` at once while Redis is known to be down.
@@ -525,7 +615,7 @@ impl Store for RedisStore {
         Err(StoreError::Unavailable("message changed concurrently".into()))
     }
 
-    async fn claim(&self, key: &str, value: &str) -> StoreResult<Claim> {
+    async fn claim(&self, owner: &str, key: &str, value: &str) -> StoreResult<Claim> {
         let k = self.key(&["dedup", key]);
         let set: Option<String> = self.ok(::redis::cmd("SET")
             .arg(&k)
@@ -536,6 +626,7 @@ impl Store for RedisStore {
             .query_async(&mut self.conn()?)
             .await)?;
         if set.is_some() {
+            self.own(&["dedup-keys", owner], &k, self.limits.dedup_ttl_secs).await?;
             return Ok(Claim::New);
         }
         let first: Option<String> = self.ok(self.conn()?.get(&k).await)?;
@@ -720,36 +811,16 @@ impl Store for RedisStore {
             .collect())
     }
 
-    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<bool> {
-        let r: ::redis::RedisResult<i64> = self
-            .scripts
-            .enqueue_if_offline
-            .key(self.key(&["presence", &msg.to_user_id]))
-            .key(self.key(&["queue", &msg.to_user_id]))
-            .key(self.key(&["qbytes", &msg.to_user_id]))
-            .arg(self.node_prefix())
-            .arg(json(msg)?)
-            .arg(self.limits.queue_per_user)
-            .arg(self.limits.queue_bytes_per_user)
-            .arg(self.limits.queue_ttl_secs)
-            .invoke_async(&mut self.conn()?)
-            .await;
-        Ok(self.ok(r)? == 1)
+    async fn enqueue_if_offline(&self, msg: &PrivateMessage) -> StoreResult<Enqueued> {
+        Ok(match self.push_queue(msg, true).await? {
+            0 => Enqueued::Online,
+            2 => Enqueued::SenderFull,
+            _ => Enqueued::Queued,
+        })
     }
 
     async fn enqueue(&self, msg: &PrivateMessage) -> StoreResult<()> {
-        let r: ::redis::RedisResult<i64> = self
-            .scripts
-            .enqueue
-            .key(self.key(&["queue", &msg.to_user_id]))
-            .key(self.key(&["qbytes", &msg.to_user_id]))
-            .arg(json(msg)?)
-            .arg(self.limits.queue_per_user)
-            .arg(self.limits.queue_bytes_per_user)
-            .arg(self.limits.queue_ttl_secs)
-            .invoke_async(&mut self.conn()?)
-            .await;
-        self.ok(r).map(|_| ())
+        self.push_queue(msg, false).await.map(|_| ())
     }
 
     async fn peek_queue(&self, user_id: &str) -> StoreResult<Vec<PrivateMessage>> {
@@ -773,6 +844,7 @@ impl Store for RedisStore {
             .ack_queue
             .key(self.key(&["queue", user_id]))
             .key(self.key(&["qbytes", user_id]))
+            .arg(self.key(&[""]))
             .arg(raw)
             .invoke_async(&mut self.conn()?)
             .await;
@@ -781,7 +853,9 @@ impl Store for RedisStore {
 
     async fn remember_receipt(&self, id: &str, from: &str, to: &str) -> StoreResult<()> {
         let value = json(&(from, to))?;
-        self.ok(self.conn()?.set_ex(self.key(&["receipt", id]), value, self.limits.receipt_ttl_secs).await)
+        let k = self.key(&["receipt", id]);
+        self.ok(self.conn()?.set_ex::<_, _, ()>(&k, value, self.limits.receipt_ttl_secs).await)?;
+        self.own(&["receipt-keys", from], &k, self.limits.receipt_ttl_secs).await
     }
 
     async fn receipts(&self, ids: &[String]) -> StoreResult<Vec<Option<(String, String)>>> {

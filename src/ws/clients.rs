@@ -30,6 +30,10 @@ pub enum Out {
     Frame(Utf8Bytes),
     /// A close after the frames queued before it (shutdown: `server-shutdown` first).
     Close(u16, &'static str),
+    /// Told once every frame queued before it was written to the socket and flushed: how a
+    /// hand-over that needs proof (`pending-messages`) learns it reached the client's socket. Dropped
+    /// unsent when the connection ends first.
+    Written(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Most bytes one connection may have waiting: past it the client is a slow consumer, whatever the
@@ -140,6 +144,17 @@ impl WsConn {
         self.push(Utf8Bytes::from(text))
     }
 
+    /// Queues a [`Out::Written`] marker behind what is queued; its receiver hears once all of it
+    /// was written (an error when the connection ends first).
+    pub fn written(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.open.load(Ordering::Acquire) {
+            self.queue.lock().unwrap_or_else(|e| e.into_inner()).items.push_back(Out::Written(tx));
+            self.wake.notify_one();
+        }
+        rx
+    }
+
     /// Closes after what is queued.
     pub fn close_after_queue(&self, code: u16, reason: &'static str) {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).items.push_back(Out::Close(code, reason));
@@ -214,9 +229,15 @@ impl Link for WsConn {
     fn emit(&self, event: &str, data: &Value) -> Result<(), SendError> {
         self.send_text(self.event_frame(event, data))
     }
-    fn emit_confirmed<'a>(&'a self, event: &'a str, data: &'a Value, _timeout: Duration) -> BoxFuture<'a, bool> {
-        // No client acks on `/ws`: queued is handed over.
-        Box::pin(async move { self.emit(event, data).is_ok() })
+    fn emit_confirmed<'a>(&'a self, event: &'a str, data: &'a Value, timeout: Duration) -> BoxFuture<'a, bool> {
+        // No client acks on `/ws`: confirmed once the frame's bytes were written to the socket (a
+        // frame merely queued for a peer that reads nothing is not handed over).
+        Box::pin(async move {
+            if self.emit(event, data).is_err() {
+                return false;
+            }
+            matches!(tokio::time::timeout(timeout, self.written()).await, Ok(Ok(())))
+        })
     }
     fn connected(&self) -> bool {
         self.open.load(Ordering::Acquire)

@@ -134,9 +134,18 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
     loop {
         if let Next::Close(code, reason) = next {
             // Flush what is queued (the error frame that explains the close), then close.
-            while let Some(Out::Frame(f)) = conn.pop() {
-                if socket.send(Message::Text(f)).await.is_err() {
-                    break;
+            while let Some(out) = conn.pop() {
+                match out {
+                    Out::Frame(f) => {
+                        if socket.send(Message::Text(f)).await.is_err() {
+                            break;
+                        }
+                    }
+                    // `send` flushes: what came before it was written.
+                    Out::Written(tx) => {
+                        let _ = tx.send(());
+                    }
+                    Out::Close(..) => break,
                 }
             }
             let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(close_msg(code, reason))).await;
@@ -238,6 +247,7 @@ async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: O
 async fn write_queued(socket: &mut WebSocket, conn: &WsConn, next: &mut Next, sent: &mut (u64, u64)) -> bool {
     use futures_util::SinkExt;
     let mut fed = false;
+    let mut marks = Vec::new();
     while let Some(out) = conn.pop() {
         match out {
             Out::Frame(f) => {
@@ -252,9 +262,16 @@ async fn write_queued(socket: &mut WebSocket, conn: &WsConn, next: &mut Next, se
                 *next = Next::Close(code, reason);
                 break;
             }
+            Out::Written(tx) => marks.push(tx),
         }
     }
-    !fed || socket.flush().await.is_ok()
+    if fed && socket.flush().await.is_err() {
+        return false;
+    }
+    for tx in marks {
+        let _ = tx.send(());
+    }
+    true
 }
 
 /// Admission at the upgrade: a token (or anonymous access) gets its `connected` frame; without
