@@ -151,6 +151,7 @@ struct Figures {
     dropped: Counter,
     expired: Counter,
     dead_letter: Counter,
+    handed_over: Counter,
 }
 
 /// How an attempt went.
@@ -258,6 +259,7 @@ impl Webhooks {
                 dropped: counter("dropped"),
                 expired: counter("expired"),
                 dead_letter: counter("dead_letter"),
+                handed_over: counter("handed_over"),
             },
         })))
     }
@@ -461,7 +463,10 @@ impl Webhooks {
         loop {
             let timeout = match self.fence(hook).await {
                 Fence::Hold(t) => t,
-                Fence::Lost => return Outcome::HandedOver,
+                Fence::Lost => {
+                    self.figures.handed_over.increment(1);
+                    return Outcome::HandedOver;
+                }
                 Fence::Wait => {
                     if tokio::time::Instant::now() >= give_up {
                         self.figures.expired.increment(1);
