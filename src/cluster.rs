@@ -17,7 +17,7 @@ use crate::state::AppState;
 use crate::stats::local_stats;
 use crate::store::redis::NODE_LIVENESS_MS;
 
-/// The heartbeat (every second) and the reaper of dead nodes (every few seconds).
+/// The heartbeat and the reaper of dead nodes (both every second).
 /// What the reaper does for each user of a dead node (their calls there end): given by `startup`,
 /// so that this module needs nothing from the event handlers.
 pub type OnNodeGone = std::sync::Arc<dyn Fn(AppState, String, String) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -28,14 +28,12 @@ pub fn spawn_heartbeat(state: AppState, on_gone: OnNodeGone) -> Option<tokio::ta
     Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut n: u64 = 0;
         let mut was_up = false;
         // The figures last written: unchanged ones are not written again (they name every
         // subscribed channel), only kept alive.
         let mut written: Option<String> = None;
         loop {
             tick.tick().await;
-            n += 1;
             let stats = serde_json::to_string(&local_stats(&state).await).unwrap_or_default();
             let stats_key = state.redis_key(&["node-stats", &state.node_id]);
             let mut stats_cmd = redis::pipe();
@@ -86,7 +84,10 @@ pub fn spawn_heartbeat(state: AppState, on_gone: OnNodeGone) -> Option<tokio::ta
                 resync(&state).await;
             }
             was_up = beat.is_ok();
-            if beat.is_ok() && n.is_multiple_of(3) {
+            // The reaper runs every beat: a dead node is noticed at most a second after its
+            // liveness key expired, so its users go offline at most NODE_LIVENESS_MS + 1 s + the
+            // grace after it died (docs/scaling.md).
+            if beat.is_ok() {
                 if let Err(e) = reap(&state, &mut conn, &on_gone).await {
                     tracing::debug!("reaper: {e}");
                 }

@@ -110,7 +110,7 @@ pub struct Metrics {
     pub not_recovered: Counter,
     /// Event proxy calls by outcome (`ok`, `error`, `timeout`, `busy`).
     proxy: HashMap<&'static str, Counter>,
-    /// Webhooks by outcome (`queued`, `delivered`, `retried`, `dropped`, `expired`).
+    /// Webhooks by outcome (`queued`, `delivered`, `retried`, `dropped`, `expired`, `dead_letter`, `handed_over`).
     webhooks: HashMap<&'static str, Counter>,
     /// Bytes of webhooks held in this node's memory (its queue, the lanes, on their way to Redis).
     pub webhook_queue_bytes: Gauge,
@@ -119,7 +119,8 @@ pub struct Metrics {
 }
 
 /// The outcomes of a webhook.
-pub const WEBHOOK_OUTCOMES: &[&str] = &["queued", "delivered", "retried", "dropped", "expired"];
+pub const WEBHOOK_OUTCOMES: &[&str] =
+    &["queued", "delivered", "retried", "dropped", "expired", "dead_letter", "handed_over"];
 
 /// The outcomes of an Admin UI login (`throttled`: refused unchecked while backing off after failures).
 pub const ADMIN_LOGIN_OUTCOMES: &[&str] = &["ok", "failed", "throttled"];
@@ -173,7 +174,7 @@ impl Metrics {
         describe("realtime_event_proxy_total", "Client events sent to EVENT_PROXY_URL, by outcome");
         describe(
             "realtime_webhooks_total",
-            "Webhooks queued, delivered, retried (attempts), dropped (queue full) and expired (an hour of retries)",
+            "Webhooks queued, delivered, retried (attempts), dropped (queue full), expired (an hour of retries), dead_letter (refused for good) and handed_over (left to the next lease holder)",
         );
         describe(
             "realtime_admin_logins_total",

@@ -6,11 +6,21 @@
 //! (backon) for up to an hour after the event:
 //! - With Redis, producers append to the stream `<prefix>:webhooks` (bounded at [`MAX_QUEUED`] entries
 //!   and at `WEBHOOK_QUEUE_MAX_BYTES` of bodies, kept in the counter `{<prefix>:webhooks}:bytes` by the
-//!   scripts that append and delete; the oldest trimmed and counted as dropped). One node at a time delivers: the holder of the lease
-//!   `<prefix>:webhooks:leader`, reading through the consumer group `hooks`; an entry is acknowledged
-//!   and deleted once the backend took it. A node that takes the lease over first claims what its
-//!   predecessor had read and not delivered, so a webhook survives the death of the node that produced
-//!   it and of the one that was delivering it.
+//!   scripts that append and delete; the oldest trimmed and counted as dropped). One node at a time
+//!   delivers: the holder of the lease `<prefix>:webhooks:leader`, reading through the consumer group
+//!   `hooks`; an entry is acknowledged and deleted once the backend took it. A node that takes the
+//!   lease over first claims, page by page to the end, what its predecessor had read and not
+//!   delivered, so a webhook survives the death of the node that produced it and of the one that was
+//!   delivering it.
+//! - Fenced: the lease's value is `<node> <token>`, a new token each time a node takes it, and every
+//!   webhook read from the stream carries the token it was read under. Before each attempt a lane
+//!   checks in Redis that the lease still holds that value and for how long; the attempt's timeout
+//!   ends before the lease could expire. A node that lost the lease (stopped, cut off, slow) drops
+//!   what it had read without delivering it: the new holder claims it and delivers it in stream
+//!   order, so a user's webhook 2 never goes out from one node while 1 is still tried by another.
+//! - Appends are in order, one task per node, and back-pressured: while Redis refuses them the
+//!   appender retries the oldest, and a webhook that does not fit beside those waiting is dropped and
+//!   counted (`dropped`), never delivered out of turn from memory.
 //! - Without Redis, a queue in memory, bounded the same way.
 //!
 //! Bounded by bytes, not only by count: a webhook carries a message's content, so 100,000 of them can
@@ -20,15 +30,17 @@
 //!
 //! The deliverer hands each webhook to one of [`LANES`] lanes by its user: a lane delivers in order and
 //! waits while a webhook is retried, so one user's order holds and a failing user holds up only its lane
-//! (the lanes' backlog is bounded together, not each). One task per node appends to the stream, so a
-//! user's webhooks enter it in the order they happened.
+//! (the lanes' backlog is bounded together, not each). A permanent refusal (a `4xx` other than `408` and
+//! `429`) is tried [`PERMANENT_TRIES`] times, then dead-lettered (counted as `dead_letter`, deleted), so
+//! a malformed webhook does not hold its lane for an hour.
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use metrics::Counter;
 use serde::Serialize;
 use serde_json::Value;
@@ -40,18 +52,29 @@ use crate::redis_link::RedisLink;
 pub const MAX_QUEUED: usize = 100_000;
 /// Lanes of in-order delivery.
 const LANES: usize = 16;
-/// Webhooks on their way to the stream; past it they are kept in memory on this node.
+/// Webhooks on their way to the stream; past it new ones are dropped and counted.
 const APPEND_QUEUE: usize = 10_000;
 /// How long a webhook is retried after its event.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(3600);
 /// The deliverer's lease, renewed every second.
-const LEASE_MS: u64 = 10_000;
+pub const LEASE_MS: u64 = 10_000;
+/// An attempt starts only with this much of the lease left, and ends (times out) this long before it
+/// runs out: a request never outlives the lease it was sent under.
+const LEASE_MARGIN: Duration = Duration::from_millis(1000);
+/// Attempts of a webhook the backend refuses for good (a `4xx` but `408`, `429`) before it is
+/// dead-lettered.
+pub const PERMANENT_TRIES: u32 = 3;
+/// Entries claimed at a time when taking the lease over.
+const CLAIM_PAGE: usize = 1000;
 
 /// One webhook: the body the backend gets, and the key of its order (the user).
 #[derive(Debug, Clone)]
 struct Hook {
     /// The stream entry, when it came from Redis (acknowledged once delivered).
     entry: Option<String>,
+    /// The lease token it was read under (0: this node's own, from the memory queue): delivered only
+    /// while the lease still holds it.
+    tenure: u64,
     key: String,
     body: String,
     ts: u64,
@@ -127,6 +150,36 @@ struct Figures {
     retried: Counter,
     dropped: Counter,
     expired: Counter,
+    dead_letter: Counter,
+    handed_over: Counter,
+}
+
+/// How an attempt went.
+enum Failure {
+    /// Worth trying again (a network error, a `5xx`, `408`, `429`, a `3xx`).
+    Transient(String),
+    /// The backend refuses this webhook for good (another `4xx`).
+    Permanent(String),
+}
+
+/// What became of a webhook in a lane.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    DeadLetter,
+    Expired,
+    /// The lease it was read under is gone: the next holder delivers it.
+    HandedOver,
+}
+
+/// Whether this node may deliver a webhook read from the stream now.
+enum Fence {
+    /// Yes, for at most this long (the attempt's timeout).
+    Hold(Duration),
+    /// No: the lease has another holder or token.
+    Lost,
+    /// Not known (Redis away, or the lease about to run out): wait and ask again.
+    Wait,
 }
 
 pub struct Webhooks {
@@ -138,10 +191,14 @@ pub struct Webhooks {
     /// The stream's byte counter (hash-tagged: the same Redis Cluster slot as the stream).
     stream_bytes: String,
     lease: String,
+    /// The token of this node's lease while it holds it, else 0.
+    tenure: AtomicU64,
+    /// The longest an attempt may take.
+    attempt_timeout: Duration,
     /// `WEBHOOK_QUEUE_MAX_BYTES`.
     max_bytes: usize,
     node_id: String,
-    /// Without Redis (or while it refuses an append): the queue in memory.
+    /// Without Redis: the queue in memory.
     local: Mutex<Local>,
     wake: Notify,
     /// With Redis: webhooks on their way to the stream, appended one after another by one task, so
@@ -173,10 +230,13 @@ impl Webhooks {
         }
         let counter = |outcome: &str| metrics.map(|m| m.webhook_counter(outcome)).unwrap_or_else(Counter::noop);
         let (appends, appends_rx) = mpsc::channel(APPEND_QUEUE);
+        let attempt_timeout = Duration::from_millis(cfg.event_proxy_timeout_ms.max(5000));
         Ok(Some(Arc::new(Webhooks {
             url: url.to_string(),
             secret: cfg.webhook_secret.clone().filter(|s| !s.is_empty()),
-            http: crate::proxy::http_client(Duration::from_millis(cfg.event_proxy_timeout_ms.max(5000)))?,
+            http: crate::proxy::http_client(attempt_timeout)?,
+            tenure: AtomicU64::new(0),
+            attempt_timeout,
             redis,
             stream: format!("{}:webhooks", cfg.redis_prefix),
             stream_bytes: format!("{{{}:webhooks}}:bytes", cfg.redis_prefix),
@@ -198,6 +258,8 @@ impl Webhooks {
                 retried: counter("retried"),
                 dropped: counter("dropped"),
                 expired: counter("expired"),
+                dead_letter: counter("dead_letter"),
+                handed_over: counter("handed_over"),
             },
         })))
     }
@@ -208,28 +270,29 @@ impl Webhooks {
         let body = Body { id: crate::store::new_id("wh"), kind, ts, data: &data };
         let Ok(body) = serde_json::to_string(&body) else { return };
         self.figures.queued.increment(1);
-        let hook = Hook { entry: None, key: user.to_string(), body, ts };
+        let hook = Hook { entry: None, tenure: 0, key: user.to_string(), body, ts };
         if self.redis.is_none() {
             self.push_local(hook);
             return;
         }
         let size = hook.size();
         if self.appending_bytes.load(std::sync::atomic::Ordering::Acquire) + size > self.max_bytes / 4 {
-            // The appender is this far behind in bytes: the bounded memory queue takes it.
-            self.push_local(hook);
+            // The appender is this far behind in bytes (Redis slow or away): dropped and counted, not
+            // kept aside to go out of turn.
+            self.figures.dropped.increment(1);
+            tracing::warn!("webhook dropped: the appends to redis are {} bytes behind", self.max_bytes / 4);
             return;
         }
         self.appending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.appending_bytes.fetch_add(size, std::sync::atomic::Ordering::AcqRel);
         self.show_held();
-        if let Err(e) = self.appends.try_send(hook) {
+        if self.appends.try_send(hook).is_err() {
             self.appending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             self.appending_bytes.fetch_sub(size, std::sync::atomic::Ordering::AcqRel);
-            // The appender is this far behind (Redis slow or away): keep it here rather than wait.
-            let hook = match e {
-                mpsc::error::TrySendError::Full(h) | mpsc::error::TrySendError::Closed(h) => h,
-            };
-            self.push_local(hook);
+            self.show_held();
+            // The appender is [`APPEND_QUEUE`] behind: the same.
+            self.figures.dropped.increment(1);
+            tracing::warn!("webhook dropped: {APPEND_QUEUE} appends to redis waiting");
         }
     }
 
@@ -242,30 +305,36 @@ impl Webhooks {
         }
     }
 
-    /// Appends to the stream in order (one task per node).
+    /// Appends to the stream in order (one task per node), retrying until Redis takes it: the next
+    /// one waits (back-pressure), so a user's webhooks never overtake each other. An append that
+    /// timed out may have run and runs again: a duplicate, next to its original.
     async fn append(&self, hook: Hook) {
         let Some(redis) = &self.redis else { return };
-        let mut conn = redis.commands();
-        let added: redis::RedisResult<(u64, u64)> = redis::Script::new(APPEND_SCRIPT)
-            .key(&self.stream)
-            .key(&self.stream_bytes)
-            .arg(self.max_bytes)
-            .arg(MAX_QUEUED)
-            .arg(&hook.key)
-            .arg(hook.ts)
-            .arg(&hook.body)
-            .invoke_async(&mut conn)
-            .await;
-        match added {
-            Ok((dropped, _)) => {
-                if dropped > 0 {
-                    self.figures.dropped.increment(dropped);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let mut conn = redis.commands();
+            let added: redis::RedisResult<(u64, u64)> = redis::Script::new(APPEND_SCRIPT)
+                .key(&self.stream)
+                .key(&self.stream_bytes)
+                .arg(self.max_bytes)
+                .arg(MAX_QUEUED)
+                .arg(&hook.key)
+                .arg(hook.ts)
+                .arg(&hook.body)
+                .invoke_async(&mut conn)
+                .await;
+            match added {
+                Ok((dropped, _)) => {
+                    if dropped > 0 {
+                        self.figures.dropped.increment(dropped);
+                    }
+                    return;
                 }
-            }
-            Err(e) => {
-                // Redis away: this node keeps it and delivers it itself.
-                tracing::warn!("webhook not queued in redis, kept on this node: {e}");
-                self.push_local(hook);
+                Err(e) => {
+                    tracing::warn!("webhook not yet queued in redis, retried in {pause:?}: {e}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
             }
         }
     }
@@ -315,49 +384,123 @@ impl Webhooks {
         self.held.set(held as f64);
     }
 
-    /// One POST; an error for anything but a 2xx.
-    async fn post(&self, hook: &Hook) -> Result<(), String> {
+    /// One POST, within `timeout`; an error for anything but a 2xx.
+    async fn post(&self, hook: &Hook, timeout: Duration) -> Result<(), Failure> {
         let ts = crate::auth::unix_now_ms();
-        let mut req =
-            self.http.post(&self.url).header("content-type", "application/json").header("x-realtime-timestamp", ts);
+        let mut req = self
+            .http
+            .post(&self.url)
+            .timeout(timeout)
+            .header("content-type", "application/json")
+            .header("x-realtime-timestamp", ts);
         if let Some(secret) = &self.secret {
             req = req.header("x-realtime-signature", crate::proxy::signature(secret, ts, hook.body.as_bytes()));
         }
         match req.body(hook.body.clone()).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("HTTP {}", r.status())),
-            Err(e) => Err(e.to_string()),
+            Ok(r) => {
+                let status = r.status();
+                let permanent = status.is_client_error()
+                    && status != reqwest::StatusCode::REQUEST_TIMEOUT
+                    && status != reqwest::StatusCode::TOO_MANY_REQUESTS;
+                let e = format!("HTTP {status}");
+                Err(if permanent { Failure::Permanent(e) } else { Failure::Transient(e) })
+            }
+            Err(e) => Err(Failure::Transient(e.to_string())),
         }
     }
 
-    /// Delivers one webhook, retrying until it is taken or an hour after its event has passed.
-    async fn deliver(&self, hook: &Hook) -> bool {
+    /// Whether this node may deliver `hook` now (see [`Fence`]). A webhook of the memory queue is
+    /// this node's alone; one read from the stream goes out only while the lease holds the token it
+    /// was read under, and the attempt ends [`LEASE_MARGIN`] before the lease could run out.
+    async fn fence(&self, hook: &Hook) -> Fence {
+        if hook.tenure == 0 {
+            return Fence::Hold(self.attempt_timeout);
+        }
+        if self.tenure.load(Ordering::Acquire) != hook.tenure {
+            return Fence::Lost;
+        }
+        let Some(redis) = &self.redis else { return Fence::Lost };
+        let mut conn = redis.commands();
+        let left: redis::RedisResult<i64> = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PTTL', KEYS[1]) end return -3",
+        )
+        .key(&self.lease)
+        .arg(self.lease_value(hook.tenure))
+        .invoke_async(&mut conn)
+        .await;
+        match left {
+            Ok(-3) => Fence::Lost,
+            Ok(ms) if ms > 0 && Duration::from_millis(ms as u64) > LEASE_MARGIN * 2 => {
+                Fence::Hold(self.attempt_timeout.min(Duration::from_millis(ms as u64) - LEASE_MARGIN))
+            }
+            Ok(_) => Fence::Wait,
+            Err(e) => {
+                tracing::debug!("webhook lease check: {e}");
+                Fence::Wait
+            }
+        }
+    }
+
+    /// The lease's value while this node holds it under `tenure`.
+    fn lease_value(&self, tenure: u64) -> String {
+        format!("{} {tenure}", self.node_id)
+    }
+
+    /// Delivers one webhook, retrying until it is taken, refused for good [`PERMANENT_TRIES`] times,
+    /// an hour after its event has passed, or (read from the stream) until this node loses the lease.
+    async fn deliver(&self, hook: &Hook) -> Outcome {
         let age = Duration::from_millis(crate::auth::unix_now_ms().saturating_sub(hook.ts));
-        let left = GIVE_UP_AFTER.saturating_sub(age);
-        let backoff = ExponentialBuilder::default()
+        let give_up = tokio::time::Instant::now() + GIVE_UP_AFTER.saturating_sub(age);
+        let mut delays = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(250))
             .with_max_delay(Duration::from_secs(60))
             .with_factor(2.0)
             .with_jitter()
             .without_max_times()
-            .with_total_delay(Some(left));
-        let res = (|| self.post(hook))
-            .retry(backoff)
-            .notify(|e, after| {
-                self.figures.retried.increment(1);
-                tracing::debug!("webhook retried in {after:?}: {e}");
-            })
-            .await;
-        match res {
-            Ok(()) => {
-                self.figures.delivered.increment(1);
-                true
-            }
-            Err(e) => {
+            .build();
+        let mut refused = 0;
+        loop {
+            let timeout = match self.fence(hook).await {
+                Fence::Hold(t) => t,
+                Fence::Lost => {
+                    self.figures.handed_over.increment(1);
+                    return Outcome::HandedOver;
+                }
+                Fence::Wait => {
+                    if tokio::time::Instant::now() >= give_up {
+                        self.figures.expired.increment(1);
+                        return Outcome::Expired;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            };
+            let e = match self.post(hook, timeout).await {
+                Ok(()) => {
+                    self.figures.delivered.increment(1);
+                    return Outcome::Delivered;
+                }
+                Err(Failure::Permanent(e)) => {
+                    refused += 1;
+                    if refused >= PERMANENT_TRIES {
+                        self.figures.dead_letter.increment(1);
+                        tracing::warn!("webhook dead-lettered after {refused} refusals: {e}");
+                        return Outcome::DeadLetter;
+                    }
+                    e
+                }
+                Err(Failure::Transient(e)) => e,
+            };
+            let after = delays.next().unwrap_or(Duration::from_secs(60));
+            if tokio::time::Instant::now() + after >= give_up {
                 self.figures.expired.increment(1);
                 tracing::warn!("webhook given up after an hour of retries: {e}");
-                false
+                return Outcome::Expired;
             }
+            self.figures.retried.increment(1);
+            tracing::debug!("webhook retried in {after:?}: {e}");
+            tokio::time::sleep(after).await;
         }
     }
 }
@@ -381,10 +524,14 @@ pub fn spawn(hooks: Arc<Webhooks>) -> Vec<tokio::task::JoinHandle<()>> {
         let hooks = hooks.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(hook) = rx.recv().await {
-                hooks.deliver(&hook).await;
+                let outcome = hooks.deliver(&hook).await;
                 hooks.in_lanes.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 hooks.lane_bytes.fetch_sub(hook.size(), std::sync::atomic::Ordering::AcqRel);
                 hooks.show_held();
+                if outcome == Outcome::HandedOver {
+                    // Still pending in the group: the lease's holder claims it.
+                    continue;
+                }
                 if let (Some(entry), Some(redis)) = (&hook.entry, &hooks.redis) {
                     let mut conn = redis.commands();
                     let acked: redis::RedisResult<i64> = redis::Script::new(ACK_SCRIPT)
@@ -454,8 +601,8 @@ pub fn spawn(hooks: Arc<Webhooks>) -> Vec<tokio::task::JoinHandle<()>> {
 
 type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
 
-fn to_hook(id: String, fields: Vec<(String, Vec<u8>)>) -> Option<Hook> {
-    let mut hook = Hook { entry: Some(id), key: String::new(), body: String::new(), ts: 0 };
+fn to_hook(id: String, fields: Vec<(String, Vec<u8>)>, tenure: u64) -> Option<Hook> {
+    let mut hook = Hook { entry: Some(id), tenure, key: String::new(), body: String::new(), ts: 0 };
     for (k, v) in fields {
         let v = String::from_utf8(v).ok()?;
         match k.as_str() {
@@ -469,19 +616,37 @@ fn to_hook(id: String, fields: Vec<(String, Vec<u8>)>) -> Option<Hook> {
 }
 
 /// Holds (or waits for) the deliverer's lease, renewing it every second, apart from the reader so
-/// that a reader waiting on full lanes still holds it.
-fn spawn_lease(hooks: Arc<Webhooks>, leader: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<()> {
+/// that a reader waiting on full lanes still holds it. The lease is renewed only under the token it
+/// was taken with; once it has run out (or has another holder) this node takes it again, if free,
+/// under a new token, so that what it read under the old one is dropped and claimed afresh.
+fn spawn_lease(hooks: Arc<Webhooks>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Some(redis) = hooks.redis.clone() else { return };
+        // 1: renewed; 2: taken under ARGV[3]; 0: another's.
         let script = redis::Script::new(
-            r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-              elseif redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 else return 0 end",
+            r"local v = redis.call('GET', KEYS[1])
+              if v and v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+              if not v then redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2]) return 2 end
+              return 0",
         );
         loop {
+            let current = hooks.tenure.load(Ordering::Acquire);
+            let fresh = rand::random::<u64>().max(1);
             let mut conn = redis.commands();
-            let held: redis::RedisResult<i64> =
-                script.key(&hooks.lease).arg(&hooks.node_id).arg(LEASE_MS).invoke_async(&mut conn).await;
-            leader.store(matches!(held, Ok(1)), std::sync::atomic::Ordering::Release);
+            let held: redis::RedisResult<i64> = script
+                .key(&hooks.lease)
+                .arg(if current == 0 { String::new() } else { hooks.lease_value(current) })
+                .arg(LEASE_MS)
+                .arg(hooks.lease_value(fresh))
+                .invoke_async(&mut conn)
+                .await;
+            match held {
+                Ok(1) => {}
+                Ok(2) => hooks.tenure.store(fresh, Ordering::Release),
+                Ok(_) => hooks.tenure.store(0, Ordering::Release),
+                // Unknown: the lanes ask Redis before each attempt anyway.
+                Err(e) => tracing::debug!("webhook lease: {e}"),
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     })
@@ -489,9 +654,9 @@ fn spawn_lease(hooks: Arc<Webhooks>, leader: Arc<std::sync::atomic::AtomicBool>)
 
 async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::UnboundedSender<Hook>>>) {
     let Some(redis) = hooks.redis.clone() else { return };
-    let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let _lease = AbortOnDrop(spawn_lease(hooks.clone(), leader.clone()));
-    let mut reading = false;
+    let _lease = AbortOnDrop(spawn_lease(hooks.clone()));
+    // The tenure whose claim of the predecessor's entries is done (0: none).
+    let mut reading = 0;
     let mut group_ready = false;
     // XREADGROUP blocks its connection: a connection of its own.
     let mut blocking: Option<crate::redis_link::Conn> = None;
@@ -501,9 +666,10 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::UnboundedSender<
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        if !leader.load(std::sync::atomic::Ordering::Acquire) {
-            reading = false;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        let tenure = hooks.tenure.load(Ordering::Acquire);
+        if tenure == 0 {
+            reading = 0;
+            tokio::time::sleep(Duration::from_millis(250)).await;
             continue;
         }
         let conn = match &mut blocking {
@@ -536,23 +702,21 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::UnboundedSender<
                 continue;
             }
         }
-        if !reading {
-            // Just took over: what the previous deliverer had read and not delivered comes first.
-            reading = true;
+        if reading != tenure {
+            // Just took over: what was read and not delivered before (by the previous holder, or by
+            // this node under an earlier token) comes first, in stream order.
             tracing::info!("webhooks: this node delivers");
-            let claimed: redis::RedisResult<(String, Entries, Vec<String>)> = redis::cmd("XAUTOCLAIM")
-                .arg(&hooks.stream)
-                .arg("hooks")
-                .arg(&hooks.node_id)
-                .arg(0)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(10_000)
-                .query_async(conn)
-                .await;
-            if let Ok((_, entries, _)) = claimed {
-                dispatch(&hooks, &lanes, entries);
+            match claim_all(&hooks, &lanes, conn, tenure).await {
+                Ok(true) => reading = tenure,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!("webhooks claim: {e}");
+                    blocking = None;
+                    group_ready = false;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
+            continue;
         }
         let read: redis::RedisResult<Option<Vec<(String, Entries)>>> = redis::cmd("XREADGROUP")
             .arg("GROUP")
@@ -570,7 +734,7 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::UnboundedSender<
         match read {
             Ok(Some(streams)) => {
                 for (_, entries) in streams {
-                    dispatch(&hooks, &lanes, entries);
+                    dispatch(&hooks, &lanes, entries, tenure);
                 }
             }
             Ok(None) => {}
@@ -584,9 +748,52 @@ async fn read_stream(hooks: Arc<Webhooks>, lanes: Arc<Vec<mpsc::UnboundedSender<
     }
 }
 
-fn dispatch(hooks: &Webhooks, lanes: &[mpsc::UnboundedSender<Hook>], entries: Entries) {
+/// Claims every entry pending in the group (whoever read it) for this node, page by page following
+/// `XAUTOCLAIM`'s cursor until it comes back to `0-0`, and hands them to the lanes in stream order.
+/// `Ok(false)` when the lease changed meanwhile (the new tenure claims again). A page that fails is
+/// asked again from the same cursor, so nothing is handed to the lanes twice under one tenure.
+async fn claim_all(
+    hooks: &Webhooks,
+    lanes: &[mpsc::UnboundedSender<Hook>],
+    conn: &mut crate::redis_link::Conn,
+    tenure: u64,
+) -> redis::RedisResult<bool> {
+    let mut cursor = "0-0".to_string();
+    loop {
+        if hooks.tenure.load(Ordering::Acquire) != tenure {
+            return Ok(false);
+        }
+        while hooks.lanes_full() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Redis 6.2 answers [cursor, entries], 7 adds the ids it found deleted.
+        let reply: Vec<redis::Value> = redis::cmd("XAUTOCLAIM")
+            .arg(&hooks.stream)
+            .arg("hooks")
+            .arg(&hooks.node_id)
+            .arg(0)
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(CLAIM_PAGE)
+            .query_async(&mut *conn)
+            .await?;
+        let mut reply = reply.into_iter();
+        let next: String = redis::from_redis_value(reply.next().unwrap_or(redis::Value::Nil))?;
+        let entries: Entries = match reply.next() {
+            Some(v) => redis::from_redis_value(v)?,
+            None => Vec::new(),
+        };
+        dispatch(hooks, lanes, entries, tenure);
+        if next == "0-0" {
+            return Ok(true);
+        }
+        cursor = next;
+    }
+}
+
+fn dispatch(hooks: &Webhooks, lanes: &[mpsc::UnboundedSender<Hook>], entries: Entries, tenure: u64) {
     for (id, fields) in entries {
-        if let Some(hook) = to_hook(id, fields) {
+        if let Some(hook) = to_hook(id, fields, tenure) {
             hooks.to_lane(&hook);
             let _ = lanes[lane_of(&hook.key)].send(hook);
         }

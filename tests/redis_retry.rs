@@ -1,10 +1,11 @@
-//! The first command after a Redis restart (issue 12): a bare `ConnectionManager` fails it with a
-//! dropped connection while it reconnects; the gateway's `RetryConn` retries it inside and succeeds.
-//! Runs a real `redis-server` (scripts/test.sh installs it when missing), SIGKILLed and restarted on
-//! the same port.
+//! The first requests after a Redis restart (issue 12): the gateway's store answers them (a plain
+//! command and a Lua script, whose cache the restart emptied) instead of failing them with the dropped
+//! connection. Runs a real `redis-server` (scripts/test.sh installs it when missing), SIGKILLed and
+//! restarted on the same port. It asserts what the gateway does, not what redis-rs does.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use realtime_gateway::redis_link::RedisLink;
@@ -52,25 +53,27 @@ fn kill(server: RedisServer) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_first_command_after_a_redis_restart_succeeds() {
+async fn the_stores_first_requests_after_a_redis_restart_succeed() {
+    use realtime_gateway::store::{redis::RedisStore, Limits, Store};
     let port = free_port();
     let redis = start_redis(port);
     let url = format!("redis://127.0.0.1:{port}");
-    // Two links, so each has a connection of its own that the restart drops.
-    let (link, other) = (RedisLink::open(&url).expect("link"), RedisLink::open(&url).expect("link"));
-    let mut retrying = link.commands();
-    let mut bare = other.conn();
-    let _: () = retrying.set("k", "before").await.expect("set before the restart");
-    let _: String = redis::cmd("PING").query_async(&mut bare).await.expect("bare ping before the restart");
+    let store = RedisStore::new(Arc::new(RedisLink::open(&url).expect("link")), "retry", "n1", Limits::default());
+    let user = realtime_gateway::auth::User { user_id: "u".into(), email: None, name: None, role: "user".into() };
+    assert_eq!(store.socket_up(&user, "s1", 20).await.expect("socket_up before the restart"), Some(true));
+    let mut other = RedisLink::open(&url).expect("link").commands();
+    let _: () = other.set("k", "before").await.expect("set before the restart");
 
     kill(redis);
     let redis = start_redis(port);
-    // The premise: without the retry, the first command on a dropped connection fails.
-    let bare_first: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut bare).await;
-    let first: redis::RedisResult<Option<String>> = retrying.get("k").await;
+    // Both on connections the restart dropped: a command, then a script (its cache is empty now).
+    let first: redis::RedisResult<Option<String>> = other.get("k").await;
+    let script = store.socket_up(&user, "s2", 20).await;
+    let presence = store.presence(&["u".to_string()]).await;
     kill(redis);
 
-    assert!(bare_first.is_err(), "a bare ConnectionManager's first command after a restart was expected to fail");
-    // Redis restarted empty (no persistence): the key is gone, but the command itself succeeded.
-    assert_eq!(first.expect("the gateway's first command after the restart"), None);
+    // Redis restarted empty (no persistence): the data is gone, but each request itself succeeded.
+    assert_eq!(first.expect("the first command after the restart"), None);
+    assert_eq!(script.expect("the first script after the restart"), Some(true), "online again, on an empty Redis");
+    assert_eq!(presence.expect("presence after the restart")[0].status, "online");
 }

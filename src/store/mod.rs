@@ -312,8 +312,11 @@ pub trait Store: Send + Sync + 'static {
     /// Takes (claims) the offline checks that are due: each is handed to exactly one caller, on any
     /// node, so a check survives the node that scheduled it.
     async fn due_offline_checks(&self) -> StoreResult<Vec<String>>;
-    /// Marks the user offline if they have no socket and none left less than `grace_ms` ago (a
-    /// later disconnect restarts the grace). `Some(rooms)`: they went offline now; `rooms` are the
+    /// Marks the user offline if they have no socket and none left less than the grace ago (a
+    /// later disconnect restarts the grace). The grace is the one given to the last `socket_down`
+    /// (the departing node's `PRESENCE_GRACE_MS`), else `grace_ms` (the checker's): in a cluster whose
+    /// nodes have different settings, a check run too early by another node is scheduled again for
+    /// the end of that grace, never forgotten. `Some(rooms)`: they went offline now; `rooms` are the
     /// chat rooms their sockets were in when they left.
     async fn mark_offline_if_idle(&self, user_id: &str, grace_ms: u64) -> StoreResult<Option<Vec<String>>>;
     async fn presence(&self, user_ids: &[String]) -> StoreResult<Vec<Presence>>;

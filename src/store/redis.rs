@@ -258,7 +258,7 @@ if n <= 0 then
   redis.call('SREM', KEYS[2], ARGV[2])
 end
 local now = now_ms()
-redis.call('HSET', KEYS[1], 'lastSeen', ms(now))
+redis.call('HSET', KEYS[1], 'lastSeen', ms(now), 'grace', ARGV[4])
 for i = 6, #ARGV do
   if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[5]) then break end
   redis.call('SADD', KEYS[3], ARGV[i])
@@ -270,15 +270,22 @@ return left
 "#),
             // KEYS: presence. ARGV: node prefix.
             sockets_of: lua("return total(KEYS[1], ARGV[1])"),
-            // KEYS: presence, online set, departed. ARGV: node prefix, user id, grace (ms, tolerance
-            // included). Returns {1, rooms...} when the user went offline now, else {0}.
+            // KEYS: presence, online set, departed, offline-due. ARGV: node prefix, user id, the
+            // checker's grace (ms), tolerance (ms). The grace is the one the last socket_down stored
+            // (the departing node's), else the checker's: nodes with different settings (a rolling
+            // change) each run the others' checks. Too early: checked again when that grace is over.
+            // Returns {1, rooms...} when the user went offline now, else {0}.
             offline_if_idle: lua(r#"
 if total(KEYS[1], ARGV[1]) > 0 then return {0} end
 local st = redis.call('HGET', KEYS[1], 'status')
 if (not st) or st == 'offline' then return {0} end
 local seen = tonumber(redis.call('HGET', KEYS[1], 'lastSeen') or '0')
+local grace = tonumber(redis.call('HGET', KEYS[1], 'grace') or ARGV[3]) or tonumber(ARGV[3])
 local now = now_ms()
-if now < seen + tonumber(ARGV[3]) then return {0} end
+if now < seen + grace - tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[4], ms(seen + grace), ARGV[2])
+  return {0}
+end
 redis.call('HSET', KEYS[1], 'status', 'offline', 'lastSeen', ms(now))
 redis.call('SREM', KEYS[2], ARGV[2])
 local rooms = redis.call('SMEMBERS', KEYS[3])
@@ -783,9 +790,11 @@ impl Store for RedisStore {
             .key(self.key(&["presence", user_id]))
             .key(self.key(&["online"]))
             .key(self.key(&["departed", user_id]))
+            .key(self.key(&["offline-due"]))
             .arg(self.node_prefix())
             .arg(user_id)
-            .arg(grace_ms.saturating_sub(GRACE_TOLERANCE_MS))
+            .arg(grace_ms)
+            .arg(GRACE_TOLERANCE_MS)
             .invoke_async(&mut self.conn()?)
             .await;
         let mut reply = self.ok(r)?.into_iter();
