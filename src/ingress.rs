@@ -2,7 +2,12 @@
 //! `PUBLISH realtime:emit {event,data,target}` emits any event.
 //!
 //! Every node subscribes and delivers to its own sockets only, so each subscriber gets exactly one
-//! copy however many nodes run. The subscriber reconnects with backoff and resubscribes by itself.
+//! copy however many nodes run. The subscribers reconnect with backoff and resubscribe by themselves.
+//!
+//! Two subscriptions, each on a connection of its own: one for `realtime:emit`, the bus and the
+//! emitter, one for the channels of the policy and the appender's notes (`sequence.rs`: the notes
+//! must come in the one order with the `PUBLISH`es). The second waits for the publications task
+//! when its queue is full; the first, which carries the bus and its `ask` answers, never does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +18,7 @@ use serde_json::Value;
 use crate::delivery::{self, EmitRequest};
 use crate::names;
 use crate::policy::Policy;
+use crate::sequence::Input;
 use crate::state::AppState;
 
 /// The channel that carries `{event, data, room?|channel?|userId?|socketId?}` envelopes.
@@ -71,11 +77,37 @@ fn redis_glob(pattern: &str, text: &str) -> bool {
 pub fn spawn(state: AppState) -> Option<tokio::task::JoinHandle<()>> {
     let redis = state.redis.clone()?;
     let patterns = Arc::new(redis_patterns(&state.policy));
+    let channels = {
+        let (state, redis, patterns) = (state.clone(), redis.clone(), patterns.clone());
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let mut subscribed = false;
+                match run_channels(&state, &redis.client, &patterns, &mut subscribed).await {
+                    Ok(()) => tracing::warn!("redis ingress (channels): subscription closed"),
+                    Err(e) => tracing::warn!("redis ingress (channels): {e}"),
+                }
+                if subscribed {
+                    backoff = Duration::from_millis(100);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    };
     Some(tokio::spawn(async move {
+        // Ends the channels' subscriber with this task (shutdown aborts it).
+        struct Abort(tokio::task::JoinHandle<()>);
+        impl Drop for Abort {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let _channels = Abort(channels);
         let mut backoff = Duration::from_millis(100);
         loop {
             let mut subscribed = false;
-            match run_once(&state, &redis.client, &patterns, &mut subscribed).await {
+            match run_once(&state, &redis.client, &mut subscribed).await {
                 Ok(()) => tracing::warn!("redis ingress: subscription closed"),
                 Err(e) => tracing::warn!("redis ingress: {e}"),
             }
@@ -91,15 +123,58 @@ pub fn spawn(state: AppState) -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
-async fn run_once(
+async fn connect(client: &redis::Client) -> redis::RedisResult<redis::aio::PubSub> {
+    tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timeout")))?
+}
+
+/// The channels of the policy and the appender's notes, in the one order Redis sends them.
+async fn run_channels(
     state: &AppState,
     client: &redis::Client,
     patterns: &[String],
     subscribed: &mut bool,
 ) -> redis::RedisResult<()> {
-    let mut pubsub = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
-        .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timeout")))??;
+    let mut pubsub = connect(client).await?;
+    let notes = state.publications.notes_channel().map(str::to_string);
+    if let Some(n) = &notes {
+        pubsub.subscribe(n).await?;
+    }
+    for p in patterns {
+        pubsub.psubscribe(p).await?;
+    }
+    *subscribed = true;
+    // Whatever was published while this node was not subscribed, it missed.
+    if notes.is_some() {
+        state.publications.from_redis(Input::Reset).await;
+    }
+    tracing::info!(patterns = patterns.len(), "redis ingress subscribed to the channels");
+    let (emit, bus) = (EMIT_CHANNEL, state.bus.channel().to_string());
+    let mut stream = pubsub.on_message();
+    while let Some(msg) = stream.next().await {
+        let channel = msg.get_channel_name().to_string();
+        let payload = msg.get_payload_bytes();
+        match msg.get_pattern::<Option<String>>().ok().flatten() {
+            None if Some(&channel) == notes.as_ref() => {
+                state.publications.from_redis(Input::Note(payload.to_vec())).await;
+            }
+            None => {}
+            Some(p) => {
+                // A channel matching two patterns arrives once per pattern: take the first only.
+                let first = patterns.iter().find(|q| redis_glob(q, &channel));
+                if first.map(String::as_str) == Some(p.as_str()) && channel != emit && channel != bus {
+                    publish(state, &channel, payload, notes.is_some()).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `realtime:emit`, the bus and the emitter: never waits for the channels.
+async fn run_once(state: &AppState, client: &redis::Client, subscribed: &mut bool) -> redis::RedisResult<()> {
+    let mut pubsub = connect(client).await?;
     pubsub.subscribe(EMIT_CHANNEL).await?;
     let bus = state.bus.channel().to_string();
     pubsub.subscribe(&bus).await?;
@@ -108,15 +183,12 @@ async fn run_once(
     let emitter_requests = crate::emitter::request_channel();
     pubsub.psubscribe(&emitter_pattern).await?;
     pubsub.subscribe(&emitter_requests).await?;
-    for p in patterns {
-        pubsub.psubscribe(p).await?;
-    }
     *subscribed = true;
     if let Some(r) = &state.redis {
         r.set_up(true);
         r.set_ingress(true);
     }
-    tracing::info!(patterns = patterns.len(), "redis ingress subscribed");
+    tracing::info!("redis ingress subscribed");
     let mut stream = pubsub.on_message();
     while let Some(msg) = stream.next().await {
         let channel = msg.get_channel_name().to_string();
@@ -128,13 +200,7 @@ async fn run_once(
             None if channel == emitter_requests => crate::emitter::on_request(state, payload),
             None => {}
             Some(p) if p == emitter_pattern => crate::emitter::on_broadcast(state, payload).await,
-            Some(p) => {
-                // A channel matching two patterns arrives once per pattern: take the first only.
-                let first = patterns.iter().find(|q| redis_glob(q, &channel));
-                if first.map(String::as_str) == Some(p.as_str()) && channel != EMIT_CHANNEL && channel != bus {
-                    publish(state, &channel, payload).await;
-                }
-            }
+            Some(_) => {}
         }
     }
     Ok(())
@@ -145,20 +211,19 @@ pub fn payload_value(payload: &[u8]) -> Value {
     serde_json::from_slice(payload).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
 }
 
-async fn publish(state: &AppState, channel: &str, payload: &[u8]) {
+async fn publish(state: &AppState, channel: &str, payload: &[u8], sequenced: bool) {
     if !names::valid_id(channel) || !state.policy.knows(channel) {
         state.metrics.ingress_dropped.increment(1);
         tracing::debug!(channel, "ingress: not a channel of the policy; dropped");
         return;
     }
     state.metrics.ingress_messages.increment(1);
-    let p = crate::publications::Pub {
-        channel: channel.to_string(),
-        data: payload_value(payload),
-        keep: true,
-        raw: payload.to_vec(),
-    };
-    state.publications.publish(p).await;
+    if sequenced {
+        state.publications.from_redis(Input::Raw { channel: channel.to_string(), payload: payload.to_vec() }).await;
+    } else {
+        let p = crate::publications::Pub { channel: channel.to_string(), data: payload_value(payload), keep: true };
+        state.publications.publish(p).await;
+    }
 }
 
 async fn emit(state: &AppState, payload: &[u8]) {
