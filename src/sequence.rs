@@ -200,6 +200,8 @@ impl Sequencer {
                 if std::mem::replace(&mut self.subscribed, true) {
                     self.eligible = Instant::now() + Duration::from_millis(self.lease_ms);
                 }
+                // A marker published before the subscription was lost: take (and mark) now.
+                self.tick().await;
                 Vec::new()
             }
         }

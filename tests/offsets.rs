@@ -255,3 +255,50 @@ async fn a_heartbeat_with_one_payload_is_eight_publications_on_both_nodes() {
     a.task.abort();
     b.task.abort();
 }
+
+/// The takeover race: the only other node lags (stalled) with the dead appender's notes still
+/// unread when it takes the lease. It must append only what nobody appended (those it has no
+/// note for once its marker arrives), not its whole buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_that_takes_over_from_a_dead_appender_appends_nothing_twice() {
+    let port = free_port();
+    let _redis = start_redis(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let a = start_node(url.clone(), "lag".into(), "a".into()).await;
+    let client = redis::Client::open(url.as_str()).expect("url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("conn");
+    // A appends (it came first); B lags for 1.5 s from now.
+    let lease: Option<String> = redis::cmd("GET").arg("lag:chist:lease").query_async(&mut conn).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut lease = lease;
+    while lease.as_deref() != Some("a") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lease = redis::cmd("GET").arg("lag:chist:lease").query_async(&mut conn).await.unwrap();
+    }
+    assert_eq!(lease.as_deref(), Some("a"), "node A holds the lease");
+    let b = start_node(url.clone(), "lag".into(), "b".into()).await;
+    *b.stall.lock().unwrap() = Some(tokio::time::Instant::now() + Duration::from_millis(1500));
+    for i in 0..20 {
+        let _: i64 = redis::cmd("PUBLISH").arg(CHANNEL).arg(format!("{{\"n\":{i}}}")).query_async(&mut conn).await.unwrap();
+    }
+    // A appends all 20, then dies; B wakes with 20 publications and 20 notes unread.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.delivered.lock().unwrap().len() < 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.task.abort();
+    for i in 20..25 {
+        let _: i64 = redis::cmd("PUBLISH").arg(CHANNEL).arg(format!("{{\"n\":{i}}}")).query_async(&mut conn).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.delivered.lock().unwrap().len() < 25 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(LEASE_MS * 3)).await;
+    let tail = history(&url, "lag").last(CHANNEL, 100).await.expect("history");
+    let data: Vec<Value> = tail.publications.iter().map(|p| p.data.clone()).collect();
+    assert_eq!(data, (0..25).map(|n| serde_json::json!({ "n": n })).collect::<Vec<_>>(), "each once, in order");
+    let offsets: Vec<u64> = b.delivered.lock().unwrap().iter().map(|d| d.place.offset).collect();
+    assert_eq!(offsets, (1..=25).collect::<Vec<_>>());
+    b.task.abort();
+}

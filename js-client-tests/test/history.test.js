@@ -220,7 +220,7 @@ test('two nodes: a client whose node was SIGKILLed recovers exactly the 50 it mi
     rateN = n;
     const rec = subscribeRecording(back, channel, { offset: last.offset, epoch: last.epoch });
     const ack = await rec.ack;
-    assert.equal(ack.recovered, true, JSON.stringify(ack));
+    assert.equal(ack.recovered, true, `${JSON.stringify(ack)} since ${JSON.stringify(last)}`);
     assert.equal(ack.epoch, last.epoch);
     // When the node that died was the appender, B takes over within the lease (3 s): the missed
     // ones the ack does not cover yet follow live, in order, and are checked below.
