@@ -231,6 +231,10 @@ impl Publications {
     }
 }
 
+/// A publication held for a subscription being set up: (offset, epoch, envelope), the envelope
+/// shared by every subscription that holds it.
+type Held = (Option<u64>, Option<Arc<str>>, Arc<Value>);
+
 /// A subscription being set up.
 struct Pending {
     client: Client,
@@ -241,7 +245,7 @@ struct Pending {
     reply: Option<oneshot::Sender<Result<Subscribed, ApiError>>>,
     /// Delivered to the channel since the subscription started, until [`Go`]: (offset, epoch,
     /// envelope).
-    held: Vec<(Option<u64>, Option<Arc<str>>, Arc<Value>)>,
+    held: Vec<Held>,
     /// More than [`HELD`] publications arrived before the subscription completed: the client is
     /// closed rather than sent a stream with a hole (it reconnects and recovers from its offset).
     overflow: bool,
@@ -436,7 +440,7 @@ impl Task {
                     done.push(id);
                 } else if pending.seam.as_ref().is_none_or(|s| s.past(offset, epoch.as_deref())) {
                     // The first one past the replay: from the next one on, the room delivers.
-                    let _ = pending.client.emit("event", &*value);
+                    let _ = pending.client.emit("event", &value);
                     pending.client.leave(&names::catching_up(channel));
                     done.push(id);
                 }
@@ -644,7 +648,7 @@ impl Task {
         for (offset, epoch, env) in std::mem::take(&mut p.held) {
             if caught_up || p.seam.as_ref().is_some_and(|s| s.past(offset, epoch.as_deref())) {
                 caught_up = true;
-                let _ = p.client.emit("event", &*env);
+                let _ = p.client.emit("event", &env);
             }
         }
         if caught_up {

@@ -152,8 +152,8 @@ impl Sequencer {
     pub async fn input(&mut self, input: Input) -> Vec<Delivery> {
         match input {
             Input::Raw { channel, payload } => {
-                let json = serde_json::to_string(&crate::ingress::payload_value(&payload))
-                    .unwrap_or_else(|_| "null".into());
+                let json =
+                    serde_json::to_string(&crate::ingress::payload_value(&payload)).unwrap_or_else(|_| "null".into());
                 if self.buffer.len() >= BUFFER {
                     self.buffer.pop_front();
                     tracing::warn!("channel publications: too many without a note; the oldest is forgotten");

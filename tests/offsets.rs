@@ -279,7 +279,8 @@ async fn a_lagging_node_that_takes_over_from_a_dead_appender_appends_nothing_twi
     let b = start_node(url.clone(), "lag".into(), "b".into()).await;
     *b.stall.lock().unwrap() = Some(tokio::time::Instant::now() + Duration::from_millis(1500));
     for i in 0..20 {
-        let _: i64 = redis::cmd("PUBLISH").arg(CHANNEL).arg(format!("{{\"n\":{i}}}")).query_async(&mut conn).await.unwrap();
+        let _: i64 =
+            redis::cmd("PUBLISH").arg(CHANNEL).arg(format!("{{\"n\":{i}}}")).query_async(&mut conn).await.unwrap();
     }
     // A appends all 20, then dies; B wakes with 20 publications and 20 notes unread.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -288,7 +289,8 @@ async fn a_lagging_node_that_takes_over_from_a_dead_appender_appends_nothing_twi
     }
     a.task.abort();
     for i in 20..25 {
-        let _: i64 = redis::cmd("PUBLISH").arg(CHANNEL).arg(format!("{{\"n\":{i}}}")).query_async(&mut conn).await.unwrap();
+        let _: i64 =
+            redis::cmd("PUBLISH").arg(CHANNEL).arg(format!("{{\"n\":{i}}}")).query_async(&mut conn).await.unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while b.delivered.lock().unwrap().len() < 25 && Instant::now() < deadline {

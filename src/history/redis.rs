@@ -177,7 +177,11 @@ impl RedisHistory {
 
     /// Appends a batch as the holder of `lease` (announcing each on its note channel); `Ok(None)`
     /// when the lease is not `lease.token`'s: nothing was appended.
-    pub async fn append_as(&self, batch: &[NewPublication], lease: Option<&Lease<'_>>) -> StoreResult<Option<Vec<Appended>>> {
+    pub async fn append_as(
+        &self,
+        batch: &[NewPublication],
+        lease: Option<&Lease<'_>>,
+    ) -> StoreResult<Option<Vec<Appended>>> {
         if self.link.is_down() {
             return Err(StoreError::Unavailable("redis is down".into()));
         }
