@@ -2,7 +2,12 @@
 //! `PUBLISH realtime:emit {event,data,target}` emits any event.
 //!
 //! Every node subscribes and delivers to its own sockets only, so each subscriber gets exactly one
-//! copy however many nodes run. The subscriber reconnects with backoff and resubscribes by itself.
+//! copy however many nodes run. The subscribers reconnect with backoff and resubscribe by themselves.
+//!
+//! Two subscriptions, each on a connection of its own: one for `realtime:emit`, the bus and the
+//! emitter, one for the channels of the policy and the appender's notes (`sequence.rs`: the notes
+//! must come in the one order with the `PUBLISH`es). The second waits for the publications task
+//! when its queue is full; the first, which carries the bus and its `ask` answers, never does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +18,7 @@ use serde_json::Value;
 use crate::delivery::{self, EmitRequest};
 use crate::names;
 use crate::policy::Policy;
+use crate::sequence::Input;
 use crate::state::AppState;
 
 /// The channel that carries `{event, data, room?|channel?|userId?|socketId?}` envelopes.
@@ -69,44 +75,121 @@ fn redis_glob(pattern: &str, text: &str) -> bool {
 }
 
 pub fn spawn(state: AppState) -> Option<tokio::task::JoinHandle<()>> {
-    let redis = state.redis.clone()?;
+    state.redis.as_ref()?;
     let patterns = Arc::new(redis_patterns(&state.policy));
+    let channels = tokio::spawn(resubscribing(state.clone(), patterns.clone(), Subscriber::Channels));
     Some(tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        // In a cluster, which listed node to subscribe on: the next one after each failure.
-        let mut attempt = 0;
-        loop {
-            let mut subscribed = false;
-            let mut moved = redis.changes();
-            let client = redis.pubsub_client(attempt);
-            attempt += 1;
-            match run_once(&state, &client, &patterns, &mut subscribed, &mut moved).await {
-                Ok(()) => tracing::warn!("redis ingress: subscription closed"),
-                Err(e) => tracing::warn!("redis ingress: {e}"),
+        // Ends the channels' subscriber with this task (shutdown aborts it).
+        struct Abort(tokio::task::JoinHandle<()>);
+        impl Drop for Abort {
+            fn drop(&mut self) {
+                self.0.abort();
             }
-            // Whether Redis is down is the heartbeat's call (every second): this subscriber's own
-            // connection may drop while the node's command connection is fine.
-            redis.set_ingress(false);
-            if subscribed {
-                backoff = Duration::from_millis(100);
-            }
-            // A new master (Sentinel) is worth trying at once.
-            let _ = tokio::time::timeout(backoff, moved.changed()).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+        let _channels = Abort(channels);
+        resubscribing(state, patterns, Subscriber::Emit).await
     }))
 }
 
-async fn run_once(
+/// The node's two subscribers: the channels and the appender's notes ([`run_channels`]), and
+/// `realtime:emit`, the bus and the emitters ([`run_once`]), which never wait for the channels.
+#[derive(Clone, Copy, Debug)]
+enum Subscriber {
+    Channels,
+    Emit,
+}
+
+/// Runs one subscriber for ever: after each end, again with backoff, at once on a new master
+/// (Sentinel), and in a cluster on the next listed node after each failure.
+async fn resubscribing(state: AppState, patterns: Arc<Vec<String>>, which: Subscriber) {
+    let Some(redis) = state.redis.clone() else { return };
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 0;
+    loop {
+        let mut subscribed = false;
+        let mut moved = redis.changes();
+        let client = redis.pubsub_client(attempt);
+        attempt += 1;
+        let r = match which {
+            Subscriber::Channels => run_channels(&state, &client, &patterns, &mut subscribed, &mut moved).await,
+            Subscriber::Emit => run_once(&state, &client, &mut subscribed, &mut moved).await,
+        };
+        match r {
+            Ok(()) => tracing::warn!(?which, "redis ingress: subscription closed"),
+            Err(e) => tracing::warn!(?which, "redis ingress: {e}"),
+        }
+        if matches!(which, Subscriber::Emit) {
+            // Whether Redis is down is the heartbeat's call (every second): this subscriber's own
+            // connection may drop while the node's command connection is fine.
+            redis.set_ingress(false);
+        }
+        if subscribed {
+            backoff = Duration::from_millis(100);
+        }
+        let _ = tokio::time::timeout(backoff, moved.changed()).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn connect(client: &redis::Client) -> redis::RedisResult<redis::aio::PubSub> {
+    tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timeout")))?
+}
+
+/// The channels of the policy and the appender's notes, in the one order Redis sends them.
+async fn run_channels(
     state: &AppState,
     client: &redis::Client,
     patterns: &[String],
     subscribed: &mut bool,
     moved: &mut tokio::sync::watch::Receiver<u64>,
 ) -> redis::RedisResult<()> {
-    let mut pubsub = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
-        .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timeout")))??;
+    let mut pubsub = connect(client).await?;
+    let notes = state.publications.notes_channel().map(str::to_string);
+    if let Some(n) = &notes {
+        pubsub.subscribe(n).await?;
+    }
+    for p in patterns {
+        pubsub.psubscribe(p).await?;
+    }
+    *subscribed = true;
+    // Whatever was published while this node was not subscribed, it missed.
+    if notes.is_some() {
+        state.publications.from_redis(Input::Reset).await;
+    }
+    tracing::info!(patterns = patterns.len(), "redis ingress subscribed to the channels");
+    let (emit, bus) = (EMIT_CHANNEL, state.bus.channel().to_string());
+    let mut stream = pubsub.on_message();
+    moved.mark_unchanged();
+    while let Some(msg) = next_or_moved(&mut stream, moved).await {
+        let channel = msg.get_channel_name().to_string();
+        let payload = msg.get_payload_bytes();
+        match msg.get_pattern::<Option<String>>().ok().flatten() {
+            None if Some(&channel) == notes.as_ref() => {
+                state.publications.from_redis(Input::Note(payload.to_vec())).await;
+            }
+            None => {}
+            Some(p) => {
+                // A channel matching two patterns arrives once per pattern: take the first only.
+                let first = patterns.iter().find(|q| redis_glob(q, &channel));
+                if first.map(String::as_str) == Some(p.as_str()) && channel != emit && channel != bus {
+                    publish(state, &channel, payload, notes.is_some()).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `realtime:emit`, the bus and the emitter: never waits for the channels.
+async fn run_once(
+    state: &AppState,
+    client: &redis::Client,
+    subscribed: &mut bool,
+    moved: &mut tokio::sync::watch::Receiver<u64>,
+) -> redis::RedisResult<()> {
+    let mut pubsub = connect(client).await?;
     pubsub.subscribe(EMIT_CHANNEL).await?;
     let bus = state.bus.channel().to_string();
     pubsub.subscribe(&bus).await?;
@@ -121,26 +204,15 @@ async fn run_once(
     for p in ws_emitter::PATTERNS {
         pubsub.psubscribe(p).await?;
     }
-    for p in patterns {
-        pubsub.psubscribe(p).await?;
-    }
     *subscribed = true;
     if let Some(r) = &state.redis {
         r.set_up(true);
         r.set_ingress(true);
     }
-    tracing::info!(patterns = patterns.len(), "redis ingress subscribed");
+    tracing::info!("redis ingress subscribed");
     let mut stream = pubsub.on_message();
     moved.mark_unchanged();
-    loop {
-        // The old master may linger half-open after a failover: leave it when the sentinels name another.
-        let msg = tokio::select! {
-            m = stream.next() => match m { Some(m) => m, None => break },
-            _ = moved.changed() => {
-                tracing::info!("redis ingress: the master changed; resubscribing there");
-                break;
-            }
-        };
+    while let Some(msg) = next_or_moved(&mut stream, moved).await {
         let channel = msg.get_channel_name().to_string();
         let pattern: Option<String> = msg.get_pattern().ok();
         let payload = msg.get_payload_bytes();
@@ -152,16 +224,25 @@ async fn run_once(
             None => {}
             Some(p) if p == emitter_pattern => crate::emitter::on_broadcast(state, payload).await,
             Some(p) if ws_emitter::PATTERNS.contains(&p.as_str()) => ws_emitter::on_message(state, payload).await,
-            Some(p) => {
-                // A channel matching two patterns arrives once per pattern: take the first only.
-                let first = patterns.iter().find(|q| redis_glob(q, &channel));
-                if first.map(String::as_str) == Some(p.as_str()) && channel != EMIT_CHANNEL && channel != bus {
-                    publish(state, &channel, payload).await;
-                }
-            }
+            Some(_) => {}
         }
     }
     Ok(())
+}
+
+/// The next message, or None when the subscription ended or the master changed: the old master may
+/// linger half-open after a failover, so a subscriber leaves it when the sentinels name another.
+async fn next_or_moved<S: futures_util::Stream<Item = redis::Msg> + Unpin>(
+    stream: &mut S,
+    moved: &mut tokio::sync::watch::Receiver<u64>,
+) -> Option<redis::Msg> {
+    tokio::select! {
+        m = stream.next() => m,
+        _ = moved.changed() => {
+            tracing::info!("redis ingress: the master changed; resubscribing there");
+            None
+        }
+    }
 }
 
 /// The data of a publish: JSON when it parses, else the raw text as a string.
@@ -169,20 +250,19 @@ pub fn payload_value(payload: &[u8]) -> Value {
     serde_json::from_slice(payload).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
 }
 
-async fn publish(state: &AppState, channel: &str, payload: &[u8]) {
+async fn publish(state: &AppState, channel: &str, payload: &[u8], sequenced: bool) {
     if !names::valid_id(channel) || !state.policy.knows(channel) {
         state.metrics.ingress_dropped.increment(1);
         tracing::debug!(channel, "ingress: not a channel of the policy; dropped");
         return;
     }
     state.metrics.ingress_messages.increment(1);
-    let p = crate::publications::Pub {
-        channel: channel.to_string(),
-        data: payload_value(payload),
-        keep: true,
-        raw: payload.to_vec(),
-    };
-    state.publications.publish(p).await;
+    if sequenced {
+        state.publications.from_redis(Input::Raw { channel: channel.to_string(), payload: payload.to_vec() }).await;
+    } else {
+        let p = crate::publications::Pub { channel: channel.to_string(), data: payload_value(payload), keep: true };
+        state.publications.publish(p).await;
+    }
 }
 
 async fn emit(state: &AppState, payload: &[u8]) {

@@ -26,6 +26,7 @@ pub mod policy;
 pub mod proxy;
 pub mod publications;
 pub mod redis_link;
+pub mod sequence;
 pub mod sio;
 pub mod startup;
 pub mod state;

@@ -2,19 +2,13 @@
 //! meet it without a gap or a duplicate.
 //!
 //! One task per node takes, in the order this node received them, the publications for its
-//! clients (from the Redis ingress, or from the REST API when there is no Redis), appends them to
-//! the channel history in batches (one round trip per batch), and delivers each one with its
-//! `offset` and `epoch` to the channel's subscribers on this node.
+//! clients and delivers each one with its `offset` and `epoch` to the channel's subscribers on this
+//! node. With Redis, one node appends the `PUBLISH`es and every node delivers what it announces
+//! (`sequence.rs`); without Redis (or, for `/api/publish`, while Redis is down) the task appends to
+//! the node's own history (or delivers without an offset) in batches, one round trip per batch.
 //!
-//! **Every node appends.** A Redis `PUBLISH` reaches every node and carries no id, so each node
-//! appends its copy under a fingerprint: a hash of the data plus how many identical copies this node
-//! saw on that channel within the de-duplication window. Redis keeps the first copy's place for the
-//! window and answers it to the others, so all nodes deliver the same offsets. No node is special:
-//! a publication is kept as long as one node received it, whichever nodes die.
-//!
-//! **Order.** Redis delivers published messages to every subscriber in one order, each node appends
-//! in that order and waits for a batch before the next, so offsets increase in publish order on every
-//! node.
+//! **Order.** A publication is appended before any node delivers it, and each node delivers in
+//! offset order, so offsets increase in publish order on every node.
 //!
 //! **The seam.** A subscription (with `since` or without) starts at a point in this task's sequence:
 //! publications delivered before it are in the history already (they were appended before they were
@@ -26,20 +20,20 @@
 //! catching up. Nothing is delivered twice or skipped, and nothing newer comes first
 //! (`tests/seam.rs` checks every interleaving).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{Client, Close};
 use crate::error::{ApiError, Code};
 use crate::history::{History, NewPublication, Position, Tail};
 use crate::names;
+use crate::sequence::{Input, Sequencer};
 use crate::state::AppState;
 use crate::store::StoreResult;
 
@@ -49,9 +43,8 @@ const QUEUE: usize = 8192;
 const BATCH: usize = 512;
 /// Publications held for one subscription while its history is read; past it, see [`Pending`].
 const HELD: usize = 10_000;
-/// Fingerprints remembered at most (the window holds fewer unless publications come faster than
-/// this many per window).
-const WINDOW_ENTRIES: usize = 1_000_000;
+/// Subscribes and unsubscribes waiting for the task; the handlers wait when it is full.
+const CONTROL: usize = 1024;
 
 /// The `event` envelope of a channel delivery: `{channel, data, timestamp, offset?, epoch?}`.
 #[derive(Serialize)]
@@ -78,8 +71,14 @@ pub struct Pub {
     pub data: Value,
     /// Kept in the history (false while Redis is down: delivered without an offset).
     pub keep: bool,
-    /// The bytes the fingerprint is taken of (the published payload).
-    pub raw: Vec<u8>,
+}
+
+/// What waits for the task, in the order it came.
+enum Item {
+    /// From this node: the REST API without Redis or while it is down.
+    Local(Pub),
+    /// From the Redis ingress.
+    Redis(Input),
 }
 
 /// The answer to a subscribe.
@@ -96,13 +95,21 @@ pub struct Subscribed {
 /// sends the missed and held publications and completes the subscription.
 pub struct Go {
     id: u64,
-    ctl: mpsc::UnboundedSender<Ctl>,
+    done: mpsc::UnboundedSender<Done>,
 }
 
 impl Drop for Go {
     fn drop(&mut self) {
-        let _ = self.ctl.send(Ctl::Go { id: self.id });
+        let _ = self.done.send(Done::Go { id: self.id });
     }
+}
+
+/// The steps of subscriptions being set up: at most two per subscription (the read, the [`Go`]),
+/// and those are bounded by [`CONTROL`] and the per-socket cap, so their channel needs no bound of
+/// its own (a [`Go`] is dropped in synchronous code, which cannot wait for room).
+enum Done {
+    Ready { id: u64, result: StoreResult<Tail> },
+    Go { id: u64 },
 }
 
 enum Ctl {
@@ -113,13 +120,6 @@ enum Ctl {
         cap: usize,
         reply: oneshot::Sender<Result<Subscribed, ApiError>>,
     },
-    Ready {
-        id: u64,
-        result: StoreResult<Tail>,
-    },
-    Go {
-        id: u64,
-    },
     Unsubscribe {
         client: Client,
         channel: String,
@@ -127,34 +127,54 @@ enum Ctl {
     },
 }
 
+type Receivers = (mpsc::Receiver<Item>, mpsc::Receiver<Ctl>, mpsc::UnboundedReceiver<Done>, Option<Sequencer>);
+
 pub struct Publications {
     history: Option<Arc<dyn History>>,
-    /// Copies of one publication arrive on every node: fingerprint them (Redis history only).
-    dedup: bool,
-    pubs: mpsc::Sender<Pub>,
-    ctl: mpsc::UnboundedSender<Ctl>,
-    receivers: Mutex<Option<(mpsc::Receiver<Pub>, mpsc::UnboundedReceiver<Ctl>)>>,
+    /// The Redis notes channel the ingress subscribes to (with a sequencer).
+    notes: Option<String>,
+    pubs: mpsc::Sender<Item>,
+    ctl: mpsc::Sender<Ctl>,
+    done: mpsc::UnboundedSender<Done>,
+    receivers: Mutex<Option<Receivers>>,
     next_id: AtomicU64,
 }
 
 impl Publications {
-    /// `history` is `None` when `CHANNEL_HISTORY_SIZE=0`: no offsets, no recovery.
-    pub fn new(history: Option<Arc<dyn History>>, dedup: bool) -> Self {
+    /// `history` is `None` when `CHANNEL_HISTORY_SIZE=0`: no offsets, no recovery. `sequencer`
+    /// (Redis history) numbers the Redis `PUBLISH`es; without it this node appends them itself.
+    pub fn new(history: Option<Arc<dyn History>>, sequencer: Option<Sequencer>) -> Self {
         let (pubs, pubs_rx) = mpsc::channel(QUEUE);
-        let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        let (ctl, ctl_rx) = mpsc::channel(CONTROL);
+        let (done, done_rx) = mpsc::unbounded_channel();
         Publications {
             history,
-            dedup,
+            notes: sequencer.as_ref().map(|s| s.notes_channel().to_string()),
             pubs,
             ctl,
-            receivers: Mutex::new(Some((pubs_rx, ctl_rx))),
+            done,
+            receivers: Mutex::new(Some((pubs_rx, ctl_rx, done_rx, sequencer))),
             next_id: AtomicU64::new(1),
         }
     }
 
+    /// The Redis channel of the appender's notes, which the ingress subscribes to on the
+    /// connection of the channels (`None`: this node appends what it receives itself).
+    pub fn notes_channel(&self) -> Option<&str> {
+        self.notes.as_deref()
+    }
+
     /// Queues a publication this node received for its clients (waits while the queue is full).
     pub async fn publish(&self, p: Pub) {
-        if self.pubs.send(p).await.is_err() {
+        if self.pubs.send(Item::Local(p)).await.is_err() {
+            tracing::warn!("channel publications: the task is gone; publication dropped");
+        }
+    }
+
+    /// Queues what the Redis ingress received on the channels' connection, in its order (waits
+    /// while the queue is full).
+    pub async fn from_redis(&self, input: Input) {
+        if self.pubs.send(Item::Redis(input)).await.is_err() {
             tracing::warn!("channel publications: the task is gone; publication dropped");
         }
     }
@@ -171,6 +191,7 @@ impl Publications {
         let (reply, rx) = oneshot::channel();
         self.ctl
             .send(Ctl::Subscribe { client, channel, since, cap, reply })
+            .await
             .map_err(|_| ApiError::new(Code::Internal, "Internal error"))?;
         rx.await.map_err(|_| ApiError::new(Code::Internal, "Internal error"))?
     }
@@ -178,7 +199,7 @@ impl Publications {
     /// Ends a subscription, also one still being set up.
     pub async fn unsubscribe(&self, client: Client, channel: String) {
         let (reply, rx) = oneshot::channel();
-        if self.ctl.send(Ctl::Unsubscribe { client, channel, reply }).is_ok() {
+        if self.ctl.send(Ctl::Unsubscribe { client, channel, reply }).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -193,23 +214,26 @@ impl Publications {
 
     /// Starts the node's publication task.
     pub fn spawn(&self, state: AppState) -> Option<tokio::task::JoinHandle<()>> {
-        let (pubs, ctl) = self.receivers.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let (pubs, ctl, done, sequencer) = self.receivers.lock().unwrap_or_else(|e| e.into_inner()).take()?;
         let task = Task {
             state: state.clone(),
             history: self.history.clone(),
-            dedup: self.dedup,
-            ctl_tx: self.ctl.clone(),
-            window: Window::default(),
+            sequencer,
+            done_tx: self.done.clone(),
             pending: HashMap::new(),
             by_channel: HashMap::new(),
         };
-        Some(tokio::spawn(task.run(pubs, ctl)))
+        Some(tokio::spawn(task.run(pubs, ctl, done)))
     }
 
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 }
+
+/// A publication held for a subscription being set up: (offset, epoch, envelope), the envelope
+/// shared by every subscription that holds it.
+type Held = (Option<u64>, Option<Arc<str>>, Arc<Value>);
 
 /// A subscription being set up.
 struct Pending {
@@ -221,7 +245,7 @@ struct Pending {
     reply: Option<oneshot::Sender<Result<Subscribed, ApiError>>>,
     /// Delivered to the channel since the subscription started, until [`Go`]: (offset, epoch,
     /// envelope).
-    held: Vec<(Option<u64>, Option<Arc<str>>, Value)>,
+    held: Vec<Held>,
     /// More than [`HELD`] publications arrived before the subscription completed: the client is
     /// closed rather than sent a stream with a hole (it reconnects and recovers from its offset).
     overflow: bool,
@@ -262,84 +286,82 @@ impl Seam {
     }
 }
 
-/// How many identical copies of a publication this node saw on a channel within the window.
-#[derive(Default)]
-struct Window {
-    seen: HashMap<(String, [u8; 16]), u32>,
-    order: VecDeque<(Instant, String, [u8; 16])>,
-}
-
-impl Window {
-    fn span() -> Duration {
-        Duration::from_millis(crate::history::redis::DEDUP_WINDOW_MS)
-    }
-
-    /// This copy's number among the identical ones within the window (1 for the first).
-    fn count(&mut self, channel: &str, hash: [u8; 16], now: Instant) -> u32 {
-        while let Some((at, _, _)) = self.order.front() {
-            if now.duration_since(*at) < Self::span() && self.order.len() < WINDOW_ENTRIES {
-                break;
-            }
-            if let Some((_, c, h)) = self.order.pop_front() {
-                let key = (c, h);
-                if let Some(n) = self.seen.get_mut(&key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.seen.remove(&key);
-                    }
-                }
-            }
-        }
-        let n = self.seen.entry((channel.to_string(), hash)).or_insert(0);
-        *n += 1;
-        self.order.push_back((now, channel.to_string(), hash));
-        *n
-    }
-}
-
-/// The fingerprint of the `n`-th identical copy of `raw` on a channel.
-fn fingerprint(hash: &[u8; 16], n: u32) -> String {
-    format!("{}:{n}", hex::encode(hash))
-}
-
-fn hash(raw: &[u8]) -> [u8; 16] {
-    let digest = Sha256::digest(raw);
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&digest[..16]);
-    out
-}
-
 struct Task {
     state: AppState,
     history: Option<Arc<dyn History>>,
-    dedup: bool,
-    ctl_tx: mpsc::UnboundedSender<Ctl>,
-    window: Window,
+    sequencer: Option<Sequencer>,
+    done_tx: mpsc::UnboundedSender<Done>,
     pending: HashMap<u64, Pending>,
     by_channel: HashMap<String, Vec<u64>>,
 }
 
 impl Task {
-    async fn run(mut self, mut pubs: mpsc::Receiver<Pub>, mut ctl: mpsc::UnboundedReceiver<Ctl>) {
+    async fn run(
+        mut self,
+        mut pubs: mpsc::Receiver<Item>,
+        mut ctl: mpsc::Receiver<Ctl>,
+        mut done: mpsc::UnboundedReceiver<Done>,
+    ) {
         let mut sweep = tokio::time::interval(Duration::from_secs(30));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let period = self.sequencer.as_ref().map_or(Duration::from_secs(3600), |s| s.period());
+        let mut lease = tokio::time::interval(period);
+        lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
+                Some(d) = done.recv() => match d {
+                    Done::Ready { id, result } => self.ready(id, result),
+                    Done::Go { id } => self.go(id),
+                },
                 Some(c) = ctl.recv() => self.control(c).await,
                 _ = sweep.tick() => self.sweep(),
-                Some(p) = pubs.recv() => {
-                    let mut batch = vec![p];
-                    while batch.len() < BATCH {
+                _ = lease.tick(), if self.sequencer.is_some() => {
+                    if let Some(seq) = self.sequencer.as_mut() {
+                        seq.tick().await;
+                        seq.flush().await;
+                    }
+                }
+                Some(item) = pubs.recv() => {
+                    let mut items = vec![item];
+                    while items.len() < BATCH {
                         match pubs.try_recv() {
-                            Ok(p) => batch.push(p),
+                            Ok(i) => items.push(i),
                             Err(_) => break,
                         }
                     }
-                    self.publish(batch).await;
+                    self.take(items).await;
                 }
                 else => break,
             }
+        }
+    }
+
+    /// Runs of local publications are appended as batches; Redis inputs go to the sequencer.
+    async fn take(&mut self, items: Vec<Item>) {
+        let mut local = Vec::new();
+        for item in items {
+            match item {
+                Item::Local(p) => local.push(p),
+                Item::Redis(input) => {
+                    if !local.is_empty() {
+                        self.publish(std::mem::take(&mut local)).await;
+                    }
+                    let deliveries = match self.sequencer.as_mut() {
+                        Some(seq) => seq.input(input).await,
+                        None => Vec::new(),
+                    };
+                    for d in deliveries {
+                        self.deliver(&d.channel, &d.data, Some(d.place)).await;
+                    }
+                }
+            }
+        }
+        if !local.is_empty() {
+            self.publish(local).await;
+        }
+        if let Some(seq) = self.sequencer.as_mut() {
+            seq.flush().await;
         }
     }
 
@@ -352,19 +374,12 @@ impl Task {
         if let Some(history) = &self.history {
             let kept: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].keep).collect();
             if !kept.is_empty() {
-                let now = Instant::now();
                 let news: Vec<NewPublication> = kept
                     .iter()
                     .map(|&i| {
                         let p = &batch[i];
-                        let fingerprint = if self.dedup {
-                            let h = hash(&p.raw);
-                            fingerprint(&h, self.window.count(&p.channel, h, now))
-                        } else {
-                            String::new()
-                        };
                         let json = serde_json::to_string(&p.data).unwrap_or_else(|_| "null".into());
-                        NewPublication { channel: p.channel.clone(), fingerprint, json }
+                        NewPublication { channel: p.channel.clone(), hash: String::new(), json }
                     })
                     .collect();
                 match history.append(&news).await {
@@ -384,61 +399,65 @@ impl Task {
             }
         }
         for (p, place) in batch.into_iter().zip(places) {
-            let epoch: Option<Arc<str>> = place.as_ref().map(|a| Arc::from(a.epoch.as_str()));
-            let env = Envelope {
-                channel: &p.channel,
-                data: &p.data,
-                timestamp: place.as_ref().map(|a| iso(a.ts)).unwrap_or_else(crate::iso_now),
-                offset: place.as_ref().map(|a| a.offset),
-                epoch: epoch.as_deref(),
-            };
-            let value = match serde_json::to_value(&env) {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(channel = p.channel, "channel publication not serialisable: {e}");
-                    continue;
+            self.deliver(&p.channel, &p.data, place).await;
+        }
+    }
+
+    /// Delivers a publication to the channel's subscribers on this node, and to the
+    /// subscriptions being set up (see the module's doc).
+    async fn deliver(&mut self, channel: &str, data: &Value, place: Option<crate::history::Appended>) {
+        let epoch: Option<Arc<str>> = place.as_ref().map(|a| Arc::from(a.epoch.as_str()));
+        let env = Envelope {
+            channel,
+            data,
+            timestamp: place.as_ref().map(|a| iso(a.ts)).unwrap_or_else(crate::iso_now),
+            offset: place.as_ref().map(|a| a.offset),
+            epoch: epoch.as_deref(),
+        };
+        let value = match serde_json::to_value(&env) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(channel, "channel publication not serialisable: {e}");
+                return;
+            }
+        };
+        let ids = self.by_channel.get(channel).cloned().unwrap_or_default();
+        let catching = ids.iter().any(|id| self.pending.get(id).is_some_and(|x| x.joined));
+        let to = self.state.hub.to(names::channel(channel)).local();
+        let to = if catching { to.except(names::catching_up(channel)) } else { to };
+        // The value goes to the hub as it is; the subscriptions being set up share one copy.
+        let shared = if ids.is_empty() { None } else { Some(Arc::new(value.clone())) };
+        if let Err(e) = to.emit_value("event", value).await {
+            tracing::warn!(channel, "channel delivery failed: {e}");
+        }
+        let Some(value) = shared else { return };
+        let offset = place.as_ref().map(|a| a.offset);
+        let mut done = Vec::new();
+        for id in ids {
+            let Some(pending) = self.pending.get_mut(&id) else { continue };
+            if pending.went {
+                if !pending.client.connected() {
+                    done.push(id);
+                } else if pending.seam.as_ref().is_none_or(|s| s.past(offset, epoch.as_deref())) {
+                    // The first one past the replay: from the next one on, the room delivers.
+                    let _ = pending.client.emit("event", &value);
+                    pending.client.leave(&names::catching_up(channel));
+                    done.push(id);
                 }
-            };
-            let ids = self.by_channel.get(&p.channel).cloned().unwrap_or_default();
-            let catching = ids.iter().any(|id| self.pending.get(id).is_some_and(|x| x.joined));
-            let to = self.state.hub.to(names::channel(&p.channel)).local();
-            let to = if catching { to.except(names::catching_up(&p.channel)) } else { to };
-            // The value goes to the hub as it is: a copy only for subscriptions being set up.
-            let copy = if ids.is_empty() { Value::Null } else { value.clone() };
-            if let Err(e) = to.emit_value("event", value).await {
-                tracing::warn!(channel = p.channel, "channel delivery failed: {e}");
+            } else if pending.held.len() >= HELD {
+                pending.overflow = true;
+            } else if !pending.overflow {
+                pending.held.push((offset, epoch.clone(), value.clone()));
             }
-            let value = copy;
-            let offset = place.as_ref().map(|a| a.offset);
-            let mut done = Vec::new();
-            for id in ids {
-                let Some(pending) = self.pending.get_mut(&id) else { continue };
-                if pending.went {
-                    if !pending.client.connected() {
-                        done.push(id);
-                    } else if pending.seam.as_ref().is_none_or(|s| s.past(offset, epoch.as_deref())) {
-                        // The first one past the replay: from the next one on, the room delivers.
-                        let _ = pending.client.emit("event", &value);
-                        pending.client.leave(&names::catching_up(&p.channel));
-                        done.push(id);
-                    }
-                } else if pending.held.len() >= HELD {
-                    pending.overflow = true;
-                } else if !pending.overflow {
-                    pending.held.push((offset, epoch.clone(), value.clone()));
-                }
-            }
-            for id in done {
-                self.forget(id);
-            }
+        }
+        for id in done {
+            self.forget(id);
         }
     }
 
     async fn control(&mut self, c: Ctl) {
         match c {
             Ctl::Subscribe { client, channel, since, cap, reply } => self.subscribe(client, channel, since, cap, reply),
-            Ctl::Ready { id, result } => self.ready(id, result),
-            Ctl::Go { id } => self.go(id),
             Ctl::Unsubscribe { client, channel, reply } => {
                 for id in self.ids_of(&client, &channel) {
                     self.forget(id);
@@ -544,18 +563,18 @@ impl Task {
             },
         );
         self.by_channel.entry(channel.clone()).or_default().push(id);
-        let ctl = self.ctl_tx.clone();
+        let done = self.done_tx.clone();
         tokio::spawn(async move {
             let result = match after {
                 Some(after) => history.after(&channel, after).await,
                 None => history.position(&channel).await,
             };
-            let _ = ctl.send(Ctl::Ready { id, result });
+            let _ = done.send(Done::Ready { id, result });
         });
     }
 
     fn ready(&mut self, id: u64, result: StoreResult<Tail>) {
-        let ctl = self.ctl_tx.clone();
+        let done = self.done_tx.clone();
         let metrics_state = self.state.clone();
         let Some(p) = self.pending.get_mut(&id) else { return };
         let answer = if p.overflow {
@@ -600,7 +619,7 @@ impl Task {
                     }
                 }
                 // Sent or not (an abandoned subscribe drops the Go at once), the Go completes it.
-                let _ = reply.send(Ok(Subscribed { recovered, position: start, go: Some(Go { id, ctl }) }));
+                let _ = reply.send(Ok(Subscribed { recovered, position: start, go: Some(Go { id, done }) }));
             }
             Err(e) => {
                 let _ = reply.send(Err(e));

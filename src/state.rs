@@ -105,7 +105,7 @@ impl AppState {
         let metrics = Metrics::new();
         let webhooks =
             crate::webhooks::Webhooks::from_config(&config, redis.clone(), &node_id, Some(&metrics)).ok().flatten();
-        let publications = publications(&config, redis.as_ref());
+        let publications = publications(&config, redis.as_ref(), &node_id);
         AppState(Arc::new(Inner {
             config,
             auth,
@@ -133,20 +133,24 @@ impl AppState {
     }
 }
 
-/// The channel history: in Redis when there is one (every node appends, see `publications.rs`),
-/// else in memory; none with `CHANNEL_HISTORY_SIZE=0`.
-fn publications(config: &Config, redis: Option<&Arc<RedisLink>>) -> crate::publications::Publications {
+/// The channel history: in Redis when there is one (one node appends, see `sequence.rs`), else in
+/// memory; none with `CHANNEL_HISTORY_SIZE=0`.
+fn publications(config: &Config, redis: Option<&Arc<RedisLink>>, node_id: &str) -> crate::publications::Publications {
     use crate::history::{memory::MemoryHistory, redis::RedisHistory, History, HistoryLimits};
     let limits = HistoryLimits {
         size: config.channel_history_size as usize,
         ttl_ms: config.channel_history_ttl_secs.saturating_mul(1000),
     };
-    let history: Option<Arc<dyn History>> = match (limits.size, redis) {
-        (0, _) => None,
-        (_, Some(link)) => Some(Arc::new(RedisHistory::new(link.clone(), &config.redis_prefix, limits))),
-        (_, None) => Some(Arc::new(MemoryHistory::new(limits))),
-    };
-    crate::publications::Publications::new(history, redis.is_some())
+    match (limits.size, redis) {
+        (0, _) => crate::publications::Publications::new(None, None),
+        (_, Some(link)) => {
+            let history = Arc::new(RedisHistory::new(link.clone(), &config.redis_prefix, limits));
+            let token = format!("{}:{}", node_id, crate::history::new_epoch());
+            let sequencer = crate::sequence::Sequencer::new(history.clone(), token, crate::sequence::LEASE_MS);
+            crate::publications::Publications::new(Some(history as Arc<dyn History>), Some(sequencer))
+        }
+        (_, None) => crate::publications::Publications::new(Some(Arc::new(MemoryHistory::new(limits))), None),
+    }
 }
 
 /// The per-address connection quota: `rate` per second, bursts of twice that; `None` for 0 (off).

@@ -1,4 +1,6 @@
-//! A property test of the recovery seam (SPEC §15, `publications.rs`): whatever the interleaving of
+//! A property test of the pure part of the recovery seam (SPEC §15, `publications.rs`): `place` and
+//! `Seam`, driven over a model of the task's deliveries, not the task itself (the task, with real
+//! clients, nodes and Redis, is covered by js-client-tests/test/history.test.js and channels.test.js): whatever the interleaving of
 //! a recovering subscribe with the channel's publications, the client receives every publication
 //! after its `since` exactly once and in order, or is told `recovered:false` and receives every
 //! publication after the position it was given, exactly once and in order.

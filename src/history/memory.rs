@@ -117,7 +117,7 @@ mod tests {
     use super::*;
 
     fn new(channel: &str, json: &str) -> NewPublication {
-        NewPublication { channel: channel.into(), fingerprint: String::new(), json: json.into() }
+        NewPublication { channel: channel.into(), hash: String::new(), json: json.into() }
     }
 
     #[tokio::test]

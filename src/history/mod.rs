@@ -5,7 +5,7 @@
 //! Two implementations: [`memory::MemoryHistory`] for a single node and [`redis::RedisHistory`]
 //! (one Redis stream per channel) for a cluster, so that a client recovers on any node, also after
 //! the node it was on died. Which node appends a publication, and in which order, is the business
-//! of `publications.rs`; this module only keeps them.
+//! of `sequence.rs` and `publications.rs`; this module only keeps them.
 //!
 //! An epoch names one unbroken run of offsets. A channel gets a new one when its stream is created
 //! or re-created (first publication, history lost with Redis, or no publication for a day): a
@@ -42,12 +42,12 @@ pub struct Publication {
     pub data: Value,
 }
 
-/// A publication to append. `fingerprint` names it among the copies every node receives of one
-/// Redis `PUBLISH` (see `publications.rs`); the memory history, on one node, ignores it.
+/// A publication to append. `hash` names its payload in the appender's note (see `sequence.rs`);
+/// the memory history ignores it.
 #[derive(Debug, Clone)]
 pub struct NewPublication {
     pub channel: String,
-    pub fingerprint: String,
+    pub hash: String,
     /// The data as JSON text.
     pub json: String,
 }
@@ -69,9 +69,8 @@ pub struct Tail {
 
 #[async_trait]
 pub trait History: Send + Sync {
-    /// Appends a batch in order, one answer per publication in the same order. A publication whose
-    /// fingerprint was appended within the de-duplication window is not appended again: its first
-    /// place is answered.
+    /// Appends a batch in order, one answer per publication in the same order: each is a new
+    /// publication with the channel's next offset.
     async fn append(&self, batch: &[NewPublication]) -> StoreResult<Vec<Appended>>;
     /// The channel's position and its kept publications with an offset above `after` (at most the
     /// history size). Reading never creates a channel.

@@ -199,7 +199,7 @@ impl Api {
         self.state.metrics.ingress_messages.increment(1);
         // Without Redis this node keeps the history; while Redis is down nobody can (no offset).
         let keep = scope == Scope::Cluster;
-        let p = Pub { channel: channel.to_string(), data: data.clone(), keep, raw: payload.into_bytes() };
+        let p = Pub { channel: channel.to_string(), data: data.clone(), keep };
         self.state.publications.publish(p).await;
         Ok(scope)
     }
