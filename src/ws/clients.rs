@@ -31,6 +31,30 @@ pub enum Out {
     Close(u16, &'static str),
 }
 
+/// What the connection's reader hands its handler, in the order the frames arrived (see
+/// `super::run`): handling a frame may wait on Redis or the event proxy, and meanwhile the
+/// connection's writer goes on draining its queue.
+pub enum Job {
+    Text(Utf8Bytes),
+    Binary,
+    /// A frame past the frame budget: answered `RATE_LIMITED`, not run (the text, to echo its `requestId`).
+    Refused(Option<Utf8Bytes>),
+    /// Close after the answers to the frames before it.
+    Close(u16, &'static str),
+}
+
+/// Frames read ahead of the handler; past this the reader stops reading until the handler catches up.
+pub const MAX_JOBS: usize = 64;
+
+#[derive(Default)]
+struct Jobs {
+    items: VecDeque<Job>,
+    /// A handler task is draining `items` (at most one: frames are handled in order).
+    running: bool,
+    /// Closing: jobs are dropped.
+    closing: bool,
+}
+
 /// Most bytes one connection may have waiting: past it the client is a slow consumer, whatever the
 /// number of frames (a few huge broadcasts fill memory as surely as many small ones).
 pub const MAX_QUEUED_BYTES: usize = 8 << 20;
@@ -50,6 +74,9 @@ pub struct WsConn {
     cap: usize,
     /// Something was queued.
     pub wake: Notify,
+    jobs: Mutex<Jobs>,
+    /// The handler took a job from a full queue, or stopped.
+    pub jobs_changed: Notify,
     session: RwLock<Option<Arc<Session>>>,
     rooms: Mutex<Vec<String>>,
     clients: Arc<WsClients>,
@@ -81,6 +108,8 @@ impl WsConn {
             queue: Mutex::new(Queue::default()),
             cap: buffer.max(1),
             wake: Notify::new(),
+            jobs: Mutex::new(Jobs::default()),
+            jobs_changed: Notify::new(),
             session: RwLock::new(None),
             rooms: Mutex::new(Vec::new()),
             clients,
@@ -134,6 +163,48 @@ impl WsConn {
 
     pub fn send_text(&self, text: String) -> Result<(), SendError> {
         self.push(Utf8Bytes::from(text))
+    }
+
+    /// Queues a job for the handler; true when no handler task is running (the caller starts one).
+    pub fn push_job(&self, job: Job) -> bool {
+        let mut j = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if j.closing {
+            return false;
+        }
+        j.items.push_back(job);
+        !std::mem::replace(&mut j.running, true)
+    }
+
+    /// The handler's next job; `None` (and the handler is done) when there is none.
+    pub fn next_job(&self) -> Option<Job> {
+        let mut j = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let full = j.items.len() >= MAX_JOBS;
+        let job = if j.closing { None } else { j.items.pop_front() };
+        if job.is_none() {
+            j.running = false;
+            j.items = VecDeque::new();
+        }
+        drop(j);
+        if full || job.is_none() {
+            self.jobs_changed.notify_one();
+        }
+        job
+    }
+
+    /// The reader is that far ahead of the handler.
+    pub fn jobs_full(&self) -> bool {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).items.len() >= MAX_JOBS
+    }
+
+    /// No more jobs: the connection closes.
+    pub fn stop_jobs(&self) {
+        let mut j = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        j.closing = true;
+        j.items = VecDeque::new();
+    }
+
+    pub fn jobs_running(&self) -> bool {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).running
     }
 
     /// Closes after what is queued.
