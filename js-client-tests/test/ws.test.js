@@ -1013,6 +1013,15 @@ test('/ws caps: 20 frames before authentication, then 1008', async () => {
     const closed = await pest.closed;
     assert.equal(closed.code, 1008);
     assert.equal(pest.frames.filter((f) => f.code === 'UNAUTHENTICATED').length, 20, 'the first 20 answered');
+    // Frames sent right behind an `auth` frame, before its answer, count as the authenticated connection's.
+    const eager = await wsConnect(g.url, { hello: false });
+    eager.send({ type: 'auth', token: token('ws-eager') });
+    for (let i = 0; i < 30; i++) eager.send({ type: 'ping', requestId: `e${i}` });
+    await eager.next((f) => f.type === 'pong' && f.requestId === 'e29');
+    assert.equal(eager.frames.filter((f) => f.type === 'pong').length, 30);
+    assert.equal(eager.frames.findIndex((f) => f.type === 'connected'), 0, 'connected first');
+    assert.ok(eager.isOpen());
+    eager.close();
   } finally { await g.stop(); }
 });
 

@@ -198,7 +198,9 @@ struct Times {
 }
 
 /// Reads frames, counts them (SPEC §10) and hands them to the handler in order. It stops reading
-/// while the handler is [`clients::MAX_JOBS`] frames behind, and after a frame that closes.
+/// while the handler is [`clients::MAX_JOBS`] frames behind, and after a frame that closes. Before
+/// authentication it reads one frame at a time, each handled before the next is read: the frames
+/// that follow an `auth` frame are counted as the authenticated connection's, as they always were.
 async fn read_half(
     front: &WsFront,
     conn: &Arc<WsConn>,
@@ -207,7 +209,7 @@ async fn read_half(
     times: &Times,
 ) -> End {
     loop {
-        while conn.jobs_full() {
+        while conn.jobs_full() || (conn.session().is_none() && conn.jobs_running()) {
             conn.jobs_changed.notified().await;
         }
         let msg = stream.next().await;
