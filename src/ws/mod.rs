@@ -137,13 +137,15 @@ async fn run(front: WsFront, socket: WebSocket, token: Option<String>, ip: Optio
     };
     // Milliseconds from `opened` to the last frame received (pongs count).
     let seen = AtomicU64::new(0);
+    // While a write is under way: 1 + milliseconds from `opened` to its start; else 0.
+    let writing = AtomicU64::new(0);
     let ping = AtomicBool::new(false);
     let (mut sink, mut stream) = socket.split();
 
     let end = {
         let reader = read_half(&front, &conn, &mut stream, &seen, &times);
-        let writer = write_half(&front, &conn, &mut sink, &ping, times.idle);
-        let watch = watch(&conn, &seen, &ping, &times);
+        let writer = write_half(&front, &conn, &mut sink, &ping, &writing, &times);
+        let watch = watch(&conn, &seen, &ping, &writing, &times);
         tokio::select! {
             biased;
             _ = conn.kill_signal.notified() => End::Kill,
@@ -280,32 +282,30 @@ async fn handle_jobs(front: WsFront, conn: Arc<WsConn>) {
     }
 }
 
-/// Writes what is queued whenever something is, each time within `within` (`WS_IDLE_TIMEOUT_MS`):
-/// a peer whose socket takes nothing for that long is dropped, whatever is still queued for it.
+/// Writes what is queued whenever something is. How long a write may take is the watch's business
+/// (`writing` says since when one is under way): the writer itself holds no timer, so an idle
+/// connection's future stays small.
 async fn write_half(
     front: &WsFront,
     conn: &WsConn,
     sink: &mut SplitSink<WebSocket, Message>,
     ping: &AtomicBool,
-    within: Duration,
+    writing: &AtomicU64,
+    times: &Times,
 ) -> End {
     loop {
         conn.wake.notified().await;
         let mut out = (0u64, 0u64);
         let mut close = None;
         let ping = ping.swap(false, Ordering::Relaxed);
-        let written = tokio::time::timeout(within, write_queued(sink, conn, ping, &mut close, &mut out)).await;
+        writing.store(1 + times.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let written = write_queued(sink, conn, ping, &mut close, &mut out).await;
+        writing.store(0, Ordering::Relaxed);
         if let (Some(admin), true) = (&front.state.admin, out.0 > 0) {
             admin.packets(false, out.0, out.1);
         }
-        match written {
-            Err(_) => {
-                tracing::warn!(sid = %conn.id(), "slow consumer: a write took over {within:?}, disconnecting");
-                conn.kill(1008, "Slow consumer");
-                return End::Kill;
-            }
-            Ok(false) => return End::Gone,
-            Ok(true) => {}
+        if !written {
+            return End::Gone;
         }
         if let Some((code, reason)) = close {
             return End::Close(code, reason);
@@ -350,8 +350,9 @@ async fn write_queued(
 
 /// Sleeps until the next deadline: the next ping, the idle deadline (moved by every frame
 /// received) and, until the connection authenticates, the authentication deadline. An idle
-/// authenticated connection wakes once per `PING_INTERVAL_MS`.
-async fn watch(conn: &WsConn, seen: &AtomicU64, ping: &AtomicBool, times: &Times) -> End {
+/// authenticated connection wakes once per `PING_INTERVAL_MS`. A write under way for longer than
+/// `WS_IDLE_TIMEOUT_MS` (a peer that sends but does not read) is found at the next wake-up.
+async fn watch(conn: &WsConn, seen: &AtomicU64, ping: &AtomicBool, writing: &AtomicU64, times: &Times) -> End {
     let mut next_ping = times.opened + times.ping_every;
     let auth_by = times.opened + times.auth_within;
     loop {
@@ -370,6 +371,12 @@ async fn watch(conn: &WsConn, seen: &AtomicU64, ping: &AtomicBool, times: &Times
         if now >= idle_at {
             // Whatever is queued: a peer that stopped reading is dropped here too (SPEC §10).
             return End::Close(4002, "Idle timeout");
+        }
+        let since = writing.load(Ordering::Relaxed);
+        if since > 0 && now >= times.opened + Duration::from_millis(since - 1) + times.idle {
+            tracing::warn!(sid = %conn.id(), "slow consumer: a write took over {:?}, disconnecting", times.idle);
+            conn.kill(1008, "Slow consumer");
+            return End::Kill;
         }
         if now >= next_ping {
             next_ping = now + times.ping_every;
