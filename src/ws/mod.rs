@@ -114,8 +114,8 @@ enum End {
 const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 
 /// One task per connection runs three halves side by side: the reader (frames in, counted, handed
-/// to the handler as [`Job`]s), the writer (everything queued leaves in one flush per wake-up, each
-/// within `WS_IDLE_TIMEOUT_MS`) and the watch (pings, the idle and authentication deadlines). None
+/// to the handler as [`Job`]s), the writer (everything queued leaves in one flush per wake-up) and
+/// the watch (pings; the idle, authentication and write deadlines). None
 /// waits on another: a socket that accepts no bytes stops only the writer, and the watch still
 /// closes it on time. The handler runs on a task of its own while there are frames to handle
 /// (none for an idle connection), one frame at a time, so answers keep the frames' order.
@@ -142,17 +142,12 @@ async fn run(front: WsFront, socket: WebSocket, token: Option<String>, ip: Optio
     let ping = AtomicBool::new(false);
     let (mut sink, mut stream) = socket.split();
 
-    let end = {
-        let reader = read_half(&front, &conn, &mut stream, &seen, &times);
-        let writer = write_half(&front, &conn, &mut sink, &ping, &writing, &times);
-        let watch = watch(&conn, &seen, &ping, &writing, &times);
-        tokio::select! {
-            biased;
-            _ = conn.kill_signal.notified() => End::Kill,
-            end = writer => end,
-            end = watch => end,
-            end = reader => end,
-        }
+    let end = tokio::select! {
+        biased;
+        _ = conn.kill_signal.notified() => End::Kill,
+        end = write_half(&front, &conn, &mut sink, &ping, &writing, &times) => end,
+        end = watch(&conn, &seen, &ping, &writing, &times) => end,
+        end = read_half(&front, &conn, &mut stream, &seen, &times) => end,
     };
     conn.stop_jobs();
     let closing = match end {
