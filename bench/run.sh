@@ -7,6 +7,7 @@
 #   SERVERS="gateway gwws node raw gwnohist"   restrict the servers (gwws: the gateway measured through
 #                    /ws; gwnohist: the gateway with CHANNEL_HISTORY_SIZE=0, for s7)
 #   NO_BUILD=1       use the binaries copied by an earlier run
+#   S1_IDLE_SECS=5   how long S1 measures idle CPU (30 covers a whole ping interval of the gateway's 25 s)
 #
 # Loopback only (127.0.0.0/8). Every generator run is bounded by --max-secs, every server is stopped
 # by the pid this script started. Results: bench/results/<stamp>/*.json, summary.{json,md}, and
@@ -195,7 +196,7 @@ one_run() { # scenario server run
     s1)
       start_server "$srv" "$port"
       gen idle "${P[@]}" --server "127.0.0.1:$port" --pid "$SERVER_PID" --label "$srv" --clients 10000 \
-        --concurrency 200 --settle-secs 5 --idle-secs 5 --max-secs 120 --out "$file" >/dev/null || log "s1 $srv run $run failed"
+        --concurrency 200 --settle-secs 5 --idle-secs "${S1_IDLE_SECS:-5}" --max-secs 120 --out "$file" >/dev/null || log "s1 $srv run $run failed"
       stop_pid "$SERVER_PID"
       ;;
     s4)

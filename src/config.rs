@@ -150,6 +150,12 @@ pub struct Config {
     #[arg(long, env = "WS_READ_BUFFER_BYTES", value_name = "WS_READ_BUFFER_BYTES", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
     pub ws_read_buffer_bytes: u64,
+    /// Pending connections the kernel holds for each listener (plain and TLS) before the gateway
+    /// accepts them; capped by `net.core.somaxconn`. Too small, a connect storm overflows it and each
+    /// overflowed client waits for its SYN retry (about 1 s).
+    #[arg(long, env = "LISTEN_BACKLOG", value_name = "LISTEN_BACKLOG", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub listen_backlog: u32,
     /// Connections per second from one IP address (bursts of twice that); 0 turns it off. The default
     /// lets 10,000 clients behind one address (a NAT, a proxy) reconnect within about 8 s after a deploy.
     #[arg(long, env = "CONNECT_RATE_PER_IP", value_name = "CONNECT_RATE_PER_IP", default_value_t = 1000)]

@@ -75,11 +75,11 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
     let files = crate::files::Files::open(&config)?;
     let state = AppState::new(config, auth, policy, redis.clone(), store, admin, proxy, files);
     let cfg = &state.config;
-    let listener = bind(&cfg.host, cfg.port).await?;
+    let listener = bind(&cfg.host, cfg.port, cfg.listen_backlog).await?;
     let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
         (Some(cert), Some(key)) => {
             let certs = crate::tls::Certs::load(cert, key)?;
-            Some((bind(&cfg.host, cfg.tls_port).await.context("TLS_PORT")?, certs))
+            Some((bind(&cfg.host, cfg.tls_port, cfg.listen_backlog).await.context("TLS_PORT")?, certs))
         }
         (None, None) => None,
         (Some(_), None) => anyhow::bail!("TLS_KEY_FILE is not set: TLS_CERT_FILE needs it"),
@@ -221,13 +221,37 @@ fn assemble<A: Adapter>(
     Gateway { listener, tls, router, state, shutdown }
 }
 
-async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+/// Listens on `host:port` with `backlog` pending connections (`LISTEN_BACKLOG`; tokio's own `bind`
+/// uses 128, which a reconnect storm after a deploy overflows).
+async fn bind(host: &str, port: u16, backlog: u32) -> anyhow::Result<TcpListener> {
     let addr = tokio::net::lookup_host((host, port))
         .await
         .ok()
         .and_then(|mut a| a.next())
         .with_context(|| format!("HOST: cannot resolve '{host}'"))?;
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
+    let backlog = match somaxconn() {
+        Some(max) if max < backlog => {
+            tracing::warn!(
+                "LISTEN_BACKLOG {backlog} is above net.core.somaxconn ({max}): the kernel holds {max}; raise the sysctl"
+            );
+            max
+        }
+        _ => backlog,
+    };
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        // As tokio's `TcpListener::bind` does: a restart may listen while old connections linger.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    listen().with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// The kernel's cap on a listen backlog (Linux); `None` where it cannot be read.
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?.trim().parse().ok()
 }
 
 /// The TCP listener, closed on demand: `accept` drops it when told to and says so, so that

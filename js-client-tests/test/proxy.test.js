@@ -62,9 +62,11 @@ test('event proxy: a custom event reaches the backend signed, with the caller; i
   assert.equal(typeof call.nodeId, 'string');
   assert.equal(typeof call.ts, 'number');
   // /ws: the same, in the generic envelope.
+  // Listening before the request: the emit to lobby may reach alice before bob's ack reaches bob.
+  const heard = next(s, 'chat message');
   const a = await w.request('chat message', 'from ws');
   assert.deepEqual(a.data, { ok: true, echo: 'from ws', from: 'px-bob' });
-  assert.deepEqual((await next(s, 'chat message')), { text: 'from ws', from: 'px-bob' }, 'both are in lobby now');
+  assert.deepEqual(await heard, { text: 'from ws', from: 'px-bob' }, 'both are in lobby now');
   // No ack in the answer: {success:true}; several and binary arguments.
   assert.deepEqual(await request(s, 'order:update', { id: 1, status: 'paid' }), { success: true });
   const bin = await s.timeout(5000).emitWithAck('upload', 'name.bin', Buffer.from([1, 2, 3]));

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import https from 'node:https';
 import tls from 'node:tls';
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { readFileSync, writeFileSync, copyFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -58,6 +58,17 @@ function runToExit(env, ms = 15000) {
   });
 }
 
+/**
+ * The backlog of the socket listening on 127.0.0.1:`port`, as the kernel reports it: for a listening socket
+ * `ss -ltn` shows the backlog as Send-Q.
+ */
+function listenBacklog(port) {
+  const out = execFileSync('ss', ['-ltnH', `sport = :${port}`], { encoding: 'utf8' });
+  const line = out.split('\n').find((l) => l.includes(`:${port}`));
+  assert.ok(line, `no listener on port ${port} in: ${out}`);
+  return Number(line.trim().split(/\s+/)[2]);
+}
+
 /** A copy of a pair in a directory of its own (files the test may overwrite). */
 function ownPair(pair) {
   const dir = mkdtempSync(path.join(tmpdir(), 'rtg-tls-live-'));
@@ -67,6 +78,21 @@ function ownPair(pair) {
   copyFileSync(pair.key, key);
   return { dir, cert, key };
 }
+
+test('LISTEN_BACKLOG: the plain and the TLS listener listen with it, 4096 by default (capped by somaxconn)', async () => {
+  const pair = await selfSigned('localhost');
+  const somaxconn = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8'));
+  const g = await startGateway({ TLS_CERT_FILE: pair.cert, TLS_KEY_FILE: pair.key, TLS_PORT: '0', LISTEN_BACKLOG: '777' });
+  try {
+    // tokio's own bind listens with 128.
+    assert.equal(listenBacklog(g.port), Math.min(777, somaxconn), 'plain listener');
+    assert.equal(listenBacklog(await tlsPort(g)), Math.min(777, somaxconn), 'TLS listener');
+  } finally { await g.stop(); }
+  const d = await startGateway({});
+  try {
+    assert.equal(listenBacklog(d.port), Math.min(4096, somaxconn), 'the default');
+  } finally { await d.stop(); }
+});
 
 test('TLS listener: HTTPS /health, Socket.IO over wss and https polling, /ws over wss; the plain port keeps serving', async () => {
   const pair = await selfSigned('localhost');

@@ -1005,9 +1005,8 @@ test('mixed: REST broadcast to socketId = connectionId, userId, room, channel, e
   assert.ok(other.isOpen());
 });
 
-test('/ws caps: 20 frames before authentication, then 1008; a connection that stops reading is dropped for its full queue', async () => {
-  const g = await startGateway({ ALLOW_ANONYMOUS: 'false', WS_AUTH_TIMEOUT_MS: '20000', SOCKET_BUFFER_PACKETS: '16',
-    PING_INTERVAL_MS: '60000', WS_IDLE_TIMEOUT_MS: '120000', RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000' });
+test('/ws caps: 20 frames before authentication, then 1008', async () => {
+  const g = await startGateway({ ALLOW_ANONYMOUS: 'false', WS_AUTH_TIMEOUT_MS: '20000' });
   try {
     // Before auth a client may do nothing else: each frame is answered, a stream of them closes the connection.
     const pest = await wsConnect(g.url, { hello: false });
@@ -1015,29 +1014,147 @@ test('/ws caps: 20 frames before authentication, then 1008; a connection that st
     const closed = await pest.closed;
     assert.equal(closed.code, 1008);
     assert.equal(pest.frames.filter((f) => f.code === 'UNAUTHENTICATED').length, 20, 'the first 20 answered');
+    // Frames sent right behind an `auth` frame, before its answer, count as the authenticated connection's.
+    const eager = await wsConnect(g.url, { hello: false });
+    eager.send({ type: 'auth', token: token('ws-eager') });
+    for (let i = 0; i < 30; i++) eager.send({ type: 'ping', requestId: `e${i}` });
+    await eager.next((f) => f.type === 'pong' && f.requestId === 'e29');
+    assert.equal(eager.frames.filter((f) => f.type === 'pong').length, 30);
+    assert.equal(eager.frames.findIndex((f) => f.type === 'connected'), 0, 'connected first');
+    assert.ok(eager.isOpen());
+    eager.close();
+  } finally { await g.stop(); }
+});
 
-    // A reader and a sloth in one room; the sloth stops reading its TCP socket.
-    const room = uniq('ws-slow');
-    const writer = await wsConnect(g.url, { token: token('ws-writer') });
-    const sloth = await wsConnect(g.url, { token: token('ws-sloth') });
-    const first = await writer.request('join-room', room);
-    assert.equal(first.data.success, true);
-    assert.equal((await sloth.request('join-room', room)).data.success, true);
-    const before = (await http(`${g.url}/health`)).body.connections;
-    sloth.ws._socket.pause();
-    // 30 KB messages: the loopback buffers take a few MB, then the 16-frame queue fills.
-    const started = Date.now();
-    for (let i = 0; i < 400 && Date.now() - started < 15000; i++) {
-      const a = await writer.request('message', { roomId: room, content: `m${i}`.padEnd(30000, 'x') });
-      assert.equal(a.data.success, true, JSON.stringify(a.data));
-      if ((await http(`${g.url}/health`)).body.connections < before) break;
+/**
+ * A raw `/ws` client over TCP: completes the handshake (token in the query), then `send(obj)` writes a masked
+ * text frame and `frame(pred)` waits for a server text frame. `stopReading()` stops reading the socket for
+ * good: the kernel's buffers fill and the server's writes block.
+ */
+async function rawWs(base, tok) {
+  const net = await import('node:net');
+  const { port } = new URL(base);
+  const sock = net.connect(Number(port), '127.0.0.1');
+  await new Promise((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); });
+  sock.write(`GET /ws?token=${encodeURIComponent(tok)} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
+    'Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+  let buf = Buffer.alloc(0);
+  let upgraded = false;
+  const frames = [];
+  const waiters = new Set();
+  sock.on('data', (d) => {
+    buf = Buffer.concat([buf, d]);
+    if (!upgraded) {
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      assert.match(buf.subarray(0, end).toString(), /^HTTP\/1\.1 101/);
+      upgraded = true;
+      buf = buf.subarray(end + 4);
     }
-    await until(async () => (await http(`${g.url}/health`)).body.connections === before - 1, 15000, 'sloth dropped');
-    assert.match(g.logs(), /slow consumer/);
+    for (;;) {
+      if (buf.length < 2) break;
+      let len = buf[1] & 0x7f;
+      let at = 2;
+      if (len === 126) { if (buf.length < 4) break; len = buf.readUInt16BE(2); at = 4; }
+      else if (len === 127) { if (buf.length < 10) break; len = Number(buf.readBigUInt64BE(2)); at = 10; }
+      if (buf.length < at + len) break;
+      if ((buf[0] & 0x0f) === 1) frames.push(JSON.parse(buf.subarray(at, at + len).toString()));
+      buf = buf.subarray(at + len);
+    }
+    for (const w of [...waiters]) w();
+  });
+  return {
+    sock,
+    send(obj) {
+      const body = Buffer.from(JSON.stringify(obj));
+      assert.ok(body.length < 126);
+      // Masked with a zero key: the payload as is.
+      sock.write(Buffer.concat([Buffer.from([0x81, 0x80 | body.length, 0, 0, 0, 0]), body]));
+    },
+    frame(pred, ms = 5000) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const f = frames.find(pred);
+          if (f) { waiters.delete(check); clearTimeout(timer); resolve(f); }
+        };
+        const timer = setTimeout(() => { waiters.delete(check); reject(new Error('raw /ws: no such frame')); }, ms);
+        waiters.add(check);
+        check();
+      });
+    },
+    stopReading() { sock.removeAllListeners('data'); sock.pause(); },
+  };
+}
+
+test('/ws liveness: a reader that stops reading is dropped by WS_IDLE_TIMEOUT_MS with less than its queue cap queued, and departs', async () => {
+  // The defaults for the queue (1,024 frames, 8 MiB): the sloth is never a slow consumer by count or bytes,
+  // only its socket accepts no more.
+  const idle = 4000;
+  const g = await startGateway({ ALLOW_ANONYMOUS: 'false', PING_INTERVAL_MS: '1000', WS_IDLE_TIMEOUT_MS: String(idle), API_KEY,
+    RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000', PRESENCE_GRACE_MS: '300' });
+  try {
+    const room = uniq('ws-sloth');
+    const writer = await wsConnect(g.url, { token: token('ws-writer') });
+    assert.equal((await writer.request('join-room', room)).data.success, true);
+    const sloth = await rawWs(g.url, token('ws-sloth'));
+    await sloth.frame((f) => f.type === 'connected');
+    sloth.send({ type: 'join-room', data: room, requestId: 'j' });
+    assert.equal((await sloth.frame((f) => f.requestId === 'j')).data.success, true);
+    const before = (await http(`${g.url}/health`)).body.connections;
+    sloth.stopReading();
+    const stopped = Date.now();
+    // 6 MB in 15 broadcasts to its room: more than the loopback buffers take, less than the queue's caps.
+    const blob = 'x'.repeat(400000);
+    for (let i = 0; i < 15; i++) {
+      const r = await post(g, '/api/broadcast', { event: 'blob', data: { i, blob }, room });
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+    }
+    const sent = Date.now() - stopped;
+    assert.ok(sent < idle, `the broadcasts went out within the idle timeout (${sent} ms)`);
+    await until(async () => (await http(`${g.url}/health`)).body.connections === before - 1, idle + 6000, 'sloth dropped');
+    const dropped = Date.now() - stopped;
+    assert.ok(dropped <= idle + 3000, `dropped ${dropped} ms after it stopped reading`);
+    assert.doesNotMatch(g.logs(), /slow consumer/, 'not for a full queue');
+    // It departed: offline for the others.
+    await until(async () => {
+      const p = await writer.request('get-presence', { userIds: ['ws-sloth'] });
+      return p.data.presence['ws-sloth'].status === 'offline';
+    }, 5000, 'sloth offline');
     // The writer, in the same room, is unaffected.
     assert.equal((await writer.request('list-rooms')).data.success, true);
-    console.log(`# figures: /ws slow consumer dropped after ${Date.now() - started} ms`);
-    sloth.ws._socket.destroy();
+    console.log(`# figures: /ws reader that stopped reading dropped after ${dropped} ms (WS_IDLE_TIMEOUT_MS ${idle})`);
+    sloth.sock.destroy();
     writer.close();
   } finally { await g.stop(); }
+});
+
+test('/ws: a frame waiting on a slow backend does not hold up the connection\'s writes (no slow-consumer close)', async () => {
+  const { createServer } = await import('node:http');
+  const backend = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => setTimeout(() => { res.writeHead(200, { 'content-type': 'application/json' }); res.end(JSON.stringify({ ack: { late: true } })); }, 2000));
+  });
+  await new Promise((r) => backend.listen(0, '127.0.0.1', r));
+  const g = await startGateway({ EVENT_PROXY_URL: `http://127.0.0.1:${backend.address().port}/events`,
+    EVENT_PROXY_TIMEOUT_MS: '10000', SOCKET_BUFFER_PACKETS: '16', RATE_LIMIT_PER_SEC: '100000', RATE_LIMIT_BURST: '100000' });
+  try {
+    const room = uniq('ws-busy');
+    const waiter = await wsConnect(g.url, { token: token('ws-waiter') });
+    const talker = await wsConnect(g.url, { token: token('ws-talker') });
+    assert.equal((await waiter.request('join-room', room)).data.success, true);
+    assert.equal((await talker.request('join-room', room)).data.success, true);
+    const answer = waiter.request('slow-thing', { x: 1 }, {}, 10000);
+    // While its backend call waits, 40 messages reach the room: more than its queue of 16 holds at once.
+    for (let i = 0; i < 40; i++) {
+      assert.equal((await talker.request('message', { roomId: room, content: `busy ${i}` })).data.success, true);
+    }
+    await waiter.next((f) => f.type === 'new-message' && f.data.content === 'busy 39', 1500);
+    const got = waiter.frames.filter((f) => f.type === 'new-message' && /^busy /.test(f.data.content)).length;
+    assert.equal(got, 40, 'every message arrived while the backend call waited');
+    assert.ok(!waiter.frames.some((f) => f.requestId !== undefined && f.data?.late), 'the answer was still pending');
+    assert.deepEqual((await answer).data, { late: true });
+    assert.ok(waiter.isOpen(), 'not closed as a slow consumer');
+    assert.doesNotMatch(g.logs(), /slow consumer/);
+    waiter.close(); talker.close();
+  } finally { await g.stop(); await new Promise((r) => backend.close(r)); }
 });

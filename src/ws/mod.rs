@@ -3,15 +3,18 @@
 //! every other event, run by the same handlers as Socket.IO (`events::handle`).
 //!
 //! One task per connection reads frames, writes what the core queued for it ([`clients::Out`]),
-//! pings, and closes: 4001 no authentication in time, 4002 idle, 4003 bad or expired token in-band
-//! (one at the upgrade is refused there with HTTP 401), 1008 abuse or a full buffer, 1009 a frame over
-//! `MAX_PAYLOAD_BYTES`, 1001 shutdown. The seeds' own protocols are in `dialect/`.
+//! pings, and closes, each half without waiting on the others (see [`run`]); frames are handled on
+//! a task of their own while there are any: 4001 no authentication in time, 4002 idle, 4003 bad or
+//! expired token in-band (one at the upgrade is refused there with HTTP 401), 1008 abuse or a full
+//! buffer, 1009 a frame over `MAX_PAYLOAD_BYTES`, 1001 shutdown. A client's close frame is answered
+//! (a clean close). The seeds' own protocols are in `dialect/`.
 
 pub mod clients;
 pub mod dialect;
 pub mod frames;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +22,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::http::request::Parts;
 use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -27,7 +32,7 @@ use crate::client::{Client, Link};
 use crate::error::{AckError, ApiError, Code};
 use crate::events::{self, Outcome};
 use crate::state::AppState;
-use clients::{Out, WsClients, WsConn};
+use clients::{Job, Out, WsClients, WsConn};
 use frames::Inbound;
 
 /// Frames a connection may send before it authenticates (each answered `UNAUTHENTICATED`); past
@@ -112,166 +117,312 @@ fn close_msg(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
 }
 
-async fn run(front: WsFront, mut socket: WebSocket, token: Option<String>, ip: Option<IpAddr>) {
+/// Why the connection's loop ended.
+enum End {
+    /// The socket failed or ended: nothing more to send.
+    Gone,
+    /// The client sent a close frame: the library queued its echo, which goes out (a clean close,
+    /// SPEC §10) before the TCP connection closes.
+    Echo,
+    /// Close with this code after flushing what is queued, within [`CLOSE_WITHIN`].
+    Close(u16, &'static str),
+    /// `kill`: close at once, queued frames or not (a slow consumer's queue is what we drop).
+    Kill,
+}
+
+/// The longest the final flush and close frame may take; a socket that accepts no bytes is then
+/// dropped without them.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
+
+/// One task per connection runs three halves side by side: the reader (frames in, counted, handed
+/// to the handler as [`Job`]s), the writer (everything queued leaves in one flush per wake-up) and
+/// the watch (pings; the idle, authentication and write deadlines). None
+/// waits on another: a socket that accepts no bytes stops only the writer, and the watch still
+/// closes it on time. The handler runs on a task of its own while there are frames to handle
+/// (none for an idle connection), one frame at a time, so answers keep the frames' order.
+async fn run(front: WsFront, socket: WebSocket, token: Option<String>, ip: Option<IpAddr>) {
     let cfg = &front.state.config;
     let conn = WsConn::new(front.clients.clone(), cfg.socket_buffer_packets as usize, ip, &front.state.quotas);
     front.clients.register(conn.clone());
     // What is awaited once (admission, departure) is boxed: the connection's future stays small
     // for as long as it is idle.
-    let mut next = Box::pin(admit(&front, &conn, token, ip)).await;
+    if let Next::Close(code, reason) = Box::pin(admit(&front, &conn, token, ip)).await {
+        conn.stop_jobs();
+        conn.close_after_queue(code, reason);
+    }
+    let times = Times {
+        opened: Instant::now(),
+        ping_every: cfg.ping_interval(),
+        idle: Duration::from_millis(cfg.ws_idle_timeout_ms.max(1)),
+        auth_within: Duration::from_millis(cfg.ws_auth_timeout_ms),
+    };
+    // Milliseconds from `opened` to the last frame received (pongs count).
+    let seen = AtomicU64::new(0);
+    // While a write is under way: 1 + milliseconds from `opened` to its start; else 0.
+    let writing = AtomicU64::new(0);
+    let ping = AtomicBool::new(false);
+    let (mut sink, mut stream) = socket.split();
 
-    let ping_every = cfg.ping_interval();
-    let idle = Duration::from_millis(cfg.ws_idle_timeout_ms.max(1));
-    let auth_within = Duration::from_millis(cfg.ws_auth_timeout_ms);
-    // One timer per connection: pings, the idle check and the authentication deadline.
-    let tick_every = ping_every.min(idle / 4).min(auth_within / 4).max(Duration::from_millis(25));
-    let mut tick = tokio::time::interval_at(Instant::now() + tick_every, tick_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let opened = Instant::now();
-    let mut last_seen = opened;
-    let mut last_ping = opened;
-
-    loop {
-        if let Next::Close(code, reason) = next {
-            // Flush what is queued (the error frame that explains the close), then close.
-            while let Some(out) = conn.pop() {
+    let end = tokio::select! {
+        biased;
+        _ = conn.kill_signal.notified() => End::Kill,
+        end = write_half(&front, &conn, &mut sink, &ping, &writing, &times) => end,
+        end = watch(&conn, &seen, &ping, &writing, &times) => end,
+        end = read_half(&front, &conn, &mut stream, &seen, &times) => end,
+    };
+    conn.stop_jobs();
+    let closing = match end {
+        End::Gone => None,
+        End::Echo => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.flush()).await;
+            None
+        }
+        End::Kill => Some((conn.killed().unwrap_or((1011, "Closed")), Duration::from_millis(200), false)),
+        // Whatever is queued (SPEC §10): a peer that stopped reading gets no more time.
+        End::Close(4002, reason) => Some(((4002, reason), Duration::from_secs(1), false)),
+        End::Close(code, reason) => Some(((code, reason), CLOSE_WITHIN, true)),
+    };
+    if let Some(((code, reason), within, flush)) = closing {
+        let sent = tokio::time::timeout(within, async {
+            // The frames queued before the close (the error frame that explains it) go first.
+            let mut marks = Vec::new();
+            while let Some(out) = conn.pop().filter(|_| flush) {
                 match out {
-                    Out::Frame(f) => {
-                        if socket.send(Message::Text(f)).await.is_err() {
-                            break;
-                        }
-                    }
-                    // `send` flushes: what came before it was written.
-                    Out::Written(tx) => {
-                        let _ = tx.send(());
-                    }
+                    Out::Frame(f) => sink.feed(Message::Text(f)).await?,
+                    Out::Written(tx) => marks.push(tx),
                     Out::Close(..) => break,
                 }
             }
-            let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(close_msg(code, reason))).await;
-            drain(&mut socket).await;
-            break;
-        }
-        tokio::select! {
-            biased;
-            _ = conn.kill_signal.notified() => {
-                let (code, reason) = conn.killed().unwrap_or((1011, "Closed"));
-                // No flush: a slow consumer's queue is what we are dropping.
-                let _ = tokio::time::timeout(Duration::from_millis(200), socket.send(close_msg(code, reason))).await;
-                drain(&mut socket).await;
-                break;
+            // `send` flushes: what came before it was written.
+            sink.send(close_msg(code, reason)).await?;
+            for tx in marks {
+                let _ = tx.send(());
             }
-            _ = conn.wake.notified() => {
-                // Everything queued goes out with one flush (one write for a burst, not one per frame).
-                let mut out = (0u64, 0u64);
-                let written = tokio::select! {
-                    r = write_queued(&mut socket, &conn, &mut next, &mut out) => r,
-                    _ = conn.kill_signal.notified() => false,
-                };
-                if let (Some(admin), true) = (&front.state.admin, out.0 > 0) {
-                    admin.packets(false, out.0, out.1);
-                }
-                if !written {
-                    break;
-                }
-            }
-            msg = socket.recv() => {
-                last_seen = Instant::now();
-                match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(admin) = &front.state.admin {
-                            admin.packets(true, 1, text.len() as u64);
-                        }
-                        next = match count_frame(&front, &conn) {
-                            Counted::Read => Box::pin(on_text(&front, &conn, text.as_str())).await,
-                            Counted::Refused => refuse_frame(&conn, Some(text.as_str())),
-                            Counted::Close(n) => n,
-                        };
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        next = match count_frame(&front, &conn) {
-                            Counted::Read => {
-                                let e = ApiError::invalid("Binary frames are not supported: send JSON text");
-                                let _ = conn.send_text(frames::error(&e, None, None, None));
-                                Next::Go
-                            }
-                            Counted::Refused => refuse_frame(&conn, None),
-                            Counted::Close(n) => n,
-                        };
-                    }
-                    Some(Ok(Message::Close(_))) => {
-                        // The library queued the echo of the client's close frame: send it (a clean
-                        // close, SPEC §10), then the TCP connection closes as the socket drops.
-                        use futures_util::SinkExt;
-                        let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
-                        break;
-                    }
-                    None => break,
-                    // The library answers pings, but a stream of them is abuse like any other frame.
-                    Some(Ok(Message::Ping(_))) => {
-                        if let Counted::Close(n) = count_frame(&front, &conn) {
-                            next = n;
-                        }
-                    }
-                    Some(Ok(_)) => {} // pongs answer our pings: activity
-                    Some(Err(e)) => {
-                        next = read_error(&e);
-                        if matches!(next, Next::Go) {
-                            break;
-                        }
-                    }
-                }
-            }
-            _ = tick.tick() => {
-                if conn.session().is_none() && opened.elapsed() >= auth_within {
-                    next = Next::Close(4001, "Authentication timeout");
-                } else if last_seen.elapsed() >= idle {
-                    next = Next::Close(4002, "Idle timeout");
-                } else if last_ping.elapsed() >= ping_every {
-                    last_ping = Instant::now();
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
-                        break;
-                    }
-                }
-            }
+            Ok::<(), axum::Error>(())
+        })
+        .await;
+        // A socket that took no close frame gets no time to answer one.
+        if matches!(sent, Ok(Ok(()))) {
+            drain(&mut stream).await;
         }
     }
+    drop((sink, stream));
     conn.set_closed();
+    // A frame still being handled (a proxy call) finishes before the departure, so that it cannot
+    // join a room after it.
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while conn.jobs_running() {
+            conn.jobs_changed.notified().await;
+        }
+    })
+    .await;
     let client: Client = conn.clone();
     Box::pin(events::depart(&front.state, &*client, "transport close")).await;
     front.clients.unregister(&conn);
 }
 
-/// Writes the queued frames and flushes once; false when the connection is gone. A queued close
-/// stops there and becomes `next`.
-async fn write_queued(socket: &mut WebSocket, conn: &WsConn, next: &mut Next, sent: &mut (u64, u64)) -> bool {
-    use futures_util::SinkExt;
+/// A connection's clock.
+struct Times {
+    opened: Instant,
+    ping_every: Duration,
+    idle: Duration,
+    auth_within: Duration,
+}
+
+/// Reads frames, counts them (SPEC §10) and hands them to the handler in order. It stops reading
+/// while the handler is [`clients::MAX_JOBS`] frames behind, and after a frame that closes. Before
+/// authentication it reads one frame at a time, each handled before the next is read: the frames
+/// that follow an `auth` frame are counted as the authenticated connection's, as they always were.
+async fn read_half(
+    front: &WsFront,
+    conn: &Arc<WsConn>,
+    stream: &mut SplitStream<WebSocket>,
+    seen: &AtomicU64,
+    times: &Times,
+) -> End {
+    loop {
+        while conn.jobs_full() || (conn.session().is_none() && conn.jobs_running()) {
+            conn.jobs_changed.notified().await;
+        }
+        let msg = stream.next().await;
+        seen.store(times.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let counted = |front, conn| match count_frame(front, conn) {
+            Counted::Read => None,
+            Counted::Refused => Some(None),
+            Counted::Close(Next::Close(code, reason)) => Some(Some(Job::Close(code, reason))),
+            Counted::Close(Next::Go) => Some(Some(Job::Close(1008, "Rate limit exceeded"))),
+        };
+        let job = match msg {
+            Some(Ok(Message::Text(text))) => {
+                if let Some(admin) = &front.state.admin {
+                    admin.packets(true, 1, text.len() as u64);
+                }
+                match counted(front, conn) {
+                    None => Job::Text(text),
+                    Some(None) => Job::Refused(Some(text)),
+                    Some(Some(close)) => close,
+                }
+            }
+            Some(Ok(Message::Binary(_))) => match counted(front, conn) {
+                None => Job::Binary,
+                Some(None) => Job::Refused(None),
+                Some(Some(close)) => close,
+            },
+            Some(Ok(Message::Close(_))) => return End::Echo,
+            None => return End::Gone,
+            // The library answers pings, but a stream of them is abuse like any other frame.
+            Some(Ok(Message::Ping(_))) => match counted(front, conn) {
+                Some(Some(close)) => close,
+                _ => continue,
+            },
+            Some(Ok(_)) => continue, // pongs answer our pings: activity
+            Some(Err(e)) => match read_error(&e) {
+                Next::Close(code, reason) => Job::Close(code, reason),
+                Next::Go => return End::Gone,
+            },
+        };
+        let closes = matches!(job, Job::Close(..));
+        if conn.push_job(job) {
+            let (front, conn) = (front.clone(), conn.clone());
+            tokio::spawn(handle_jobs(front, conn));
+        }
+        if closes {
+            // The handler queues the close after the answers before it; the writer closes.
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Handles the connection's frames one at a time, in order, until none is left.
+async fn handle_jobs(front: WsFront, conn: Arc<WsConn>) {
+    while let Some(job) = conn.next_job() {
+        let next = match job {
+            Job::Text(text) => Box::pin(on_text(&front, &conn, text.as_str())).await,
+            Job::Binary => {
+                let e = ApiError::invalid("Binary frames are not supported: send JSON text");
+                let _ = conn.send_text(frames::error(&e, None, None, None));
+                Next::Go
+            }
+            Job::Refused(text) => refuse_frame(&conn, text.as_ref().map(|t| t.as_str())),
+            Job::Close(code, reason) => Next::Close(code, reason),
+        };
+        if let Next::Close(code, reason) = next {
+            conn.stop_jobs();
+            conn.close_after_queue(code, reason);
+        }
+    }
+}
+
+/// Writes what is queued whenever something is. How long a write may take is the watch's business
+/// (`writing` says since when one is under way): the writer itself holds no timer, so an idle
+/// connection's future stays small.
+async fn write_half(
+    front: &WsFront,
+    conn: &WsConn,
+    sink: &mut SplitSink<WebSocket, Message>,
+    ping: &AtomicBool,
+    writing: &AtomicU64,
+    times: &Times,
+) -> End {
+    loop {
+        conn.wake.notified().await;
+        let mut out = (0u64, 0u64);
+        let mut close = None;
+        let ping = ping.swap(false, Ordering::Relaxed);
+        writing.store(1 + times.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let written = write_queued(sink, conn, ping, &mut close, &mut out).await;
+        writing.store(0, Ordering::Relaxed);
+        if let (Some(admin), true) = (&front.state.admin, out.0 > 0) {
+            admin.packets(false, out.0, out.1);
+        }
+        if !written {
+            return End::Gone;
+        }
+        if let Some((code, reason)) = close {
+            return End::Close(code, reason);
+        }
+    }
+}
+
+/// Writes a ping (when due) and the queued frames, then flushes once: one write for a burst, not
+/// one per frame. False when the connection is gone. A queued close stops there.
+async fn write_queued(
+    sink: &mut SplitSink<WebSocket, Message>,
+    conn: &WsConn,
+    ping: bool,
+    close: &mut Option<(u16, &'static str)>,
+    sent: &mut (u64, u64),
+) -> bool {
     let mut fed = false;
     let mut marks = Vec::new();
+    if ping {
+        if sink.feed(Message::Ping(Default::default())).await.is_err() {
+            return false;
+        }
+        fed = true;
+    }
     while let Some(out) = conn.pop() {
         match out {
             Out::Frame(f) => {
                 sent.0 += 1;
                 sent.1 += f.len() as u64;
-                if socket.feed(Message::Text(f)).await.is_err() {
+                if sink.feed(Message::Text(f)).await.is_err() {
                     return false;
                 }
                 fed = true;
             }
             Out::Close(code, reason) => {
-                *next = Next::Close(code, reason);
+                *close = Some((code, reason));
                 break;
             }
             Out::Written(tx) => marks.push(tx),
         }
     }
-    if fed && socket.flush().await.is_err() {
+    if fed && sink.flush().await.is_err() {
         return false;
     }
     for tx in marks {
         let _ = tx.send(());
     }
     true
+}
+
+/// Sleeps until the next deadline: the next ping, the idle deadline (moved by every frame
+/// received) and, until the connection authenticates, the authentication deadline. An idle
+/// authenticated connection wakes once per `PING_INTERVAL_MS`. A write under way for longer than
+/// `WS_IDLE_TIMEOUT_MS` (a peer that sends but does not read) is found at the next wake-up.
+async fn watch(conn: &WsConn, seen: &AtomicU64, ping: &AtomicBool, writing: &AtomicU64, times: &Times) -> End {
+    let mut next_ping = times.opened + times.ping_every;
+    let auth_by = times.opened + times.auth_within;
+    loop {
+        let idle_at = times.opened + Duration::from_millis(seen.load(Ordering::Relaxed)) + times.idle;
+        let mut at = next_ping.min(idle_at);
+        let anonymous = conn.session().is_none();
+        if anonymous {
+            at = at.min(auth_by);
+        }
+        tokio::time::sleep_until(at).await;
+        let now = Instant::now();
+        if anonymous && conn.session().is_none() && now >= auth_by {
+            return End::Close(4001, "Authentication timeout");
+        }
+        let idle_at = times.opened + Duration::from_millis(seen.load(Ordering::Relaxed)) + times.idle;
+        if now >= idle_at {
+            // Whatever is queued: a peer that stopped reading is dropped here too (SPEC §10).
+            return End::Close(4002, "Idle timeout");
+        }
+        let since = writing.load(Ordering::Relaxed);
+        if since > 0 && now >= times.opened + Duration::from_millis(since - 1) + times.idle {
+            tracing::warn!(sid = %conn.id(), "slow consumer: a write took over {:?}, disconnecting", times.idle);
+            conn.kill(1008, "Slow consumer");
+            return End::Kill;
+        }
+        if now >= next_ping {
+            next_ping = now + times.ping_every;
+            ping.store(true, Ordering::Relaxed);
+            conn.wake.notify_one();
+        }
+    }
 }
 
 /// Admission at the upgrade: a token (or anonymous access) gets its `connected` frame; without
@@ -296,9 +447,9 @@ async fn admit(front: &WsFront, conn: &Arc<WsConn>, token: Option<String>, ip: O
 /// After our close frame: reads (and drops) what the client still sends until its close frame, for
 /// a second at most. Closing a TCP connection with unread input resets it, and the client would see
 /// 1006 instead of our close code.
-async fn drain(socket: &mut WebSocket) {
+async fn drain(stream: &mut SplitStream<WebSocket>) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Some(Ok(m)) = socket.recv().await {
+        while let Some(Ok(m)) = stream.next().await {
             if matches!(m, Message::Close(_)) {
                 break;
             }
