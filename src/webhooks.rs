@@ -5,7 +5,7 @@
 //! Delivery is at least once, once per cluster, in order per user, retried with exponential backoff
 //! (backon) for up to an hour after the event:
 //! - With Redis, producers append to the stream `<prefix>:webhooks` (bounded at [`MAX_QUEUED`] entries
-//!   and at `WEBHOOK_QUEUE_MAX_BYTES` of bodies, kept in the counter `{<prefix>:webhooks}:bytes` by the
+//!   and at `WEBHOOK_QUEUE_MAX_BYTES` of bodies, kept in the counter `<prefix>:webhooks:bytes` by the
 //!   scripts that append and delete; the oldest trimmed and counted as dropped). One node at a time
 //!   delivers: the holder of the lease `<prefix>:webhooks:leader`, reading through the consumer group
 //!   `hooks`; an entry is acknowledged and deleted once the backend took it. A node that takes the
@@ -239,7 +239,7 @@ impl Webhooks {
             attempt_timeout,
             redis,
             stream: format!("{}:webhooks", cfg.redis_prefix),
-            stream_bytes: format!("{{{}:webhooks}}:bytes", cfg.redis_prefix),
+            stream_bytes: format!("{}:webhooks:bytes", cfg.redis_prefix),
             lease: format!("{}:webhooks:leader", cfg.redis_prefix),
             max_bytes: usize::try_from(cfg.webhook_queue_max_bytes).unwrap_or(usize::MAX),
             node_id: node_id.to_string(),

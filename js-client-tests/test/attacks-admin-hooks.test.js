@@ -299,7 +299,7 @@ test('webhooks, with Redis: the stream stops at WEBHOOK_QUEUE_MAX_BYTES and its 
     await flood(g, 60);
     // The stream and its counter read at one moment (MULTI).
     const snapshot = async () => {
-      const [entries, counter] = await r.multi().xRange('rtg:webhooks', '-', '+').get('{rtg:webhooks}:bytes').exec();
+      const [entries, counter] = await r.multi().xRange('rtg:webhooks', '-', '+').get('rtg:webhooks:bytes').exec();
       return [entries.reduce((n, e) => n + Buffer.byteLength(e.message.b ?? ''), 0), Number(counter)];
     };
     // Every message's webhook went through the appender: the stream then holds what the bound allows.
