@@ -8,11 +8,12 @@
 //! publish order, at offsets 1..n; every node that lived delivered 1..n once each, in order; a node
 //! that died delivered a prefix of that.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{free_port, RedisServer};
 use futures_util::StreamExt;
 use proptest::prelude::*;
 use realtime_gateway::history::redis::RedisHistory;
@@ -25,42 +26,6 @@ use serde_json::Value;
 const LEASE_MS: u64 = 300;
 const NODES: usize = 3;
 const CHANNEL: &str = "ch:beat";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-/// A `redis-server` that is SIGKILLed and reaped when dropped (also when a test panics).
-struct RedisServer(Child);
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis(port: u16) -> RedisServer {
-    let server = RedisServer(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on the PATH (scripts/test.sh installs it)"),
-    );
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut c) = client.get_connection() {
-            if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                return server;
-            }
-        }
-        assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn history(url: &str, prefix: &str) -> Arc<RedisHistory> {
     let link = Arc::new(RedisLink::open(url).expect("link"));
@@ -213,7 +178,7 @@ async fn run_case(url: &str, case: u64, ops: &[Op]) -> Result<(), TestCaseError>
 #[test]
 fn offsets_follow_publications_through_identical_payloads_stalls_and_deaths() {
     let port = free_port();
-    let _redis = start_redis(port);
+    let _redis = RedisServer::start_on(port);
     let url = format!("redis://127.0.0.1:{port}");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let case = std::sync::atomic::AtomicU64::new(0);
@@ -230,7 +195,7 @@ fn offsets_follow_publications_through_identical_payloads_stalls_and_deaths() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_with_one_payload_is_eight_publications_on_both_nodes() {
     let port = free_port();
-    let _redis = start_redis(port);
+    let _redis = RedisServer::start_on(port);
     let url = format!("redis://127.0.0.1:{port}");
     let a = start_node(url.clone(), "hb".into(), "a".into()).await;
     let b = start_node(url.clone(), "hb".into(), "b".into()).await;
@@ -262,7 +227,7 @@ async fn a_heartbeat_with_one_payload_is_eight_publications_on_both_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_node_that_takes_over_from_a_dead_appender_appends_nothing_twice() {
     let port = free_port();
-    let _redis = start_redis(port);
+    let _redis = RedisServer::start_on(port);
     let url = format!("redis://127.0.0.1:{port}");
     let a = start_node(url.clone(), "lag".into(), "a".into()).await;
     let client = redis::Client::open(url.as_str()).expect("url");

@@ -2,45 +2,17 @@
 //! different `PRESENCE_GRACE_MS` run each other's offline checks; the grace of the node the user left is
 //! the one that counts, and a check run too early is scheduled again, never dropped.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::RedisServer;
 use realtime_gateway::auth::User;
 use realtime_gateway::redis_link::RedisLink;
 use realtime_gateway::store::{redis::RedisStore, Limits, Store};
 
 /// A `redis-server` that is SIGKILLed and reaped when dropped (also when a test panics).
-struct RedisServer(Child);
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> (RedisServer, String) {
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
-    let server = RedisServer(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on the PATH"),
-    );
-    let url = format!("redis://127.0.0.1:{port}");
-    let client = redis::Client::open(url.as_str()).expect("url");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (server, url)
-}
-
 fn node(url: &str, id: &str) -> RedisStore {
     RedisStore::new(Arc::new(RedisLink::open(url).expect("link")), "ps", id, Limits::default())
 }
@@ -59,7 +31,8 @@ async fn claim(store: &RedisStore, user: &str, limit: Duration) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_departing_nodes_grace_counts_and_an_early_check_is_scheduled_again() {
-    let (_server, url) = start_redis();
+    let server = RedisServer::start();
+    let url = server.url();
     let (c, a) = (node(&url, "c"), node(&url, "a"));
     let user = |id: &str| User { user_id: id.into(), email: None, name: None, role: "user".into() };
 

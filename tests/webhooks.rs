@@ -3,65 +3,18 @@
 //! more, appends wait for Redis in order instead of going out from memory, and a permanent refusal is
 //! dead-lettered instead of holding its lane for an hour.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
+mod common;
+
+use common::RedisServer;
 use realtime_gateway::config::Config;
 use realtime_gateway::metrics::Metrics;
 use realtime_gateway::redis_link::RedisLink;
 use realtime_gateway::webhooks::{self, Webhooks};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-/// A `redis-server` that is SIGKILLed and reaped when dropped (also when a test panics).
-struct RedisServer(Child, u16);
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl RedisServer {
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.1)
-    }
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.0.id().to_string()]).status().expect("kill").success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-fn start_redis() -> RedisServer {
-    let port = free_port();
-    let server = RedisServer(
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on the PATH"),
-        port,
-    );
-    let client = redis::Client::open(server.url()).expect("url");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut c) = client.get_connection() {
-            if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                return server;
-            }
-        }
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// One request the receiver got: the webhook's body, and the lease's value in Redis at that moment.
 #[derive(Clone, Debug)]
@@ -160,7 +113,7 @@ fn assert_in_order(seq: &[u64], want: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_takeover_claims_everything_the_dead_deliverer_held_past_one_page() {
-    let server = start_redis();
+    let server = RedisServer::start();
     let mut c = conn(&server).await;
     let stream = "wh1:webhooks";
     const HELD: u64 = 10_050;
@@ -229,7 +182,7 @@ async fn a_takeover_claims_everything_the_dead_deliverer_held_past_one_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_that_lost_the_lease_delivers_nothing_more_and_order_holds_across_the_takeover() {
-    let server = start_redis();
+    let server = RedisServer::start();
     let mut c = conn(&server).await;
     let lease_key = "wh2:webhooks:leader".to_string();
     let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -272,7 +225,7 @@ async fn a_node_that_lost_the_lease_delivers_nothing_more_and_order_holds_across
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn appends_wait_for_redis_in_order_instead_of_going_out_from_memory() {
-    let server = start_redis();
+    let server = RedisServer::start();
     let mut c = conn(&server).await;
     // Another node holds the lease: this one only produces.
     let _: () = redis::cmd("SET")
