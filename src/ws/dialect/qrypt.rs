@@ -41,6 +41,12 @@ const CONVERSATION: &[(&str, V)] = &[
 
 /// The conversation a request names.
 const ROOM: V = V::P("req.conversationId");
+/// The answer to `load_messages` and `load_more_messages`.
+const MESSAGES_LOADED: V = V::Obj(&[
+    ("conversationId", ROOM),
+    ("messages", V::Each("ack.messages", MESSAGE)),
+    ("hasMore", V::P("ack.hasMore")),
+]);
 
 pub static DIALECT: Dialect = Dialect {
     name: "qrypt",
@@ -133,14 +139,7 @@ pub static DIALECT: Dialect = Dialect {
         Op {
             name: "load_messages",
             does: Does::Core("load-messages", V::Obj(&[("roomId", ROOM), ("limit", V::P("req.limit"))])),
-            reply: Some((
-                "messages_loaded",
-                V::Obj(&[
-                    ("conversationId", ROOM),
-                    ("messages", V::Each("ack.messages", MESSAGE)),
-                    ("hasMore", V::P("ack.hasMore")),
-                ]),
-            )),
+            reply: Some(("messages_loaded", MESSAGES_LOADED)),
         },
         Op {
             name: "load_more_messages",
@@ -152,14 +151,7 @@ pub static DIALECT: Dialect = Dialect {
                     ("limit", V::P("req.limit")),
                 ]),
             ),
-            reply: Some((
-                "messages_loaded",
-                V::Obj(&[
-                    ("conversationId", ROOM),
-                    ("messages", V::Each("ack.messages", MESSAGE)),
-                    ("hasMore", V::P("ack.hasMore")),
-                ]),
-            )),
+            reply: Some(("messages_loaded", MESSAGES_LOADED)),
         },
         Op {
             name: "typing_start",
