@@ -198,8 +198,8 @@ async fn run_once(
     let emitter_requests = crate::emitter::request_channel();
     pubsub.psubscribe(&emitter_pattern).await?;
     pubsub.subscribe(&emitter_requests).await?;
-    // Seed 004's `WebSocketEmitter` (see ws/dialect/emitter.rs).
-    use crate::ws::dialect::emitter as ws_emitter;
+    // Seed 004's `WebSocketEmitter` (see ignis_emitter.rs).
+    use crate::ignis_emitter as ws_emitter;
     pubsub.subscribe(ws_emitter::BROADCAST).await?;
     for p in ws_emitter::PATTERNS {
         pubsub.psubscribe(p).await?;

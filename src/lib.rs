@@ -19,6 +19,7 @@ pub mod files;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod ignis_emitter;
 pub mod ingress;
 pub mod metrics;
 pub mod names;

@@ -9,7 +9,6 @@
 //! (`frames.rs`) are the default and stay in `mod.rs`.
 
 mod bun;
-pub mod emitter;
 mod native;
 mod qrypt;
 
