@@ -513,3 +513,22 @@ export async function tlsPort(g, ms = 10000) {
     return m ? Number(m[1]) : null;
   }, ms, 'the tls_addr log line');
 }
+
+/**
+ * Connects with a `pending-messages` listener in place before the connection is made (the event may
+ * travel in the same polling payload as `connected`). Each event's argument lands in `pending`; the
+ * event is acked unless `ack` is false. Resolves once `connected` arrived.
+ */
+export function connectWithPending(url, userId, { ack = true, ...opts } = {}) {
+  const socket = ioV4(url, { forceNew: true, reconnection: false, ...WS, auth: { token: token(userId) }, ...opts });
+  const pending = [];
+  socket.on('pending-messages', (msgs, cb) => {
+    pending.push(msgs);
+    if (ack && typeof cb === 'function') cb({ success: true });
+  });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { socket.close(); reject(new Error('no connected event')); }, 10000);
+    socket.once('connected', (hello) => { clearTimeout(timer); resolve({ socket, hello, user: hello.user, id: userId, pending }); });
+    socket.once('connect_error', (e) => { clearTimeout(timer); socket.close(); reject(e); });
+  });
+}

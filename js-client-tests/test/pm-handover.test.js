@@ -4,26 +4,10 @@
 // queue push confirms nothing: a socket gone before either keeps the queue for the next connect.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { io } from 'socket.io-client';
-import { startGateway, connect, request, token, until, wsConnect, WS } from '../lib/helpers.js';
+import { startGateway, connect, connectWithPending, request, token, until, wsConnect, WS } from '../lib/helpers.js';
 
 const DEBUG = { RUST_LOG: 'info,realtime_gateway::events::private=debug', RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000' };
 const NOT_CONFIRMED = 'pending messages not confirmed';
-
-/** A socket.io-client 4 socket of `userId` whose `pending-messages` listener is in place before it connects. */
-function withPending(url, userId, { ack }) {
-  const socket = io(url, { forceNew: true, reconnection: false, ...WS, auth: { token: token(userId) } });
-  const pending = [];
-  socket.on('pending-messages', (msgs, cb) => {
-    pending.push(msgs);
-    if (ack && typeof cb === 'function') cb({ success: true });
-  });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { socket.close(); reject(new Error('no connected event')); }, 10000);
-    socket.once('connected', () => { clearTimeout(timer); resolve({ socket, pending }); });
-    socket.once('connect_error', (e) => { clearTimeout(timer); socket.close(); reject(e); });
-  });
-}
 
 /**
  * Is the message first sent with `clientMessageId` still in the target's queue? A repeat of a
@@ -48,14 +32,14 @@ test('Socket.IO: pending-messages neither acked nor outlived by a heartbeat stay
     assert.equal(first.delivered, false);
 
     // A socket that gets the queue, never acks, and is gone before a heartbeat (25 s + 20 s) has passed.
-    const silent = await withPending(g.url, 'alice', { ack: false });
+    const silent = await connectWithPending(g.url, 'alice', { ack: false });
     open.push(silent.socket);
     await until(() => silent.pending.length > 0, 5000, 'pending-messages');
     silent.socket.close();
     await until(() => unconfirmed(g) > 0, 5000, 'the hand-over logged as not confirmed once the socket left');
     assert.equal(await stillQueued(bob.socket, 'alice', 'c1'), true);
 
-    const back = await withPending(g.url, 'alice', { ack: true });
+    const back = await connectWithPending(g.url, 'alice', { ack: true });
     open.push(back.socket);
     await until(() => back.pending.length > 0, 10000, 'pending-messages again');
     assert.deepEqual(back.pending[0].map((m) => m.id), [first.messageId]);
@@ -75,7 +59,7 @@ test('Socket.IO: pending-messages not acked by a socket that lives through a hea
     open.push(bob.socket);
     const first = await request(bob.socket, 'private-message', { targetUserId: 'alice', content: 'while away', clientMessageId: 'c2' });
     assert.equal(first.delivered, false);
-    const silent = await withPending(g.url, 'alice', { ack: false });
+    const silent = await connectWithPending(g.url, 'alice', { ack: false });
     open.push(silent.socket);
     await until(() => silent.pending.length > 0, 5000, 'pending-messages');
     // The ack wait (5 s) ends unanswered; the socket answered the pings sent after the frame: handed over.
@@ -103,7 +87,7 @@ test('/ws: pending-messages queued for a peer that reads nothing is not handed o
     }
 
     // A Socket.IO socket takes the hand-over lease (and does not ack, so the queue stays) ...
-    const holder = await withPending(g.url, 'carol', { ack: false });
+    const holder = await connectWithPending(g.url, 'carol', { ack: false });
     open.push(holder.socket);
     await until(() => holder.pending.length > 0, 5000, 'pending-messages on the lease holder');
     // ... while a /ws connection arrives: its hand-over waits for the lease. It stops reading, and live

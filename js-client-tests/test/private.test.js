@@ -2,33 +2,13 @@
 // offline queue and pending-messages, its cap, clientMessageId de-duplication, mark-read, validation.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { io } from 'socket.io-client';
-import { startGateway, connect, request, next, collect, token, until, http, uniq, WS, POLLING, clients } from '../lib/helpers.js';
+import { startGateway, connect, connectWithPending, request, next, collect, token, until, http, uniq, WS, POLLING, clients } from '../lib/helpers.js';
 
 let gw;
 before(async () => { gw = await startGateway(); });
 after(async () => { await gw.stop(); });
 
 
-
-/**
- * Connects with a `pending-messages` listener in place before the connection is made (the event may
- * travel in the same polling payload as `connected`). Each event's argument lands in `pending`; the
- * event is acked unless `ack` is false. Resolves once `connected` arrived.
- */
-function connectWithPending(url, userId, { ack = true, ...opts } = {}) {
-  const socket = io(url, { forceNew: true, reconnection: false, ...WS, auth: { token: token(userId) }, ...opts });
-  const pending = [];
-  socket.on('pending-messages', (msgs, cb) => {
-    pending.push(msgs);
-    if (ack && typeof cb === 'function') cb({ success: true });
-  });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { socket.close(); reject(new Error('no connected event')); }, 10000);
-    socket.once('connected', (hello) => { clearTimeout(timer); resolve({ socket, hello, user: hello.user, id: userId, pending }); });
-    socket.once('connect_error', (e) => { clearTimeout(timer); socket.close(); reject(e); });
-  });
-}
 
 async function pm(c, targetUserId, content, extra = {}) {
   const ack = await request(c.socket, 'private-message', { targetUserId, content, ...extra });
