@@ -1,46 +1,24 @@
-//! realtime-gateway: a Socket.IO-compatible real-time gateway (the protocol is in `docs/protocol.md`, the design in `docs/`).
+//! realtime-gateway: a Socket.IO-compatible real-time gateway (the protocol is in `docs/protocol.md`, the design in
+//! `docs/architecture.md`).
 //!
-//! Data flows client → front end (`sio.rs` for Socket.IO, `ws/` for plain WebSocket) → core
-//! (`events::handle`) → handler → store and hub (`hub.rs`) → clients. All state lives in one
-//! [`state::AppState`]; `docs/architecture.md` draws it.
+//! The crate is built in layers, each a directory, bottom up; a layer uses only the layers below it, and the
+//! build refuses anything else (`build.rs`):
+//!
+//! 1. [`model`]: the gateway's words, no I/O: settings, names, errors, the clock, client ids, sessions,
+//!    the `Link` and `Transport` traits, the hub (the one delivery path), the event list, the figures.
+//! 2. [`storage`]: what outlives a client, behind traits (memory or Redis): the Redis link, the store,
+//!    channel history, files.
+//! 3. [`cluster`]: the nodes together: the socketioxide adapter's transport, the bus, liveness.
+//! 4. [`app`]: the application: admission, the event router and its handlers, publications, the
+//!    backend hooks (proxy, webhooks, emitters, ingress).
+//! 5. [`front`]: the front ends: Socket.IO, `/ws` and its dialects, the Admin UI, HTTP, TLS.
+//! 6. [`startup`]: builds every part from a `Config` and hands each what it uses (for `main` and tests).
 
-pub mod adapter;
-pub mod admin;
-pub mod auth;
-pub mod bus;
-pub mod client;
+pub mod app;
 pub mod cluster;
-pub mod config;
-pub mod delivery;
-pub mod emitter;
-pub mod error;
-pub mod events;
-pub mod files;
-pub mod history;
-pub mod http;
-pub mod hub;
-pub mod ignis_emitter;
-pub mod ingress;
-pub mod metrics;
-pub mod names;
-pub mod policy;
-pub mod proxy;
-pub mod publications;
-pub mod redis_link;
-pub mod sequence;
-pub mod sio;
+pub mod front;
+pub mod model;
 pub mod startup;
-pub mod state;
-pub mod stats;
-pub mod store;
-pub mod timers;
-pub mod tls;
-pub mod webhooks;
-pub mod ws;
+pub mod storage;
 
 pub use startup::{startup, Gateway};
-
-/// Now as an ISO-8601 UTC string with milliseconds (`2026-11-22T10:00:00.000Z`).
-pub fn iso_now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
 use clap::Parser;
-use realtime_gateway::auth::{Authenticator, User};
-use realtime_gateway::config::{Cli, Command, LogFormat};
+use realtime_gateway::app::auth::{Authenticator, User};
+use realtime_gateway::model::config::{Cli, Command, LogFormat};
 
 fn main() -> std::process::ExitCode {
     let cli = match Cli::try_parse() {
@@ -29,7 +29,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::SelfSigned { out, host }) = &cli.command {
-        let (cert, key) = realtime_gateway::tls::self_signed(out, host.clone())?;
+        let (cert, key) = realtime_gateway::front::tls::self_signed(out, host.clone())?;
         println!("{}\n{}", cert.display(), key.display());
         return Ok(());
     }

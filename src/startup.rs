@@ -17,26 +17,26 @@ use socketioxide::adapter::Adapter;
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 
-use crate::adapter::GatewayDriver;
-use crate::auth::Authenticator;
-use crate::config::Config;
-use crate::http::conn::{Closable, Peer};
-use crate::http::Api;
-use crate::policy::Policy;
-use crate::redis_link::RedisLink;
-use crate::sio::{authenticate, on_connect, SioTransport};
-use crate::state::AppState;
-use crate::store::memory::MemoryStore;
-use crate::store::redis::RedisStore;
-use crate::store::{Limits, Store};
-use crate::ws::clients::{WsClients, WsTransport};
+use crate::app::auth::Authenticator;
+use crate::app::policy::Policy;
+use crate::app::state::AppState;
+use crate::cluster::adapter::GatewayDriver;
+use crate::front::http::conn::{Closable, Peer};
+use crate::front::http::Api;
+use crate::front::sio::{authenticate, on_connect, SioTransport};
+use crate::front::ws::clients::{WsClients, WsTransport};
+use crate::model::config::Config;
+use crate::storage::redis_link::RedisLink;
+use crate::storage::store::memory::MemoryStore;
+use crate::storage::store::redis::RedisStore;
+use crate::storage::store::{Limits, Store};
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 /// A bound, ready gateway. `run` serves it until the shutdown signal.
 pub struct Gateway {
     listener: TcpListener,
     /// The TLS listener and its certificates, with `TLS_CERT_FILE` and `TLS_KEY_FILE`.
-    tls: Option<(TcpListener, Arc<crate::tls::Certs>)>,
+    tls: Option<(TcpListener, Arc<crate::front::tls::Certs>)>,
     router: axum::Router,
     pub state: AppState,
     shutdown: Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>,
@@ -51,7 +51,7 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         Some(path) => Policy::from_file(path)?,
         None => Policy::default(),
     };
-    let cors = crate::http::cors(&config.cors_origins)?;
+    let cors = crate::front::http::cors(&config.cors_origins)?;
     let redis = RedisLink::from_config(&config).await?;
     // The adapter's channels keep the plain prefix: in a cluster they are sharded, spread by name.
     let adapter_prefix = format!("{}-sio", config.redis_prefix);
@@ -62,23 +62,23 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         config.redis_prefix = format!("{{{}}}", config.redis_prefix);
     }
     let limits = Limits::from_config(&config);
-    let node_id = config.node_id.clone().unwrap_or_else(crate::state::random_node_id);
+    let node_id = config.node_id.clone().unwrap_or_else(crate::model::session::random_node_id);
     let store: Arc<dyn Store> = match &redis {
         Some(link) => Arc::new(RedisStore::new(link.clone(), &config.redis_prefix, &node_id, limits)),
         None => Arc::new(MemoryStore::new(limits)),
     };
     config.node_id = Some(node_id);
-    let admin = crate::admin::Settings::from_config(&config)?.map(crate::admin::Admin::new);
-    let proxy = crate::proxy::EventProxy::from_config(&config)?;
+    let admin = crate::front::admin::Settings::from_config(&config)?.map(crate::front::admin::Admin::new);
+    let proxy = crate::app::proxy::EventProxy::from_config(&config)?;
     // Its errors name the variable (the state builds it again, then without fail).
-    crate::webhooks::Webhooks::from_config(&config, None, "", None)?;
-    let files = crate::files::Files::open(&config)?;
+    crate::app::webhooks::Webhooks::from_config(&config, None, "", None)?;
+    let files = crate::storage::files::Files::open(&config)?;
     let state = AppState::new(config, auth, policy, redis.clone(), store, admin, proxy, files);
     let cfg = &state.config;
     let listener = bind(&cfg.host, cfg.port, cfg.listen_backlog).await?;
     let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
         (Some(cert), Some(key)) => {
-            let certs = crate::tls::Certs::load(cert, key)?;
+            let certs = crate::front::tls::Certs::load(cert, key)?;
             Some((bind(&cfg.host, cfg.tls_port, cfg.listen_backlog).await.context("TLS_PORT")?, certs))
         }
         (None, None) => None,
@@ -111,8 +111,10 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
             io.ns("/", on_connect.with(authenticate)).await.map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
             if state.admin.is_some() {
                 io.ns(
-                    crate::admin::NAMESPACE,
-                    crate::admin::on_connect.with(crate::sio::handshake_done).with(crate::admin::authenticate),
+                    crate::front::admin::NAMESPACE,
+                    crate::front::admin::on_connect
+                        .with(crate::front::sio::handshake_done)
+                        .with(crate::front::admin::authenticate),
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
@@ -124,8 +126,10 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
             io.ns("/", on_connect.with(authenticate));
             if state.admin.is_some() {
                 io.ns(
-                    crate::admin::NAMESPACE,
-                    crate::admin::on_connect.with(crate::sio::handshake_done).with(crate::admin::authenticate),
+                    crate::front::admin::NAMESPACE,
+                    crate::front::admin::on_connect
+                        .with(crate::front::sio::handshake_done)
+                        .with(crate::front::admin::authenticate),
                 );
             }
             Ok(assemble(io, layer, state, cors, listener, tls))
@@ -140,25 +144,25 @@ fn assemble<A: Adapter>(
     state: AppState,
     cors: tower_http::cors::CorsLayer,
     listener: TcpListener,
-    tls: Option<(TcpListener, Arc<crate::tls::Certs>)>,
+    tls: Option<(TcpListener, Arc<crate::front::tls::Certs>)>,
 ) -> Gateway {
     // The hub's transports: Socket.IO (crossing nodes through the adapter) and `/ws` (through the bus).
     let ws = WsClients::new(state.bus.clone());
     state.hub.install(vec![
-        Arc::new(SioTransport { io: io.clone(), heartbeat: crate::sio::heartbeat(&state) }),
+        Arc::new(SioTransport { io: io.clone(), heartbeat: crate::front::sio::heartbeat(&state) }),
         Arc::new(WsTransport(ws.clone())),
     ]);
-    let mut tasks = vec![crate::events::spawn_expiry_sweeper(state.clone()), ws.spawn_presence()];
+    let mut tasks = vec![crate::app::events::spawn_expiry_sweeper(state.clone()), ws.spawn_presence()];
     let timer_state = state.clone();
     tasks.push(state.timers.spawn(move |job| {
         let state = timer_state.clone();
-        async move { crate::events::run_job(&state, job).await }
+        async move { crate::app::events::run_job(&state, job).await }
     }));
-    tasks.push(crate::events::presence::spawn_sweeper(state.clone()));
-    let on_gone: crate::cluster::OnNodeGone = Arc::new(|state, user, node| {
-        Box::pin(async move { crate::events::calls::node_gone(&state, &user, &node).await })
+    tasks.push(crate::app::events::presence::spawn_sweeper(state.clone()));
+    let on_gone: crate::cluster::liveness::OnNodeGone = Arc::new(|state, user, node| {
+        Box::pin(async move { crate::app::events::calls::node_gone(&state, &user, &node).await })
     });
-    tasks.extend(crate::cluster::spawn_heartbeat(state.clone(), on_gone));
+    tasks.extend(crate::cluster::liveness::spawn_heartbeat(state.clone(), on_gone));
     tasks.extend(state.publications.spawn(state.clone()));
     let files_state = state.clone();
     tasks.push(tokio::spawn(async move {
@@ -171,21 +175,21 @@ fn assemble<A: Adapter>(
             files_state.files.sweep(None).await;
         }
     }));
-    tasks.extend(crate::ingress::spawn(state.clone()));
-    tasks.extend(crate::admin::spawn(io.clone(), state.clone()));
+    tasks.extend(crate::app::ingress::spawn(state.clone()));
+    tasks.extend(crate::front::admin::spawn(io.clone(), state.clone()));
     if let Some(hooks) = &state.webhooks {
-        tasks.extend(crate::webhooks::spawn(hooks.clone()));
+        tasks.extend(crate::app::webhooks::spawn(hooks.clone()));
     }
     let api = Api { state: state.clone() };
-    let front = crate::ws::WsFront { state: state.clone(), clients: ws };
+    let front = crate::front::ws::WsFront { state: state.clone(), clients: ws };
     // The head compaction runs before the Socket.IO layer sees the request (see http/compact.rs),
     // then the Engine.IO guard (private session ids, the handshake budget: see http/engine.rs).
-    let engine_guard = crate::http::engine::EngineGuard::new(state.clone());
-    let router = crate::http::router(api)
-        .merge(crate::ws::router(front))
+    let engine_guard = crate::front::http::engine::EngineGuard::new(state.clone());
+    let router = crate::front::http::router(api)
+        .merge(crate::front::ws::router(front))
         .layer(layer)
-        .layer(axum::middleware::from_fn_with_state(engine_guard, crate::http::engine::guard))
-        .layer(tower::util::MapRequestLayer::new(crate::http::compact::compact_head))
+        .layer(axum::middleware::from_fn_with_state(engine_guard, crate::front::http::engine::guard))
+        .layer(tower::util::MapRequestLayer::new(crate::front::http::compact::compact_head))
         .layer(cors);
     let drain_state = state.clone();
     let shutdown = Box::new(move || -> BoxFuture<'static, ()> {
@@ -193,7 +197,7 @@ fn assemble<A: Adapter>(
             // The listener is already closed (see `Gateway::run`). Tell every client first, then
             // close transports (not a Socket.IO disconnect), so socket.io clients see `transport
             // close` and reconnect by themselves, to another node when there is one.
-            let notice = serde_json::json!({ "reason": "shutdown", "timestamp": crate::iso_now() });
+            let notice = serde_json::json!({ "reason": "shutdown", "timestamp": crate::model::clock::iso_now() });
             drain_state.metrics.event_out("server-shutdown");
             if let Err(e) = drain_state.hub.everyone().local().emit("server-shutdown", &notice).await {
                 tracing::warn!("server-shutdown not sent to every client: {e}");
@@ -205,7 +209,7 @@ fn assemble<A: Adapter>(
             futures_util::stream::iter(clients)
                 .for_each_concurrent(64, |c| {
                     let state = drain_state.clone();
-                    async move { crate::events::depart(&state, &*c, "server shutting down").await }
+                    async move { crate::app::events::depart(&state, &*c, "server shutting down").await }
                 })
                 .await;
             drain_state.hub.shutdown().await;
@@ -316,7 +320,7 @@ impl Gateway {
         let tls_server = match tls {
             Some((tcp, certs)) => {
                 spawn_reload_on_sighup(certs.clone());
-                let listener = crate::tls::TlsListener::new(tcp, certs).context("TLS listener")?;
+                let listener = crate::front::tls::TlsListener::new(tcp, certs).context("TLS listener")?;
                 let mut stop = tls_stop_rx;
                 let server =
                     axum::serve(listener.tap_io(|_| {}), router.clone().into_make_service_with_connect_info::<Peer>())
@@ -365,7 +369,7 @@ impl Gateway {
 }
 
 /// SIGHUP reloads the TLS certificate pair.
-fn spawn_reload_on_sighup(certs: Arc<crate::tls::Certs>) {
+fn spawn_reload_on_sighup(certs: Arc<crate::front::tls::Certs>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use realtime_gateway::auth::{Authenticator, User};
-use realtime_gateway::config::Config;
+use realtime_gateway::app::auth::{Authenticator, User};
+use realtime_gateway::model::config::Config;
 use serde_json::Value;
 
 struct Running {

@@ -16,10 +16,10 @@ mod common;
 use common::{free_port, RedisServer};
 use futures_util::StreamExt;
 use proptest::prelude::*;
-use realtime_gateway::history::redis::RedisHistory;
-use realtime_gateway::history::{History, HistoryLimits};
-use realtime_gateway::redis_link::RedisLink;
-use realtime_gateway::sequence::{Delivery, Input, Sequencer};
+use realtime_gateway::app::sequence::{Delivery, Input, Sequencer};
+use realtime_gateway::storage::history::redis::RedisHistory;
+use realtime_gateway::storage::history::{History, HistoryLimits};
+use realtime_gateway::storage::redis_link::RedisLink;
 use serde_json::Value;
 
 /// A short lease, so that takeovers happen within a test case.
@@ -122,7 +122,7 @@ async fn run_case(url: &str, case: u64, ops: &[Op]) -> Result<(), TestCaseError>
         match op {
             Op::Publish(i) => {
                 let _: i64 = redis::cmd("PUBLISH").arg(CHANNEL).arg(PAYLOADS[*i]).query_async(&mut conn).await.unwrap();
-                published.push(realtime_gateway::ingress::payload_value(PAYLOADS[*i].as_bytes()));
+                published.push(realtime_gateway::app::ingress::payload_value(PAYLOADS[*i].as_bytes()));
             }
             Op::Wait(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
             Op::Stall(n, ms) => {

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::RedisServer;
-use realtime_gateway::auth::User;
-use realtime_gateway::redis_link::RedisLink;
-use realtime_gateway::store::{redis::RedisStore, Limits, Store};
+use realtime_gateway::app::auth::User;
+use realtime_gateway::storage::redis_link::RedisLink;
+use realtime_gateway::storage::store::{redis::RedisStore, Limits, Store};
 
 /// A `redis-server` that is SIGKILLed and reaped when dropped (also when a test panics).
 fn node(url: &str, id: &str) -> RedisStore {

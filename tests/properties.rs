@@ -2,9 +2,9 @@
 //! succeeds or fails cleanly (never panics), and the validators agree with their definitions.
 
 use proptest::prelude::*;
-use realtime_gateway::events::{calls, channels, connection, presence, private, rooms};
-use realtime_gateway::names;
-use realtime_gateway::policy::glob;
+use realtime_gateway::app::events::{calls, channels, connection, presence, private, rooms};
+use realtime_gateway::app::policy::glob;
+use realtime_gateway::model::names;
 use serde_json::Value;
 
 /// Arbitrary JSON up to a few levels deep, with the field names the events use.
@@ -76,7 +76,7 @@ proptest! {
         let _ = decode::<calls::IceCandidate>(&v);
         let _ = decode::<calls::CallReject>(&v);
         let _ = decode::<calls::HangUp>(&v);
-        let _ = decode::<realtime_gateway::delivery::EmitRequest>(&v);
+        let _ = decode::<realtime_gateway::app::delivery::EmitRequest>(&v);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 mod common;
 
 use common::{free_port, RedisServer};
-use realtime_gateway::redis_link::RedisLink;
+use realtime_gateway::storage::redis_link::RedisLink;
 use redis::AsyncCommands;
 
 fn kill(server: RedisServer) {
@@ -17,12 +17,12 @@ fn kill(server: RedisServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stores_first_requests_after_a_redis_restart_succeed() {
-    use realtime_gateway::store::{redis::RedisStore, Limits, Store};
+    use realtime_gateway::storage::store::{redis::RedisStore, Limits, Store};
     let port = free_port();
     let redis = RedisServer::start_on(port);
     let url = format!("redis://127.0.0.1:{port}");
     let store = RedisStore::new(Arc::new(RedisLink::open(&url).expect("link")), "retry", "n1", Limits::default());
-    let user = realtime_gateway::auth::User { user_id: "u".into(), email: None, name: None, role: "user".into() };
+    let user = realtime_gateway::app::auth::User { user_id: "u".into(), email: None, name: None, role: "user".into() };
     assert_eq!(store.socket_up(&user, "s1", 20).await.expect("socket_up before the restart"), Some(true));
     let mut other = RedisLink::open(&url).expect("link").commands();
     let _: () = other.set("k", "before").await.expect("set before the restart");

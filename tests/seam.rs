@@ -14,8 +14,8 @@
 //! came from a node that was ahead).
 
 use proptest::prelude::*;
-use realtime_gateway::history::{Position, Publication, Tail};
-use realtime_gateway::publications::{place, Seam};
+use realtime_gateway::app::publications::{place, Seam};
+use realtime_gateway::storage::history::{Position, Publication, Tail};
 
 const EPOCH: &str = "e";
 

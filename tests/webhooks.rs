@@ -11,10 +11,10 @@ use axum::http::StatusCode;
 mod common;
 
 use common::RedisServer;
-use realtime_gateway::config::Config;
-use realtime_gateway::metrics::Metrics;
-use realtime_gateway::redis_link::RedisLink;
-use realtime_gateway::webhooks::{self, Webhooks};
+use realtime_gateway::app::webhooks::{self, Webhooks};
+use realtime_gateway::model::config::Config;
+use realtime_gateway::model::metrics::Metrics;
+use realtime_gateway::storage::redis_link::RedisLink;
 
 /// One request the receiver got: the webhook's body, and the lease's value in Redis at that moment.
 #[derive(Clone, Debug)]
@@ -126,7 +126,7 @@ async fn a_takeover_claims_everything_the_dead_deliverer_held_past_one_page() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let now = realtime_gateway::auth::unix_now_ms();
+    let now = realtime_gateway::model::clock::unix_now_ms();
     let mut p = redis::pipe();
     for n in 0..HELD {
         let body =

@@ -1,0 +1,12 @@
+pub mod auth;
+pub mod delivery;
+pub mod emitter;
+pub mod events;
+pub mod ignis_emitter;
+pub mod ingress;
+pub mod policy;
+pub mod proxy;
+pub mod publications;
+pub mod sequence;
+pub mod state;
+pub mod webhooks;

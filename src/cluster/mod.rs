@@ -1,0 +1,3 @@
+pub mod adapter;
+pub mod bus;
+pub mod liveness;

@@ -1,0 +1,5 @@
+pub mod admin;
+pub mod http;
+pub mod sio;
+pub mod tls;
+pub mod ws;

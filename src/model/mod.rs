@@ -1,0 +1,11 @@
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod names;
+pub mod session;
+pub mod stats;
+pub mod timers;
+pub mod user;
