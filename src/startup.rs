@@ -67,13 +67,28 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         Some(link) => Arc::new(RedisStore::new(link.clone(), &config.redis_prefix, &node_id, limits)),
         None => Arc::new(MemoryStore::new(limits)),
     };
-    config.node_id = Some(node_id);
+    config.node_id = Some(node_id.clone());
     let admin = crate::front::admin::Settings::from_config(&config)?.map(crate::front::admin::Admin::new);
     let proxy = crate::app::proxy::EventProxy::from_config(&config)?;
-    // Its errors name the variable (the state builds it again, then without fail).
-    crate::app::webhooks::Webhooks::from_config(&config, None, "", None)?;
+    let metrics = crate::model::metrics::Metrics::new();
+    let webhooks = crate::app::webhooks::Webhooks::from_config(&config, redis.clone(), &node_id, Some(&metrics))?;
+    let publications = publications(&config, redis.as_ref(), &node_id);
     let files = crate::storage::files::Files::open(&config)?;
-    let state = AppState::new(config, auth, policy, redis.clone(), store, admin, proxy, files);
+    let state = AppState::new(crate::app::state::Parts {
+        config,
+        auth,
+        policy,
+        redis: redis.clone(),
+        store,
+        metrics,
+        proxy,
+        webhooks,
+        publications,
+        files,
+    });
+    if let Some(admin) = &admin {
+        state.hub.watch(admin.clone());
+    }
     let cfg = &state.config;
     let listener = bind(&cfg.host, cfg.port, cfg.listen_backlog).await?;
     let tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
@@ -97,6 +112,11 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
         .ping_timeout(cfg.ping_timeout())
         // SPEC §7: a session without a namespace is dropped after 10 s (see http/engine.rs).
         .connect_timeout(Duration::from_secs(10));
+    // The Admin UI's handlers take it as their state.
+    let builder = match &admin {
+        Some(admin) => builder.with_state(admin.clone()),
+        None => builder,
+    };
     match &redis {
         Some(link) => {
             let driver = GatewayDriver::new(link.clone())?;
@@ -109,7 +129,7 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
                 ))
                 .build_layer();
             io.ns("/", on_connect.with(authenticate)).await.map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
-            if state.admin.is_some() {
+            if admin.is_some() {
                 io.ns(
                     crate::front::admin::NAMESPACE,
                     crate::front::admin::on_connect
@@ -119,12 +139,12 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
                 .await
                 .map_err(|e| anyhow::anyhow!("redis adapter: {e}"))?;
             }
-            Ok(assemble(io, layer, state, cors, listener, tls))
+            Ok(assemble(io, layer, state, admin, cors, listener, tls))
         }
         None => {
             let (layer, io) = builder.build_layer();
             io.ns("/", on_connect.with(authenticate));
-            if state.admin.is_some() {
+            if admin.is_some() {
                 io.ns(
                     crate::front::admin::NAMESPACE,
                     crate::front::admin::on_connect
@@ -132,7 +152,7 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
                         .with(crate::front::admin::authenticate),
                 );
             }
-            Ok(assemble(io, layer, state, cors, listener, tls))
+            Ok(assemble(io, layer, state, admin, cors, listener, tls))
         }
     }
 }
@@ -142,6 +162,7 @@ fn assemble<A: Adapter>(
     io: SocketIo<A>,
     layer: SocketIoLayer<A>,
     state: AppState,
+    admin: Option<Arc<crate::front::admin::Admin>>,
     cors: tower_http::cors::CorsLayer,
     listener: TcpListener,
     tls: Option<(TcpListener, Arc<crate::front::tls::Certs>)>,
@@ -159,11 +180,29 @@ fn assemble<A: Adapter>(
         async move { crate::app::events::run_job(&state, job).await }
     }));
     tasks.push(crate::app::events::presence::spawn_sweeper(state.clone()));
-    let on_gone: crate::cluster::liveness::OnNodeGone = Arc::new(|state, user, node| {
-        Box::pin(async move { crate::app::events::calls::node_gone(&state, &user, &node).await })
-    });
-    tasks.extend(crate::cluster::liveness::spawn_heartbeat(state.clone(), on_gone));
-    tasks.extend(state.publications.spawn(state.clone()));
+    if let Some(redis) = &state.redis {
+        let (calls_state, admin) = (state.clone(), admin.clone());
+        tasks.push(crate::cluster::liveness::spawn_heartbeat(crate::cluster::liveness::Liveness {
+            redis: redis.clone(),
+            prefix: state.config.redis_prefix.clone(),
+            node_id: state.node_id.clone(),
+            peers: state.peers.clone(),
+            store: state.store.clone(),
+            grace_ms: state.config.presence_grace_ms,
+            hub: state.hub.clone(),
+            counters: state.counters.clone(),
+            on_gone: Arc::new(move |user, node| {
+                let state = calls_state.clone();
+                Box::pin(async move { crate::app::events::calls::node_gone(&state, &user, &node).await })
+            }),
+            on_clients_gone: Arc::new(move |ids| {
+                if let Some(admin) = &admin {
+                    admin.node_gone(ids);
+                }
+            }),
+        }));
+    }
+    tasks.extend(state.publications.spawn(state.hub.clone(), state.metrics.history_errors.clone()));
     let files_state = state.clone();
     tasks.push(tokio::spawn(async move {
         // Uploads without a chunk for UPLOAD_IDLE_TIMEOUT_SECS are dropped.
@@ -176,7 +215,9 @@ fn assemble<A: Adapter>(
         }
     }));
     tasks.extend(crate::app::ingress::spawn(state.clone()));
-    tasks.extend(crate::front::admin::spawn(io.clone(), state.clone()));
+    if let Some(admin) = admin {
+        tasks.extend(crate::front::admin::spawn(io.clone(), state.clone(), admin));
+    }
     if let Some(hooks) = &state.webhooks {
         tasks.extend(crate::app::webhooks::spawn(hooks.clone()));
     }
@@ -382,4 +423,29 @@ fn spawn_reload_on_sighup(certs: Arc<crate::front::tls::Certs>) {
     });
     #[cfg(not(unix))]
     let _ = certs;
+}
+
+/// The channel history: in Redis when there is one (one node appends, see `sequence.rs`), else in
+/// memory; none with `CHANNEL_HISTORY_SIZE=0`.
+pub fn publications(
+    config: &Config,
+    redis: Option<&Arc<RedisLink>>,
+    node_id: &str,
+) -> crate::app::publications::Publications {
+    use crate::storage::history::{memory::MemoryHistory, redis::RedisHistory, History, HistoryLimits};
+    let limits = HistoryLimits {
+        size: config.channel_history_size as usize,
+        ttl_ms: config.channel_history_ttl_secs.saturating_mul(1000),
+    };
+    match (limits.size, redis) {
+        (0, _) => crate::app::publications::Publications::new(None, None),
+        (_, Some(link)) => {
+            let history = Arc::new(RedisHistory::new(link.clone(), &config.redis_prefix, limits));
+            let token = format!("{}:{}", node_id, crate::storage::history::new_epoch());
+            let sequencer =
+                crate::app::sequence::Sequencer::new(history.clone(), token, crate::app::sequence::LEASE_MS);
+            crate::app::publications::Publications::new(Some(history as Arc<dyn History>), Some(sequencer))
+        }
+        (_, None) => crate::app::publications::Publications::new(Some(Arc::new(MemoryHistory::new(limits))), None),
+    }
 }

@@ -1,7 +1,7 @@
 //! Emitting to a target (everyone, a chat room, a channel, a user, one client): shared by the REST
 //! API, Redis ingress and `realtime:emit`.
 
-use crate::model::client::ClientId;
+use crate::model::id::ClientId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -121,12 +121,18 @@ pub enum Scope {
 /// Emits through Redis when configured (`realtime:emit`: every node delivers to its own clients,
 /// exactly once); without Redis, or while it is down, this node delivers to its own clients. The
 /// REST API and the event proxy's `emit` answers.
-pub async fn send(state: &crate::app::state::AppState, req: &EmitRequest, target: &Target) -> Result<Scope, String> {
-    state.metrics.event_out(&req.event);
+pub async fn send(
+    metrics: &crate::model::metrics::Metrics,
+    redis: Option<&crate::storage::redis_link::RedisLink>,
+    hub: &Hub,
+    req: &EmitRequest,
+    target: &Target,
+) -> Result<Scope, String> {
+    metrics.event_out(&req.event);
     let mut scope = Scope::Cluster;
-    if let Some(redis) = &state.redis {
+    if let Some(redis) = redis {
         let payload = serde_json::to_string(req).map_err(|e| e.to_string())?;
-        match redis.publish(crate::app::ingress::EMIT_CHANNEL, payload).await {
+        match redis.publish(crate::model::names::EMIT_CHANNEL, payload).await {
             Ok(()) => return Ok(Scope::Cluster),
             Err(e) => {
                 tracing::warn!("broadcast via redis failed, delivering locally only: {e:#}");
@@ -134,7 +140,7 @@ pub async fn send(state: &crate::app::state::AppState, req: &EmitRequest, target
             }
         }
     }
-    emit(&state.hub, target, &req.event, &req.data, true).await?;
+    emit(hub, target, &req.event, &req.data, true).await?;
     Ok(scope)
 }
 

@@ -10,14 +10,13 @@
 
 use std::str::FromStr;
 
-use crate::model::client::ClientId;
+use crate::model::id::ClientId;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::app::state::AppState;
 use crate::model::client::{Client, Close};
 use crate::model::names;
-use crate::model::session::Joined;
 
 /// The emitter's key (`new Emitter(redis, { key })`), its default.
 pub const KEY: &str = "socket.io";
@@ -223,19 +222,11 @@ pub fn on_request(state: &AppState, payload: &[u8]) {
             2 | 3 => {
                 for name in req.rooms.iter().take(100) {
                     let Target::Room(room) = target(name) else { continue };
+                    // A chat room joined this way is the client's as if it had sent `join-room`.
                     if req.kind == 2 {
-                        // A chat room joined this way is the client's as if it had sent `join-room`.
-                        if let (Some(id), Some(session)) = (room.strip_prefix(names::CHAT_PREFIX), c.session()) {
-                            if session.join_room(id, state.config.max_rooms_per_socket as usize) == Joined::Full {
-                                continue;
-                            }
-                        }
-                        crate::app::events::join(state, &*c, &room);
+                        state.hub.join(&*c, &room, state.config.max_rooms_per_socket as usize);
                     } else {
-                        if let (Some(id), Some(session)) = (room.strip_prefix(names::CHAT_PREFIX), c.session()) {
-                            session.leave_room(id);
-                        }
-                        crate::app::events::leave(state, &*c, &room);
+                        state.hub.leave(&*c, &room);
                     }
                 }
             }

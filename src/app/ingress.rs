@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde_json::Value;
 
 use crate::app::delivery::{self, EmitRequest};
 use crate::app::policy::Policy;
@@ -22,7 +21,7 @@ use crate::app::state::AppState;
 use crate::model::names;
 
 /// The channel that carries `{event, data, room?|channel?|userId?|socketId?}` envelopes.
-pub const EMIT_CHANNEL: &str = "realtime:emit";
+pub use crate::model::names::EMIT_CHANNEL;
 
 /// Redis glob patterns for every channel the policy knows (`{userId}` becomes `*`, Redis's special
 /// characters are escaped).
@@ -245,10 +244,7 @@ async fn next_or_moved<S: futures_util::Stream<Item = redis::Msg> + Unpin>(
     }
 }
 
-/// The data of a publish: JSON when it parses, else the raw text as a string.
-pub fn payload_value(payload: &[u8]) -> Value {
-    serde_json::from_slice(payload).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
-}
+pub use crate::storage::history::payload_value;
 
 async fn publish(state: &AppState, channel: &str, payload: &[u8], sequenced: bool) {
     if !names::valid_id(channel) || !state.policy.knows(channel) {
@@ -309,7 +305,7 @@ mod tests {
     #[test]
     fn payloads() {
         assert_eq!(payload_value(b"{\"id\":1}"), serde_json::json!({"id": 1}));
-        assert_eq!(payload_value(b"hello"), Value::String("hello".into()));
+        assert_eq!(payload_value(b"hello"), serde_json::Value::String("hello".into()));
         assert_eq!(payload_value(b"42"), serde_json::json!(42));
     }
 }

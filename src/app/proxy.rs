@@ -15,10 +15,9 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::app::delivery::EmitRequest;
-use crate::app::events::Ctx;
-use crate::model::error::{ApiError, Code, HandlerResult};
-use crate::model::names;
-use crate::model::session::Joined;
+use crate::model::error::{ApiError, Code};
+use crate::model::metrics::Metrics;
+use crate::model::user::User;
 
 /// The client of one node: its HTTP connections and its budget of calls in flight.
 pub struct EventProxy {
@@ -30,17 +29,24 @@ pub struct EventProxy {
     max_answer: usize,
 }
 
-/// What the backend answers.
+/// What the backend answers: the event's ack, and what to do (carried out by `events::proxied`).
 #[derive(Deserialize, Default)]
-struct Answer {
+pub struct Answer {
     #[serde(default)]
-    ack: Option<Value>,
+    pub ack: Option<Value>,
     #[serde(default)]
-    emit: Vec<EmitRequest>,
+    pub emit: Vec<EmitRequest>,
     #[serde(default)]
-    join: Vec<String>,
+    pub join: Vec<String>,
     #[serde(default)]
-    leave: Vec<String>,
+    pub leave: Vec<String>,
+}
+
+/// Who sent the event, as the backend is told.
+pub struct Caller<'a> {
+    pub socket_id: String,
+    pub user: Option<&'a User>,
+    pub node_id: &'a str,
 }
 
 /// `sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with secret>`: the `X-Realtime-Signature` header.
@@ -87,9 +93,14 @@ impl EventProxy {
         })))
     }
 
-    /// Sends one event to the backend and carries out its answer.
-    pub async fn call(&self, ctx: &Ctx, event: &str, args: Vec<Value>) -> HandlerResult {
-        let metrics = &ctx.state.metrics;
+    /// Sends one event to the backend; its answer, for the caller to carry out.
+    pub async fn call(
+        &self,
+        metrics: &Metrics,
+        caller: Caller<'_>,
+        event: &str,
+        args: Vec<Value>,
+    ) -> Result<Answer, ApiError> {
         let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
             metrics.proxy("busy");
             return Err(ApiError::new(Code::RateLimited, "Backend busy"));
@@ -98,9 +109,9 @@ impl EventProxy {
         let body = json!({
             "event": event,
             "args": args,
-            "socketId": ctx.id().to_string(),
-            "user": ctx.user.as_deref(),
-            "nodeId": ctx.state.node_id,
+            "socketId": caller.socket_id,
+            "user": caller.user,
+            "nodeId": caller.node_id,
             "ts": ts,
         });
         let body = serde_json::to_vec(&body).map_err(|_| ApiError::internal())?;
@@ -132,34 +143,7 @@ impl EventProxy {
             }
         };
         metrics.proxy("ok");
-        self.carry_out(ctx, &answer).await;
-        Ok(answer.ack.unwrap_or_else(|| json!({ "success": true })))
-    }
-
-    /// The answer's room changes for the caller, then its emits (as `POST /api/broadcast`): a backend
-    /// that joins the caller to a room and announces it there reaches the caller too.
-    async fn carry_out(&self, ctx: &Ctx, answer: &Answer) {
-        let cap = ctx.state.config.max_rooms_per_socket as usize;
-        for id in answer.join.iter().take(100).filter(|id| names::valid_room_id(id)) {
-            if ctx.session.join_room(id, cap) != Joined::Full {
-                crate::app::events::join(&ctx.state, &*ctx.client, &names::chat(id));
-            }
-        }
-        for id in answer.leave.iter().take(100) {
-            if ctx.session.leave_room(id) {
-                crate::app::events::leave(&ctx.state, &*ctx.client, &names::chat(id));
-            }
-        }
-        for req in answer.emit.iter().take(100) {
-            match req.target() {
-                Ok(target) => {
-                    if let Err(e) = crate::app::delivery::send(&ctx.state, req, &target).await {
-                        tracing::warn!(event = %req.event, "event proxy emit: {e}");
-                    }
-                }
-                Err(e) => tracing::warn!(event = %req.event, "event proxy: emit dropped: {e}"),
-            }
-        }
+        Ok(answer)
     }
 }
 

@@ -30,12 +30,13 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::app::sequence::{Input, Sequencer};
-use crate::app::state::AppState;
 use crate::model::client::{Client, Close};
 use crate::model::error::{ApiError, Code};
+use crate::model::hub::Hub;
 use crate::model::names;
 use crate::storage::history::{History, NewPublication, Position, Tail};
 use crate::storage::store::StoreResult;
+use metrics::Counter;
 
 /// Publications waiting for the task; the ingress waits when it is full.
 const QUEUE: usize = 8192;
@@ -137,7 +138,7 @@ pub struct Publications {
     ctl: mpsc::Sender<Ctl>,
     done: mpsc::UnboundedSender<Done>,
     receivers: Mutex<Option<Receivers>>,
-    next_id: AtomicU64,
+    next_id: Arc<AtomicU64>,
 }
 
 impl Publications {
@@ -154,7 +155,7 @@ impl Publications {
             ctl,
             done,
             receivers: Mutex::new(Some((pubs_rx, ctl_rx, done_rx, sequencer))),
-            next_id: AtomicU64::new(1),
+            next_id: Arc::new(AtomicU64::new(1)),
         }
     }
 
@@ -213,10 +214,13 @@ impl Publications {
     }
 
     /// Starts the node's publication task.
-    pub fn spawn(&self, state: AppState) -> Option<tokio::task::JoinHandle<()>> {
+    /// `hub` delivers; `history_errors` counts the history's failures.
+    pub fn spawn(&self, hub: Arc<Hub>, history_errors: Counter) -> Option<tokio::task::JoinHandle<()>> {
         let (pubs, ctl, done, sequencer) = self.receivers.lock().unwrap_or_else(|e| e.into_inner()).take()?;
         let task = Task {
-            state: state.clone(),
+            hub,
+            history_errors,
+            next_id: self.next_id.clone(),
             history: self.history.clone(),
             sequencer,
             done_tx: self.done.clone(),
@@ -224,10 +228,6 @@ impl Publications {
             by_channel: HashMap::new(),
         };
         Some(tokio::spawn(task.run(pubs, ctl, done)))
-    }
-
-    fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -240,8 +240,6 @@ struct Pending {
     client: Client,
     channel: String,
     since: Option<Position>,
-    /// Subscribed before this subscribe: no Admin UI notice at the join.
-    was_subscribed: bool,
     reply: Option<oneshot::Sender<Result<Subscribed, ApiError>>>,
     /// Delivered to the channel since the subscription started, until [`Go`]: (offset, epoch,
     /// envelope).
@@ -287,7 +285,9 @@ impl Seam {
 }
 
 struct Task {
-    state: AppState,
+    hub: Arc<Hub>,
+    history_errors: Counter,
+    next_id: Arc<AtomicU64>,
     history: Option<Arc<dyn History>>,
     sequencer: Option<Sequencer>,
     done_tx: mpsc::UnboundedSender<Done>,
@@ -366,7 +366,7 @@ impl Task {
     }
 
     fn new_id(&self) -> u64 {
-        self.state.publications.next_id()
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     async fn publish(&mut self, batch: Vec<Pub>) {
@@ -389,7 +389,7 @@ impl Task {
                         }
                     }
                     Err(e) => {
-                        self.state.metrics.history_errors.increment(1);
+                        self.history_errors.increment(1);
                         tracing::warn!(
                             publications = news.len(),
                             "channel history: not appended, delivered without offsets: {e}"
@@ -423,7 +423,7 @@ impl Task {
         };
         let ids = self.by_channel.get(channel).cloned().unwrap_or_default();
         let catching = ids.iter().any(|id| self.pending.get(id).is_some_and(|x| x.joined));
-        let to = self.state.hub.to(names::channel(channel)).local();
+        let to = self.hub.to(names::channel(channel)).local();
         let to = if catching { to.except(names::catching_up(channel)) } else { to };
         // The value goes to the hub as it is; the subscriptions being set up share one copy.
         let shared = if ids.is_empty() { None } else { Some(Arc::new(value.clone())) };
@@ -464,10 +464,7 @@ impl Task {
                 }
                 let room = names::channel(&channel);
                 client.leave(&names::catching_up(&channel));
-                client.leave(&room);
-                if let Some(admin) = &self.state.admin {
-                    admin.room(&*client, &room, false);
-                }
+                self.hub.leave(&*client, &room);
                 let _ = reply.send(());
             }
         }
@@ -530,12 +527,7 @@ impl Task {
             return;
         }
         let Some(history) = self.history.clone() else {
-            client.join(&room);
-            if !was_subscribed {
-                if let Some(admin) = &self.state.admin {
-                    admin.room(&*client, &room, true);
-                }
-            }
+            self.hub.join(&*client, &room, 0);
             let recovered = since.map(|_| false);
             let _ = reply.send(Ok(Subscribed { recovered, position: None, go: None }));
             return;
@@ -552,7 +544,6 @@ impl Task {
                 client,
                 channel: channel.clone(),
                 since,
-                was_subscribed,
                 reply: Some(reply),
                 held: Vec::new(),
                 overflow: false,
@@ -575,14 +566,14 @@ impl Task {
 
     fn ready(&mut self, id: u64, result: StoreResult<Tail>) {
         let done = self.done_tx.clone();
-        let metrics_state = self.state.clone();
+        let (history_errors, hub) = (self.history_errors.clone(), self.hub.clone());
         let Some(p) = self.pending.get_mut(&id) else { return };
         let answer = if p.overflow {
             Err(ApiError::new(Code::Internal, "Too many publications while subscribing; try again"))
         } else {
             match result {
                 Err(e) => {
-                    metrics_state.metrics.history_errors.increment(1);
+                    history_errors.increment(1);
                     tracing::warn!(channel = p.channel, "channel history unreadable; subscribed without recovery: {e}");
                     Ok((p.since.as_ref().map(|_| false), None, Vec::new()))
                 }
@@ -611,13 +602,8 @@ impl Task {
                 p.replay = replay;
                 p.seam = start.clone().map(Seam::new);
                 p.client.join(&names::catching_up(&p.channel));
-                p.client.join(&names::channel(&p.channel));
+                hub.join(&*p.client, &names::channel(&p.channel), 0);
                 p.joined = true;
-                if !p.was_subscribed {
-                    if let Some(admin) = &metrics_state.admin {
-                        admin.room(&*p.client, &names::channel(&p.channel), true);
-                    }
-                }
                 // Sent or not (an abandoned subscribe drops the Go at once), the Go completes it.
                 let _ = reply.send(Ok(Subscribed { recovered, position: start, go: Some(Go { id, done }) }));
             }

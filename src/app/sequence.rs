@@ -152,7 +152,7 @@ impl Sequencer {
     pub async fn input(&mut self, input: Input) -> Vec<Delivery> {
         match input {
             Input::Raw { channel, payload } => {
-                let json = serde_json::to_string(&crate::app::ingress::payload_value(&payload))
+                let json = serde_json::to_string(&crate::storage::history::payload_value(&payload))
                     .unwrap_or_else(|_| "null".into());
                 if self.buffer.len() >= BUFFER {
                     self.buffer.pop_front();

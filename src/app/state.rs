@@ -40,13 +40,11 @@ pub struct Inner {
     /// Who is typing where on this node: (room, user) → when the indicator stops unless renewed.
     pub typing: Mutex<HashMap<(String, String), Instant>>,
     /// The delivery path to every connected client, on every transport and node.
-    pub hub: crate::model::hub::Hub,
+    pub hub: Arc<crate::model::hub::Hub>,
     /// How many other nodes the cluster has (from the heartbeat); 0 without Redis.
     pub peers: Arc<std::sync::atomic::AtomicUsize>,
     /// The nodes' own channel (see `bus.rs`).
     pub bus: Arc<crate::cluster::bus::Bus>,
-    /// The Socket.IO Admin UI, with `ADMIN_UI_PASSWORD`.
-    pub admin: Option<Arc<crate::front::admin::Admin>>,
     /// The event proxy, with `EVENT_PROXY_URL`.
     pub proxy: Option<Arc<crate::app::proxy::EventProxy>>,
     /// Lifecycle webhooks, with `WEBHOOK_URL`.
@@ -72,38 +70,35 @@ impl AppState {
         }
     }
 
-    /// `<REDIS_PREFIX>:<part>:<part>...`: a key of the gateway's own in Redis.
-    pub fn redis_key(&self, parts: &[&str]) -> String {
-        let mut k = self.config.redis_prefix.clone();
-        for p in parts {
-            k.push(':');
-            k.push_str(p);
-        }
-        k
+    /// An emit of the REST API or of the event proxy's answer, to every node (see `delivery::send`).
+    pub async fn send(
+        &self,
+        req: &crate::app::delivery::EmitRequest,
+        target: &crate::app::delivery::Target,
+    ) -> Result<crate::app::delivery::Scope, String> {
+        crate::app::delivery::send(&self.metrics, self.redis.as_deref(), &self.hub, req, target).await
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Config,
-        auth: Arc<Authenticator>,
-        policy: Policy,
-        redis: Option<Arc<RedisLink>>,
-        store: Arc<dyn Store>,
-        admin: Option<Arc<crate::front::admin::Admin>>,
-        proxy: Option<Arc<crate::app::proxy::EventProxy>>,
-        files: crate::storage::files::Files,
-    ) -> Self {
+    /// This node's figures plus every other live node's (`stats`, `/api/stats`).
+    pub async fn cluster_stats(&self) -> crate::cluster::liveness::ClusterStats {
+        let own = crate::model::stats::local_stats(&self.hub, &self.counters).await;
+        crate::cluster::liveness::cluster_stats(self.redis.as_deref(), &self.config.redis_prefix, &self.node_id, own)
+            .await
+    }
+
+    /// `<REDIS_PREFIX>:<part>:<part>...`: a key of the gateway's own in Redis.
+    pub fn redis_key(&self, parts: &[&str]) -> String {
+        crate::storage::redis_link::redis_key(&self.config.redis_prefix, parts)
+    }
+
+    /// The state of a node from its parts, each built by `startup`.
+    pub fn new(parts: Parts) -> Self {
+        let Parts { config, auth, policy, redis, store, metrics, proxy, webhooks, publications, files } = parts;
         let node_id = config.node_id.clone().unwrap_or_else(random_node_id);
         let quotas = Quotas::from_config(&config);
         let connect_limiter = connect_quota(config.connect_rate_per_ip).map(DefaultKeyedRateLimiter::keyed);
         let peers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (redis_for_bus, prefix, node_id_for_bus) = (redis.clone(), config.redis_prefix.clone(), node_id.clone());
-        // Checked before (startup validates WEBHOOK_URL); a bad one here means no webhooks.
-        let metrics = Metrics::new();
-        let webhooks = crate::app::webhooks::Webhooks::from_config(&config, redis.clone(), &node_id, Some(&metrics))
-            .ok()
-            .flatten();
-        let publications = publications(&config, redis.as_ref(), &node_id);
         AppState(Arc::new(Inner {
             config,
             auth,
@@ -119,10 +114,9 @@ impl AppState {
             quotas,
             connect_limiter,
             typing: Mutex::new(HashMap::new()),
-            hub: crate::model::hub::Hub::default(),
+            hub: Arc::new(crate::model::hub::Hub::default()),
             peers: peers.clone(),
             bus: crate::cluster::bus::Bus::new(redis_for_bus, format!("{}:bus", prefix), node_id_for_bus, peers),
-            admin,
             proxy,
             webhooks,
             publications,
@@ -131,27 +125,16 @@ impl AppState {
     }
 }
 
-/// The channel history: in Redis when there is one (one node appends, see `sequence.rs`), else in
-/// memory; none with `CHANNEL_HISTORY_SIZE=0`.
-fn publications(
-    config: &Config,
-    redis: Option<&Arc<RedisLink>>,
-    node_id: &str,
-) -> crate::app::publications::Publications {
-    use crate::storage::history::{memory::MemoryHistory, redis::RedisHistory, History, HistoryLimits};
-    let limits = HistoryLimits {
-        size: config.channel_history_size as usize,
-        ttl_ms: config.channel_history_ttl_secs.saturating_mul(1000),
-    };
-    match (limits.size, redis) {
-        (0, _) => crate::app::publications::Publications::new(None, None),
-        (_, Some(link)) => {
-            let history = Arc::new(RedisHistory::new(link.clone(), &config.redis_prefix, limits));
-            let token = format!("{}:{}", node_id, crate::storage::history::new_epoch());
-            let sequencer =
-                crate::app::sequence::Sequencer::new(history.clone(), token, crate::app::sequence::LEASE_MS);
-            crate::app::publications::Publications::new(Some(history as Arc<dyn History>), Some(sequencer))
-        }
-        (_, None) => crate::app::publications::Publications::new(Some(Arc::new(MemoryHistory::new(limits))), None),
-    }
+/// What [`AppState::new`] is given: the parts `startup` built.
+pub struct Parts {
+    pub config: Config,
+    pub auth: Arc<Authenticator>,
+    pub policy: Policy,
+    pub redis: Option<Arc<RedisLink>>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Metrics,
+    pub proxy: Option<Arc<crate::app::proxy::EventProxy>>,
+    pub webhooks: Option<Arc<crate::app::webhooks::Webhooks>>,
+    pub publications: crate::app::publications::Publications,
+    pub files: crate::storage::files::Files,
 }

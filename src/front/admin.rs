@@ -198,14 +198,14 @@ impl Admin {
     }
 
     /// A client arrived (after its greeting).
-    pub fn connected(&self, client: &dyn crate::model::client::Link) {
+    fn on_connected(&self, client: &dyn crate::model::client::Link) {
         self.count("rawConnection", None, 1);
         if self.settings.development {
             self.send(Relay::Two("socket_connected", serialize(client), json!(crate::model::clock::iso_now())));
         }
     }
 
-    pub fn disconnected(&self, client: &dyn crate::model::client::Link, reason: &str) {
+    fn on_disconnected(&self, client: &dyn crate::model::client::Link, reason: &str) {
         self.count("rawDisconnection", Some(reason), 1);
         if self.settings.development {
             let (nsp, id) = (nsp_of(client), client.id().to_string());
@@ -219,7 +219,7 @@ impl Admin {
         }
     }
 
-    pub fn room(&self, client: &dyn crate::model::client::Link, room: &str, joined: bool) {
+    fn on_room(&self, client: &dyn crate::model::client::Link, room: &str, joined: bool) {
         if self.settings.development {
             let event = if joined { "room_joined" } else { "room_left" };
             let (nsp, id) = (nsp_of(client), client.id().to_string());
@@ -248,7 +248,7 @@ impl Admin {
 
     /// Packets and bytes in (`in_ = true`) or out, for the aggregated events (each front end counts
     /// its own: it knows the sizes).
-    pub fn packets(&self, in_: bool, packets: u64, bytes: u64) {
+    fn on_packets(&self, in_: bool, packets: u64, bytes: u64) {
         let (p, b) = if in_ { ("packetsIn", "bytesIn") } else { ("packetsOut", "bytesOut") };
         self.count(p, None, packets);
         self.count(b, None, bytes);
@@ -256,7 +256,7 @@ impl Admin {
 
     /// A client event, shown (summarised, tokens redacted) in development mode; the arguments of
     /// [`TOKEN_EVENTS`] are not shown at all.
-    pub fn received(&self, client: &dyn crate::model::client::Link, event: &str, args: impl FnOnce() -> Value) {
+    fn on_received(&self, client: &dyn crate::model::client::Link, event: &str, args: &mut dyn FnMut() -> Value) {
         if self.settings.development {
             let mut list = vec![json!(redact_jwts(event))];
             if !TOKEN_EVENTS.contains(&event) {
@@ -332,7 +332,7 @@ fn nsp_of(client: &dyn crate::model::client::Link) -> &'static str {
 }
 
 /// A client as the UI lists it (`SerializedSocket`), without a token: the handshake's credentials are
-/// replaced where they are taken from ([`crate::model::client::redacted_headers`]), and any JWT left anywhere
+/// replaced where they are taken from ([`crate::front::render::redacted_headers`]), and any JWT left anywhere
 /// (another header, a query parameter, a room) here.
 fn serialize(client: &dyn crate::model::client::Link) -> Value {
     let mut v = serialize_raw(client);
@@ -592,12 +592,12 @@ fn apply(state: &AppState, action: &Action) {
         }
         Action::Join { nsp, room, filter } => {
             for c in clients.iter().filter(|c| matches(c, nsp, filter)) {
-                crate::app::events::join(state, &**c, room);
+                state.hub.join(&**c, room, state.config.max_rooms_per_socket as usize);
             }
         }
         Action::Leave { nsp, room, filter } => {
             for c in clients.iter().filter(|c| matches(c, nsp, filter)) {
-                crate::app::events::leave(state, &**c, room);
+                state.hub.leave(&**c, room);
             }
         }
         Action::Disconnect { nsp, filter } => {
@@ -649,9 +649,9 @@ struct NewSession(String);
 pub async fn authenticate<A: Adapter>(
     socket: SocketRef<A>,
     State(state): State<AppState>,
+    State(admin): State<Arc<Admin>>,
     TryData(auth): TryData<Value>,
 ) -> Result<(), AdminRefused> {
-    let Some(admin) = state.admin.clone() else { return Err(AdminRefused) };
     let auth = auth.unwrap_or(Value::Null);
     if let Some(id) = auth.get("sessionId").and_then(Value::as_str) {
         if admin.session_ok(&state, id).await {
@@ -702,11 +702,11 @@ impl std::fmt::Display for AdminRefused {
 
 impl std::error::Error for AdminRefused {}
 
-pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>) {
-    let Some(admin) = state.admin.clone() else {
-        let _ = socket.disconnect();
-        return;
-    };
+pub async fn on_connect<A: Adapter>(
+    socket: SocketRef<A>,
+    State(state): State<AppState>,
+    State(admin): State<Arc<Admin>>,
+) {
     tracing::info!(sid = %socket.id, "admin ui connected");
     if !admin.settings.readonly {
         // The UI's events carry several arguments: read them all from the packet.
@@ -768,8 +768,7 @@ fn room_action(args: Vec<Value>) -> Option<(String, String, Option<String>)> {
 
 /// The relay to the UI and the `server_stats` every 2 s: on this node, through the adapter to every
 /// node's admin sockets.
-pub fn spawn<A: Adapter>(io: SocketIo<A>, state: AppState) -> Option<tokio::task::JoinHandle<()>> {
-    let admin = state.admin.clone()?;
+pub fn spawn<A: Adapter>(io: SocketIo<A>, state: AppState, admin: Arc<Admin>) -> Option<tokio::task::JoinHandle<()>> {
     state.bus.listen("admin", Arc::new(BusSide(state.clone())));
     let mut rx = admin.relay_rx.lock().unwrap_or_else(|e| e.into_inner()).take()?;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -818,6 +817,25 @@ fn server_stats<A: Adapter>(io: &SocketIo<A>, state: &AppState, admin: &Admin, h
             { "name": NAMESPACE, "socketsCount": admins },
         ],
     })
+}
+
+/// The Admin UI hears of this node's clients through the hub (installed by `startup`).
+impl crate::model::hub::Watcher for Admin {
+    fn connected(&self, client: &dyn crate::model::client::Link) {
+        self.on_connected(client)
+    }
+    fn disconnected(&self, client: &dyn crate::model::client::Link, reason: &str) {
+        self.on_disconnected(client, reason)
+    }
+    fn room(&self, client: &dyn crate::model::client::Link, room: &str, joined: bool) {
+        self.on_room(client, room, joined)
+    }
+    fn received(&self, client: &dyn crate::model::client::Link, event: &str, args: &mut dyn FnMut() -> Value) {
+        self.on_received(client, event, args)
+    }
+    fn packets(&self, incoming: bool, packets: u64, bytes: u64) {
+        self.on_packets(incoming, packets, bytes)
+    }
 }
 
 #[cfg(test)]

@@ -127,10 +127,10 @@ impl<A: Adapter> Link for SioLink<A> {
                 .extensions
                 .get::<axum::extract::ConnectInfo<crate::front::http::conn::Peer>>()
                 .map(|c| c.0.addr.ip().to_string()),
-            headers: crate::model::client::redacted_headers(&parts.headers),
-            query: crate::model::client::redacted_query(parts.uri.query()),
+            headers: crate::front::render::redacted_headers(&parts.headers),
+            query: crate::front::render::redacted_query(parts.uri.query()),
             issued,
-            time: crate::model::client::date(issued),
+            time: crate::front::render::date(issued),
             secure: false,
             url: parts.uri.path().to_string(),
         }
@@ -367,7 +367,7 @@ impl<A: Adapter> Msg<A> {
     }
 
     /// Answers once: the ack when the client asked for one, else an `error` event on failure.
-    fn answer(self, event: &str, result: HandlerResult, admin: Option<&crate::front::admin::Admin>) {
+    fn answer(self, event: &str, result: HandlerResult, watcher: Option<&dyn crate::model::hub::Watcher>) {
         let Ok(socket) = SocketRef::from_message_parts(&self.socket, &mut SioValue::Bytes(Default::default()), &None);
         if self.ack_id.is_some() {
             let Ok(ack) =
@@ -376,9 +376,9 @@ impl<A: Adapter> Msg<A> {
                 Ok(v) => ack.send(v),
                 Err(e) => ack.send(&AckError { success: false, error: &e.message, code: e.code }),
             };
-            if let Some(admin) = admin {
+            if let Some(w) = watcher {
                 let bytes = result.as_ref().map(|v| v.to_string().len()).unwrap_or(64);
-                admin.packets(false, 1, bytes as u64);
+                w.packets(false, 1, bytes as u64);
             }
             if let Err(e) = sent {
                 tracing::debug!(sid = %socket.id, event, "ack not sent: {e}");
@@ -397,16 +397,16 @@ impl<A: Adapter> Msg<A> {
 /// Runs one client event through the core and answers it exactly once.
 async fn dispatch<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>, mut msg: Msg<A>) {
     let Some(event) = msg.event() else {
-        msg.answer("", Err(ApiError::invalid("Invalid payload: missing event name")), state.admin.as_deref());
+        msg.answer("", Err(ApiError::invalid("Invalid payload: missing event name")), state.hub.watcher());
         return;
     };
     let wants_ack = msg.ack_id.is_some();
-    if let Some(admin) = &state.admin {
-        admin.packets(true, 1, msg.size() as u64);
+    if let Some(w) = state.hub.watcher() {
+        w.packets(true, 1, msg.size() as u64);
     }
     match events::handle(&state, link(&state, socket.clone()), &event, &mut msg, wants_ack).await {
         Outcome::Answer(result, then) => {
-            msg.answer(&event, result, state.admin.as_deref());
+            msg.answer(&event, result, state.hub.watcher());
             drop(then);
         }
         Outcome::Flood => {

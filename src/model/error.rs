@@ -86,10 +86,3 @@ pub struct ErrorEvent<'a> {
 }
 
 pub type HandlerResult = Result<serde_json::Value, ApiError>;
-
-impl From<crate::storage::store::StoreError> for ApiError {
-    fn from(e: crate::storage::store::StoreError) -> Self {
-        tracing::error!("store: {e}");
-        ApiError::new(Code::Internal, "Storage unavailable")
-    }
-}

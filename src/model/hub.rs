@@ -9,12 +9,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use crate::model::client::ClientId;
+use crate::model::id::ClientId;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::client::Client;
+use crate::model::client::{Client, Link};
+use crate::model::names;
+use crate::model::session::Joined;
 use crate::model::session::Session;
 
 /// One emit to the clients in `rooms` (all clients when empty), minus those in `except` and the
@@ -59,10 +61,23 @@ pub trait Transport: Send + Sync {
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
 
-/// The registered transports. Set once at start-up, after the front ends are built.
+/// Told what happens to this node's clients: the Admin UI's live view. Installed once at start-up, so that
+/// the parts below the front ends tell it without knowing it.
+pub trait Watcher: Send + Sync {
+    fn connected(&self, client: &dyn Link);
+    fn disconnected(&self, client: &dyn Link, reason: &str);
+    fn room(&self, client: &dyn Link, room: &str, joined: bool);
+    /// A client event arrived; `args` renders its arguments, only when wanted.
+    fn received(&self, client: &dyn Link, event: &str, args: &mut dyn FnMut() -> Value);
+    /// Packets and bytes a front end read (`incoming`) or wrote.
+    fn packets(&self, incoming: bool, packets: u64, bytes: u64);
+}
+
+/// The registered transports, and the watcher. Set once at start-up, after the front ends are built.
 #[derive(Default)]
 pub struct Hub {
     transports: OnceLock<Vec<Arc<dyn Transport>>>,
+    watcher: OnceLock<Arc<dyn Watcher>>,
 }
 
 impl Hub {
@@ -70,6 +85,48 @@ impl Hub {
         if self.transports.set(transports).is_err() {
             tracing::error!("hub: transports installed twice");
         }
+    }
+
+    pub fn watch(&self, watcher: Arc<dyn Watcher>) {
+        if self.watcher.set(watcher).is_err() {
+            tracing::error!("hub: watcher installed twice");
+        }
+    }
+
+    pub fn watcher(&self) -> Option<&dyn Watcher> {
+        self.watcher.get().map(|w| &**w)
+    }
+
+    /// Puts a client in a room: the one way every part does it (handlers, the event proxy's answers, the
+    /// emitters, the Admin UI, the dialects). A chat room (`r:<id>`) becomes the session's too, so that
+    /// the client may post there, unless the socket already holds `cap` of them (`Full`: nothing
+    /// joined). The watcher hears of it.
+    pub fn join(&self, client: &dyn Link, room: &str, cap: usize) -> Joined {
+        let joined = match (room.strip_prefix(names::CHAT_PREFIX), client.session()) {
+            (Some(id), Some(session)) => session.join_room(id, cap),
+            _ => Joined::New,
+        };
+        if joined != Joined::Full {
+            client.join(room);
+            if let Some(w) = self.watcher() {
+                w.room(client, room, true);
+            }
+        }
+        joined
+    }
+
+    /// Takes a client out of a room, the one way (see [`Hub::join`]); false when it was not in that
+    /// chat room.
+    pub fn leave(&self, client: &dyn Link, room: &str) -> bool {
+        let was_in = match (room.strip_prefix(names::CHAT_PREFIX), client.session()) {
+            (Some(id), Some(session)) => session.leave_room(id),
+            _ => true,
+        };
+        client.leave(room);
+        if let (true, Some(w)) = (was_in, self.watcher()) {
+            w.room(client, room, false);
+        }
+        was_in
     }
 
     fn all(&self) -> &[Arc<dyn Transport>] {

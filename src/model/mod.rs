@@ -3,6 +3,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod id;
 pub mod metrics;
 pub mod names;
 pub mod session;

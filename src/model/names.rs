@@ -25,6 +25,9 @@ pub fn user(user_id: &str) -> String {
 pub const CHANNEL_PREFIX: &str = "ch:";
 pub const CHAT_PREFIX: &str = "r:";
 
+/// The Redis channel of `realtime:emit` requests: the REST API's and the backend's emits to every node.
+pub const EMIT_CHANNEL: &str = "realtime:emit";
+
 /// SPEC §7: 1 to 128 characters from `[A-Za-z0-9:_.@-]`.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()

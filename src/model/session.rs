@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use governor::{DefaultDirectRateLimiter, Quota};
 
-use crate::model::client::ClientId;
 use crate::model::config::Config;
+use crate::model::id::ClientId;
 use crate::model::user::User;
 /// The per-address connection quota: `rate` per second, bursts of twice that; `None` for 0 (off).
 pub fn connect_quota(rate: u32) -> Option<Quota> {

@@ -727,6 +727,17 @@ async fn watch_cluster(link: std::sync::Weak<RedisLink>) {
     }
 }
 
+/// `<prefix>:<part>:<part>...`: a key of the gateway's own in Redis (`prefix` is `REDIS_PREFIX`, which
+/// carries the hash tag in a Redis Cluster).
+pub fn redis_key(prefix: &str, parts: &[&str]) -> String {
+    let mut k = prefix.to_string();
+    for p in parts {
+        k.push(':');
+        k.push_str(p);
+    }
+    k
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

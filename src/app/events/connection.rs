@@ -7,8 +7,8 @@ use serde_json::json;
 use super::Ctx;
 use crate::app::auth::Verified;
 use crate::model::client::Client;
-use crate::model::client::ClientId;
 use crate::model::error::{ApiError, Code, HandlerResult};
+use crate::model::id::ClientId;
 
 use crate::app::state::AppState;
 use crate::model::session::{ExpiryStep, Session};

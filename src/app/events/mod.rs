@@ -11,6 +11,7 @@ pub mod connection;
 pub mod files;
 pub mod presence;
 pub mod private;
+pub mod proxied;
 pub mod rooms;
 pub mod stats;
 
@@ -108,7 +109,7 @@ pub async fn admit_user(
     let Some(slot) = state.counters.reserve(&user.user_id, cap) else {
         return refuse(client, state, Some(&user.user_id), AuthError::TooManySockets);
     };
-    join(state, client, &crate::model::names::user(&user.user_id));
+    state.hub.join(client, &crate::model::names::user(&user.user_id), 0);
     let became_online = match state.store.socket_up(&user, &client.id().to_string(), cap).await {
         Ok(Some(became)) => became,
         Ok(None) => {
@@ -135,27 +136,11 @@ fn refuse<T>(client: &dyn Link, state: &AppState, user: Option<&str>, err: AuthE
     Err(err)
 }
 
-/// Makes a client join a room (the Admin UI hears of it).
-pub fn join(state: &AppState, client: &dyn Link, room: &str) {
-    client.join(room);
-    if let Some(admin) = &state.admin {
-        admin.room(client, room, true);
-    }
-}
-
-/// Makes a client leave a room (the Admin UI hears of it).
-pub fn leave(state: &AppState, client: &dyn Link, room: &str) {
-    client.leave(room);
-    if let Some(admin) = &state.admin {
-        admin.room(client, room, false);
-    }
-}
-
 /// Before the greeting: a user who just came online is announced to everyone sharing a room, so
 /// that once a client holds `connected` they heard of it; the Admin UI lists the client.
 pub async fn announce_arrival(state: &AppState, client: &dyn Link, session: &Session) {
-    if let Some(admin) = &state.admin {
-        admin.connected(client);
+    if let Some(w) = state.hub.watcher() {
+        w.connected(client);
     }
     let (sid, user_id) = (client.id().to_string(), session.user_id());
     state.hook(
@@ -189,8 +174,8 @@ pub async fn depart(state: &AppState, client: &dyn Link, reason: &str) {
     if session.departed.swap(true, std::sync::atomic::Ordering::AcqRel) {
         return;
     }
-    if let Some(admin) = &state.admin {
-        admin.disconnected(client, reason);
+    if let Some(w) = state.hub.watcher() {
+        w.disconnected(client, reason);
     }
     let sid = client.id().to_string();
     state.hook("socket.disconnected", session.user_id().unwrap_or(&sid), || {
@@ -258,7 +243,7 @@ impl Ctx {
     pub fn hub(&self) -> &Hub {
         &self.state.hub
     }
-    pub fn id(&self) -> crate::model::client::ClientId {
+    pub fn id(&self) -> crate::model::id::ClientId {
         self.client.id()
     }
 }
@@ -301,8 +286,8 @@ pub async fn handle<P: Payload>(
         return Outcome::Ignore;
     };
     state.metrics.event_in(event);
-    if let Some(admin) = &state.admin {
-        admin.received(&*client, event, || payload.peek());
+    if let Some(w) = state.hub.watcher() {
+        w.received(&*client, event, &mut || payload.peek());
     }
     if let Err(flood) = check_rate(state, &*client, &session) {
         return flood;
@@ -372,7 +357,7 @@ async fn route<P: Payload>(ctx: &Ctx, event: &str, p: &mut P) -> HandlerResult {
         "upload-chunk" => files::upload_chunk(ctx, p.decode()?).await,
         // Not ours: the app's backend's, when there is one (SPEC §14).
         _ => match &ctx.state.proxy {
-            Some(proxy) => proxy.call(ctx, event, p.args()).await,
+            Some(proxy) => proxied::call(ctx, proxy, event, p.args()).await,
             None => Err(ApiError::not_found("Unknown event")),
         },
     }

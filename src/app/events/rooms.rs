@@ -91,7 +91,7 @@ fn joined(ctx: &Ctx, room_id: &str) -> bool {
 pub async fn room_users(
     state: &AppState,
     room: &str,
-    except: Option<crate::model::client::ClientId>,
+    except: Option<crate::model::id::ClientId>,
 ) -> Vec<(User, usize)> {
     let members = state.hub.members(room).await;
     // Counted per user as we go (a map from user id to position): a room of N sockets costs O(N),
@@ -133,12 +133,11 @@ pub async fn join_room(ctx: &Ctx, req: RoomRef) -> HandlerResult {
     let room_info = access(ctx, user, &id).await?;
     let room = names::chat(&id);
     let cap = ctx.state.config.max_rooms_per_socket as usize;
-    let already = match ctx.session.join_room(&id, cap) {
+    let already = match ctx.hub().join(&*ctx.client, &room, cap) {
         Joined::New => false,
         Joined::Already => true,
         Joined::Full => return Err(ApiError::new(Code::RateLimited, "Too many rooms joined")),
     };
-    super::join(&ctx.state, &*ctx.client, &room);
     let (recent, _) = ctx.state.store.history(&id, None, RECENT).await?.unwrap_or_default();
     let users = room_users(&ctx.state, &room, None).await;
     // The others hear of a user arriving, not of a second device of someone already there.
@@ -155,8 +154,7 @@ pub async fn leave_room(ctx: &Ctx, req: RoomRef) -> HandlerResult {
     let user = ctx.user()?;
     let id = req.into_valid()?;
     let room = names::chat(&id);
-    if ctx.session.leave_room(&id) {
-        super::leave(&ctx.state, &*ctx.client, &room);
+    if ctx.hub().leave(&*ctx.client, &room) {
         departed(&ctx.state, &user.user_id, &id, None).await;
     }
     Ok(json!({ "success": true }))
@@ -164,7 +162,7 @@ pub async fn leave_room(ctx: &Ctx, req: RoomRef) -> HandlerResult {
 
 /// What the others in a room see when one of a user's sockets leaves it (leave, or disconnect of
 /// `leaving`): typing stops, and `user-left` unless the user is still there on another device.
-pub async fn departed(state: &AppState, user_id: &str, room_id: &str, leaving: Option<crate::model::client::ClientId>) {
+pub async fn departed(state: &AppState, user_id: &str, room_id: &str, leaving: Option<crate::model::id::ClientId>) {
     stop_typing_in(state, user_id, room_id).await;
     let room = names::chat(room_id);
     if room_users(state, &room, leaving).await.iter().any(|(u, _)| u.user_id == user_id) {

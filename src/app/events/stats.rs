@@ -8,6 +8,6 @@ pub async fn stats(ctx: &Ctx) -> HandlerResult {
     if !ctx.session.is_admin() {
         return Err(ApiError::forbidden("Admin role required"));
     }
-    let data = crate::model::stats::cluster_stats(&ctx.state).await;
+    let data = ctx.state.cluster_stats().await;
     Ok(serde_json::json!({ "success": true, "data": data.stats }))
 }

@@ -98,7 +98,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
 /// `GET /api/stats`: the cluster's `stats` data, flat, plus `nodes`.
 pub async fn stats(_: Admin, State(api): State<Api>) -> Json<Value> {
-    let cluster = crate::model::stats::cluster_stats(&api.state).await;
+    let cluster = api.state.cluster_stats().await;
     let mut body = serde_json::to_value(&cluster.stats).unwrap_or_else(|_| json!({}));
     body["nodes"] = serde_json::to_value(&cluster.nodes).unwrap_or_else(|_| json!([]));
     Json(body)
@@ -179,7 +179,7 @@ fn internal(e: impl std::fmt::Display) -> HttpError {
 impl Api {
     /// Emits through Redis when configured (see `delivery::send`).
     pub async fn emit(&self, req: &EmitRequest, target: &delivery::Target) -> Result<Scope, HttpError> {
-        delivery::send(&self.state, req, target).await.map_err(internal)
+        self.state.send(req, target).await.map_err(internal)
     }
 
     /// The same as a Redis ingress publish; local delivery without Redis or while it is down.

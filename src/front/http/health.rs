@@ -34,7 +34,7 @@ async fn active_channels(state: &crate::app::state::AppState) -> usize {
             }
         }
     }
-    let n = local_stats(state).await.connections_by_channel.len();
+    let n = local_stats(&state.hub, &state.counters).await.connections_by_channel.len();
     *CHANNELS.lock().unwrap_or_else(|e| e.into_inner()) = Some((state.node_id.clone(), std::time::Instant::now(), n));
     n
 }
@@ -68,7 +68,7 @@ pub async fn health(State(api): State<Api>) -> Json<Value> {
 
 pub async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     let state = &api.state;
-    let stats = local_stats(state).await;
+    let stats = local_stats(&state.hub, &state.counters).await;
     let m = &state.metrics;
     m.connections_authenticated.set(stats.authenticated_connections as f64);
     m.connections_anonymous.set(stats.anonymous_connections as f64);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::model::client::ClientId;
+use crate::model::id::ClientId;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -329,7 +329,7 @@ impl Link for WsConn {
             transport: "ws".into(),
             address: self.address.map(|a| a.to_string()),
             issued,
-            time: crate::model::client::date(issued),
+            time: crate::front::render::date(issued),
             url: "/ws".into(),
             ..Default::default()
         }

@@ -254,8 +254,8 @@ async fn read_half(
         };
         let job = match msg {
             Some(Ok(Message::Text(text))) => {
-                if let Some(admin) = &front.state.admin {
-                    admin.packets(true, 1, text.len() as u64);
+                if let Some(w) = front.state.hub.watcher() {
+                    w.packets(true, 1, text.len() as u64);
                 }
                 match counted(front, conn) {
                     None => Job::Text(text),
@@ -332,8 +332,8 @@ async fn write_half(
         writing.store(1 + times.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
         let written = write_queued(sink, conn, ping, &mut close, &mut out).await;
         writing.store(0, Ordering::Relaxed);
-        if let (Some(admin), true) = (&front.state.admin, out.0 > 0) {
-            admin.packets(false, out.0, out.1);
+        if let (Some(w), true) = (front.state.hub.watcher(), out.0 > 0) {
+            w.packets(false, out.0, out.1);
         }
         if !written {
             return End::Gone;

@@ -96,6 +96,11 @@ pub fn parse_data(json: &str) -> Value {
     serde_json::from_str(json).unwrap_or_else(|_| Value::String(json.to_string()))
 }
 
+/// The data of a Redis `PUBLISH`: JSON when it parses, else the raw text as a string.
+pub fn payload_value(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
+}
+
 /// A fresh epoch: 8 random bytes in hex.
 pub fn new_epoch() -> String {
     use rand::Rng;

@@ -164,6 +164,14 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A failing store is an `INTERNAL` error to the client; the cause goes to the log.
+impl From<StoreError> for crate::model::error::ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!("store: {e}");
+        crate::model::error::ApiError::new(crate::model::error::Code::Internal, "Storage unavailable")
+    }
+}
+
 /// The outcome of claiming a de-duplication key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {

@@ -6,7 +6,7 @@
 //! liveness key `node:<id>` exists count: each node renews it every second with a 10 s expiry, so a
 //! dead node's sockets stop counting when Redis expires the key. No wall clock of any node is
 //! compared with another's: times that decide (grace, `lastSeen`) come from Redis's own clock (see
-//! [`crate::cluster::liveness`] for the heartbeat and the reaper).
+//! `cluster/liveness.rs` for the heartbeat and the reaper).
 //!
 //! Each author's share of the room histories is kept beside them: `ubytes:<user>` (bytes of their
 //! stored messages' JSON), `uhist:<user>` (`<room> <messageId>` in the order of all appends, scored

@@ -541,7 +541,7 @@ async fn authenticate(
             for room in d.default_rooms {
                 let room = if *room == "conn" { conn.id().to_string() } else { (*room).to_string() };
                 // Chat rooms as `realtime:emit` and its emitter name them.
-                events::join(state, &**conn, &crate::model::names::chat(&room));
+                state.hub.join(&**conn, &crate::model::names::chat(&room), state.config.max_rooms_per_socket as usize);
             }
             tracing::info!(sid = %conn.id(), user_id = session.user_id().unwrap_or("-"), transport = "ws", dialect = d.name, "connected");
             events::announce_arrival(state, &**conn, &session).await;
