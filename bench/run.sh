@@ -235,7 +235,7 @@ one_run() { # scenario server run
       ;;
     s7)
       two_nodes "$srv" "$port"
-      # Both nodes append every publication (see src/publications.rs): their CPU and Redis's count.
+      # Both nodes append every publication (see src/app/publications.rs): their CPU and Redis's count.
       gen publish --server "127.0.0.1:$P2" --redis "127.0.0.1:$RPORT" --pid "$PID1" --pid "$PID2" --pid "$REDIS_PID" \
         --label "$srv" --clients 100 --concurrency 50 --rates "$S7_RATES" --step-secs 2 --drain-secs 2 \
         --p99-limit-ms 50 --stop-after 2 --max-secs 200 --out "$file" >/dev/null || log "s7 $srv run $run failed"

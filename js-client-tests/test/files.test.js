@@ -224,13 +224,15 @@ test('/ws: an upload in base64 frames downloads intact; the room gets the file m
     const buf = randomBytes(700 * 1024);
     const s = (await w.request('upload-start', { name: 'w.bin', size: buf.length, roomId: room })).data;
     assert.equal(s.success, true);
+    // Listened for before the last chunk: the room hears of the file before the uploader's ack arrives.
+    const fileMessage = next(watcher, 'new-message', 10000);
     let last;
     for (let seq = 0, off = 0; off < buf.length; seq++, off += s.chunkSize) {
       last = (await w.request('upload-chunk', { uploadId: s.uploadId, seq, data: buf.subarray(off, off + s.chunkSize).toString('base64') })).data;
       assert.equal(last.success, true, JSON.stringify(last));
     }
     assert.equal(last.complete, true);
-    const msg = await next(watcher, 'new-message', 5000);
+    const msg = await fileMessage;
     assert.equal(msg.file.id, last.file.id);
     const d = await download(g.url + last.file.url, token('kim'));
     assert.equal(sha(d.body), sha(buf));

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startGateway, connect, connectWithPending, request, token, until, wsConnect, WS } from '../lib/helpers.js';
 
-const DEBUG = { RUST_LOG: 'info,realtime_gateway::events::private=debug', RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000' };
+const DEBUG = { RUST_LOG: 'info,realtime_gateway::app::events::private=debug', RATE_LIMIT_PER_SEC: '1000', RATE_LIMIT_BURST: '1000' };
 const NOT_CONFIRMED = 'pending messages not confirmed';
 
 /**

@@ -37,6 +37,7 @@ use crate::app::events::Payload;
 use crate::app::state::AppState;
 use crate::cluster::bus::Listener;
 use crate::front::sio::Msg;
+use crate::model::client::Via;
 use crate::model::client::{Client, Close};
 
 /// The namespace of the UI.
@@ -326,8 +327,8 @@ impl Admin {
 /// The namespace a client shows under: `/` for Socket.IO, `/ws` for the plain WebSocket endpoint.
 fn nsp_of(client: &dyn crate::model::client::Link) -> &'static str {
     match client.transport() {
-        "ws" => "/ws",
-        _ => "/",
+        Via::Ws => "/ws",
+        Via::SocketIo => "/",
     }
 }
 
@@ -799,7 +800,7 @@ pub fn spawn<A: Adapter>(io: SocketIo<A>, state: AppState, admin: Arc<Admin>) ->
 
 fn server_stats<A: Adapter>(io: &SocketIo<A>, state: &AppState, admin: &Admin, hostname: &str) -> Value {
     let clients = state.hub.local_clients();
-    let ws = clients.iter().filter(|c| c.transport() == "ws").count();
+    let ws = clients.iter().filter(|c| c.transport() == Via::Ws).count();
     let sio = clients.len() - ws;
     let polling = clients.iter().filter(|c| c.info().transport == "polling").count();
     let admins = io.of(NAMESPACE).map(|ns| ns.sockets().len()).unwrap_or(0);

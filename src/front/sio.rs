@@ -22,8 +22,9 @@ use socketioxide::{BroadcastError, SocketError, SocketIo};
 use crate::app::auth::{find_token, AuthError};
 use crate::app::events::{self, Outcome, Payload};
 use crate::app::state::AppState;
+use crate::front::render;
 use crate::model::client::{Client, ClientId, ClientInfo, Close, Link, SendError};
-use crate::model::error::{AckError, ApiError, ErrorEvent, HandlerResult};
+use crate::model::error::{ApiError, HandlerResult};
 use crate::model::hub::{Broadcast, Member, Transport};
 use crate::model::session::Session;
 
@@ -111,8 +112,8 @@ impl<A: Adapter> Link for SioLink<A> {
             }
         }
     }
-    fn transport(&self) -> &'static str {
-        "socket.io"
+    fn transport(&self) -> crate::model::client::Via {
+        crate::model::client::Via::SocketIo
     }
     fn info(&self) -> ClientInfo {
         let parts = self.0.req_parts();
@@ -241,23 +242,12 @@ impl Link for Gone {
         false
     }
     fn close(&self, _: Close) {}
-    fn transport(&self) -> &'static str {
-        "socket.io"
+    fn transport(&self) -> crate::model::client::Via {
+        crate::model::client::Via::SocketIo
     }
     fn info(&self) -> ClientInfo {
         ClientInfo { transport: "websocket".into(), ..Default::default() }
     }
-}
-
-/// The `connected` greeting (SPEC §2).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Connected<'a> {
-    session_id: String,
-    user_id: Option<&'a str>,
-    user: Option<&'a crate::model::user::User>,
-    authorized_channels: Vec<String>,
-    server_time: u64,
 }
 
 pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>) {
@@ -266,21 +256,12 @@ pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, State(state): State<Ap
         let _ = socket.disconnect();
         return;
     };
-    tracing::info!(sid = %socket.id, user_id = session.user_id().unwrap_or("-"),
-        transport = ?socket.transport_type(), "connected");
+    tracing::debug!(sid = %socket.id, transport = ?socket.transport_type(), "socket.io transport");
     let client = link(&state, socket.clone());
-    // Presence first, so that once a client holds `connected` everyone sharing a room heard of it.
-    events::announce_arrival(&state, &*client, &session).await;
-    let user = session.user();
-    let greeting = Connected {
-        session_id: socket.id.to_string(),
-        user_id: session.user_id(),
-        user: user.as_deref(),
-        authorized_channels: state.policy.authorized_patterns(user.as_deref()),
-        server_time: crate::model::clock::unix_now_ms(),
-    };
-    let _ = socket.emit("connected", &greeting);
-    events::after_greeting(&state, client, &session).await;
+    events::arrive(&state, client, session, |g| {
+        let _ = socket.emit("connected", &render::socket_io_greeting(g));
+    })
+    .await;
 }
 
 async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, State(state): State<AppState>, reason: DisconnectReason) {
@@ -374,7 +355,7 @@ impl<A: Adapter> Msg<A> {
                 AckSender::from_message_parts(&self.socket, &mut SioValue::Bytes(Default::default()), &self.ack_id);
             let sent = match &result {
                 Ok(v) => ack.send(v),
-                Err(e) => ack.send(&AckError { success: false, error: &e.message, code: e.code }),
+                Err(e) => ack.send(&render::ack_error(e)),
             };
             if let Some(w) = watcher {
                 let bytes = result.as_ref().map(|v| v.to_string().len()).unwrap_or(64);
@@ -389,7 +370,7 @@ impl<A: Adapter> Msg<A> {
                 }
             }
         } else if let Err(e) = &result {
-            let _ = socket.emit("error", &ErrorEvent { event, error: &e.message, code: e.code });
+            let _ = socket.emit("error", &render::error_event(event, e));
         }
     }
 }

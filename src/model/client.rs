@@ -14,6 +14,31 @@ use serde_json::Value;
 pub use crate::model::id::ClientId;
 use crate::model::session::Session;
 
+/// The front end a client came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Via {
+    #[serde(rename = "socket.io")]
+    SocketIo,
+    #[serde(rename = "ws")]
+    Ws,
+}
+
+impl Via {
+    /// `"socket.io"` or `"ws"`, as logs and webhooks name it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Via::SocketIo => "socket.io",
+            Via::Ws => "ws",
+        }
+    }
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why the gateway closes a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
@@ -71,8 +96,8 @@ pub trait Link: Send + Sync {
     fn emit_confirmed<'a>(&'a self, event: &'a str, data: &'a Value, timeout: Duration) -> BoxFuture<'a, bool>;
     fn connected(&self) -> bool;
     fn close(&self, why: Close);
-    /// `"socket.io"` or `"ws"`: for logs, metrics and the Admin UI's namespaces.
-    fn transport(&self) -> &'static str;
+    /// Which front end carries it: for logs, hooks and the Admin UI's namespaces.
+    fn transport(&self) -> Via;
     /// How it connected (for the Admin UI; not on a hot path).
     fn info(&self) -> ClientInfo;
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics (SPEC §8 `/metrics`), kept in the node's state rather than a global recorder.
 //!
-//! Every label value is known in advance: events by name come from [`KNOWN_EVENTS`] (anything else
-//! counts as `unknown`), so a client cannot grow the series set. Handles are registered once at
+//! Every label value is known in advance: events by name come from the typed lists of `event.rs`
+//! (anything else counts as `unknown` in, `other` out), so a client cannot grow the series set. Handles are registered once at
 //! start-up; counting is one atomic add.
 
 use std::collections::HashMap;
@@ -10,64 +10,7 @@ use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::model::error::Code;
-
-/// Client events the gateway knows; the label set of `realtime_events_in_total`.
-pub const KNOWN_EVENTS: &[&str] = &[
-    "subscribe",
-    "unsubscribe",
-    "channel-history",
-    "upload-start",
-    "upload-chunk",
-    "list_channels",
-    "stats",
-    "refresh-token",
-    "join-room",
-    "leave-room",
-    "create-room",
-    "message",
-    "edit-message",
-    "delete-message",
-    "list-rooms",
-    "load-messages",
-    "typing",
-    "stop-typing",
-    "update-status",
-    "get-presence",
-    "private-message",
-    "mark-read",
-    "call-user",
-    "call-answer",
-    "ice-candidate",
-    "call-reject",
-    "hang-up",
-];
-
-/// Server events the gateway emits by name; the label set of `realtime_events_out_total` (a named
-/// event from the REST API or `realtime:emit` counts as `other`).
-pub const SERVER_EVENTS: &[&str] = &[
-    "connected",
-    "event",
-    "new-message",
-    "message-updated",
-    "message-deleted",
-    "user-joined",
-    "user-left",
-    "user-typing",
-    "user-stopped-typing",
-    "presence-update",
-    "private-message",
-    "messages-read",
-    "pending-messages",
-    "incoming-call",
-    "call-answered",
-    "call-handled-elsewhere",
-    "call-rejected",
-    "call-ended",
-    "ice-candidate",
-    "auth-expired",
-    "server-shutdown",
-    "error",
-];
+use crate::model::event::{ClientEvent, ServerEvent};
 
 const CODES: &[Code] = &[
     Code::Unauthenticated,
@@ -84,7 +27,8 @@ const CODES: &[Code] = &[
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    events_in: HashMap<&'static str, Counter>,
+    /// Indexed by [`ClientEvent::index`].
+    events_in: Vec<Counter>,
     events_in_unknown: Counter,
     events_out: HashMap<&'static str, Counter>,
     events_out_other: Counter,
@@ -195,9 +139,9 @@ impl Metrics {
             "1 when Redis is reachable, 0 when down, -1 when disabled".into(),
         );
 
-        let events_in = KNOWN_EVENTS
+        let events_in = ClientEvent::ALL
             .iter()
-            .map(|e| (*e, counter("realtime_events_in_total", vec![Label::new("event", *e)])))
+            .map(|e| counter("realtime_events_in_total", vec![Label::new("event", e.name())]))
             .collect();
         let errors = CODES
             .iter()
@@ -206,9 +150,9 @@ impl Metrics {
         Metrics {
             events_in,
             events_in_unknown: counter("realtime_events_in_total", vec![Label::new("event", "unknown")]),
-            events_out: SERVER_EVENTS
+            events_out: ServerEvent::ALL
                 .iter()
-                .map(|e| (*e, counter("realtime_events_out_total", vec![Label::new("event", *e)])))
+                .map(|e| (e.name(), counter("realtime_events_out_total", vec![Label::new("event", e.name())])))
                 .collect(),
             events_out_other: counter("realtime_events_out_total", vec![Label::new("event", "other")]),
             acks_ok: counter("realtime_acks_total", vec![Label::new("result", "ok")]),
@@ -246,8 +190,9 @@ impl Metrics {
         }
     }
 
-    pub fn event_in(&self, event: &str) {
-        self.events_in.get(event).unwrap_or(&self.events_in_unknown).increment(1);
+    /// A client event: one of the gateway's (`Some`), or another name (`unknown`).
+    pub fn event_in(&self, event: Option<ClientEvent>) {
+        event.and_then(|e| self.events_in.get(e.index())).unwrap_or(&self.events_in_unknown).increment(1);
     }
     pub fn event_out(&self, event: &str) {
         self.events_out.get(event).unwrap_or(&self.events_out_other).increment(1);

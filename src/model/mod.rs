@@ -2,6 +2,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod event;
 pub mod hub;
 pub mod id;
 pub mod metrics;

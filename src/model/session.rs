@@ -108,11 +108,6 @@ impl Session {
         rooms.push(room_id.to_string());
         Joined::New
     }
-    /// Runs `f` while no other check-then-act of this socket runs (the subscription cap).
-    pub fn exclusive<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _guard = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        f()
-    }
     /// Forgets a chat room; false if it was not joined.
     pub fn leave_room(&self, room_id: &str) -> bool {
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,7 +229,7 @@ pub enum ExpiryStep {
 }
 
 /// One ordered set of (due second, step, socket) shared by every socket of the node, swept by one
-/// task once a second: no timer or task per socket.
+/// task four times a second (`events::spawn_expiry_sweeper`): no timer or task per socket.
 #[derive(Default)]
 pub struct ExpiryQueue {
     set: Mutex<BTreeSet<(u64, ExpiryStep, ClientId)>>,

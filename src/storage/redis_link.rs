@@ -436,10 +436,11 @@ impl RedisLink {
     }
 }
 
-/// A command connection that retries a command once when the connection was found dropped: after a
-/// Redis restart the first command on a [`ConnectionManager`] fails with a broken pipe (it was never
-/// executed) while the manager reconnects; the retry waits for the new connection. Other errors
-/// (timeouts, script errors) are not retried, so nothing that may have run is run twice.
+/// A command connection that retries a command once when it provably never reached Redis (see
+/// [`never_sent`]): after a Redis restart the first command on a [`ConnectionManager`] fails with a
+/// broken pipe while the manager reconnects; the retry waits for the new connection. A failure that
+/// may have come after Redis ran the command (a reset while the reply was awaited, a timeout, a
+/// script error) is returned as it is: nothing that may have run is run twice.
 #[derive(Clone)]
 pub struct RetryConn(pub Conn);
 
@@ -492,15 +493,24 @@ impl redis::aio::ConnectionLike for Conn {
     }
 }
 
-fn dropped(e: &redis::RedisError) -> bool {
-    e.is_connection_dropped() || e.is_connection_refusal()
+/// Did the command fail before Redis could run it? A refused connection, or a write to a connection
+/// already broken (`EPIPE`, not connected): Redis never read the whole command. A reset or an end of
+/// stream while the reply was awaited may come after Redis ran it, and so does a timeout: those are
+/// not retried, so that a non-idempotent command (an append, a counter) never runs twice.
+fn never_sent(e: &redis::RedisError) -> bool {
+    use std::error::Error;
+    if e.is_connection_refusal() {
+        return true;
+    }
+    let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+    matches!(io.map(std::io::Error::kind), Some(std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::NotConnected))
 }
 
 impl redis::aio::ConnectionLike for RetryConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
         Box::pin(async move {
             match self.0.req_packed_command(cmd).await {
-                Err(e) if dropped(&e) => self.0.req_packed_command(cmd).await,
+                Err(e) if never_sent(&e) => self.0.req_packed_command(cmd).await,
                 r => r,
             }
         })
@@ -514,7 +524,7 @@ impl redis::aio::ConnectionLike for RetryConn {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         Box::pin(async move {
             match self.0.req_packed_commands(pipeline, offset, count).await {
-                Err(e) if dropped(&e) => self.0.req_packed_commands(pipeline, offset, count).await,
+                Err(e) if never_sent(&e) => self.0.req_packed_commands(pipeline, offset, count).await,
                 r => r,
             }
         })

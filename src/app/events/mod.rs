@@ -26,6 +26,7 @@ use crate::app::auth::AuthError;
 use crate::app::state::AppState;
 use crate::model::client::{Client, Close, Link};
 use crate::model::error::{ApiError, Code, HandlerResult};
+use crate::model::event::ClientEvent;
 use crate::model::hub::Hub;
 use crate::model::session::{ExpiryStep, Session};
 
@@ -132,13 +133,13 @@ pub async fn admit_user(
 fn refuse<T>(client: &dyn Link, state: &AppState, user: Option<&str>, err: AuthError) -> Result<T, AuthError> {
     state.metrics.refused();
     tracing::info!(sid = %client.id(), user_id = user.unwrap_or("-"), reason = err.reason(),
-        transport = client.transport(), "connection refused");
+        transport = %client.transport(), "connection refused");
     Err(err)
 }
 
 /// Before the greeting: a user who just came online is announced to everyone sharing a room, so
 /// that once a client holds `connected` they heard of it; the Admin UI lists the client.
-pub async fn announce_arrival(state: &AppState, client: &dyn Link, session: &Session) {
+async fn announce_arrival(state: &AppState, client: &dyn Link, session: &Session) {
     if let Some(w) = state.hub.watcher() {
         w.connected(client);
     }
@@ -158,10 +159,45 @@ pub async fn announce_arrival(state: &AppState, client: &dyn Link, session: &Ses
     }
 }
 
-/// After the greeting: the user's queued private messages.
-pub async fn after_greeting(state: &AppState, client: Client, session: &Session) {
-    if let Some(user) = session.user_id() {
-        private::deliver_pending(state, client, user).await;
+/// What an admitted client is told (`connected`), before each front end gives it its own shape
+/// (`front/render.rs`).
+pub struct Greeting {
+    pub id: crate::model::id::ClientId,
+    pub user: Option<Arc<crate::model::user::User>>,
+    /// The channel patterns this user may subscribe to.
+    pub authorized_channels: Vec<String>,
+    /// When it was sent, ms since the epoch.
+    pub at_ms: u64,
+}
+
+impl Greeting {
+    pub fn of(state: &AppState, client: &dyn Link, session: &Session) -> Self {
+        let user = session.user();
+        Greeting {
+            id: client.id(),
+            authorized_channels: state.policy.authorized_patterns(user.as_deref()),
+            user,
+            at_ms: crate::model::clock::unix_now_ms(),
+        }
+    }
+
+    pub fn user_id(&self) -> Option<&str> {
+        self.user.as_deref().map(|u| u.user_id.as_str())
+    }
+}
+
+/// A client's arrival once admitted, the same on every front end: presence and the hooks hear of it
+/// first (so that once a client holds `connected`, everyone sharing a room heard of the user), then
+/// `greet` sends the greeting in the front end's shape, then the user's queued private messages
+/// follow on a task of their own (they wait for confirmations; the connection goes on meanwhile).
+pub async fn arrive(state: &AppState, client: Client, session: Arc<Session>, greet: impl FnOnce(&Greeting)) {
+    tracing::info!(sid = %client.id(), user_id = session.user_id().unwrap_or("-"), transport = %client.transport(),
+        "connected");
+    announce_arrival(state, &*client, &session).await;
+    greet(&Greeting::of(state, &*client, &session));
+    if let Some(user_id) = session.user_id().map(str::to_string) {
+        let state = state.clone();
+        tokio::spawn(async move { private::deliver_pending(&state, client, &user_id).await });
     }
 }
 
@@ -182,7 +218,7 @@ pub async fn depart(state: &AppState, client: &dyn Link, reason: &str) {
         serde_json::json!({ "socketId": sid, "userId": session.user_id(), "reason": reason, "transport": client.transport() })
     });
     tracing::info!(sid = %client.id(), user_id = session.user_id().unwrap_or("-"), reason,
-        transport = client.transport(), "disconnected");
+        transport = %client.transport(), "disconnected");
     if let Some(user) = session.user() {
         // Its uploads cannot go on: their chunks came over this connection.
         state.files.sweep(Some(&sid)).await;
@@ -285,7 +321,8 @@ pub async fn handle<P: Payload>(
     let Some(session) = client.session() else {
         return Outcome::Ignore;
     };
-    state.metrics.event_in(event);
+    let kind = ClientEvent::parse(event);
+    state.metrics.event_in(kind);
     if let Some(w) = state.hub.watcher() {
         w.received(&*client, event, &mut || payload.peek());
     }
@@ -293,7 +330,7 @@ pub async fn handle<P: Payload>(
         return flood;
     }
     let ctx = Ctx { client, state: state.clone(), user: session.user(), session, then: Default::default() };
-    let run = AssertUnwindSafe(route(&ctx, event, payload)).catch_unwind();
+    let run = AssertUnwindSafe(route(&ctx, kind, event, payload)).catch_unwind();
     let result = match run.await {
         Ok(r) => r,
         Err(_) => {
@@ -326,44 +363,49 @@ pub fn check_rate(state: &AppState, client: &dyn Link, session: &Session) -> Res
     Err(Outcome::Answer(Err(ApiError::new(Code::RateLimited, "Too many events")), Then::default()))
 }
 
-async fn route<P: Payload>(ctx: &Ctx, event: &str, p: &mut P) -> HandlerResult {
-    match event {
-        "subscribe" => channels::subscribe(ctx, p.decode()?).await,
-        "unsubscribe" => channels::unsubscribe(ctx, p.decode()?).await,
-        "channel-history" => channels::channel_history(ctx, p.decode()?).await,
-        "list_channels" => channels::list_channels(ctx).await,
-        "stats" => stats::stats(ctx).await,
-        "join-room" => rooms::join_room(ctx, p.decode()?).await,
-        "leave-room" => rooms::leave_room(ctx, p.decode()?).await,
-        "create-room" => rooms::create_room(ctx, p.decode()?).await,
-        "message" => rooms::message(ctx, p.decode()?).await,
-        "edit-message" => rooms::edit_message(ctx, p.decode()?).await,
-        "delete-message" => rooms::delete_message(ctx, p.decode()?).await,
-        "list-rooms" => rooms::list_rooms(ctx).await,
-        "load-messages" => rooms::load_messages(ctx, p.decode()?).await,
-        "typing" => rooms::typing(ctx, p.decode()?).await,
-        "stop-typing" => rooms::stop_typing(ctx, p.decode()?).await,
-        "update-status" => presence::update_status(ctx, p.decode()?).await,
-        "get-presence" => presence::get_presence(ctx, p.decode()?).await,
-        "private-message" => private::private_message(ctx, p.decode()?).await,
-        "mark-read" => private::mark_read(ctx, p.decode()?).await,
-        "call-user" => calls::call_user(ctx, p.decode()?).await,
-        "call-answer" => calls::call_answer(ctx, p.decode()?).await,
-        "ice-candidate" => calls::ice_candidate(ctx, p.decode()?).await,
-        "call-reject" => calls::call_reject(ctx, p.decode()?).await,
-        "hang-up" => calls::hang_up(ctx, p.decode()?).await,
-        "refresh-token" => connection::refresh_token(ctx, p.decode()?).await,
-        "upload-start" => files::upload_start(ctx, p.decode()?).await,
-        "upload-chunk" => files::upload_chunk(ctx, p.decode()?).await,
+/// Runs the handler of `kind`; an event that is not the gateway's own (`None`) goes to the event proxy.
+async fn route<P: Payload>(ctx: &Ctx, kind: Option<ClientEvent>, event: &str, p: &mut P) -> HandlerResult {
+    use ClientEvent as E;
+    let Some(kind) = kind else {
         // Not ours: the app's backend's, when there is one (SPEC §14).
-        _ => match &ctx.state.proxy {
+        return match &ctx.state.proxy {
             Some(proxy) => proxied::call(ctx, proxy, event, p.args()).await,
             None => Err(ApiError::not_found("Unknown event")),
-        },
+        };
+    };
+    match kind {
+        E::Subscribe => channels::subscribe(ctx, p.decode()?).await,
+        E::Unsubscribe => channels::unsubscribe(ctx, p.decode()?).await,
+        E::ChannelHistory => channels::channel_history(ctx, p.decode()?).await,
+        E::ListChannels => channels::list_channels(ctx).await,
+        E::Stats => stats::stats(ctx).await,
+        E::JoinRoom => rooms::join_room(ctx, p.decode()?).await,
+        E::LeaveRoom => rooms::leave_room(ctx, p.decode()?).await,
+        E::CreateRoom => rooms::create_room(ctx, p.decode()?).await,
+        E::Message => rooms::message(ctx, p.decode()?).await,
+        E::EditMessage => rooms::edit_message(ctx, p.decode()?).await,
+        E::DeleteMessage => rooms::delete_message(ctx, p.decode()?).await,
+        E::ListRooms => rooms::list_rooms(ctx).await,
+        E::LoadMessages => rooms::load_messages(ctx, p.decode()?).await,
+        E::Typing => rooms::typing(ctx, p.decode()?).await,
+        E::StopTyping => rooms::stop_typing(ctx, p.decode()?).await,
+        E::UpdateStatus => presence::update_status(ctx, p.decode()?).await,
+        E::GetPresence => presence::get_presence(ctx, p.decode()?).await,
+        E::PrivateMessage => private::private_message(ctx, p.decode()?).await,
+        E::MarkRead => private::mark_read(ctx, p.decode()?).await,
+        E::CallUser => calls::call_user(ctx, p.decode()?).await,
+        E::CallAnswer => calls::call_answer(ctx, p.decode()?).await,
+        E::IceCandidate => calls::ice_candidate(ctx, p.decode()?).await,
+        E::CallReject => calls::call_reject(ctx, p.decode()?).await,
+        E::HangUp => calls::hang_up(ctx, p.decode()?).await,
+        E::RefreshToken => connection::refresh_token(ctx, p.decode()?).await,
+        E::UploadStart => files::upload_start(ctx, p.decode()?).await,
+        E::UploadChunk => files::upload_chunk(ctx, p.decode()?).await,
     }
 }
 
-/// The once-a-second sweep of token expiries: `auth-expired`, then a disconnect after the grace.
+/// The sweep of token expiries, four times a second (due times are whole seconds; the quarter-second
+/// tick keeps `auth-expired` within 250 ms of `exp`): `auth-expired`, then a disconnect after the grace.
 pub fn spawn_expiry_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let grace_secs = state.config.auth_expiry_grace_ms.div_ceil(1000);

@@ -320,8 +320,8 @@ impl Link for WsConn {
             Close::Overloaded => self.close_after_queue(1013, "Try again later"),
         }
     }
-    fn transport(&self) -> &'static str {
-        "ws"
+    fn transport(&self) -> crate::model::client::Via {
+        crate::model::client::Via::Ws
     }
     fn info(&self) -> crate::model::client::ClientInfo {
         let issued = self.session().map(|s| s.since).unwrap_or_default();

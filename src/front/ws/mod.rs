@@ -30,8 +30,9 @@ use tokio::time::Instant;
 use crate::app::auth::AuthError;
 use crate::app::events::{self, Outcome};
 use crate::app::state::AppState;
+use crate::front::render;
 use crate::model::client::{Client, Link};
-use crate::model::error::{AckError, ApiError, Code};
+use crate::model::error::{ApiError, Code};
 use clients::{Job, Out, WsClients, WsConn};
 use frames::Inbound;
 
@@ -111,6 +112,13 @@ fn refuse_token(state: &AppState, token: &str) -> Option<Response> {
 enum Next {
     Go,
     Close(u16, &'static str),
+}
+
+impl Next {
+    /// The close of a flooding client (`render::FLOOD_CLOSE`), whichever budget it ran past.
+    fn flood() -> Self {
+        Next::Close(render::FLOOD_CLOSE.0, render::FLOOD_CLOSE.1)
+    }
 }
 
 fn close_msg(code: u16, reason: &'static str) -> Message {
@@ -250,7 +258,7 @@ async fn read_half(
             Counted::Read => None,
             Counted::Refused => Some(None),
             Counted::Close(Next::Close(code, reason)) => Some(Some(Job::Close(code, reason))),
-            Counted::Close(Next::Go) => Some(Some(Job::Close(1008, "Rate limit exceeded"))),
+            Counted::Close(Next::Go) => Some(Some(Job::Close(render::FLOOD_CLOSE.0, render::FLOOD_CLOSE.1))),
         };
         let job = match msg {
             Some(Ok(Message::Text(text))) => {
@@ -483,13 +491,10 @@ fn refused(conn: &WsConn, e: &AuthError) -> Next {
 /// The `connected` frame, after presence heard of the user; then the user's queued messages.
 async fn welcome(front: &WsFront, conn: &Arc<WsConn>, request_id: Option<&Value>) {
     let Some(session) = conn.session() else { return };
-    tracing::info!(sid = %conn.id(), user_id = session.user_id().unwrap_or("-"), transport = "ws", "connected");
-    events::announce_arrival(&front.state, &**conn, &session).await;
-    welcome_again(front, conn, request_id);
-    if session.user_id().is_some() {
-        let (state, client) = (front.state.clone(), conn.clone() as Client);
-        tokio::spawn(async move { events::after_greeting(&state, client.clone(), &session).await });
-    }
+    events::arrive(&front.state, conn.clone(), session, |g| {
+        let _ = conn.send_text(frames::reply("connected", render::ws_greeting(g), request_id));
+    })
+    .await;
 }
 
 /// What [`count_frame`] decided about a frame.
@@ -520,7 +525,7 @@ fn count_frame(front: &WsFront, conn: &WsConn) -> Counted {
     front.state.metrics.error(Code::RateLimited);
     if conn.frame_strikes.check().is_err() {
         tracing::warn!(sid = %conn.id(), "/ws frame flood: disconnecting");
-        return Counted::Close(Next::Close(1008, "Rate limit exceeded"));
+        return Counted::Close(Next::flood());
     }
     Counted::Refused
 }
@@ -546,9 +551,7 @@ fn refuse_frame(conn: &WsConn, text: Option<&str>) -> Next {
     let generic = kind.as_deref().filter(|k| !channel_frame(k));
     let frame = match (&head.request_id, generic) {
         (Some(id), Some(k)) if k != "auth" && k != "authenticate" => {
-            let body = serde_json::to_value(AckError { success: false, error: &e.message, code: e.code })
-                .unwrap_or(Value::Null);
-            frames::ack(id, &body, conn.payload_style())
+            frames::ack(id, &render::ack_error(&e), conn.payload_style())
         }
         (rid, event) => frames::error(&e, event, None, rid.as_ref()),
     };
@@ -617,7 +620,7 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
                     let _ = conn.send_text(frames::error(&e, None, name, rid));
                     Next::Go
                 }
-                Outcome::Flood => Next::Close(1008, "Rate limit exceeded"),
+                Outcome::Flood => Next::flood(),
                 Outcome::Ignore => Next::Go,
             }
         }
@@ -641,7 +644,7 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
                     let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, rid));
                     Next::Go
                 }
-                Outcome::Flood => Next::Close(1008, "Rate limit exceeded"),
+                Outcome::Flood => Next::flood(),
                 Outcome::Ignore => Next::Go,
             }
         }
@@ -662,7 +665,7 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
 fn answer_plain(conn: &WsConn, f: &Inbound, out: Outcome) -> Next {
     let (result, _then) = match out {
         Outcome::Answer(r, then) => (r, then),
-        Outcome::Flood => return Next::Close(1008, "Rate limit exceeded"),
+        Outcome::Flood => return Next::flood(),
         Outcome::Ignore => return Next::Go,
     };
     match (&f.request_id, result) {
@@ -670,9 +673,7 @@ fn answer_plain(conn: &WsConn, f: &Inbound, out: Outcome) -> Next {
             let _ = conn.send_text(frames::ack(id, &v, conn.payload_style()));
         }
         (Some(id), Err(e)) => {
-            let body = serde_json::to_value(AckError { success: false, error: &e.message, code: e.code })
-                .unwrap_or(Value::Null);
-            let _ = conn.send_text(frames::ack(id, &body, conn.payload_style()));
+            let _ = conn.send_text(frames::ack(id, &render::ack_error(&e), conn.payload_style()));
         }
         (None, Ok(_)) => {}
         (None, Err(e)) => {
@@ -749,11 +750,6 @@ async fn authenticate(front: &WsFront, conn: &Arc<WsConn>, f: Inbound) -> Next {
 /// The `connected` frame (alone, after a refresh: no presence or queue work).
 fn welcome_again(front: &WsFront, conn: &WsConn, request_id: Option<&Value>) {
     let Some(session) = conn.session() else { return };
-    let mut f = serde_json::Map::new();
-    f.insert("connectionId".into(), json!(conn.id().to_string()));
-    f.insert("userId".into(), json!(session.user_id()));
-    let user = session.user();
-    f.insert("user".into(), json!(user.as_deref()));
-    f.insert("authorizedChannels".into(), json!(front.state.policy.authorized_patterns(user.as_deref())));
-    let _ = conn.send_text(frames::reply("connected", f, request_id));
+    let greeting = events::Greeting::of(&front.state, conn, &session);
+    let _ = conn.send_text(frames::reply("connected", render::ws_greeting(&greeting), request_id));
 }

@@ -397,7 +397,7 @@ async fn run(front: &WsFront, conn: &Arc<WsConn>, d: &'static Dialect, frame: Ma
                 fail(e);
                 Next::Go
             }
-            Outcome::Flood => Next::Close(1008, "Rate limit exceeded"),
+            Outcome::Flood => Next::flood(),
             _ => Next::Go,
         };
     };
@@ -413,7 +413,7 @@ async fn run(front: &WsFront, conn: &Arc<WsConn>, d: &'static Dialect, frame: Ma
             match events::handle(state, client, event, &mut payload, true).await {
                 Outcome::Answer(Ok(ack), _then) => reply(&ack),
                 Outcome::Answer(Err(e), _) => fail(e),
-                Outcome::Flood => return Next::Close(1008, "Rate limit exceeded"),
+                Outcome::Flood => return Next::flood(),
                 Outcome::Ignore => {}
             }
         }
@@ -424,7 +424,7 @@ async fn run(front: &WsFront, conn: &Arc<WsConn>, d: &'static Dialect, frame: Ma
             };
             for mut item in items.into_iter().take(MAX_ROOMS_AT_ONCE) {
                 if let Outcome::Flood = events::handle(state, client.clone(), event, &mut item, false).await {
-                    return Next::Close(1008, "Rate limit exceeded");
+                    return Next::flood();
                 }
             }
             reply(&Value::Null);
@@ -467,7 +467,7 @@ fn rate(
             fail(e);
             Err(Next::Go)
         }
-        Err(_) => Err(Next::Close(1008, "Rate limit exceeded")),
+        Err(_) => Err(Next::flood()),
     }
 }
 
@@ -543,11 +543,8 @@ async fn authenticate(
                 // Chat rooms as `realtime:emit` and its emitter name them.
                 state.hub.join(&**conn, &crate::model::names::chat(&room), state.config.max_rooms_per_socket as usize);
             }
-            tracing::info!(sid = %conn.id(), user_id = session.user_id().unwrap_or("-"), transport = "ws", dialect = d.name, "connected");
-            events::announce_arrival(state, &**conn, &session).await;
-            greet(conn);
-            let (state, client) = (state.clone(), conn.clone() as Client);
-            tokio::spawn(async move { events::after_greeting(&state, client.clone(), &session).await });
+            tracing::debug!(sid = %conn.id(), dialect = d.name, "dialect");
+            events::arrive(state, conn.clone(), session, |_| greet(conn)).await;
             Next::Go
         }
         Err(e) => {
