@@ -224,7 +224,7 @@ pub fn on_request(state: &AppState, payload: &[u8]) {
                     let Target::Room(room) = target(name) else { continue };
                     // A chat room joined this way is the client's as if it had sent `join-room`.
                     if req.kind == 2 {
-                        state.hub.join(&*c, &room, state.config.max_rooms_per_socket as usize);
+                        state.hub.join(&*c, &room, Some(state.config.max_rooms_per_socket as usize));
                     } else {
                         state.hub.leave(&*c, &room);
                     }

@@ -527,7 +527,7 @@ impl Task {
             return;
         }
         let Some(history) = self.history.clone() else {
-            self.hub.join(&*client, &room, 0);
+            self.hub.join(&*client, &room, None);
             let recovered = since.map(|_| false);
             let _ = reply.send(Ok(Subscribed { recovered, position: None, go: None }));
             return;
@@ -602,7 +602,7 @@ impl Task {
                 p.replay = replay;
                 p.seam = start.clone().map(Seam::new);
                 p.client.join(&names::catching_up(&p.channel));
-                hub.join(&*p.client, &names::channel(&p.channel), 0);
+                hub.join(&*p.client, &names::channel(&p.channel), None);
                 p.joined = true;
                 // Sent or not (an abandoned subscribe drops the Go at once), the Go completes it.
                 let _ = reply.send(Ok(Subscribed { recovered, position: start, go: Some(Go { id, done }) }));

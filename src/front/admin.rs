@@ -593,7 +593,7 @@ fn apply(state: &AppState, action: &Action) {
         }
         Action::Join { nsp, room, filter } => {
             for c in clients.iter().filter(|c| matches(c, nsp, filter)) {
-                state.hub.join(&**c, room, state.config.max_rooms_per_socket as usize);
+                state.hub.join(&**c, room, Some(state.config.max_rooms_per_socket as usize));
             }
         }
         Action::Leave { nsp, room, filter } => {

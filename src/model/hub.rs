@@ -98,12 +98,14 @@ impl Hub {
     }
 
     /// Puts a client in a room: the one way every part does it (handlers, the event proxy's answers, the
-    /// emitters, the Admin UI, the dialects). A chat room (`r:<id>`) becomes the session's too, so that
-    /// the client may post there, unless the socket already holds `cap` of them (`Full`: nothing
-    /// joined). The watcher hears of it.
-    pub fn join(&self, client: &dyn Link, room: &str, cap: usize) -> Joined {
-        let joined = match (room.strip_prefix(names::CHAT_PREFIX), client.session()) {
-            (Some(id), Some(session)) => session.join_room(id, cap),
+    /// emitters, the Admin UI, the dialects). With `own: Some(cap)` a chat room (`r:<id>`) becomes the
+    /// client's own, as after `join-room`: recorded in its session, so that it may post there and its
+    /// departure is announced there, unless the socket already holds `cap` of them (`Full`: nothing
+    /// joined). With `None` the client is only reached there (a dialect's default rooms, a user's,
+    /// channel or call rooms). The watcher hears of it.
+    pub fn join(&self, client: &dyn Link, room: &str, own: Option<usize>) -> Joined {
+        let joined = match (room.strip_prefix(names::CHAT_PREFIX), client.session(), own) {
+            (Some(id), Some(session), Some(cap)) => session.join_room(id, cap),
             _ => Joined::New,
         };
         if joined != Joined::Full {

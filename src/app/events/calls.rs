@@ -107,7 +107,7 @@ pub async fn call_user(ctx: &Ctx, req: CallUser) -> HandlerResult {
         let _ = store.remove_call(&call.id).await;
         return Err(ApiError::new(Code::RateLimited, "Too busy: try again"));
     }
-    ctx.hub().join(&*ctx.client, &caller_room(&call.id), 0);
+    ctx.hub().join(&*ctx.client, &caller_room(&call.id), None);
     let incoming = json!({
         "callId": call.id, "fromUserId": user.user_id, "fromUser": user, "offer": req.offer, "callType": call.call_type,
     });
@@ -154,7 +154,7 @@ pub async fn call_answer(ctx: &Ctx, req: CallAnswer) -> HandlerResult {
         Answered::NotRinging => return Err(ApiError::forbidden("Call already answered")),
         Answered::AtCap => return Err(too_many_calls()),
     };
-    ctx.hub().join(&*ctx.client, &callee_room(&call.id), 0);
+    ctx.hub().join(&*ctx.client, &callee_room(&call.id), None);
     let answered = json!({ "callId": call.id, "fromUserId": user.user_id, "answer": req.answer });
     let _ = ctx.hub().to(caller_room(&call.id)).emit("call-answered", &answered).await;
     let elsewhere = json!({ "callId": call.id });

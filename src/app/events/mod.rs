@@ -110,7 +110,7 @@ pub async fn admit_user(
     let Some(slot) = state.counters.reserve(&user.user_id, cap) else {
         return refuse(client, state, Some(&user.user_id), AuthError::TooManySockets);
     };
-    state.hub.join(client, &crate::model::names::user(&user.user_id), 0);
+    state.hub.join(client, &crate::model::names::user(&user.user_id), None);
     let became_online = match state.store.socket_up(&user, &client.id().to_string(), cap).await {
         Ok(Some(became)) => became,
         Ok(None) => {

@@ -22,7 +22,7 @@ pub async fn call(ctx: &Ctx, proxy: &EventProxy, event: &str, args: Vec<Value>) 
 async fn carry_out(ctx: &Ctx, answer: &Answer) {
     let cap = ctx.state.config.max_rooms_per_socket as usize;
     for id in answer.join.iter().take(100).filter(|id| names::valid_room_id(id)) {
-        ctx.hub().join(&*ctx.client, &names::chat(id), cap);
+        ctx.hub().join(&*ctx.client, &names::chat(id), Some(cap));
     }
     for id in answer.leave.iter().take(100) {
         ctx.hub().leave(&*ctx.client, &names::chat(id));

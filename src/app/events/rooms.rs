@@ -133,7 +133,7 @@ pub async fn join_room(ctx: &Ctx, req: RoomRef) -> HandlerResult {
     let room_info = access(ctx, user, &id).await?;
     let room = names::chat(&id);
     let cap = ctx.state.config.max_rooms_per_socket as usize;
-    let already = match ctx.hub().join(&*ctx.client, &room, cap) {
+    let already = match ctx.hub().join(&*ctx.client, &room, Some(cap)) {
         Joined::New => false,
         Joined::Already => true,
         Joined::Full => return Err(ApiError::new(Code::RateLimited, "Too many rooms joined")),

@@ -540,8 +540,9 @@ async fn authenticate(
             conn.set_session(session.clone());
             for room in d.default_rooms {
                 let room = if *room == "conn" { conn.id().to_string() } else { (*room).to_string() };
-                // Chat rooms as `realtime:emit` and its emitter name them.
-                state.hub.join(&**conn, &crate::model::names::chat(&room), state.config.max_rooms_per_socket as usize);
+                // Chat rooms as `realtime:emit` and its emitter name them; reached there, not the
+                // client's own (no arrival or departure is announced in them).
+                state.hub.join(&**conn, &crate::model::names::chat(&room), None);
             }
             tracing::debug!(sid = %conn.id(), dialect = d.name, "dialect");
             events::arrive(state, conn.clone(), session, |_| greet(conn)).await;
