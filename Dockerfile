@@ -6,18 +6,28 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 # Dependencies first, so that they are cached when only the sources change. Cargo.toml is a workspace
-# (members "." and "bench"): cargo needs every member's manifest, and the targets it names, to load it.
-# The sources are stubs here; only the gateway's binary is built, the bench member never is.
-# build.rs checks the layers of src/ (docs/architecture.md); on the stubs it has nothing to refuse.
+# (the gateway ".", its layers under crates/, and "bench"): cargo needs every member's manifest, and the
+# targets it names, to load it. The sources are stubs here; only the gateway's binary is built, the bench
+# member never is. build.rs checks the layers of crates/ (docs/architecture.md); on the stubs it has
+# nothing to refuse.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY bench/Cargo.toml ./bench/Cargo.toml
+COPY crates/model/Cargo.toml ./crates/model/Cargo.toml
+COPY crates/storage/Cargo.toml ./crates/storage/Cargo.toml
+COPY crates/cluster/Cargo.toml ./crates/cluster/Cargo.toml
+COPY crates/app/Cargo.toml ./crates/app/Cargo.toml
+COPY crates/front/Cargo.toml ./crates/front/Cargo.toml
 RUN mkdir -p src bench/src/bin \
+    && for c in model storage cluster app front; do mkdir -p crates/$c/src && echo "" > crates/$c/src/lib.rs; done \
     && echo "fn main() {}" > src/main.rs && echo "" > src/lib.rs \
     && echo "fn main() {}" > bench/src/main.rs && echo "fn main() {}" > bench/src/bin/raw_server.rs \
     && cargo build --release --locked -p realtime-gateway --bin realtime-gateway \
-    && rm -rf src
+    && rm -rf src crates/model/src crates/storage/src crates/cluster/src crates/app/src crates/front/src
 COPY src ./src
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked -p realtime-gateway --bin realtime-gateway
+COPY crates ./crates
+# The copies may be older than the stubs' build: touched, so that cargo builds them.
+RUN touch src/main.rs src/lib.rs crates/*/src/lib.rs \
+    && cargo build --release --locked -p realtime-gateway --bin realtime-gateway
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \

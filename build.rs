@@ -1,15 +1,14 @@
-//! The build keeps the layers (docs/architecture.md): it reads every `crate::` path under `src/` and refuses
-//! to build when
+//! The build keeps the layers (docs/architecture.md). Cargo already refuses an upward import: each layer is a
+//! crate of the workspace (`crates/model`, `storage`, `cluster`, `app`, `front`) that depends only on the
+//! ones below it. This script checks what cargo cannot see, and refuses to build when
 //!
-//! - a layer names one above it (the layers, bottom up: `model`, `storage`, `cluster`, `app`, `front`, then
-//!   `startup`, `main` and `lib`, which may name everything),
-//! - the modules of a layer (`app::events`, `app::proxy`, ...) import each other in a circle, or
-//! - a layer names a crate it must not use (the model does no I/O; nothing under the front ends knows
-//!   socketioxide's or axum's socket types).
+//! - the top-level modules of one layer import each other in a circle (`crate::x` paths, doc links
+//!   included: a doc link is a dependency too), or
+//! - a layer names a crate it must not use outside comments (the model does no I/O; the application
+//!   knows no front end's socket types), or names a layer above it in its text (a path in a comment
+//!   that would not compile as code).
 //!
-//! `crate::` paths are read as text, comments included (a doc link is a dependency too), so the rules hold
-//! for what a reader sees; forbidden crates are looked for outside comments. No dependency: this runs
-//! before the crate compiles.
+//! No dependency: this runs before anything compiles.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -30,77 +29,72 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
 ];
 
 fn main() {
-    println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=build.rs");
-    let mut files = Vec::new();
-    walk(Path::new("src"), &mut files);
-    files.sort();
     let mut problems = Vec::new();
-    // (layer, module) -> the (layer, module)s it names, with one file that does.
-    let mut edges: BTreeMap<(usize, String), BTreeMap<(usize, String), String>> = BTreeMap::new();
-    for file in &files {
-        let Ok(text) = fs::read_to_string(file) else { continue };
-        let rel = file.strip_prefix("src").unwrap_or(file);
-        let parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string()).collect();
-        let Some(rank) = LAYERS.iter().position(|l| *l == parts[0]) else { continue };
-        let module =
-            if parts.len() > 2 || (parts.len() == 2 && parts[1] != "mod") { parts[1].clone() } else { String::new() };
-        for (layer, forbidden, why) in FORBIDDEN {
-            if *layer != LAYERS[rank] {
-                continue;
-            }
-            for f in *forbidden {
-                if let Some(line) = text.lines().position(|l| !l.trim_start().starts_with("//") && mentions(l, f)) {
-                    problems.push(format!("{}:{}: names `{f}`: {why}", file.display(), line + 1));
+    for (rank, layer) in LAYERS.iter().enumerate() {
+        let src = PathBuf::from("crates").join(layer).join("src");
+        println!("cargo:rerun-if-changed={}", src.display());
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        files.sort();
+        // module -> the modules of this layer it names, with one place that does.
+        let mut edges: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for file in &files {
+            let Ok(text) = fs::read_to_string(file) else { continue };
+            let rel = file.strip_prefix(&src).unwrap_or(file);
+            let parts: Vec<String> =
+                rel.iter().map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string()).collect();
+            let module = match parts.first().map(String::as_str) {
+                Some("lib") | None => String::new(),
+                Some(m) => m.to_string(),
+            };
+            for (l, forbidden, why) in FORBIDDEN {
+                if l != layer {
+                    continue;
+                }
+                for f in *forbidden {
+                    let hit = text.lines().position(|line| !line.trim_start().starts_with("//") && mentions(line, f));
+                    if let Some(line) = hit {
+                        problems.push(format!("{}:{}: names `{f}`: {why}", file.display(), line + 1));
+                    }
                 }
             }
-        }
-        for (line_no, line) in text.lines().enumerate() {
-            for target in crate_paths(line) {
-                let (Some(t_layer), t_module) = (target.first(), target.get(1)) else { continue };
-                let Some(t_rank) = LAYERS.iter().position(|l| l == t_layer) else {
-                    if t_layer == "startup" {
+            for (line_no, line) in text.lines().enumerate() {
+                for above in &LAYERS[rank + 1..] {
+                    if mentions(line, &format!("rtg_{above}::")) || mentions(line, &format!("crate::{above}::")) {
                         problems.push(format!(
-                            "{}:{}: names `crate::startup`: only main and lib may",
+                            "{}:{}: `{layer}` names the layer `{above}` above it (bottom up: {})",
                             file.display(),
-                            line_no + 1
+                            line_no + 1,
+                            LAYERS.join(" < ")
                         ));
                     }
-                    continue;
-                };
-                if t_rank > rank {
-                    problems.push(format!(
-                        "{}:{}: `{}` names `crate::{}`, a layer above it (bottom up: {})",
-                        file.display(),
-                        line_no + 1,
-                        LAYERS[rank],
-                        target.join("::"),
-                        LAYERS.join(" < ")
-                    ));
                 }
-                if t_rank == rank {
-                    let to = t_module.cloned().unwrap_or_default();
-                    if to != module && !to.is_empty() && !module.is_empty() {
+                for target in crate_paths(line) {
+                    let Some(to) = target.first() else { continue };
+                    if *to != module && !module.is_empty() {
                         edges
-                            .entry((rank, module.clone()))
+                            .entry(module.clone())
                             .or_default()
-                            .entry((t_rank, to))
+                            .entry(to.clone())
                             .or_insert_with(|| format!("{}:{}", file.display(), line_no + 1));
                     }
                 }
             }
         }
-    }
-    for cycle in cycles(&edges) {
-        let names: Vec<String> = cycle.iter().map(|(r, m)| format!("{}::{m}", LAYERS[*r])).collect();
-        let mut via = Vec::new();
-        for (i, from) in cycle.iter().enumerate() {
-            let to = &cycle[(i + 1) % cycle.len()];
-            if let Some(at) = edges.get(from).and_then(|e| e.get(to)) {
-                via.push(format!("  {}::{} -> {}::{} at {at}", LAYERS[from.0], from.1, LAYERS[to.0], to.1));
+        // Only edges between this layer's own modules (a `crate::x` that is not a module, an item of lib.rs,
+        // has no edges of its own and closes no circle).
+        for cycle in cycles(&edges) {
+            let mut via = Vec::new();
+            for (i, from) in cycle.iter().enumerate() {
+                let to = &cycle[(i + 1) % cycle.len()];
+                if let Some(at) = edges.get(from).and_then(|e| e.get(to)) {
+                    via.push(format!("  {layer}::{from} -> {layer}::{to} at {at}"));
+                }
             }
+            let names: Vec<String> = cycle.iter().map(|m| format!("{layer}::{m}")).collect();
+            problems.push(format!("import cycle: {}\n{}", names.join(" -> "), via.join("\n")));
         }
-        problems.push(format!("import cycle: {}\n{}", names.join(" -> "), via.join("\n")));
     }
     if !problems.is_empty() {
         eprintln!("the layers of docs/architecture.md are broken:\n");
@@ -131,8 +125,8 @@ fn mentions(line: &str, what: &str) -> bool {
     })
 }
 
-/// The paths `crate::a::b...` named on a line, as their first two segments; a group `crate::{a::b, c}`
-/// gives one path per member.
+/// The paths `crate::a::b...` named on a line, as their segments; a group `crate::{a::b, c}` gives one
+/// path per member.
 fn crate_paths(line: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for (i, _) in line.match_indices("crate::") {
@@ -175,7 +169,7 @@ fn segments(path: &str) -> Vec<String> {
         .collect()
 }
 
-type Node = (usize, String);
+type Node = String;
 
 /// Every elementary circle found by a depth-first search (one per back edge), each as its modules in order.
 fn cycles(edges: &BTreeMap<Node, BTreeMap<Node, String>>) -> Vec<Vec<Node>> {

@@ -1,8 +1,9 @@
 //! realtime-gateway: a Socket.IO-compatible real-time gateway (the protocol is in `docs/protocol.md`, the design in
 //! `docs/architecture.md`).
 //!
-//! The crate is built in layers, each a directory, bottom up; a layer uses only the layers below it, and the
-//! build refuses anything else (`build.rs`):
+//! The gateway is built in layers, each a crate of the workspace (`crates/`), bottom up; a layer depends
+//! only on the layers below it (cargo refuses anything else), and `build.rs` refuses a cycle between the
+//! modules of one layer:
 //!
 //! 1. [`model`]: the gateway's words, no I/O: settings, names, errors, the clock, client ids, sessions,
 //!    the `Link` and `Transport` traits, the hub (the one delivery path), the event list, the figures.
@@ -14,11 +15,12 @@
 //! 5. [`front`]: the front ends: Socket.IO, `/ws` and its dialects, the Admin UI, HTTP, TLS.
 //! 6. [`startup`]: builds every part from a `Config` and hands each what it uses (for `main` and tests).
 
-pub mod app;
-pub mod cluster;
-pub mod front;
-pub mod model;
 pub mod startup;
-pub mod storage;
+
+pub use rtg_app as app;
+pub use rtg_cluster as cluster;
+pub use rtg_front as front;
+pub use rtg_model as model;
+pub use rtg_storage as storage;
 
 pub use startup::{startup, Gateway};

@@ -98,9 +98,13 @@ fn init_tracing(format: LogFormat) {
 /// The log filter: `RUST_LOG` (default `info`), with socketioxide and engineioxide held at `info`
 /// unless `RUST_LOG` names them: at `debug` they log CONNECT `auth` payloads and event arguments,
 /// tokens included, and tokens are never logged (docs/security.md).
+///
+/// The gateway's code lives in the crates of its layers (`rtg_model` ... `rtg_front`, whose module paths
+/// are the log targets): a directive for `realtime_gateway` covers them all, and one for
+/// `realtime_gateway::<layer>::<path>` names `rtg_<layer>::<path>`.
 fn log_directives(rust_log: Option<&str>) -> String {
     let asked = rust_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
-    let mut directives = asked.to_string();
+    let mut directives = asked.split(',').map(gateway_targets).collect::<Vec<_>>().join(",");
     for target in ["socketioxide", "engineioxide"] {
         if !asked.contains(target) {
             directives.push_str(&format!(",{target}=info"));
@@ -109,8 +113,51 @@ fn log_directives(rust_log: Option<&str>) -> String {
     directives
 }
 
+/// One directive, with `realtime_gateway` targets spelled as the layers' crates (see [`log_directives`]).
+fn gateway_targets(directive: &str) -> String {
+    const LAYERS: [&str; 5] = ["model", "storage", "cluster", "app", "front"];
+    let (target, level) = match directive.split_once('=') {
+        Some((t, l)) => (t.trim(), Some(l)),
+        None => (directive.trim(), None),
+    };
+    let with_level = |t: &str| match level {
+        Some(l) => format!("{t}={l}"),
+        None => t.to_string(),
+    };
+    if target == "realtime_gateway" {
+        let mut all = vec![with_level(target)];
+        all.extend(LAYERS.iter().map(|l| with_level(&format!("rtg_{l}"))));
+        return all.join(",");
+    }
+    if let Some(rest) = target.strip_prefix("realtime_gateway::") {
+        let (layer, path) = rest.split_once("::").unwrap_or((rest, ""));
+        if LAYERS.contains(&layer) {
+            let t = if path.is_empty() { format!("rtg_{layer}") } else { format!("rtg_{layer}::{path}") };
+            return with_level(&t);
+        }
+    }
+    directive.to_string()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gateway_targets_name_the_layers_crates() {
+        assert_eq!(
+            super::log_directives(Some("info,realtime_gateway=debug")),
+            "info,realtime_gateway=debug,rtg_model=debug,rtg_storage=debug,rtg_cluster=debug,rtg_app=debug,\
+             rtg_front=debug,socketioxide=info,engineioxide=info"
+        );
+        assert_eq!(
+            super::log_directives(Some("warn,realtime_gateway::app::events::private=debug")),
+            "warn,rtg_app::events::private=debug,socketioxide=info,engineioxide=info"
+        );
+        assert_eq!(
+            super::log_directives(Some("rtg_front=trace")),
+            "rtg_front=trace,socketioxide=info,engineioxide=info"
+        );
+    }
+
     #[test]
     fn socket_io_targets_stay_at_info_unless_named() {
         assert_eq!(super::log_directives(Some("debug")), "debug,socketioxide=info,engineioxide=info");

@@ -40,3 +40,59 @@ async fn the_stores_first_requests_after_a_redis_restart_succeed() {
     assert_eq!(script.expect("the first script after the restart"), Some(true), "online again, on an empty Redis");
     assert_eq!(presence.expect("presence after the restart")[0].status, "online");
 }
+
+/// A TCP relay in front of Redis that, once armed, swallows the next reply from Redis and closes the
+/// client's connection: the command ran, its client sees the connection end before the answer.
+async fn relay(redis_port: u16, armed: Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("relay listens");
+    let port = listener.local_addr().expect("relay address").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await else { continue };
+            let armed = armed.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if armed.swap(false, Ordering::SeqCst) {
+                        break; // the reply is swallowed, the client's connection closed
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    port
+}
+
+/// Issue 22: a connection that ends after Redis ran a command, before its reply, fails that command to
+/// its caller; the command is not sent again (an `INCR` ran once, not twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_reply_was_lost_is_not_run_twice() {
+    let redis = RedisServer::start();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = relay(redis.port, armed.clone()).await;
+    let link = RedisLink::open(&format!("redis://127.0.0.1:{port}")).expect("link");
+    let mut conn = link.commands();
+    let _: () = conn.set("n", 0).await.expect("set through the relay");
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let lost: redis::RedisResult<i64> = conn.incr("n", 1).await;
+    assert!(lost.is_err(), "the reply never came: the INCR fails to its caller, got {lost:?}");
+    let mut direct = RedisLink::open(&redis.url()).expect("direct link").commands();
+    let n: i64 = direct.get("n").await.expect("read directly");
+    assert_eq!(n, 1, "the INCR ran exactly once");
+    // The link goes on: the next command is answered on a new connection.
+    let next: i64 = conn.incr("n", 1).await.expect("the next command after the lost reply");
+    assert_eq!(next, 2);
+}

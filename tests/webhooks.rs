@@ -95,8 +95,14 @@ fn counter(metrics: &Metrics, outcome: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(&line)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
+/// The test's own connection: a generous reply timeout, for the replies of 10,000 entries on a busy machine.
 async fn conn(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url()).expect("url").get_multiplexed_async_connection().await.expect("connect")
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect")
 }
 
 /// The ids of a sequence with repeats of the latest one allowed (at least once) must never go back.
