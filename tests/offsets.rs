@@ -269,3 +269,76 @@ async fn a_lagging_node_that_takes_over_from_a_dead_appender_appends_nothing_twi
     assert_eq!(offsets, (1..=25).collect::<Vec<_>>());
     b.task.abort();
 }
+
+/// The next message of a node's subscription, as its sequencer's input.
+async fn next_input(stream: &mut (impl futures_util::Stream<Item = redis::Msg> + Unpin), notes: &str) -> Input {
+    let msg = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("a message within 5 s")
+        .expect("the subscription is open");
+    let payload = msg.get_payload_bytes().to_vec();
+    if msg.get_channel_name() == notes {
+        Input::Note(payload)
+    } else {
+        Input::Raw { channel: msg.get_channel_name().to_string(), payload }
+    }
+}
+
+/// Issue 23: two `PUBLISH`es of one payload, the first before node B subscribed, its note after the second.
+/// Matched by payload, that note took B's copy of the second for the first, and when the appender died
+/// before appending the second, B took over without it: lost. Matched by place, B keeps it and appends it.
+/// Each step is driven by hand, in one order, so the case happens every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_for_a_publish_a_node_never_received_takes_nothing_of_an_identical_later_one() {
+    let _redis = RedisServer::start();
+    let url = _redis.url();
+    let prefix = "same";
+    let client = redis::Client::open(url.as_str()).expect("url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("conn");
+    let publish = |mut conn: redis::aio::MultiplexedConnection| async move {
+        let _: i64 = redis::cmd("PUBLISH").arg(CHANNEL).arg("{\"beat\":true}").query_async(&mut conn).await.unwrap();
+    };
+
+    // A subscribes, takes the lease and reads its own marker: it appends.
+    let mut a = Sequencer::new(history(&url, prefix), "a".into(), LEASE_MS);
+    let notes = a.notes_channel().to_string();
+    let mut a_sub = client.get_async_pubsub().await.expect("pubsub");
+    a_sub.subscribe(&notes).await.expect("subscribe");
+    a_sub.psubscribe("ch:*").await.expect("psubscribe");
+    let mut a_stream = a_sub.on_message();
+    a.input(Input::Reset).await;
+    a.input(next_input(&mut a_stream, &notes).await).await;
+    assert_eq!(a.role(), realtime_gateway::app::sequence::Role::Appender);
+
+    // The first heartbeat: A receives it (and holds it: it does not append yet). B subscribes after it.
+    publish(conn.clone()).await;
+    a.input(next_input(&mut a_stream, &notes).await).await;
+    let mut b = Sequencer::new(history(&url, prefix), "b".into(), LEASE_MS);
+    let mut b_sub = client.get_async_pubsub().await.expect("pubsub");
+    b_sub.subscribe(&notes).await.expect("subscribe");
+    b_sub.psubscribe("ch:*").await.expect("psubscribe");
+    let mut b_stream = b_sub.on_message();
+    b.input(Input::Reset).await;
+    // A renews its lease (a marker), then the second heartbeat, then A appends the first and dies.
+    a.tick().await;
+    publish(conn.clone()).await;
+    a.flush().await;
+    drop((a, a_stream));
+    // B reads, in Redis's order: A's marker, the second heartbeat, the note of the first.
+    for _ in 0..3 {
+        let out = b.input(next_input(&mut b_stream, &notes).await).await;
+        b.flush().await;
+        assert!(out.iter().all(|d| d.place.offset == 1), "B delivers the first (offset 1): {out:?}");
+    }
+    // A's lease lapses; B takes it, reads its marker and appends what nobody appended: the second.
+    tokio::time::sleep(Duration::from_millis(LEASE_MS + 100)).await;
+    b.tick().await;
+    assert_eq!(b.role(), realtime_gateway::app::sequence::Role::Syncing);
+    b.input(next_input(&mut b_stream, &notes).await).await;
+    assert_eq!(b.role(), realtime_gateway::app::sequence::Role::Appender);
+    b.flush().await;
+    let tail = history(&url, prefix).last(CHANNEL, 10).await.expect("history");
+    let offsets: Vec<u64> = tail.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![1, 2], "both heartbeats stored, once each");
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+}

@@ -10,13 +10,21 @@
 //! in which the appender received the `PUBLISH`es, which is Redis's one order.
 //!
 //! **Taking over where the last appender stopped.** Every node keeps the `PUBLISH`es it received
-//! and has not yet seen a note for (its *buffer*; a note removes the oldest entry of the same
-//! channel and payload: identical payloads are interchangeable). A node that takes the lease
-//! publishes a *marker* in the same script; notes and markers travel on the one notes channel, in
-//! the one order, on the same connection as the `PUBLISH`es. When the node receives its own marker
-//! it has received every note of every earlier appender (they were published before the lease was
-//! taken, and the append script refuses a node that does not hold the lease), so what is left in
-//! its buffer is exactly what nobody appended: it appends that, in order, then what comes next.
+//! and has not yet seen a note for (its *buffer*). A node that takes the lease publishes a *marker*
+//! in the same script, and the appender publishes a new marker with every renewal (every third of
+//! the lease); notes and markers travel on the one notes channel, in the one order, on the same
+//! connection as the `PUBLISH`es. When the node receives its own marker it has received every note
+//! of every earlier appender (they were published before the lease was taken, and the append script
+//! refuses a node that does not hold the lease), so what is left in its buffer is exactly what
+//! nobody appended: it appends that, in order, then what comes next.
+//!
+//! **Which note is which publication: by place, not by payload.** Two `PUBLISH`es of the same
+//! payload are told apart by their place in Redis's one order: the *k*-th `PUBLISH` after marker
+//! *M* (`M/k`). Every node that received *M* counts the same `PUBLISH`es after it, so the appender's
+//! note names the publication it appended by its place and its payload hash (its `h`: `M/k#hash`),
+//! and each node removes exactly the entry at that place. Only what a node received before its
+//! first marker since it subscribed (at most a renewal period while an appender lives) has no place
+//! there: a note matches the oldest such entry of the same channel and payload.
 //!
 //! **Delivering each once.** A node delivers a note only if its offset is past the last one it
 //! delivered on that channel (same epoch); a note further ahead than the next offset (the node's
@@ -81,6 +89,11 @@ pub enum Role {
 
 struct Entry {
     channel: String,
+    /// Its place, `M/k` (the *k*-th `PUBLISH` after the marker `M`), when placed.
+    key: String,
+    /// Received after a marker (since the subscription was made).
+    placed: bool,
+    /// The payload's hash (notes of an appender that names publications by hash).
     hash: String,
     json: String,
     sent: bool,
@@ -105,6 +118,8 @@ pub struct Sequencer {
     /// No taking the lease before this (just after a reset: the nodes that missed nothing go first).
     eligible: Instant,
     buffer: VecDeque<Entry>,
+    /// The last marker received since the subscription was made, and how many `PUBLISH`es came after it.
+    base: Option<(String, u64)>,
     last: HashMap<String, (String, u64)>,
     /// Subscribed before: a later [`Input::Reset`] means the subscription dropped.
     subscribed: bool,
@@ -128,6 +143,7 @@ impl Sequencer {
             nonce: 0,
             eligible: Instant::now(),
             buffer: VecDeque::new(),
+            base: None,
             last: HashMap::new(),
             subscribed: false,
         }
@@ -158,12 +174,22 @@ impl Sequencer {
                     self.buffer.pop_front();
                     tracing::warn!("channel publications: too many without a note; the oldest is forgotten");
                 }
-                self.buffer.push_back(Entry { channel, hash: hash(&payload), json, sent: false });
+                let hash = hash(&payload);
+                let (key, placed) = match &mut self.base {
+                    Some((marker, k)) => {
+                        *k += 1;
+                        (format!("{marker}/{k}"), true)
+                    }
+                    None => (String::new(), false),
+                };
+                self.buffer.push_back(Entry { channel, key, placed, hash, json, sent: false });
                 Vec::new()
             }
             Input::Note(bytes) => match serde_json::from_slice::<Message>(&bytes) {
                 Ok(Message::Marker { m, n }) => {
-                    if m == self.token && n == self.nonce.to_string() && self.role == Role::Syncing {
+                    let taking = m == self.token && n == self.nonce.to_string() && self.role == Role::Syncing;
+                    self.base = Some((format!("{m}:{n}"), 0));
+                    if taking {
                         for e in self.buffer.iter_mut() {
                             e.sent = false;
                         }
@@ -173,7 +199,16 @@ impl Sequencer {
                     Vec::new()
                 }
                 Ok(Message::Note { c, o, e, t, h, d }) => {
-                    if let Some(i) = self.buffer.iter().position(|x| x.channel == c && x.hash == h) {
+                    // By place (`M/k#hash`); else (this node received the publication before its first
+                    // marker, or the appender had none) the oldest unplaced entry of that channel and payload.
+                    let (place, payload) = match h.split_once('#') {
+                        Some((place, payload)) => (Some(place), payload),
+                        None => (None, h.as_str()),
+                    };
+                    let found = place
+                        .and_then(|p| self.buffer.iter().position(|x| x.placed && x.key == p))
+                        .or_else(|| self.buffer.iter().position(|x| !x.placed && x.channel == c && x.hash == payload));
+                    if let Some(i) = found {
                         self.buffer.remove(i);
                     }
                     let (Ok(offset), Ok(ts)) = (o.parse::<u64>(), t.parse::<u64>()) else {
@@ -190,6 +225,7 @@ impl Sequencer {
             },
             Input::Reset => {
                 self.buffer.clear();
+                self.base = None;
                 if self.role != Role::Follower {
                     self.role = Role::Follower;
                     if let Err(e) = self.history.release(&self.lease_key, &self.token).await {
@@ -249,7 +285,12 @@ impl Sequencer {
                 Some(self.nonce)
             }
             Role::Syncing => Some(self.nonce),
-            Role::Appender => None,
+            // A new marker with every renewal: the nodes that subscribed since the last one can
+            // place what they receive from then on.
+            Role::Appender => {
+                self.nonce += 1;
+                Some(self.nonce)
+            }
         };
         match self.history.lease(&self.lease_key, &self.token, self.lease_ms, marker).await {
             Ok(0) => {
@@ -282,7 +323,8 @@ impl Sequencer {
                 .iter()
                 .map(|&i| {
                     let e = &self.buffer[i];
-                    NewPublication { channel: e.channel.clone(), hash: e.hash.clone(), json: e.json.clone() }
+                    let tag = if e.placed { format!("{}#{}", e.key, e.hash) } else { e.hash.clone() };
+                    NewPublication { channel: e.channel.clone(), hash: tag, json: e.json.clone() }
                 })
                 .collect();
             let lease = Lease { key: &self.lease_key, token: &self.token, notes: &self.notes };

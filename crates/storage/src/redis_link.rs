@@ -443,10 +443,10 @@ impl RedisLink {
 }
 
 /// A command connection that retries a command once when it provably never reached Redis (see
-/// [`never_sent`]): after a Redis restart the manager's first reconnection may have been refused while
+/// `never_sent`): after a Redis restart the manager's first reconnection may have been refused while
 /// Redis was down, and the command that waited for it is sent again on the next one. A dead connection
 /// itself does not fail the next command: over RESP3 the manager replaces it as soon as it ends (see
-/// [`manager`]). A failure that may have come after Redis ran the command (a connection ending while
+/// `manager`). A failure that may have come after Redis ran the command (a connection ending while
 /// the reply was awaited, a timeout, a script error) is returned as it is: nothing that may have run is
 /// run twice.
 #[derive(Clone)]

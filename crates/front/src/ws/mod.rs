@@ -121,6 +121,17 @@ impl Next {
     }
 }
 
+/// What every `/ws` path (and every dialect) does with an event's outcome, in one place: the answer to
+/// render, or what the connection does instead: a flood closes it, a client without a session gets
+/// nothing.
+fn answered(out: Outcome) -> Result<(rtg_model::error::HandlerResult, events::Then), Next> {
+    match out {
+        Outcome::Answer(result, then) => Ok((result, then)),
+        Outcome::Flood => Err(Next::flood()),
+        Outcome::Ignore => Err(Next::Go),
+    }
+}
+
 fn close_msg(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }))
 }
@@ -600,8 +611,8 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
                 (Some(since), Value::String(c)) => json!({ "channel": c, "since": since }),
                 _ => channel.clone(),
             };
-            match events::handle(&front.state, conn.clone(), &f.kind, &mut payload, true).await {
-                Outcome::Answer(Ok(v), then) => {
+            match answered(events::handle(&front.state, conn.clone(), &f.kind, &mut payload, true).await) {
+                Ok((Ok(v), then)) => {
                     let mut m = serde_json::Map::new();
                     for k in ["channel", "recovered", "offset", "epoch"] {
                         if let Some(x) = v.get(k) {
@@ -615,19 +626,18 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
                     drop(then);
                     Next::Go
                 }
-                Outcome::Answer(Err(e), _) => {
+                Ok((Err(e), _)) => {
                     let name = channel.as_str().or_else(|| channel.get("channel").and_then(Value::as_str));
                     let _ = conn.send_text(frames::error(&e, None, name, rid));
                     Next::Go
                 }
-                Outcome::Flood => Next::flood(),
-                Outcome::Ignore => Next::Go,
+                Err(next) => next,
             }
         }
         "list_channels" | "stats" => {
             let mut payload = Value::Null;
-            match events::handle(&front.state, conn.clone(), &f.kind, &mut payload, true).await {
-                Outcome::Answer(Ok(v), _) => {
+            match answered(events::handle(&front.state, conn.clone(), &f.kind, &mut payload, true).await) {
+                Ok((Ok(v), _)) => {
                     let mut m = serde_json::Map::new();
                     let kind = if f.kind == "stats" {
                         m.insert("data".into(), v.get("data").cloned().unwrap_or(Value::Null));
@@ -640,12 +650,11 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
                     let _ = conn.send_text(frames::reply(kind, m, rid));
                     Next::Go
                 }
-                Outcome::Answer(Err(e), _) => {
+                Ok((Err(e), _)) => {
                     let _ = conn.send_text(frames::error(&e, Some(&f.kind), None, rid));
                     Next::Go
                 }
-                Outcome::Flood => Next::flood(),
-                Outcome::Ignore => Next::Go,
+                Err(next) => next,
             }
         }
         _ => {
@@ -663,10 +672,9 @@ async fn on_text(front: &WsFront, conn: &Arc<WsConn>, text: &str) -> Next {
 /// The answer to a generic request: `{type:"ack", requestId, data}` when it has a `requestId`, else
 /// only a failure, as an error frame.
 fn answer_plain(conn: &WsConn, f: &Inbound, out: Outcome) -> Next {
-    let (result, _then) = match out {
-        Outcome::Answer(r, then) => (r, then),
-        Outcome::Flood => return Next::flood(),
-        Outcome::Ignore => return Next::Go,
+    let (result, _then) = match answered(out) {
+        Ok(answer) => answer,
+        Err(next) => return next,
     };
     match (&f.request_id, result) {
         (Some(id), Ok(v)) => {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::clients::WsConn;
-use super::{Next, WsFront};
-use rtg_app::events::{self, Outcome};
+use super::{answered, Next, WsFront};
+use rtg_app::events;
 use rtg_model::client::{Client, Link};
 use rtg_model::error::{ApiError, Code};
 
@@ -392,13 +392,13 @@ async fn run(front: &WsFront, conn: &Arc<WsConn>, d: &'static Dialect, frame: Ma
             return Next::Go;
         }
         let mut payload = req.clone();
-        return match events::handle(state, client, &name, &mut payload, false).await {
-            Outcome::Answer(Err(e), _) => {
+        return match answered(events::handle(state, client, &name, &mut payload, false).await) {
+            Ok((Err(e), _)) => {
                 fail(e);
                 Next::Go
             }
-            Outcome::Flood => Next::flood(),
-            _ => Next::Go,
+            Ok((Ok(_), _)) => Next::Go,
+            Err(next) => next,
         };
     };
     let reply = |ack: &Value| {
@@ -410,11 +410,11 @@ async fn run(front: &WsFront, conn: &Arc<WsConn>, d: &'static Dialect, frame: Ma
     match &op.does {
         Does::Core(event, arg) => {
             let mut payload = env.eval(arg);
-            match events::handle(state, client, event, &mut payload, true).await {
-                Outcome::Answer(Ok(ack), _then) => reply(&ack),
-                Outcome::Answer(Err(e), _) => fail(e),
-                Outcome::Flood => return Next::flood(),
-                Outcome::Ignore => {}
+            match answered(events::handle(state, client, event, &mut payload, true).await) {
+                Ok((Ok(ack), _then)) => reply(&ack),
+                Ok((Err(e), _)) => fail(e),
+                Err(Next::Go) => {}
+                Err(next) => return next,
             }
         }
         Does::EachCore(event, list) => {
@@ -423,8 +423,10 @@ async fn run(front: &WsFront, conn: &Arc<WsConn>, d: &'static Dialect, frame: Ma
                 _ => Vec::new(),
             };
             for mut item in items.into_iter().take(MAX_ROOMS_AT_ONCE) {
-                if let Outcome::Flood = events::handle(state, client.clone(), event, &mut item, false).await {
-                    return Next::flood();
+                if let Err(next @ Next::Close(..)) =
+                    answered(events::handle(state, client.clone(), event, &mut item, false).await)
+                {
+                    return next;
                 }
             }
             reply(&Value::Null);
@@ -461,13 +463,14 @@ fn rate(
     session: &rtg_model::session::Session,
     fail: &dyn Fn(ApiError),
 ) -> Result<(), Next> {
-    match events::check_rate(state, conn, session) {
+    match events::check_rate(state, conn, session).map_err(answered) {
         Ok(()) => Ok(()),
-        Err(Outcome::Answer(Err(e), _)) => {
+        Err(Ok((Err(e), _))) => {
             fail(e);
             Err(Next::Go)
         }
-        Err(_) => Err(Next::flood()),
+        Err(Ok((Ok(_), _))) => Ok(()),
+        Err(Err(next)) => Err(next),
     }
 }
 
