@@ -4,8 +4,9 @@
 #
 #   bench/run.sh [s1|s2|s3|s4|s5|s6|s7|all ...]     (default: all; s7 is run only when named)
 #   RUNS=3           runs per scenario and server (the table shows the median)
-#   SERVERS="gateway gwws node raw gwnohist"   restrict the servers (gwws: the gateway measured through
-#                    /ws; gwnohist: the gateway with CHANNEL_HISTORY_SIZE=0, for s7)
+#   SERVERS="gateway gwws node raw gwnohist gwcluster"   restrict the servers (gwws: the gateway measured
+#                    through /ws; gwnohist: the gateway with CHANNEL_HISTORY_SIZE=0, for s7; gwcluster: S5 with
+#                    the two nodes on a Redis Cluster of three masters instead of one Redis, SPEC §9)
 #   NO_BUILD=1       use the binaries copied by an earlier run
 #   S1_IDLE_SECS=5   how long S1 measures idle CPU (30 covers a whole ping interval of the gateway's 25 s)
 #
@@ -17,9 +18,10 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 RUNS=${RUNS:-3}
-SERVERS=${SERVERS:-"gateway gwws node raw gwnohist"}
+SERVERS=${SERVERS:-"gateway gwws node raw gwnohist gwcluster"}
 SECRET="bench-secret-$$-$(date +%s)"
-BIN="$ROOT/target/rtg-bench-bin"
+# BIN: where the binaries are copied (NO_BUILD=1 BIN=<dir> measures the binaries already in <dir>).
+BIN=${BIN:-"$ROOT/target/rtg-bench-bin"}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="$HERE/results/$STAMP"
 SCENARIOS=("$@")
@@ -102,10 +104,12 @@ wait_port() { # port
 start_server() {
   local kind=$1 port=$2 redis=${3:-} node_id=${4:-n1} logf="$OUT/server-$1-$2.log"
   case $kind in
-    gateway|gwws|gwnohist)
+    gateway|gwws|gwnohist|gwcluster)
       local -a extra=()
       # gwnohist: the same gateway with channel history off (S7 measures what history costs).
       [ "$kind" = gwnohist ] && extra=(CHANNEL_HISTORY_SIZE=0)
+      # gwcluster: `redis` is the cluster's node list.
+      if [ "$kind" = gwcluster ] && [ -n "$redis" ]; then extra=(REDIS_CLUSTER_NODES="$redis"); redis=""; fi
       env -i PATH="$PATH" HOME="${HOME:-/root}" "${extra[@]}" \
         PORT="$port" HOST=127.0.0.1 JWT_SECRET="$SECRET" ALLOW_ANONYMOUS=false \
         RATE_LIMIT_PER_SEC=1000000000 RATE_LIMIT_BURST=1000000000 CONNECT_RATE_PER_IP=0 \
@@ -176,7 +180,42 @@ S6_RATES=${S6_RATES:-2,5,10,15,20,25,30,40,50}
 # S7: Redis PUBLISH to a channel with 100 subscribers on node 2 of two, with and without channel history.
 S7_RATES=${S7_RATES:-250,500,1000,1500,2000,3000,4000,5000,6000,8000,10000,12000,15000,20000}
 
+# A Redis Cluster of three masters (no replicas), each pinned to core 0 like the single Redis; sets
+# CLUSTER_NODES (their URLs) and CLUSTER_PIDS.
+start_cluster() {
+  local dir ports=() p
+  dir=$(mktemp -d)
+  CLUSTER_PIDS=()
+  for _ in 1 2 3; do
+    next_port; p=$PORT
+    # The cluster bus listens on port + 10000.
+    taskset -c 0 redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --protected-mode yes \
+      --cluster-enabled yes --cluster-config-file "$dir/nodes-$p.conf" --dir "$dir" --loglevel warning \
+      >"$OUT/redis-cluster-$p.log" 2>&1 &
+    CLUSTER_PIDS+=($!); PIDS+=($!)
+    ports+=("$p")
+    wait_port "$p"
+  done
+  redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >/dev/null
+  for _ in $(seq 1 200); do
+    local ok=1
+    for p in "${ports[@]}"; do redis-cli -p "$p" cluster info | grep -q cluster_state:ok || ok=0; done
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+  done
+  CLUSTER_NODES=$(printf 'redis://127.0.0.1:%s,' "${ports[@]}"); CLUSTER_NODES=${CLUSTER_NODES%,}
+}
+
 two_nodes() { # server port: Redis and two nodes of `server` (node 1 on `port`); sets RPORT, P2, PID1, PID2
+  if [ "$1" = gwcluster ]; then
+    start_cluster
+    next_port; P2=$PORT
+    start_server "$1" "$2" "$CLUSTER_NODES" n1; PID1=$SERVER_PID
+    start_server "$1" "$P2" "$CLUSTER_NODES" n2; PID2=$SERVER_PID
+    REDIS_PID=""
+    sleep 1
+    return
+  fi
   next_port; RPORT=$PORT
   start_redis "$RPORT"
   next_port; P2=$PORT
@@ -231,7 +270,8 @@ one_run() { # scenario server run
       gen fanout --server "127.0.0.1:$P2" --sender-server "127.0.0.1:$port" --pid "$PID1" --pid "$PID2" \
         --label "$srv" --clients 200 --concurrency 50 --rates "$S5_RATES" --step-secs 2 --drain-secs 2 \
         --p99-limit-ms 50 --stop-after 2 --max-secs 150 --out "$file" >/dev/null || log "s5 $srv run $run failed"
-      stop_pid "$PID1"; stop_pid "$PID2"; stop_pid "$REDIS_PID"
+      stop_pid "$PID1"; stop_pid "$PID2"
+      if [ "$srv" = gwcluster ]; then for p in "${CLUSTER_PIDS[@]}"; do stop_pid "$p"; done; else stop_pid "$REDIS_PID"; fi
       ;;
     s7)
       two_nodes "$srv" "$port"
@@ -249,6 +289,7 @@ servers_for() { # scenario -> the servers it runs against
   case $1 in
     s2|s1) want="gateway gwws node raw" ;;
     s7) want="gateway gwnohist" ;;
+    s5) want="gateway gwcluster node" ;;
     *) want="gateway node" ;;
   esac
   for s in $want; do

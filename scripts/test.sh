@@ -110,3 +110,8 @@ if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; 
 # Explicit files, expanded by the shell (Node 22 loads a directory argument as a module; Node 20 does not
 # expand globs itself). The same command as `npm test`.
 node --test --test-concurrency=2 --test-timeout="$NODE_TEST_TIMEOUT_MS" test/*.test.js
+
+step "js-client-tests on a Redis Cluster of three masters (RTG_REDIS_MODE=cluster): cluster, history, webhooks, emitter"
+# The same files, each Redis a cluster started by the tests, the gateways given REDIS_CLUSTER_NODES.
+RTG_REDIS_MODE=cluster node --test --test-concurrency=2 --test-timeout="$NODE_TEST_TIMEOUT_MS" \
+  test/cluster.test.js test/history.test.js test/webhooks.test.js test/emitter.test.js

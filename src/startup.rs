@@ -257,6 +257,8 @@ fn assemble<A: Adapter>(
             if let Some(hooks) = &drain_state.webhooks {
                 hooks.flush(Duration::from_secs(2)).await;
             }
+            // The channels' appender hands over now rather than after its lease (SPEC §15).
+            drain_state.publications.retire().await;
             // Only then stop the background tasks.
             for t in &tasks {
                 t.abort();

@@ -25,6 +25,10 @@ export function token(sub, { role = 'user', ttl = 3600, secret = SECRET, claims 
  * Returns {url, port, proc, logs(), stop(signal)}; `stop` resolves with the exit code.
  */
 export async function startGateway(env = {}) {
+  if (env.REDIS_URL && clusters.has(env.REDIS_URL)) {
+    const { REDIS_URL, ...rest } = env;
+    env = { ...rest, REDIS_CLUSTER_NODES: clusters.get(REDIS_URL) };
+  }
   const proc = spawn(BIN, [], {
     env: {
       PATH: process.env.PATH,
@@ -171,7 +175,23 @@ export async function freePort() {
  * Returns {url, port, stop(), start(), kill(signal), pid()} (stop + start = a restart on the same port and
  * data dir; `kill('SIGKILL')` stops it with no shutdown and no final write).
  */
+/**
+ * `RTG_REDIS_MODE=cluster`: the Redis-backed files that support it (cluster, history, webhooks, emitter) run
+ * against a Redis Cluster of three masters instead of one server: `startRedis` starts the cluster, a gateway
+ * given its `REDIS_URL` gets `REDIS_CLUSTER_NODES` instead, and `redisClient` is a cluster client
+ * (scripts/test.sh runs those files both ways).
+ */
+export const REDIS_MODE = process.env.RTG_REDIS_MODE === 'cluster' ? 'cluster' : 'single';
+/** The cluster's node URLs, by the URL `startRedis` returned for it. */
+const clusters = new Map();
+
+/** A key of the gateway's own in Redis (`REDIS_PREFIX` `rtg`; in a cluster the prefix is the hash tag `{rtg}`). */
+export function gatewayKey(rest) {
+  return `${REDIS_MODE === 'cluster' ? '{rtg}' : 'rtg'}:${rest}`;
+}
+
 export async function startRedis({ persist = true } = {}) {
+  if (REDIS_MODE === 'cluster') return startRedisCluster({ persist });
   const { mkdtempSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const port = await freePort();
@@ -203,7 +223,90 @@ export async function startRedis({ persist = true } = {}) {
 }
 
 /** A node-redis client for PUBLISH from tests. */
+/** A free port below 55535 whose cluster bus port (+10000) is free as well. */
+async function clusterPort() {
+  const net = await import('node:net');
+  const free = (port) => new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+  for (let i = 0; i < 1000; i++) {
+    const port = 20000 + Math.floor(Math.random() * 35000);
+    if (await free(port) && await free(port + 10000)) return port;
+  }
+  throw new Error('no free port pair for a cluster node');
+}
+
+/** Three cluster masters on loopback (no replicas), with the shape `startRedis` returns. */
+async function startRedisCluster({ persist }) {
+  const { mkdtempSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { execFileSync } = await import('node:child_process');
+  const cli = (...args) => execFileSync('redis-cli', args, { encoding: 'utf8', timeout: 30000 });
+  const dir = mkdtempSync(path.join(tmpdir(), 'rtg-cluster-'));
+  const ports = [await clusterPort(), await clusterPort(), await clusterPort()];
+  const procs = new Map();
+  const args = (port) => ['--port', String(port), '--bind', '127.0.0.1', '--cluster-enabled', 'yes',
+    '--cluster-config-file', path.join(dir, `nodes-${port}.conf`), '--cluster-node-timeout', '2000',
+    '--dir', dir, '--dbfilename', `d-${port}.rdb`, '--appendfilename', `a-${port}.aof`, '--save', '',
+    '--appendonly', persist ? 'yes' : 'no', '--appendfsync', 'always'];
+  async function startOne(port) {
+    const proc = spawn('redis-server', args(port), { stdio: ['ignore', 'pipe', 'pipe'] });
+    procs.set(port, proc);
+    let out = '';
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`redis-server (cluster) did not start:\n${out}`)), 10000);
+      proc.stdout.on('data', (d) => {
+        out += d.toString();
+        if (/Ready to accept connections/.test(out)) { clearTimeout(timer); resolve(); }
+      });
+      proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`redis-server exited ${code}:\n${out}`)); });
+    });
+  }
+  const ok = () => until(() => ports.every((p) => /cluster_state:ok/.test(cli('-p', String(p), 'cluster', 'info'))), 30000, 'the cluster to be ok');
+  async function start() {
+    for (const p of ports) await startOne(p);
+    await ok();
+  }
+  async function kill(signal = 'SIGTERM') {
+    for (const proc of procs.values()) {
+      if (proc.exitCode !== null || proc.signalCode !== null) continue;
+      const exited = once(proc, 'exit');
+      proc.kill(signal);
+      await exited;
+    }
+  }
+  for (const p of ports) await startOne(p);
+  cli('--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes');
+  await ok();
+  const url = `redis://127.0.0.1:${ports[0]}`;
+  clusters.set(url, ports.map((p) => `redis://127.0.0.1:${p}`).join(','));
+  return {
+    url, port: ports[0], ports, start, stop: () => kill('SIGTERM'), kill, pid: () => procs.get(ports[0])?.pid,
+    /** Empties every master (FLUSHALL reaches one node only). */
+    flushAll: () => { for (const p of ports) cli('-p', String(p), 'flushall'); },
+  };
+}
+
 export async function redisClient(url) {
+  if (clusters.has(url)) {
+    const { createCluster, createClient } = await import('redis');
+    const strategy = { reconnectStrategy: (n) => Math.min(50 * n, 500) };
+    const c = createCluster({ rootNodes: [{ url }], defaults: { socket: strategy } });
+    c.on('error', () => {});
+    await c.connect();
+    // A cluster forwards a classic PUBLISH to its other nodes over the cluster bus: PUBLISHes sent to two
+    // nodes reach a subscriber in no set order. Like a backend with one connection, this one publishes
+    // through one node, so that its PUBLISHes keep their order (docs/scaling.md, Redis Cluster).
+    const one = createClient({ url, socket: strategy });
+    one.on('error', () => {});
+    await one.connect();
+    c.publish = (channel, message) => one.publish(channel, message);
+    const quit = c.quit.bind(c);
+    c.quit = async () => { await one.quit().catch(() => {}); return quit(); };
+    return c;
+  }
   const { createClient } = await import('redis');
   const c = createClient({ url, socket: { reconnectStrategy: (n) => Math.min(50 * n, 500) } });
   c.on('error', () => {});

@@ -175,7 +175,10 @@ test('Redis restarted mid-test: both nodes degrade, recover by themselves, nothi
       const a = await request(lee, 'message', { roomId: 'c-restart', content: 'after' });
       assert.equal(a.success, true, `message after the restart: ${JSON.stringify(a)}`);
       return p;
-    }, 20000, 'cross-node message after restart');
+    }, 20000, 'cross-node message after restart').catch((e) => {
+      for (const [n, g] of [['A', A], ['B', B]]) console.log(`# ${n}:\n${g.logs().split('\n').filter((l) => /WARN|ERROR|redis|adapter|subscri/i.test(l)).slice(-30).join('\n')}`);
+      throw e;
+    });
     assert.equal(got.content, 'after');
     // No retry: B's first read after the restart succeeds.
     const hist = await request(max, 'load-messages', { roomId: 'c-restart' });

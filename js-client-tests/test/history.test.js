@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { io as ioV4 } from 'socket.io-client';
 import {
-  startGateway, startRedis, redisClient, connect, request, next, token, http, until, uniq, wsConnect,
+  startGateway, startRedis, redisClient, gatewayKey, connect, request, next, token, http, until, uniq, wsConnect,
 } from '../lib/helpers.js';
 
 const API_KEY = 'history-key';
@@ -270,6 +270,8 @@ test('two nodes, /ws: {type:"subscribe", channel, since} answers subscribed with
     assert.equal(e1.offset, 1);
     await a.terminate();
     for (let k = 2; k <= 4; k++) await publish(A, channel, { k });
+    // POST /api/publish is a PUBLISH, appended after it answers: wait until the history holds all three.
+    await until(async () => Number(await pub.hGet(gatewayKey(`chist:${channel}:m`), 'top')) >= 4, 10000, 'the three appended');
     const b = await wsConnect(B.url, { token: token('frank') });
     b.send({ type: 'subscribe', channel, since: { offset: 1, epoch: e1.epoch }, requestId: 7 });
     const back = await b.next('subscribed');
@@ -299,7 +301,7 @@ test('Redis lost its data (FLUSHALL): recovered:false, and a new epoch starts at
     let ev = next(socket, 'event');
     await pub.publish(channel, '"before"');
     const before1 = await ev;
-    await pub.flushAll();
+    await (redis.flushAll ? redis.flushAll() : pub.flushAll());
     const { socket: back } = await connect(g.url, { auth: { token: token('gina') } });
     const r = await request(back, 'subscribe', { channel, since: { offset: before1.offset, epoch: before1.epoch } });
     assert.deepEqual(r, { success: true, channel, recovered: false, offset: 0, epoch: '' });
@@ -374,7 +376,7 @@ test('socket.io-client reconnecting by itself resubscribes with its last offset 
 });
 
 /** The Redis lease key of the channel appender (docs/scaling.md, 5. Channel history). */
-const LEASE = 'rtg:chist:lease';
+const LEASE = gatewayKey('chist:lease');
 
 test('two nodes: a heartbeat with the same body every second is one publication each: offsets 1..n on both nodes, n in the history', async () => {
   const A = await startGateway({ REDIS_URL: redis.url, API_KEY, NODE_ID: 'hb-a' });
@@ -412,6 +414,34 @@ test('two nodes: a heartbeat with the same body every second is one publication 
   } finally {
     await A.stop();
     await B.stop();
+  }
+});
+
+test('two nodes: the appender stopped with SIGTERM lets its lease go before it exits; the other node appends at once', async () => {
+  const A = await startGateway({ REDIS_URL: redis.url, API_KEY, NODE_ID: 'term-a' });
+  let B;
+  try {
+    await redisUp(A);
+    await until(async () => String(await pub.get(LEASE)).startsWith('term-a:'), 15000, 'node A holds the lease');
+    B = await startGateway({ REDIS_URL: redis.url, API_KEY, NODE_ID: 'term-b' });
+    await redisUp(B);
+    assert.equal(await A.stop('SIGTERM'), 0, 'node A exits cleanly');
+    // Without the hand-over the lease would still name A here, for up to 3 s after its last renewal.
+    const held = await pub.get(LEASE);
+    assert.ok(!String(held).startsWith('term-a:'), `the lease is no longer A's once A has exited (${held})`);
+    await until(async () => String(await pub.get(LEASE)).startsWith('term-b:'), 5000, 'node B takes the lease');
+    // B appends: a PUBLISH now is stored (offset 1 of a new channel) and delivered.
+    const { socket: b } = await connect(B.url, { auth: { token: token('bob') } });
+    const channel = uniq('apps:term');
+    await request(b, 'subscribe', channel);
+    const got = next(b, 'event');
+    await pub.publish(channel, JSON.stringify({ after: 'term' }));
+    const e = await got;
+    assert.deepEqual([e.channel, e.offset, e.data], [channel, 1, { after: 'term' }]);
+    b.close();
+  } finally {
+    await A.stop('SIGKILL');
+    await B?.stop();
   }
 });
 

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { createHmac } from 'node:crypto';
-import { startGateway, startRedis, redisClient, connect, request, token, http, until, uniq } from '../lib/helpers.js';
+import { startGateway, startRedis, redisClient, gatewayKey, connect, request, token, http, until, uniq } from '../lib/helpers.js';
 
 const SECRET = 'webhook-secret';
 
@@ -101,7 +101,7 @@ test('webhooks: every lifecycle type, signed; a backend down for a while gets al
 
 /** The lease holder's node id, read in Redis (`<node id> <token>`), or null. */
 async function leaseHolder(client) {
-  const v = await client.get('rtg:webhooks:leader');
+  const v = await client.get(gatewayKey('webhooks:leader'));
   return v ? v.split(' ')[0] : null;
 }
 

@@ -126,6 +126,10 @@ enum Ctl {
         channel: String,
         reply: oneshot::Sender<()>,
     },
+    /// The node stops: the appender lets its lease go.
+    Retire {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 type Receivers = (mpsc::Receiver<Item>, mpsc::Receiver<Ctl>, mpsc::UnboundedReceiver<Done>, Option<Sequencer>);
@@ -195,6 +199,15 @@ impl Publications {
             .await
             .map_err(|_| ApiError::new(Code::Internal, "Internal error"))?;
         rx.await.map_err(|_| ApiError::new(Code::Internal, "Internal error"))?
+    }
+
+    /// At shutdown: if this node appends the channels' `PUBLISH`es, it lets the lease go, so that another node
+    /// takes over within its next renewal instead of after the lease ran out; it takes it no more.
+    pub async fn retire(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.ctl.send(Ctl::Retire { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Ends a subscription, also one still being set up.
@@ -458,6 +471,12 @@ impl Task {
     async fn control(&mut self, c: Ctl) {
         match c {
             Ctl::Subscribe { client, channel, since, cap, reply } => self.subscribe(client, channel, since, cap, reply),
+            Ctl::Retire { reply } => {
+                if let Some(seq) = self.sequencer.as_mut() {
+                    seq.retire().await;
+                }
+                let _ = reply.send(());
+            }
             Ctl::Unsubscribe { client, channel, reply } => {
                 for id in self.ids_of(&client, &channel) {
                     self.forget(id);

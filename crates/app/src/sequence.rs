@@ -123,6 +123,8 @@ pub struct Sequencer {
     last: HashMap<String, (String, u64)>,
     /// Subscribed before: a later [`Input::Reset`] means the subscription dropped.
     subscribed: bool,
+    /// The node stops: it takes the lease no more ([`Sequencer::retire`]).
+    retired: bool,
 }
 
 /// The first 16 bytes of the payload's SHA-256, in hex.
@@ -146,6 +148,7 @@ impl Sequencer {
             base: None,
             last: HashMap::new(),
             subscribed: false,
+            retired: false,
         }
     }
 
@@ -276,8 +279,25 @@ impl Sequencer {
         out
     }
 
+    /// The node stops: it lets the lease go if it holds it (another node takes over within its next
+    /// renewal, and appends what this one did not: its own marker tells it what that is), and takes it no
+    /// more.
+    pub async fn retire(&mut self) {
+        self.retired = true;
+        if self.role != Role::Follower {
+            self.role = Role::Follower;
+            match self.history.release(&self.lease_key, &self.token).await {
+                Ok(()) => tracing::info!("channel publications: lease released (shutdown)"),
+                Err(e) => tracing::warn!("channel publications: lease not released at shutdown: {e}"),
+            }
+        }
+    }
+
     /// Renews or takes the lease (run every [`Sequencer::period`]).
     pub async fn tick(&mut self) {
+        if self.retired {
+            return;
+        }
         let marker = match self.role {
             Role::Follower if Instant::now() < self.eligible => return,
             Role::Follower => {

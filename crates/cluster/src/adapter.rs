@@ -131,9 +131,44 @@ impl GatewayDriver {
     /// After a failover, a fresh connection to the new master, subscribed to every channel the
     /// adapter listens to. (The old one is dropped: were the old master to come back as a replica,
     /// which receives every publish too, it would deliver each message twice.)
+    ///
+    /// And each time Redis is back after being down, every channel is subscribed again on the current
+    /// connection: a reconnection restores the subscriptions it can, but a Redis Cluster still forming
+    /// refuses `SSUBSCRIBE` (`CLUSTERDOWN`), and that subscription would be lost for good. Subscribing
+    /// again to a channel one is subscribed to changes nothing. In a Redis Cluster this is also done every
+    /// few seconds: a cluster restarted faster than the heartbeat can see it down is not seen coming back.
     async fn follow(self) {
         let mut moved = self.link.changes();
-        while moved.changed().await.is_ok() {
+        let mut back = self.link.comebacks();
+        let cluster = matches!(self.conn(), PubSub::Cluster(_));
+        let mut again = tokio::time::interval(Duration::from_secs(5));
+        again.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = moved.changed() => if r.is_err() { return },
+                _ = again.tick(), if cluster => {
+                    let chans: Vec<String> =
+                        self.handlers.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+                    for chan in chans {
+                        if let Err(e) = self.conn().subscribe(chan.as_str()).await {
+                            tracing::debug!(chan, "adapter: subscribing again: {e}");
+                        }
+                    }
+                    continue;
+                }
+                r = back.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let chans: Vec<String> =
+                        self.handlers.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+                    tracing::info!(channels = chans.len(), "adapter: redis is back, subscribing again");
+                    for chan in chans {
+                        self.subscribe_until_done(chan);
+                    }
+                    continue;
+                }
+            }
             match push_manager(&self.link, &self.handlers) {
                 Ok(fresh) => {
                     *self.conn.write().unwrap_or_else(|e| e.into_inner()) = fresh;

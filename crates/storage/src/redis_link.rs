@@ -51,6 +51,9 @@ pub struct RedisLink {
     /// Bumped when the master changes: pub/sub connections (ingress, adapter) and blocking readers
     /// (webhooks) reconnect to the new one at once instead of waiting out their backoff.
     changed: tokio::sync::watch::Sender<u64>,
+    /// Bumped each time Redis is back after being seen down: subscriptions that a reconnection could
+    /// not restore (a cluster still forming refuses `SSUBSCRIBE`) are made again.
+    back: tokio::sync::watch::Sender<u64>,
     /// When a failover was last followed (ISO 8601).
     last_failover: Mutex<Option<String>>,
     /// Confirmed reachable (for `/health`): false until the first success.
@@ -143,6 +146,7 @@ impl RedisLink {
             ca,
             now: RwLock::new(Endpoint { client, conn, addr }),
             changed: tokio::sync::watch::channel(0).0,
+            back: tokio::sync::watch::channel(0).0,
             last_failover: Mutex::new(None),
             up: AtomicBool::new(false),
             down: AtomicBool::new(false),
@@ -372,6 +376,11 @@ impl RedisLink {
         self.changed.subscribe()
     }
 
+    /// Wakes up each time Redis is back after being seen down.
+    pub fn comebacks(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.back.subscribe()
+    }
+
     /// Points every new command at `client` and tells the pub/sub connections to move.
     fn switch(&self, client: redis::Client) -> anyhow::Result<()> {
         let addr = addr_of(client.get_connection_info());
@@ -425,6 +434,7 @@ impl RedisLink {
         let was = self.up.swap(up, Ordering::Relaxed);
         if was != up {
             if up {
+                self.back.send_modify(|n| *n += 1);
                 tracing::info!("redis is up");
             } else {
                 tracing::warn!("redis is down: serving local sockets only until it is back");
