@@ -5,7 +5,7 @@
 #   bench/run.sh [s1|s2|s3|s4|s5|s6|s7|all ...]     (default: all; s7 is run only when named)
 #   RUNS=3           runs per scenario and server (the table shows the median)
 #   SERVERS="gateway gwws node raw gwnohist gwcluster"   restrict the servers (gwws: the gateway measured
-#                    through /ws; gwnohist: the gateway with CHANNEL_HISTORY_SIZE=0, for s7; gwcluster: S5 with
+#                    through /ws, S1, S2 and S5; gwnohist: the gateway with CHANNEL_HISTORY_SIZE=0, for s7; gwcluster: S5 with
 #                    the two nodes on a Redis Cluster of three masters instead of one Redis, SPEC §9)
 #   NO_BUILD=1       use the binaries copied by an earlier run
 #   S1_IDLE_SECS=5   how long S1 measures idle CPU (30 covers a whole ping interval of the gateway's 25 s)
@@ -267,7 +267,8 @@ one_run() { # scenario server run
       ;;
     s5)
       two_nodes "$srv" "$port"
-      gen fanout --server "127.0.0.1:$P2" --sender-server "127.0.0.1:$port" --pid "$PID1" --pid "$PID2" \
+      # gwws: the same across the two nodes' /ws (the bus carries it), SPEC §10.
+      gen fanout "${P[@]}" --server "127.0.0.1:$P2" --sender-server "127.0.0.1:$port" --pid "$PID1" --pid "$PID2" \
         --label "$srv" --clients 200 --concurrency 50 --rates "$S5_RATES" --step-secs 2 --drain-secs 2 \
         --p99-limit-ms 50 --stop-after 2 --max-secs 150 --out "$file" >/dev/null || log "s5 $srv run $run failed"
       stop_pid "$PID1"; stop_pid "$PID2"
@@ -289,7 +290,7 @@ servers_for() { # scenario -> the servers it runs against
   case $1 in
     s2|s1) want="gateway gwws node raw" ;;
     s7) want="gateway gwnohist" ;;
-    s5) want="gateway gwcluster node" ;;
+    s5) want="gateway gwws gwcluster node" ;;
     *) want="gateway node" ;;
   esac
   for s in $want; do
