@@ -18,7 +18,7 @@
 //! after `since` up to that position, then the held ones past it; those this node delivers later
 //! and that the replay already covered are skipped until the first one past it, which ends the
 //! catching up. Nothing is delivered twice or skipped, and nothing newer comes first
-//! (`tests/seam.rs` checks every interleaving).
+//! (`tests/publications.rs` drives the real task over random interleavings).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
