@@ -111,7 +111,11 @@ if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; 
 # expand globs itself). The same command as `npm test`.
 node --test --test-concurrency=2 --test-timeout="$NODE_TEST_TIMEOUT_MS" test/*.test.js
 
-step "js-client-tests on a Redis Cluster of three masters (RTG_REDIS_MODE=cluster): cluster, history, webhooks, emitter"
-# The same files, each Redis a cluster started by the tests, the gateways given REDIS_CLUSTER_NODES.
-RTG_REDIS_MODE=cluster node --test --test-concurrency=2 --test-timeout="$NODE_TEST_TIMEOUT_MS" \
-  test/cluster.test.js test/history.test.js test/webhooks.test.js test/emitter.test.js
+# The cluster, history, webhooks and emitter files again in every other place Redis can run (lib/helpers.js,
+# RTG_REDIS_MODE): TLS with a test CA (rediss:// and REDIS_CA_FILE), a Sentinel set (REDIS_SENTINELS), a Redis
+# Cluster of three masters (REDIS_CLUSTER_NODES); each started by the tests.
+for mode in tls sentinel cluster; do
+  step "js-client-tests with Redis in mode $mode (RTG_REDIS_MODE=$mode): cluster, history, webhooks, emitter"
+  RTG_REDIS_MODE=$mode node --test --test-concurrency=2 --test-timeout="$NODE_TEST_TIMEOUT_MS" \
+    test/cluster.test.js test/history.test.js test/webhooks.test.js test/emitter.test.js
+done

@@ -28,6 +28,11 @@ export async function startGateway(env = {}) {
   if (env.REDIS_URL && clusters.has(env.REDIS_URL)) {
     const { REDIS_URL, ...rest } = env;
     env = { ...rest, REDIS_CLUSTER_NODES: clusters.get(REDIS_URL) };
+  } else if (env.REDIS_URL && sentinelSets.has(env.REDIS_URL)) {
+    const { REDIS_URL, ...rest } = env;
+    env = { ...rest, REDIS_SENTINELS: sentinelSets.get(REDIS_URL) };
+  } else if (env.REDIS_URL && tlsCa.has(env.REDIS_URL)) {
+    env = { ...env, REDIS_CA_FILE: tlsCa.get(env.REDIS_URL) };
   }
   const proc = spawn(BIN, [], {
     env: {
@@ -176,14 +181,21 @@ export async function freePort() {
  * data dir; `kill('SIGKILL')` stops it with no shutdown and no final write).
  */
 /**
- * `RTG_REDIS_MODE=cluster`: the Redis-backed files that support it (cluster, history, webhooks, emitter) run
- * against a Redis Cluster of three masters instead of one server: `startRedis` starts the cluster, a gateway
- * given its `REDIS_URL` gets `REDIS_CLUSTER_NODES` instead, and `redisClient` is a cluster client
- * (scripts/test.sh runs those files both ways).
+ * `RTG_REDIS_MODE`: where the Redis-backed files that support it (cluster, history, webhooks, emitter) find
+ * Redis (scripts/test.sh runs them in every mode):
+ * - `single` (the default): one redis-server over TCP;
+ * - `tls`: one redis-server speaking TLS only, with a test CA: gateways get `rediss://` and `REDIS_CA_FILE`;
+ * - `sentinel`: a master, a replica and three sentinels: gateways get `REDIS_SENTINELS`;
+ * - `cluster`: a Redis Cluster of three masters: gateways get `REDIS_CLUSTER_NODES`, `redisClient` is a
+ *   cluster client.
  */
-export const REDIS_MODE = process.env.RTG_REDIS_MODE === 'cluster' ? 'cluster' : 'single';
+export const REDIS_MODE = ['tls', 'sentinel', 'cluster'].includes(process.env.RTG_REDIS_MODE) ? process.env.RTG_REDIS_MODE : 'single';
 /** The cluster's node URLs, by the URL `startRedis` returned for it. */
 const clusters = new Map();
+/** The test CA of a TLS Redis, by its URL. */
+const tlsCa = new Map();
+/** The sentinels' list of a Sentinel set, by its master's URL. */
+const sentinelSets = new Map();
 
 /** A key of the gateway's own in Redis (`REDIS_PREFIX` `rtg`; in a cluster the prefix is the hash tag `{rtg}`). */
 export function gatewayKey(rest) {
@@ -192,12 +204,18 @@ export function gatewayKey(rest) {
 
 export async function startRedis({ persist = true } = {}) {
   if (REDIS_MODE === 'cluster') return startRedisCluster({ persist });
+  if (REDIS_MODE === 'sentinel') return startRedisSentinel();
   const { mkdtempSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'rtg-redis-'));
   let proc = null;
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '',
+  const tls = REDIS_MODE === 'tls' ? await testCa() : null;
+  const listen = tls
+    ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', tls.cert, '--tls-key-file', tls.key,
+      '--tls-ca-cert-file', tls.ca, '--tls-auth-clients', 'no']
+    : ['--port', String(port)];
+  const args = [...listen, '--bind', '127.0.0.1', '--dir', dir, '--save', '',
     '--appendonly', persist ? 'yes' : 'no', '--appendfsync', 'always'];
   async function start() {
     proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -219,7 +237,70 @@ export async function startRedis({ persist = true } = {}) {
     await exited;
   }
   await start();
-  return { url: `redis://127.0.0.1:${port}`, port, start, stop: () => kill('SIGTERM'), kill, pid: () => proc?.pid };
+  const url = tls ? `rediss://127.0.0.1:${port}` : `redis://127.0.0.1:${port}`;
+  if (tls) tlsCa.set(url, tls.ca);
+  return { url, port, start, stop: () => kill('SIGTERM'), kill, pid: () => proc?.pid };
+}
+
+/** A test CA and a certificate it signed for 127.0.0.1 (made once per process). */
+let caFiles = null;
+async function testCa() {
+  if (caFiles) return caFiles;
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { execFileSync } = await import('node:child_process');
+  const dir = mkdtempSync(path.join(tmpdir(), 'rtg-tls-'));
+  const f = (n) => path.join(dir, n);
+  const ssl = (...args) => execFileSync('openssl', args, { stdio: 'pipe' });
+  ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=rtg test ca', '-keyout', f('ca.key'), '-out', f('ca.pem'));
+  ssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-keyout', f('server.key'), '-out', f('server.csr'));
+  writeFileSync(f('ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
+  ssl('x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial',
+    '-days', '2', '-extfile', f('ext.cnf'), '-out', f('server.pem'));
+  caFiles = { ca: f('ca.pem'), cert: f('server.pem'), key: f('server.key') };
+  return caFiles;
+}
+
+/** A master, a replica and three sentinels (`mymaster`, down after 1 s), with the shape `startRedis` returns. */
+async function startRedisSentinel() {
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const dir = mkdtempSync(path.join(tmpdir(), 'rtg-sentinel-'));
+  const procs = [];
+  const run = (args, ready) => new Promise((resolve, reject) => {
+    const proc = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    procs.push(proc);
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`redis-server did not start:\n${out}`)), 20000);
+    proc.stdout.on('data', (d) => { out += d.toString(); if (ready.test(out)) { clearTimeout(timer); resolve({ proc, out: () => out }); } });
+    proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`redis-server exited ${code}:\n${out}`)); });
+  });
+  const plain = ['--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir];
+  const mport = await freePort();
+  await run(['--port', String(mport), ...plain, '--dbfilename', 'm.rdb'], /Ready to accept connections/);
+  const rport = await freePort();
+  await run(['--port', String(rport), ...plain, '--dbfilename', 'r.rdb', '--replicaof', '127.0.0.1', String(mport)],
+    /MASTER <-> REPLICA sync: Finished with success/);
+  const ports = [];
+  for (let i = 0; i < 3; i++) {
+    const port = await freePort();
+    const conf = path.join(dir, `sentinel-${i}.conf`);
+    writeFileSync(conf, [`port ${port}`, 'bind 127.0.0.1', `dir ${dir}`, `sentinel monitor mymaster 127.0.0.1 ${mport} 2`,
+      'sentinel down-after-milliseconds mymaster 1000', 'sentinel failover-timeout mymaster 10000', ''].join('\n'));
+    await run([conf, '--sentinel'], /\+monitor master mymaster/);
+    ports.push(port);
+  }
+  const url = `redis://127.0.0.1:${mport}`;
+  sentinelSets.set(url, ports.map((p) => `127.0.0.1:${p}`).join(','));
+  const kill = async (signal = 'SIGTERM') => {
+    for (const proc of procs) {
+      if (proc.exitCode !== null || proc.signalCode !== null) continue;
+      const exited = once(proc, 'exit');
+      proc.kill(signal);
+      await exited;
+    }
+  };
+  return { url, port: mport, stop: () => kill('SIGTERM'), kill, pid: () => procs[0]?.pid, sentinel: true };
 }
 
 /** A node-redis client for PUBLISH from tests. */
@@ -308,7 +389,9 @@ export async function redisClient(url) {
     return c;
   }
   const { createClient } = await import('redis');
-  const c = createClient({ url, socket: { reconnectStrategy: (n) => Math.min(50 * n, 500) } });
+  const { readFileSync } = await import('node:fs');
+  const tls = tlsCa.has(url) ? { tls: true, ca: readFileSync(tlsCa.get(url)) } : {};
+  const c = createClient({ url, socket: { reconnectStrategy: (n) => Math.min(50 * n, 500), ...tls } });
   c.on('error', () => {});
   await c.connect();
   return c;
