@@ -305,7 +305,7 @@ async function startRedisSentinel() {
 
 /** A node-redis client for PUBLISH from tests. */
 /** A free port below 55535 whose cluster bus port (+10000) is free as well. */
-async function clusterPort() {
+export async function clusterPort() {
   const net = await import('node:net');
   const free = (port) => new Promise((resolve) => {
     const srv = net.createServer();

@@ -9,7 +9,7 @@ import { once } from 'node:events';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { startGateway, connect, request, next, token, http, until, freePort, WS } from '../lib/helpers.js';
+import { startGateway, connect, request, next, token, http, until, freePort, clusterPort, WS } from '../lib/helpers.js';
 
 // Every process this file starts, killed at the end whatever happened.
 const procs = new Set();
@@ -296,20 +296,6 @@ test('Sentinel: a SIGKILLed master is followed; clients stay connected and cross
 /** `redis-cli args...` (resolves with its output). */
 function cli(...args) {
   return execFileSync('redis-cli', args, { encoding: 'utf8', timeout: 30000 });
-}
-
-/** A free port below 55535 whose cluster bus port (+10000) is free as well. */
-async function clusterPort() {
-  const net = await import('node:net');
-  const free = (port) => new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.once('error', () => resolve(false));
-    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
-  });
-  for (;;) {
-    const port = 20000 + Math.floor(Math.random() * 35000);
-    if (await free(port) && await free(port + 10000)) return port;
-  }
 }
 
 /** Six cluster nodes on loopback: three masters with a replica each. */
