@@ -1,5 +1,5 @@
 //! Channel offsets (SPEC §15) across nodes, against a real `redis-server`: the real sequencer of
-//! `src/app/sequence.rs` (the component that decides every offset of a Redis `PUBLISH`), one per
+//! `crates/app/src/sequence.rs` (the component that decides every offset of a Redis `PUBLISH`), one per
 //! simulated node, each with its own pub/sub connection and command connection, driven over
 //! identical payloads, nodes that stall (stop reading and renewing, as under SIGSTOP) and nodes
 //! that die (their task and connections dropped, as under SIGKILL).
