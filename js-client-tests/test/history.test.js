@@ -376,6 +376,18 @@ test('socket.io-client reconnecting by itself resubscribes with its last offset 
 });
 
 /** The Redis lease key of the channel appender (docs/scaling.md, 5. Channel history). */
+/** alice on node A and bob on node B, both subscribed to `channel`; `seen` records their events of it. */
+async function subscribeOnBoth(A, B, channel) {
+  const { socket: a } = await connect(A.url, { auth: { token: token('alice') } });
+  const { socket: b } = await connect(B.url, { auth: { token: token('bob') } });
+  const seen = { a: [], b: [] };
+  a.on('event', (e) => { if (e.channel === channel) seen.a.push(e); });
+  b.on('event', (e) => { if (e.channel === channel) seen.b.push(e); });
+  await request(a, 'subscribe', channel);
+  await request(b, 'subscribe', channel);
+  return { a, b, seen };
+}
+
 const LEASE = gatewayKey('chist:lease');
 
 test('two nodes: a heartbeat with the same body every second is one publication each: offsets 1..n on both nodes, n in the history', async () => {
@@ -385,13 +397,7 @@ test('two nodes: a heartbeat with the same body every second is one publication 
   try {
     await redisUp(A);
     await redisUp(B);
-    const { socket: a } = await connect(A.url, { auth: { token: token('alice') } });
-    const { socket: b } = await connect(B.url, { auth: { token: token('bob') } });
-    const seen = { a: [], b: [] };
-    a.on('event', (e) => { if (e.channel === channel) seen.a.push(e); });
-    b.on('event', (e) => { if (e.channel === channel) seen.b.push(e); });
-    await request(a, 'subscribe', channel);
-    await request(b, 'subscribe', channel);
+    const { a, b, seen } = await subscribeOnBoth(A, B, channel);
     // 12 beats a second apart: more than the 10 s the old fingerprints were remembered for.
     const n = 12;
     for (let i = 0; i < n; i += 1) {
@@ -469,13 +475,7 @@ test('two nodes: the appender SIGSTOPped for 15 s then SIGCONTed stores and deli
   })();
   try {
     await redisUp(B);
-    const { socket: a } = await connect(A.url, { auth: { token: token('alice') } });
-    const { socket: b } = await connect(B.url, { auth: { token: token('bob') } });
-    const seen = { a: [], b: [] };
-    a.on('event', (e) => { if (e.channel === channel) seen.a.push(e); });
-    b.on('event', (e) => { if (e.channel === channel) seen.b.push(e); });
-    await request(a, 'subscribe', channel);
-    await request(b, 'subscribe', channel);
+    const { a, b, seen } = await subscribeOnBoth(A, B, channel);
     await until(() => seen.a.length >= 10 && seen.b.length >= 10, 10000, 'both nodes deliver');
     process.kill(A.proc.pid, 'SIGSTOP');
     stopped = true;
