@@ -145,9 +145,10 @@ pub struct Config {
     #[arg(long, env = "SOCKET_BUFFER_PACKETS", value_name = "SOCKET_BUFFER_PACKETS", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub socket_buffer_packets: u64,
-    /// Bytes read at a time from each WebSocket: small keeps idle connections light (larger frames
-    /// are still read whole, in several reads).
-    #[arg(long, env = "WS_READ_BUFFER_BYTES", value_name = "WS_READ_BUFFER_BYTES", default_value_t = 1024,
+    /// Bytes read at a time from each WebSocket: small keeps idle connections light (each holds this
+    /// much for its life); larger frames are still read whole, in several reads. 512 holds a typical
+    /// chat frame in one read (docs/benchmarks.md, the `/ws` idle memory).
+    #[arg(long, env = "WS_READ_BUFFER_BYTES", value_name = "WS_READ_BUFFER_BYTES", default_value_t = 512,
           value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
     pub ws_read_buffer_bytes: u64,
     /// Pending connections the kernel holds for each listener (plain and TLS) before the gateway

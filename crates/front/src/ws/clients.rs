@@ -85,7 +85,8 @@ pub struct WsConn {
     session: RwLock<Option<Arc<Session>>>,
     rooms: Mutex<Vec<String>>,
     clients: Arc<WsClients>,
-    /// Set with `kill`: the task closes at once, queued frames or not.
+    /// Set with `kill`: the task closes at once, queued frames or not. `kill_signal` interrupts a
+    /// write under way; the writer looks at `killed` whenever it wakes.
     killed: Mutex<Option<(u16, &'static str)>>,
     pub kill_signal: Notify,
     open: AtomicBool,
@@ -150,6 +151,11 @@ impl WsConn {
                 return Err(SendError::Full);
             }
             q.bytes += frame.len();
+            if q.items.capacity() == 0 {
+                // Most connections only ever hold one frame at a time (the greeting, a rare
+                // message): one slot, not the four a first push grows to.
+                q.items.reserve_exact(1);
+            }
             q.items.push_back(Out::Frame(frame));
         }
         self.wake.notify_one();
@@ -239,6 +245,8 @@ impl WsConn {
             *k = Some((code, reason));
         }
         self.kill_signal.notify_one();
+        // The writer, when it waits for frames rather than on a write.
+        self.wake.notify_one();
     }
 
     pub fn killed(&self) -> Option<(u16, &'static str)> {
@@ -282,6 +290,9 @@ impl Link for WsConn {
     fn join(&self, room: &str) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         if !rooms.iter().any(|r| r == room) {
+            if rooms.capacity() == 0 {
+                rooms.reserve_exact(1); // the user's own room, for most connections the only one
+            }
             rooms.push(room.to_string());
             self.clients.index_add(room, self.id);
         }
@@ -377,6 +388,59 @@ struct Remote {
 
 /// How often a node with `/ws` clients says so on the bus.
 const PRESENCE_EVERY: Duration = Duration::from_secs(5);
+/// A room's members on this node. Most rooms are a user's own (`u:<userId>`) with one device: its id
+/// inline, a set only from the second (a set's first table costs ~80 bytes per room, that is per idle
+/// connection).
+enum Members {
+    One(ClientId),
+    Many(HashSet<ClientId>),
+}
+
+impl Members {
+    fn insert(&mut self, id: ClientId) {
+        match self {
+            Members::One(one) if *one == id => {}
+            Members::One(one) => *self = Members::Many(HashSet::from([*one, id])),
+            Members::Many(set) => {
+                set.insert(id);
+            }
+        }
+    }
+
+    /// Takes `id` out; true when no member is left (the room goes).
+    fn remove(&mut self, id: &ClientId) -> bool {
+        match self {
+            Members::One(one) => one == id,
+            Members::Many(set) => {
+                set.remove(id);
+                set.is_empty()
+            }
+        }
+    }
+
+    fn contains(&self, id: &ClientId) -> bool {
+        match self {
+            Members::One(one) => one == id,
+            Members::Many(set) => set.contains(id),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Members::One(_) => 1,
+            Members::Many(set) => set.len(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &ClientId> {
+        let (one, many) = match self {
+            Members::One(one) => (Some(one), None),
+            Members::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
 /// How long a node's word that it has `/ws` clients holds; and how long a new node assumes that others
 /// have some (it has not heard them yet).
 const PRESENCE_HOLDS: Duration = Duration::from_secs(15);
@@ -388,7 +452,7 @@ const PRESENCE_HOLDS: Duration = Duration::from_secs(15);
 /// both (std's `RwLock` makes new readers wait behind a waiting writer).
 pub struct WsClients {
     conns: RwLock<HashMap<ClientId, Arc<WsConn>>>,
-    rooms: RwLock<HashMap<String, HashSet<ClientId>>>,
+    rooms: RwLock<HashMap<String, Members>>,
     bus: Arc<Bus>,
     /// The other nodes that said they have `/ws` clients, and when: broadcasts go on the bus only
     /// while one has (a cluster of Socket.IO clients alone pays no extra publish per broadcast).
@@ -476,11 +540,8 @@ impl WsClients {
         let rooms = std::mem::take(&mut *conn.rooms.lock().unwrap_or_else(|e| e.into_inner()));
         let mut index = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         for room in rooms {
-            if let Some(set) = index.get_mut(&room) {
-                set.remove(&conn.id);
-                if set.is_empty() {
-                    index.remove(&room);
-                }
+            if index.get_mut(&room).is_some_and(|m| m.remove(&conn.id)) {
+                index.remove(&room);
             }
         }
     }
@@ -494,16 +555,19 @@ impl WsClients {
     }
 
     fn index_add(&self, room: &str, id: ClientId) {
-        self.rooms.write().unwrap_or_else(|e| e.into_inner()).entry(room.to_string()).or_default().insert(id);
+        let mut index = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        match index.get_mut(room) {
+            Some(members) => members.insert(id),
+            None => {
+                index.insert(room.to_string(), Members::One(id));
+            }
+        }
     }
 
     fn index_remove(&self, room: &str, id: ClientId) {
         let mut index = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(set) = index.get_mut(room) {
-            set.remove(&id);
-            if set.is_empty() {
-                index.remove(room);
-            }
+        if index.get_mut(room).is_some_and(|m| m.remove(&id)) {
+            index.remove(room);
         }
     }
 
@@ -517,7 +581,7 @@ impl WsClients {
         let skip = b.skip.as_deref();
         let excluded = |id: &ClientId| {
             skip.is_some_and(|s| id.as_str() == s)
-                || b.except.iter().any(|r| index.get(r).is_some_and(|s| s.contains(id)))
+                || b.except.iter().any(|r| index.get(r).is_some_and(|m| m.contains(id)))
         };
         let mut out = Vec::new();
         if b.rooms.is_empty() {
@@ -528,7 +592,7 @@ impl WsClients {
             }
         } else if let [room] = b.rooms.as_slice() {
             // One room: its members are distinct already.
-            for id in index.get(room).into_iter().flatten() {
+            for id in index.get(room).into_iter().flat_map(Members::iter) {
                 if !excluded(id) {
                     if let Some(c) = conns.get(id) {
                         out.push(c.clone());
@@ -538,7 +602,7 @@ impl WsClients {
         } else {
             let mut seen: HashSet<ClientId> = HashSet::new();
             for room in &b.rooms {
-                for id in index.get(room).into_iter().flatten() {
+                for id in index.get(room).into_iter().flat_map(Members::iter) {
                     if !excluded(id) && seen.insert(*id) {
                         if let Some(c) = conns.get(id) {
                             out.push(c.clone());
@@ -581,7 +645,7 @@ impl WsClients {
         let index = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let mut ids: HashSet<ClientId> = HashSet::new();
         for r in rooms {
-            ids.extend(index.get(r).into_iter().flatten().copied());
+            ids.extend(index.get(r).into_iter().flat_map(Members::iter).copied());
         }
         ids.iter().filter_map(|id| conns.get(id).cloned()).collect()
     }
@@ -667,7 +731,7 @@ impl Transport for WsTransport {
     fn local_rooms(&self) -> BoxFuture<'_, Vec<(String, u64)>> {
         Box::pin(async move {
             let index = self.0.rooms.read().unwrap_or_else(|e| e.into_inner());
-            index.iter().map(|(r, s)| (r.clone(), s.len() as u64)).collect()
+            index.iter().map(|(r, m)| (r.clone(), m.len() as u64)).collect()
         })
     }
 
@@ -784,5 +848,27 @@ mod tests {
         for _ in 0..threads.len() {
             finished.recv_timeout(Duration::from_secs(10)).expect("the registry's locks deadlocked");
         }
+    }
+
+    /// A room's members inline and as a set: the one-member form keeps what the set would, through
+    /// growing to two members and shrinking back.
+    #[test]
+    fn members_one_then_many_then_empty() {
+        let (a, b) = (ClientId::new(), ClientId::new());
+        let mut m = Members::One(a);
+        m.insert(a);
+        assert!(matches!(m, Members::One(_)) && m.len() == 1 && m.contains(&a) && !m.contains(&b));
+        assert!(!m.remove(&b), "removing a stranger leaves the member");
+        m.insert(b);
+        assert_eq!(m.len(), 2);
+        let mut ids: Vec<ClientId> = m.iter().copied().collect();
+        ids.sort();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(ids, want);
+        assert!(!m.remove(&a));
+        assert!(m.contains(&b) && !m.contains(&a) && m.len() == 1);
+        assert!(m.remove(&b), "the last member gone, the room goes");
+        assert!(Members::One(a).remove(&a));
     }
 }

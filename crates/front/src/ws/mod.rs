@@ -92,8 +92,12 @@ async fn upgrade(State(front): State<WsFront>, ws: WebSocketUpgrade, parts: Part
     if let Some(p) = protocol {
         ws = ws.protocols([p]);
     }
-    ws.on_failed_upgrade(|e| tracing::debug!("ws upgrade failed: {e}"))
-        .on_upgrade(move |socket| run(front, socket, token, ip))
+    ws.on_failed_upgrade(|e| tracing::debug!("ws upgrade failed: {e}")).on_upgrade(move |socket| {
+        // Split before the task's future is built: an argument of an async fn keeps its place in
+        // the future for the whole of its life, and a whole socket is large.
+        let (sink, stream) = socket.split();
+        run(front, sink, stream, token, ip)
+    })
 }
 
 /// A bad or expired token presented with the upgrade is refused there, with HTTP 401 (SPEC §10):
@@ -159,7 +163,13 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 /// waits on another: a socket that accepts no bytes stops only the writer, and the watch still
 /// closes it on time. The handler runs on a task of its own while there are frames to handle
 /// (none for an idle connection), one frame at a time, so answers keep the frames' order.
-async fn run(front: WsFront, socket: WebSocket, token: Option<String>, ip: Option<IpAddr>) {
+async fn run(
+    front: WsFront,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    token: Option<String>,
+    ip: Option<IpAddr>,
+) {
     let cfg = &front.state.config;
     let conn = WsConn::new(front.clients.clone(), cfg.socket_buffer_packets as usize, ip, &front.state.quotas);
     front.clients.register(conn.clone());
@@ -180,15 +190,27 @@ async fn run(front: WsFront, socket: WebSocket, token: Option<String>, ip: Optio
     // While a write is under way: 1 + milliseconds from `opened` to its start; else 0.
     let writing = AtomicU64::new(0);
     let ping = AtomicBool::new(false);
-    let (mut sink, mut stream) = socket.split();
 
     let end = tokio::select! {
         biased;
-        _ = conn.kill_signal.notified() => End::Kill,
         end = write_half(&front, &conn, &mut sink, &ping, &writing, &times) => end,
         end = watch(&conn, &seen, &ping, &writing, &times) => end,
         end = read_half(&front, &conn, &mut stream, &seen, &times) => end,
     };
+    // The ending runs boxed: its timers and flushes would otherwise widen the future every idle
+    // connection holds (the `/ws` idle memory of docs/benchmarks.md).
+    Box::pin(finish(&front, &conn, end, sink, stream)).await;
+}
+
+/// The end of a connection: its close frame after what is queued (when the end allows it), the
+/// frame being handled, then the departure.
+async fn finish(
+    front: &WsFront,
+    conn: &Arc<WsConn>,
+    end: End,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+) {
     conn.stop_jobs();
     let closing = match end {
         End::Gone => None,
@@ -236,8 +258,8 @@ async fn run(front: WsFront, socket: WebSocket, token: Option<String>, ip: Optio
     })
     .await;
     let client: Client = conn.clone();
-    Box::pin(events::depart(&front.state, &*client, "transport close")).await;
-    front.clients.unregister(&conn);
+    events::depart(&front.state, &*client, "transport close").await;
+    front.clients.unregister(conn);
 }
 
 /// A connection's clock.
@@ -345,11 +367,24 @@ async fn write_half(
 ) -> End {
     loop {
         conn.wake.notified().await;
+        if conn.killed().is_some() {
+            return End::Kill;
+        }
         let mut out = (0u64, 0u64);
         let mut close = None;
         let ping = ping.swap(false, Ordering::Relaxed);
         writing.store(1 + times.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let written = write_queued(sink, conn, ping, &mut close, &mut out).await;
+        // Boxed, for the same reason as `finish`: a burst's state, and the wait for a kill that
+        // interrupts it, exist only while it is written.
+        let written = Box::pin(async {
+            tokio::select! {
+                biased;
+                _ = conn.kill_signal.notified() => None,
+                written = write_queued(sink, conn, ping, &mut close, &mut out) => Some(written),
+            }
+        })
+        .await;
+        let Some(written) = written else { return End::Kill };
         writing.store(0, Ordering::Relaxed);
         if let (Some(w), true) = (front.state.hub.watcher(), out.0 > 0) {
             w.packets(false, out.0, out.1);
