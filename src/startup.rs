@@ -72,7 +72,7 @@ pub async fn startup(config: Config) -> anyhow::Result<Gateway> {
     let proxy = crate::app::proxy::EventProxy::from_config(&config)?;
     let metrics = crate::model::metrics::Metrics::new();
     let webhooks = crate::app::webhooks::Webhooks::from_config(&config, redis.clone(), &node_id, Some(&metrics))?;
-    let publications = publications(&config, redis.as_ref(), &node_id);
+    let publications = publications(&config, redis.as_ref(), &node_id, &policy);
     let files = crate::storage::files::Files::open(&config)?;
     let state = AppState::new(crate::app::state::Parts {
         config,
@@ -433,6 +433,7 @@ pub fn publications(
     config: &Config,
     redis: Option<&Arc<RedisLink>>,
     node_id: &str,
+    policy: &Policy,
 ) -> crate::app::publications::Publications {
     use crate::storage::history::{memory::MemoryHistory, redis::RedisHistory, History, HistoryLimits};
     let limits = HistoryLimits {
@@ -444,8 +445,10 @@ pub fn publications(
         (_, Some(link)) => {
             let history = Arc::new(RedisHistory::new(link.clone(), &config.redis_prefix, limits));
             let token = format!("{}:{}", node_id, crate::storage::history::new_epoch());
+            let known = policy.clone();
             let sequencer =
-                crate::app::sequence::Sequencer::new(history.clone(), token, crate::app::sequence::LEASE_MS);
+                crate::app::sequence::Sequencer::new(history.clone(), token, crate::app::sequence::LEASE_MS)
+                    .knowing(move |channel| known.knows(channel));
             crate::app::publications::Publications::new(Some(history as Arc<dyn History>), Some(sequencer))
         }
         (_, None) => crate::app::publications::Publications::new(Some(Arc::new(MemoryHistory::new(limits))), None),

@@ -342,3 +342,56 @@ async fn a_note_for_a_publish_a_node_never_received_takes_nothing_of_an_identica
     assert_eq!(offsets, vec![1, 2], "both heartbeats stored, once each");
     let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
 }
+
+/// The durable ingress's append script, on a real redis-server: a batch sent again (its answer was
+/// lost, or a second appender read the same entries) appends nothing again; entries naming no channel
+/// are passed over; the lease is checked; what was appended leaves the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_ingress_entries_are_appended_once_whatever_is_sent_again() {
+    use realtime_gateway::storage::history::redis::Lease;
+    use realtime_gateway::storage::history::NewPublication;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = history(&url, "dur");
+    let mut c = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    for i in 0..5 {
+        let channel = if i == 2 { "" } else { "ch:durable" };
+        let _: String = redis::cmd("XADD")
+            .arg(h.ingress_stream())
+            .arg("*")
+            .arg("channel")
+            .arg(channel)
+            .arg("data")
+            .arg(format!("{{\"i\":{i}}}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let entries = h.read_ingress(100).await.unwrap();
+    assert_eq!(entries.len(), 5);
+    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+    let batch: Vec<NewPublication> = entries
+        .iter()
+        .map(|e| NewPublication {
+            channel: e.channel.clone(),
+            hash: format!("ingress:{}", e.id),
+            json: e.data.clone().unwrap_or_default(),
+        })
+        .collect();
+    let lease_key = h.lease_key();
+    let notes = h.notes_channel();
+    let mine = Lease { key: &lease_key, token: "node-1", notes: &notes };
+    let theirs = Lease { key: &lease_key, token: "node-2", notes: &notes };
+    assert_eq!(h.lease(&lease_key, "node-1", 10_000, None).await.unwrap(), 2, "node-1 takes the lease");
+    assert_eq!(h.append_ingress(&batch, &ids, &theirs).await.unwrap(), None, "not the lease holder: nothing");
+    assert_eq!(h.append_ingress(&batch, &ids, &mine).await.unwrap(), Some(4), "four appended, one passed over");
+    assert_eq!(h.append_ingress(&batch, &ids, &mine).await.unwrap(), Some(0), "the same batch again: nothing");
+    assert_eq!(h.append_ingress(&batch[3..], &ids[3..], &mine).await.unwrap(), Some(0), "a tail of it: nothing");
+    assert!(h.read_ingress(100).await.unwrap().is_empty(), "nothing left to read");
+    let tail = h.after("ch:durable", 0).await.unwrap();
+    let data: Vec<Value> = tail.publications.iter().map(|p| p.data["i"].clone()).collect();
+    assert_eq!(data, vec![Value::from(0), Value::from(1), Value::from(3), Value::from(4)]);
+    assert_eq!(tail.position.offset, 4);
+    let left: usize = redis::cmd("XLEN").arg(h.ingress_stream()).query_async(&mut c).await.unwrap();
+    assert!(left <= 1, "appended entries leave the stream ({left} left)");
+}

@@ -529,3 +529,44 @@ test('two nodes: the appender SIGSTOPped for 15 s then SIGCONTed stores and deli
     await B.stop();
   }
 });
+
+test('durable ingress: entries XADDed while no node runs are appended once, in order; the appender SIGKILLed mid-stream, the next one goes on without a loss or a repeat', async () => {
+  const channel = uniq('apps:durable');
+  const STREAM = gatewayKey('ingress');
+  const HIST = gatewayKey(`chist:${channel}:s`);
+  const add = (i) => pub.xAdd(STREAM, '*', { channel, data: JSON.stringify({ i }) });
+  // No node runs: the entries wait in Redis. One names no channel of the policy: passed over.
+  for (let i = 0; i < 30; i += 1) await add(i);
+  await pub.xAdd(STREAM, '*', { channel: 'not-a-policy-channel', data: '{"x":1}' });
+  const A = await startGateway({ REDIS_URL: redis.url, API_KEY, NODE_ID: 'durable-a', CHANNEL_HISTORY_SIZE: '1000' });
+  let B;
+  try {
+    await until(async () => String(await pub.get(LEASE)).startsWith('durable-a:'), 15000, 'node A holds the lease');
+    await until(async () => (await pub.xLen(HIST)) >= 30, 10000, 'the 30 waiting entries appended');
+    B = await startGateway({ REDIS_URL: redis.url, API_KEY, NODE_ID: 'durable-b', CHANNEL_HISTORY_SIZE: '1000' });
+    await redisUp(B);
+    const { socket } = await connect(B.url, { auth: { token: token('durable-reader') } });
+    const rec = subscribeRecording(socket, channel);
+    await rec.ack;
+    // 100 more; A, the appender, is SIGKILLed after the 20th of them: B takes the lease and appends the
+    // rest from the mark A's last append left, whatever A read and did not append.
+    for (let i = 30; i < 130; i += 1) {
+      await add(i);
+      if (i === 50) await A.stop('SIGKILL');
+    }
+    await until(async () => String(await pub.get(LEASE)).startsWith('durable-b:'), 15000, 'node B takes the lease');
+    await until(async () => (await pub.xLen(HIST)) >= 130, 15000, `130 appended (${await pub.xLen(HIST)})`);
+    await until(() => rec.events().length >= 100, 10000, `node B delivers the 100 (${rec.events().length})`);
+    const stored = (await pub.xRange(HIST, '-', '+')).map((e) => JSON.parse(e.message.d).i);
+    assert.deepEqual(stored, [...Array(130).keys()], 'the history: each entry once, in stream order');
+    const events = rec.events();
+    assert.deepEqual(events.map((e) => e.data.i), [...Array(100).keys()].map((k) => k + 30), 'node B delivered each once, in order');
+    assertConsecutive(events, 31, 'node B');
+    // What was appended left the stream (the last appended entry stays: reads start after it).
+    assert.ok((await pub.xLen(STREAM)) <= 1, `the stream trimmed (${await pub.xLen(STREAM)} left)`);
+    socket.close();
+  } finally {
+    await A.stop('SIGKILL');
+    if (B) await B.stop();
+  }
+});

@@ -46,6 +46,10 @@ const BATCH: usize = 512;
 const HELD: usize = 10_000;
 /// Subscribes and unsubscribes waiting for the task; the handlers wait when it is full.
 const CONTROL: usize = 1024;
+/// How often the appender looks at the durable ingress (`sequence.rs`): an entry waits at most this.
+const DURABLE_POLL: Duration = Duration::from_millis(50);
+/// Batches of the durable ingress appended per look at most.
+const DURABLE_BATCHES: usize = 8;
 
 /// The `event` envelope of a channel delivery: `{channel, data, timestamp, offset?, epoch?}`.
 #[derive(Serialize)]
@@ -320,6 +324,9 @@ impl Task {
         let period = self.sequencer.as_ref().map_or(Duration::from_secs(3600), |s| s.period());
         let mut lease = tokio::time::interval(period);
         lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut durable = tokio::time::interval(DURABLE_POLL);
+        durable.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let appends = |s: &Option<Sequencer>| s.as_ref().is_some_and(|s| s.role() == crate::sequence::Role::Appender);
         loop {
             tokio::select! {
                 biased;
@@ -333,6 +340,16 @@ impl Task {
                     if let Some(seq) = self.sequencer.as_mut() {
                         seq.tick().await;
                         seq.flush().await;
+                    }
+                }
+                _ = durable.tick(), if appends(&self.sequencer) => {
+                    // A few batches, then the other work gets its turn; a backlog goes on next tick.
+                    if let Some(seq) = self.sequencer.as_mut() {
+                        for _ in 0..DURABLE_BATCHES {
+                            if !seq.drain().await {
+                                break;
+                            }
+                        }
                     }
                 }
                 Some(item) = pubs.recv() => {

@@ -37,6 +37,13 @@
 //! what it missed) and, if it was the appender, lets the lease go to a node that did not drop. A
 //! `PUBLISH` is lost only when every node that received it is gone before one appended it, or when
 //! Redis dropped it (no node was subscribed, or Redis failed). See docs/scaling.md.
+//!
+//! **The durable ingress** is for backends that need more: an entry `XADD`ed to `<prefix>:ingress`
+//! waits in Redis until an appender appends it, however many nodes died meanwhile (none need be
+//! running). The appender reads the stream after the last entry it appended ([`Sequencer::drain`]),
+//! and the append script moves that mark in the same step, so an entry is appended once whichever
+//! node appends it and whatever answer was lost. Its note names no buffered `PUBLISH` (no node
+//! received one), so every node delivers it like any other.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -54,6 +61,8 @@ use rtg_storage::history::{parse_data, Appended, History, NewPublication};
 pub const LEASE_MS: u64 = 3_000;
 /// Publications appended in one script call at most.
 const BATCH: usize = 512;
+/// Durable ingress entries read (and appended) in one round trip at most.
+const INGRESS_BATCH: usize = 256;
 /// `PUBLISH`es a node keeps without a note at most (normally a handful: the appender's round trip).
 const BUFFER: usize = 100_000;
 /// Channels whose last delivered offset a node remembers at most.
@@ -125,6 +134,8 @@ pub struct Sequencer {
     subscribed: bool,
     /// The node stops: it takes the lease no more ([`Sequencer::retire`]).
     retired: bool,
+    /// Which channels the durable ingress may publish to (the policy's); others are passed over.
+    known: Box<dyn Fn(&str) -> bool + Send>,
 }
 
 /// The first 16 bytes of the payload's SHA-256, in hex.
@@ -149,6 +160,65 @@ impl Sequencer {
             last: HashMap::new(),
             subscribed: false,
             retired: false,
+            known: Box::new(|_| true),
+        }
+    }
+
+    /// Only the channels `known` accepts are appended from the durable ingress (the channel policy's:
+    /// a `PUBLISH` outside it never reaches a node either).
+    pub fn knowing(mut self, known: impl Fn(&str) -> bool + Send + 'static) -> Self {
+        self.known = Box::new(known);
+        self
+    }
+
+    /// The appender appends what waits in the durable ingress, a batch at a time; true when a whole
+    /// batch was read (more may wait). Run it often: an entry waits at most that long plus a round trip.
+    pub async fn drain(&mut self) -> bool {
+        if self.role != Role::Appender {
+            return false;
+        }
+        let entries = match self.history.read_ingress(INGRESS_BATCH).await {
+            Ok(entries) if entries.is_empty() => return false,
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!("channel publications: the durable ingress not read: {e}");
+                return false;
+            }
+        };
+        let full = entries.len() >= INGRESS_BATCH;
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut batch = Vec::with_capacity(entries.len());
+        for e in entries {
+            let json = match (&e.data, (self.known)(&e.channel)) {
+                (Some(data), true) => serde_json::to_string(&rtg_storage::history::payload_value(data.as_bytes()))
+                    .unwrap_or_else(|_| "null".into()),
+                _ => {
+                    tracing::warn!(
+                        id = e.id,
+                        channel = e.channel,
+                        "durable ingress: an entry without a known channel and data, passed over"
+                    );
+                    String::new()
+                }
+            };
+            let channel = if json.is_empty() { String::new() } else { e.channel };
+            // No node buffers it: its note must match no buffered `PUBLISH` (see `Input::Note`).
+            batch.push(NewPublication { channel, hash: format!("ingress:{}", e.id), json });
+            ids.push(e.id);
+        }
+        let lease = Lease { key: &self.lease_key, token: &self.token, notes: &self.notes };
+        match self.history.append_ingress(&batch, &ids, &lease).await {
+            Ok(Some(_)) => full,
+            Ok(None) => {
+                tracing::info!("channel publications: the lease lapsed; another node appends");
+                self.role = Role::Follower;
+                false
+            }
+            Err(e) => {
+                // It may have run; the stored mark says what is left, so the next read resumes there.
+                tracing::warn!(entries = batch.len(), "channel publications: durable ingress not appended: {e}");
+                false
+            }
         }
     }
 

@@ -9,6 +9,11 @@
 //! and `<prefix>:chist:lease` (the appender's lease) and the pub/sub channel `<prefix>:chist:notes`
 //! (the appender's notes and markers), see `sequence.rs`.
 //!
+//! The durable ingress: backends `XADD <prefix>:ingress * channel <name> data <json>`; the appender
+//! reads what follows the id in `<prefix>:chist:ingress` (the last entry it appended) and appends it
+//! with the same script that moves that id, so each entry is appended once, even when the script's
+//! answer is lost and the batch is sent again, or the appender dies and another takes over.
+//!
 //! A batch is one script call: one round trip per batch of publications, whatever its size.
 
 use std::sync::Arc;
@@ -23,11 +28,25 @@ use crate::store::{StoreError, StoreResult};
 pub struct RedisHistory {
     link: Arc<RedisLink>,
     prefix: String,
+    /// The durable ingress stream backends add to, and the key of the last entry appended from it.
+    ingress: String,
+    ingress_done: String,
     limits: HistoryLimits,
     append: Script,
     read: Script,
     lease: Script,
     release: Script,
+    read_ingress: Script,
+}
+
+/// An entry of the durable ingress stream, as read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngressEntry {
+    /// Its stream id (`<ms>-<seq>`).
+    pub id: String,
+    pub channel: String,
+    /// Its `data` field (JSON text; anything else is taken as a string), `None` when it has none.
+    pub data: Option<String>,
 }
 
 /// The appender's lease, for [`RedisHistory::append_as`]: only the holder of `key` with `token`
@@ -39,33 +58,67 @@ pub struct Lease<'a> {
 }
 
 /// ARGV: key prefix, size, TTL (ms), epoch TTL (s), a fresh epoch, the lease key and token (both
-/// empty: no lease), the note channel (empty: no notes), then (channel, hash, data) per publication.
-/// Returns 0 when the lease is not the caller's (nothing appended), else the places
-/// `<offset> <epoch> <ms>`.
+/// empty: no lease), the note channel (empty: no notes), the durable ingress stream and the key of its
+/// last appended id (both empty: none), then (channel, hash, data, stream id) per publication. An
+/// entry with a stream id not past the last appended one was appended before (`dup`); an empty
+/// channel only moves the last id past an entry that is not appended (`skip`). Returns 0 when the
+/// lease is not the caller's (nothing appended), else per publication its place
+/// `<offset> <epoch> <ms>`, `dup` or `skip`.
 const APPEND: &str = r#"
 if ARGV[6] ~= '' and redis.call('GET', ARGV[6]) ~= ARGV[7] then return 0 end
 local t = redis.call('TIME')
 local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local function after(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if not am then return false end
+  if not bm then return true end
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+local done = ARGV[10] ~= '' and (redis.call('GET', ARGV[10]) or '0-0') or nil
+local moved = false
 local out = {}
-for i = 9, #ARGV, 3 do
-  local base = ARGV[1] .. ARGV[i]
-  local meta, stream = base .. ':m', base .. ':s'
-  local epoch = redis.call('HGET', meta, 'epoch')
-  if not epoch then
-    epoch = ARGV[5]
-    redis.call('DEL', stream)
-    redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
+for i = 11, #ARGV, 4 do
+  local sid = ARGV[i + 3]
+  if sid ~= '' and done and not after(sid, done) then
+    out[#out + 1] = 'dup'
+  elseif ARGV[i] == '' then
+    if sid ~= '' and done then done = sid; moved = true end
+    out[#out + 1] = 'skip'
+  else
+    if sid ~= '' and done then done = sid; moved = true end
+    local base = ARGV[1] .. ARGV[i]
+    local meta, stream = base .. ':m', base .. ':s'
+    local epoch = redis.call('HGET', meta, 'epoch')
+    if not epoch then
+      epoch = ARGV[5]
+      redis.call('DEL', stream)
+      redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
+    end
+    local off = redis.call('HINCRBY', meta, 'top', 1)
+    redis.call('XADD', stream, 'MAXLEN', ARGV[2], off .. '-0', 't', now, 'd', ARGV[i + 2])
+    redis.call('PEXPIRE', stream, ARGV[3])
+    redis.call('EXPIRE', meta, ARGV[4])
+    if ARGV[8] ~= '' then
+      redis.call('PUBLISH', ARGV[8], cjson.encode({c = ARGV[i], o = tostring(off), e = epoch, t = now, h = ARGV[i + 1], d = ARGV[i + 2]}))
+    end
+    out[#out + 1] = off .. ' ' .. epoch .. ' ' .. now
   end
-  local off = redis.call('HINCRBY', meta, 'top', 1)
-  redis.call('XADD', stream, 'MAXLEN', ARGV[2], off .. '-0', 't', now, 'd', ARGV[i + 2])
-  redis.call('PEXPIRE', stream, ARGV[3])
-  redis.call('EXPIRE', meta, ARGV[4])
-  if ARGV[8] ~= '' then
-    redis.call('PUBLISH', ARGV[8], cjson.encode({c = ARGV[i], o = tostring(off), e = epoch, t = now, h = ARGV[i + 1], d = ARGV[i + 2]}))
-  end
-  out[#out + 1] = off .. ' ' .. epoch .. ' ' .. now
+end
+if moved then
+  redis.call('SET', ARGV[10], done)
+  -- What was appended leaves the stream (the cursor's own entry stays: reads start after it).
+  redis.call('XTRIM', ARGV[9], 'MINID', done)
 end
 return out
+"#;
+
+/// ARGV: the durable ingress stream, the key of its last appended id, how many at most. The entries
+/// after the last appended one, as `XRANGE` gives them.
+const READ_INGRESS: &str = r#"
+local done = redis.call('GET', ARGV[2]) or '0-0'
+return redis.call('XRANGE', ARGV[1], '(' .. done, '+', 'COUNT', ARGV[3])
 "#;
 
 /// ARGV: the lease key, the caller's token, the TTL (ms), the note channel, the marker nonce (empty:
@@ -130,17 +183,68 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("channel history: {what}"))
 }
 
+/// A place `<offset> <epoch> <ms>` as the append script answers it.
+fn place(p: &str) -> StoreResult<Appended> {
+    let mut it = p.split(' ');
+    let (Some(o), Some(e), Some(t)) = (it.next(), it.next(), it.next()) else {
+        return Err(corrupt("bad place"));
+    };
+    Ok(Appended {
+        offset: o.parse().map_err(|_| corrupt("bad offset"))?,
+        epoch: e.to_string(),
+        ts: t.parse().map_err(|_| corrupt("bad time"))?,
+    })
+}
+
 impl RedisHistory {
     pub fn new(link: Arc<RedisLink>, redis_prefix: &str, limits: HistoryLimits) -> Self {
         RedisHistory {
             link,
             prefix: format!("{redis_prefix}:chist:"),
+            ingress: format!("{redis_prefix}:ingress"),
+            ingress_done: format!("{redis_prefix}:chist:ingress"),
             limits,
             append: Script::new(APPEND),
             read: Script::new(READ),
             lease: Script::new(LEASE),
             release: Script::new(RELEASE),
+            read_ingress: Script::new(READ_INGRESS),
         }
+    }
+
+    /// The durable ingress stream backends `XADD` to.
+    pub fn ingress_stream(&self) -> &str {
+        &self.ingress
+    }
+
+    /// Up to `count` entries of the durable ingress not yet appended, oldest first.
+    pub async fn read_ingress(&self, count: usize) -> StoreResult<Vec<IngressEntry>> {
+        if self.link.is_down() {
+            return Err(StoreError::Unavailable("redis is down".into()));
+        }
+        let mut conn = self.link.commands();
+        let raw: Vec<(String, Vec<Vec<u8>>)> = self
+            .read_ingress
+            .arg(&self.ingress)
+            .arg(&self.ingress_done)
+            .arg(count.max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(raw
+            .into_iter()
+            .map(|(id, fields)| {
+                let (mut channel, mut data) = (String::new(), None);
+                for pair in fields.chunks_exact(2) {
+                    match pair[0].as_slice() {
+                        b"channel" => channel = String::from_utf8_lossy(&pair[1]).into_owned(),
+                        b"data" => data = Some(String::from_utf8_lossy(&pair[1]).into_owned()),
+                        _ => {}
+                    }
+                }
+                IngressEntry { id, channel, data }
+            })
+            .collect())
     }
 
     /// The key of the appender's lease (see `sequence.rs`).
@@ -182,6 +286,31 @@ impl RedisHistory {
         batch: &[NewPublication],
         lease: Option<&Lease<'_>>,
     ) -> StoreResult<Option<Vec<Appended>>> {
+        let Some(raw) = self.run_append(batch, None, lease).await? else { return Ok(None) };
+        raw.iter().map(|p| place(p)).collect::<StoreResult<Vec<_>>>().map(Some)
+    }
+
+    /// Appends entries of the durable ingress as the holder of `lease`, in stream order: `batch[i]`
+    /// is the entry `ids[i]`, and a publication with an empty channel is not appended (an entry that
+    /// names no known channel), only passed. Each entry is appended once, whatever was sent before.
+    /// `Ok(None)` when the lease is not `lease.token`'s; else how many were appended now.
+    pub async fn append_ingress(
+        &self,
+        batch: &[NewPublication],
+        ids: &[String],
+        lease: &Lease<'_>,
+    ) -> StoreResult<Option<usize>> {
+        let Some(raw) = self.run_append(batch, Some(ids), Some(lease)).await? else { return Ok(None) };
+        Ok(Some(raw.iter().filter(|p| !matches!(p.as_str(), "dup" | "skip")).count()))
+    }
+
+    /// One call of [`APPEND`]; `None` when the lease is not the caller's.
+    async fn run_append(
+        &self,
+        batch: &[NewPublication],
+        ids: Option<&[String]>,
+        lease: Option<&Lease<'_>>,
+    ) -> StoreResult<Option<Vec<String>>> {
         if self.link.is_down() {
             return Err(StoreError::Unavailable("redis is down".into()));
         }
@@ -193,9 +322,12 @@ impl RedisHistory {
             .arg(super::new_epoch())
             .arg(lease.map_or("", |l| l.key))
             .arg(lease.map_or("", |l| l.token))
-            .arg(lease.map_or("", |l| l.notes));
-        for p in batch {
-            inv.arg(&p.channel).arg(&p.hash).arg(&p.json);
+            .arg(lease.map_or("", |l| l.notes))
+            .arg(if ids.is_some() { self.ingress.as_str() } else { "" })
+            .arg(if ids.is_some() { self.ingress_done.as_str() } else { "" });
+        for (i, p) in batch.iter().enumerate() {
+            let id = ids.and_then(|ids| ids.get(i)).map_or("", String::as_str);
+            inv.arg(&p.channel).arg(&p.hash).arg(&p.json).arg(id);
         }
         let mut conn = self.link.commands();
         let raw: redis::Value = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
@@ -206,20 +338,7 @@ impl RedisHistory {
         if raw.len() != batch.len() {
             return Err(corrupt("answers do not match the batch"));
         }
-        raw.iter()
-            .map(|place| {
-                let mut it = place.split(' ');
-                let (Some(o), Some(e), Some(t)) = (it.next(), it.next(), it.next()) else {
-                    return Err(corrupt("bad place"));
-                };
-                Ok(Appended {
-                    offset: o.parse().map_err(|_| corrupt("bad offset"))?,
-                    epoch: e.to_string(),
-                    ts: t.parse().map_err(|_| corrupt("bad time"))?,
-                })
-            })
-            .collect::<StoreResult<Vec<_>>>()
-            .map(Some)
+        Ok(Some(raw))
     }
 
     async fn read(&self, channel: &str, mode: &str, n: u64) -> StoreResult<Tail> {
