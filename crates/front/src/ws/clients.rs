@@ -571,11 +571,13 @@ impl WsClients {
         }
     }
 
-    /// The admitted connections a broadcast reaches on this node.
-    fn targets(&self, b: &Broadcast) -> Vec<Arc<WsConn>> {
+    /// Calls `each` for every admitted connection a broadcast reaches on this node, while the
+    /// registry's locks are held: a leave (a writer of `rooms`) comes wholly before or wholly after
+    /// it, so a client whose `leave-room` was answered gets nothing more from that room.
+    fn for_targets(&self, b: &Broadcast, mut each: impl FnMut(&Arc<WsConn>)) {
         let conns = self.conns.read().unwrap_or_else(|e| e.into_inner());
         if conns.is_empty() {
-            return Vec::new();
+            return;
         }
         let index = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let skip = b.skip.as_deref();
@@ -583,11 +585,10 @@ impl WsClients {
             skip.is_some_and(|s| id.as_str() == s)
                 || b.except.iter().any(|r| index.get(r).is_some_and(|m| m.contains(id)))
         };
-        let mut out = Vec::new();
         if b.rooms.is_empty() {
             for (id, c) in conns.iter() {
                 if !excluded(id) && c.session().is_some() {
-                    out.push(c.clone());
+                    each(c);
                 }
             }
         } else if let [room] = b.rooms.as_slice() {
@@ -595,7 +596,7 @@ impl WsClients {
             for id in index.get(room).into_iter().flat_map(Members::iter) {
                 if !excluded(id) {
                     if let Some(c) = conns.get(id) {
-                        out.push(c.clone());
+                        each(c);
                     }
                 }
             }
@@ -605,30 +606,27 @@ impl WsClients {
                 for id in index.get(room).into_iter().flat_map(Members::iter) {
                     if !excluded(id) && seen.insert(*id) {
                         if let Some(c) = conns.get(id) {
-                            out.push(c.clone());
+                            each(c);
                         }
                     }
                 }
             }
         }
-        out
     }
 
+    /// Queues a broadcast's frame for its targets, under the registry's locks (see
+    /// [`WsClients::for_targets`]); a push takes only the connection's own queue lock.
     fn deliver(&self, b: &Broadcast) {
-        let targets = self.targets(b);
-        if targets.is_empty() {
-            return;
-        }
         // Built once per envelope style and dialect, and only when someone speaks it.
         let mut built: [Option<Utf8Bytes>; 6] = Default::default();
-        for c in targets {
+        self.for_targets(b, |c| {
             let slot = match c.dialect() {
                 Kind::Undecided | Kind::Saas => usize::from(c.payload_style()),
                 other => other as usize + 1,
             };
             let frame = built[slot].get_or_insert_with(|| Utf8Bytes::from(c.event_frame(&b.event, &b.data)));
             let _ = c.push(frame.clone());
-        }
+        });
     }
 
     fn leave_local(&self, rooms: &[String]) {
@@ -830,7 +828,7 @@ mod tests {
             threads.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match kind % 3 {
-                        0 => drop(clients.targets(&b)),
+                        0 => clients.for_targets(&b, |_| {}),
                         1 => drop(clients.in_rooms(std::slice::from_ref(&room))),
                         _ => {
                             let c = WsConn::new(clients.clone(), 16, None, &quotas);

@@ -124,8 +124,11 @@ end
 local function within_budget(up, author, budget, keep)
   local bkey = up .. 'ubytes:' .. author
   while tonumber(redis.call('GET', bkey) or '0') > budget do
-    local first = redis.call('ZRANGE', up .. 'uhist:' .. author, 0, 0)[1]
-    if (not first) or first == keep then break end
+    -- The oldest that is not `keep` (an edit of the author's oldest message drops the next one).
+    local two = redis.call('ZRANGE', up .. 'uhist:' .. author, 0, 1)
+    local first = two[1]
+    if first == keep then first = two[2] end
+    if not first then break end
     local sp = string.find(first, ' ', 1, true)
     if sp then
       local room, id = string.sub(first, 1, sp - 1), string.sub(first, sp + 1)
