@@ -9,6 +9,8 @@
 #                    the two nodes on a Redis Cluster of three masters instead of one Redis, SPEC §9)
 #   NO_BUILD=1       use the binaries copied by an earlier run
 #   S1_IDLE_SECS=5   how long S1 measures idle CPU (30 covers a whole ping interval of the gateway's 25 s)
+#   REDIS_CORE=0     the core Redis (each master of the gwcluster cluster too) is pinned to: 0 shares the
+#                    servers' core, 1 the generator's (S5, S7)
 #
 # Loopback only (127.0.0.0/8). Every generator run is bounded by --max-secs, every server is stopped
 # by the pid this script started. Results: bench/results/<stamp>/*.json, summary.{json,md}, and
@@ -18,6 +20,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 RUNS=${RUNS:-3}
+REDIS_CORE=${REDIS_CORE:-0}
 SERVERS=${SERVERS:-"gateway gwws node raw gwnohist gwcluster"}
 SECRET="bench-secret-$$-$(date +%s)"
 # BIN: where the binaries are copied (NO_BUILD=1 BIN=<dir> measures the binaries already in <dir>).
@@ -144,7 +147,7 @@ stop_pid() { # pid
 
 REDIS_PID=""
 start_redis() { # port
-  taskset -c 0 redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no \
+  taskset -c "$REDIS_CORE" redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no \
     --protected-mode yes --loglevel warning >"$OUT/redis-$1.log" 2>&1 &
   REDIS_PID=$!
   PIDS+=("$REDIS_PID")
@@ -189,7 +192,7 @@ start_cluster() {
   for _ in 1 2 3; do
     next_port; p=$PORT
     # The cluster bus listens on port + 10000.
-    taskset -c 0 redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --protected-mode yes \
+    taskset -c "$REDIS_CORE" redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --protected-mode yes \
       --cluster-enabled yes --cluster-config-file "$dir/nodes-$p.conf" --dir "$dir" --loglevel warning \
       >"$OUT/redis-cluster-$p.log" 2>&1 &
     CLUSTER_PIDS+=($!); PIDS+=($!)
