@@ -269,7 +269,7 @@ def tables(s):
     for sc, key in (("s1", "rss_per_conn_kib"), ("s2", "best_rate"), ("s3", "best_rate"), ("s4", "connects_per_sec"),
                     ("s5", "best_rate"), ("s6", "best_rate")):
         if sc in s:
-            parts = [f"{srv} {s[sc][srv]['all']}" for srv in SERVERS if srv in s[sc]]
+            parts = [f"{srv} {s[sc][srv]['all']}" for srv in SERVERS + [WS] if srv in s[sc]]
             lines.append(f"- {sc} {key}: " + "; ".join(parts))
     for sc in ("s2", "s5", "s6"):
         if sc not in s:
