@@ -1,6 +1,6 @@
 // The soak of issue 23: three gateway nodes on one Redis, for SOAK_SECS (600 by default), under channel
-// publications (half of them one identical heartbeat), room messages (each a webhook, in order per user) and
-// private messages; node B is SIGSTOPped for 15 s at a quarter of the run, node C SIGKILLed at half of it.
+// publications (half of them one identical heartbeat), durable ingress entries, room messages (each a webhook,
+// in order per user) and private messages; node B is SIGSTOPped for 15 s at a quarter of the run, node C SIGKILLed at half of it.
 // Prints the figures and exits non-zero on any lost or duplicated offset, lost private message, or webhook
 // out of order for its user or lost (but for those on their way to Redis in the SIGKILLed node, which
 // docs/hooks.md says die with it).
@@ -61,12 +61,15 @@ let stopping = false;
 // ---- channel publications ------------------------------------------------------------------------------
 const channel = uniq('apps:soak');
 let published = 0;
-const subs = ['a', 'b', 'c'].map((pref) => {
+// The durable ingress: entries XADDed to `rtg:ingress` (docs/scaling.md), 10 a second, on a channel of their own.
+const durable = uniq('apps:soak-durable');
+let added = 0;
+const subscribers = (ch, name) => ['a', 'b', 'c'].map((pref) => {
   const st = { pref, offsets: [], last: null, dup: 0, gaps: 0 };
-  client(`soak-sub-${pref}`, pref, (socket) => {
+  client(`soak-${name}-${pref}`, pref, (socket) => {
     socket.off('event');
     socket.on('event', (e) => {
-      if (e.channel !== channel) return;
+      if (e.channel !== ch) return;
       if (st.last && e.epoch === st.last.epoch) {
         if (e.offset <= st.last.offset) { st.dup += 1; return; }
         if (e.offset !== st.last.offset + 1) st.gaps += e.offset - st.last.offset - 1;
@@ -74,10 +77,12 @@ const subs = ['a', 'b', 'c'].map((pref) => {
       st.last = { offset: e.offset, epoch: e.epoch };
       st.offsets.push(e.offset);
     });
-    socket.emit('subscribe', st.last ? { channel, since: st.last } : { channel }, () => {});
+    socket.emit('subscribe', st.last ? { channel: ch, since: st.last } : { channel: ch }, () => {});
   });
   return st;
 });
+const subs = subscribers(channel, 'sub');
+const dsubs = subscribers(durable, 'dsub');
 
 // ---- room messages (webhooks in order per author) --------------------------------------------------------
 const authors = ['a', 'b', 'c'].map((pref) => {
@@ -105,6 +110,10 @@ await new Promise((r) => setTimeout(r, 1000));
 const end = Date.now() + SECS * 1000;
 let pmN = 0;
 const load = setInterval(async () => {
+  if (published % 2 === 0) {
+    added += 1;
+    pub.xAdd('rtg:ingress', '*', { channel: durable, data: JSON.stringify({ k: added }) }).catch(() => { added -= 1; });
+  }
   published += 1;
   pub.publish(channel, JSON.stringify(published % 2 ? { beat: true } : { n: published })).catch(() => {});
   // One message in flight per author: its webhooks must follow the order it sent them in.
@@ -137,7 +146,8 @@ clearInterval(progress);
 // Drain: everything published and sent reaches its end.
 await until(async () => {
   const top = Number(await pub.hGet(`rtg:chist:${channel}:m`, 'top'));
-  return top >= published;
+  const dtop = Number(await pub.hGet(`rtg:chist:${durable}:m`, 'top'));
+  return top >= published && dtop >= added;
 }, 30000, 'the history to hold every publication').catch((e) => log(String(e)));
 await new Promise((r) => setTimeout(r, 5000));
 if (target.socket) target.socket.disconnect();
@@ -150,6 +160,10 @@ stopping = true;
 
 // ---- figures -------------------------------------------------------------------------------------------
 const top = Number(await pub.hGet(`rtg:chist:${channel}:m`, 'top'));
+const dtop = Number(await pub.hGet(`rtg:chist:${durable}:m`, 'top'));
+const dDup = dsubs.reduce((n, s) => n + s.dup, 0);
+const dGaps = dsubs.reduce((n, s) => n + s.gaps, 0);
+const dShort = dsubs.reduce((n, s) => n + Math.max(0, added - s.offsets.length), 0);
 const lostPm = [...pm.sent].filter((c) => !pm.got.has(c));
 // A webhook on its way from a node's memory to the Redis stream dies with a SIGKILLed node (docs/hooks.md,
 // Appends wait): counted apart for the author of node C, any other loss fails the soak.
@@ -173,9 +187,11 @@ const offsetDup = subs.reduce((n, s) => n + s.dup, 0);
 const offsetGaps = subs.reduce((n, s) => n + s.gaps, 0);
 console.log(`# soak ${SECS} s, three nodes, B SIGSTOPped 15 s, C SIGKILLed:`);
 console.log(`#   channel: ${published} published, history top ${top} (${published - top} not stored); delivered per subscriber ${subs.map((s) => `${s.pref}:${s.offsets.length}`).join(', ')}; duplicated offsets ${offsetDup}, gaps ${offsetGaps}`);
+console.log(`#   durable ingress: ${added} added, history top ${dtop} (${added - dtop} not stored, ${Math.max(0, dtop - added)} stored twice); delivered per subscriber ${dsubs.map((s) => `${s.pref}:${s.offsets.length}`).join(', ')}; duplicated offsets ${dDup}, gaps ${dGaps}, short ${dShort}`);
 console.log(`#   webhooks: ${authors.map((a) => `${a.user} acked ${a.acked}, hooked ${(hooks.get(a.user) || []).length}`).join('; ')}; lost ${hookLost} (and ${hookLostWithC} in flight on node C when it was SIGKILLed), reordered ${hookReordered}, repeated ${hookDup}`);
 console.log(`#   private messages: ${pm.sent.size} acked, ${pm.got.size} received, lost ${lostPm.length}, duplicated ${pm.dupes}`);
-const bad = (published - top) + offsetDup + offsetGaps + hookLost + hookReordered + lostPm.length;
+const bad = (published - top) + offsetDup + offsetGaps + hookLost + hookReordered + lostPm.length
+  + Math.abs(added - dtop) + dDup + dGaps + dShort;
 for (const s of [sender, target, ...authors.map((a) => ({ socket: a.socket }))]) s.socket?.close();
 await pub.quit().catch(() => {});
 for (const k of alive) await nodes[k].stop();
