@@ -136,6 +136,8 @@ pub struct Sequencer {
     retired: bool,
     /// Which channels the durable ingress may publish to (the policy's); others are passed over.
     known: Box<dyn Fn(&str) -> bool + Send>,
+    /// The last look at the durable ingress failed (Redis down): said once, not every 50 ms.
+    ingress_failing: bool,
 }
 
 /// The first 16 bytes of the payload's SHA-256, in hex.
@@ -161,6 +163,7 @@ impl Sequencer {
             subscribed: false,
             retired: false,
             known: Box::new(|_| true),
+            ingress_failing: false,
         }
     }
 
@@ -178,10 +181,17 @@ impl Sequencer {
             return false;
         }
         let entries = match self.history.read_ingress(INGRESS_BATCH).await {
-            Ok(entries) if entries.is_empty() => return false,
-            Ok(entries) => entries,
+            Ok(entries) => {
+                self.ingress_failing = false;
+                if entries.is_empty() {
+                    return false;
+                }
+                entries
+            }
             Err(e) => {
-                tracing::warn!("channel publications: the durable ingress not read: {e}");
+                if !std::mem::replace(&mut self.ingress_failing, true) {
+                    tracing::warn!("channel publications: the durable ingress not read: {e}");
+                }
                 return false;
             }
         };
