@@ -448,7 +448,7 @@ pub fn publications(
             let known = policy.clone();
             let sequencer =
                 crate::app::sequence::Sequencer::new(history.clone(), token, crate::app::sequence::LEASE_MS)
-                    .knowing(move |channel| known.knows(channel));
+                    .knowing(move |channel| known.publishable(channel));
             crate::app::publications::Publications::new(Some(history as Arc<dyn History>), Some(sequencer))
         }
         (_, None) => crate::app::publications::Publications::new(Some(Arc::new(MemoryHistory::new(limits))), None),

@@ -538,6 +538,8 @@ test('durable ingress: entries XADDed while no node runs are appended once, in o
   // No node runs: the entries wait in Redis. One names no channel of the policy: passed over.
   for (let i = 0; i < 30; i += 1) await add(i);
   await pub.xAdd(STREAM, '*', { channel: 'not-a-policy-channel', data: '{"x":1}' });
+  // One the policy's pattern `apps:*` matches but that is no valid channel name (SPEC §3): passed over too.
+  await pub.xAdd(STREAM, '*', { channel: 'apps:no spaces allowed', data: '{"x":2}' });
   const A = await startGateway({ REDIS_URL: redis.url, API_KEY, NODE_ID: 'durable-a', CHANNEL_HISTORY_SIZE: '1000' });
   let B;
   try {
@@ -559,6 +561,7 @@ test('durable ingress: entries XADDed while no node runs are appended once, in o
     await until(() => rec.events().length >= 100, 10000, `node B delivers the 100 (${rec.events().length})`);
     const stored = (await pub.xRange(HIST, '-', '+')).map((e) => JSON.parse(e.message.d).i);
     assert.deepEqual(stored, [...Array(130).keys()], 'the history: each entry once, in stream order');
+    assert.equal(await pub.exists(gatewayKey('chist:apps:no spaces allowed:m')), 0, 'an invalid channel name is not appended');
     const events = rec.events();
     assert.deepEqual(events.map((e) => e.data.i), [...Array(100).keys()].map((k) => k + 30), 'node B delivered each once, in order');
     assertConsecutive(events, 31, 'node B');

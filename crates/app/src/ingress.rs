@@ -18,7 +18,6 @@ use crate::delivery::{self, EmitRequest};
 use crate::policy::Policy;
 use crate::sequence::Input;
 use crate::state::AppState;
-use rtg_model::names;
 
 /// The channel that carries `{event, data, room?|channel?|userId?|socketId?}` envelopes.
 pub use rtg_model::names::EMIT_CHANNEL;
@@ -247,7 +246,7 @@ async fn next_or_moved<S: futures_util::Stream<Item = redis::Msg> + Unpin>(
 pub use rtg_storage::history::payload_value;
 
 async fn publish(state: &AppState, channel: &str, payload: &[u8], sequenced: bool) {
-    if !names::valid_id(channel) || !state.policy.knows(channel) {
+    if !state.policy.publishable(channel) {
         state.metrics.ingress_dropped.increment(1);
         tracing::debug!(channel, "ingress: not a channel of the policy; dropped");
         return;

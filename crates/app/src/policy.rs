@@ -140,6 +140,12 @@ impl Policy {
         self.rules.iter().any(|r| pattern_matches(&r.pattern, channel))
     }
 
+    /// May a backend publish to this channel (a Redis `PUBLISH` or a durable ingress entry): a valid
+    /// name (SPEC §3) that the policy knows. Anything else is dropped.
+    pub fn publishable(&self, channel: &str) -> bool {
+        rtg_model::names::valid_id(channel) && self.knows(channel)
+    }
+
     /// May `user` (None: anonymous) subscribe to `channel`?
     pub fn may_subscribe(&self, user: Option<&User>, channel: &str) -> bool {
         let Some(rule) = self.rules.iter().find(|r| pattern_matches(&r.pattern, channel)) else {

@@ -199,19 +199,21 @@ impl Sequencer {
         let mut ids = Vec::with_capacity(entries.len());
         let mut batch = Vec::with_capacity(entries.len());
         for e in entries {
-            let json = match (&e.data, (self.known)(&e.channel)) {
-                (Some(data), true) => serde_json::to_string(&rtg_storage::history::payload_value(data.as_bytes()))
-                    .unwrap_or_else(|_| "null".into()),
+            // An empty channel: the script only moves the mark past the entry.
+            let (channel, json) = match e.data.as_deref() {
+                Some(data) if (self.known)(&e.channel) => {
+                    let value = rtg_storage::history::payload_value(data.as_bytes());
+                    (e.channel, serde_json::to_string(&value).unwrap_or_else(|_| "null".into()))
+                }
                 _ => {
                     tracing::warn!(
                         id = e.id,
                         channel = e.channel,
-                        "durable ingress: an entry without a known channel and data, passed over"
+                        "durable ingress: no known channel or no data; passed over"
                     );
-                    String::new()
+                    (String::new(), String::new())
                 }
             };
-            let channel = if json.is_empty() { String::new() } else { e.channel };
             // No node buffers it: its note must match no buffered `PUBLISH` (see `Input::Note`).
             batch.push(NewPublication { channel, hash: format!("ingress:{}", e.id), json });
             ids.push(e.id);
