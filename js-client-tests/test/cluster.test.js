@@ -231,7 +231,13 @@ test('SIGKILL a node: its clients reconnect by themselves to the other, rejoin, 
     // Its state works after the reconnection: it is in the room again, both ways.
     const toNed = next(ned, 'new-message');
     const fromOz = await request(oz, 'message', { roomId: 'c-kill', content: 'welcome back' });
-    assert.equal((await toNed).id, fromOz.messageId);
+    // Seen once in about twenty Redis Cluster passes, not reproduced since: on a miss, what the nodes said.
+    const got = await toNed.catch((e) => {
+      const said = (g) => g.logs().split('\n').filter((l) => /adapter|redis|subscri|WARN|ERROR/i.test(l)).slice(-30).join('\n');
+      console.log(`# ned missed the room message; A:\n${said(A)}\n# B:\n${said(B)}`);
+      throw e;
+    });
+    assert.equal(got.id, fromOz.messageId);
     const toOz = next(oz, 'new-message');
     const fromNed = await request(ned, 'message', { roomId: 'c-kill', content: 'thanks' });
     assert.equal(fromNed.success, true);
