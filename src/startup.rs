@@ -326,7 +326,13 @@ impl axum::serve::Listener for ClosingListener {
                     }
                 }
                 res = listener.accept() => match res {
-                    Ok((stream, addr)) => return Peer::wrap(stream, addr),
+                    Ok((stream, addr)) => {
+                        // Frames are small and latency is the product: without this, Nagle holds
+                        // a write while an earlier one is unacknowledged, and the client delays its
+                        // ACK (~40 ms on Linux), which was the p99 of every fan-out under load.
+                        let _ = stream.set_nodelay(true);
+                        return Peer::wrap(stream, addr);
+                    }
                     // Out of file descriptors and the like: wait a little rather than spin.
                     Err(e) => {
                         tracing::debug!("accept: {e}");
@@ -452,5 +458,25 @@ pub fn publications(
             crate::app::publications::Publications::new(Some(history as Arc<dyn History>), Some(sequencer))
         }
         (_, None) => crate::app::publications::Publications::new(Some(Arc::new(MemoryHistory::new(limits))), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener;
+
+    /// Every accepted connection has Nagle off: with it on, a small write waits behind an earlier
+    /// unacknowledged one until the client's delayed ACK (~40 ms), the p99 of every fan-out.
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        let tcp = bind("127.0.0.1", 0, 16).await.expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let (_close_tx, close) = tokio::sync::watch::channel(false);
+        let mut listener = ClosingListener { inner: Some(tcp), close, closed: None };
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (io, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.expect("accepted");
+        assert!(io.get_ref().nodelay().expect("nodelay readable"), "TCP_NODELAY is off on an accepted connection");
+        drop(client);
     }
 }

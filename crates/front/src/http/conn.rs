@@ -59,6 +59,13 @@ pub struct Closable<S> {
     switch: Arc<Switch>,
 }
 
+impl<S> Closable<S> {
+    /// The stream inside (its socket options, say).
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 fn aborted() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the gateway (slow consumer)")
 }
