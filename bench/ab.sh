@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A/B of two gateway binaries through /ws, each pinned to core 0 with the generator on core 1 (the method of
+# A/B of gateway binaries through /ws (PROTO=sio: Socket.IO), each pinned to core 0 with the generator on core 1 (the method of
 # run.sh, without the peers): S1 (10k idle, idle CPU over a whole ping interval) and S2 (fan-out to 1,000), S4 (10k connects, 256 in flight).
 #
 #   bench/ab.sh <rtg-bench binary> <label>=<gateway binary> ...     RUNS=3 SCENARIOS="s1 s2"
@@ -9,6 +9,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 GEN=$1; shift
 RUNS=${RUNS:-3}
+PROTO=${PROTO:-ws}   # ws: the clients use /ws; sio: Socket.IO
 SCENARIOS=${SCENARIOS:-"s1 s2"}
 SECRET="bench-secret-$$"
 OUT="$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)"
@@ -29,13 +30,13 @@ for sc in $SCENARIOS; do
       sleep 0.5
       file="$OUT/$sc-$label-$run.json"
       case $sc in
-        s1) taskset -c 1 "$GEN" idle --proto ws --server "127.0.0.1:$PORT" --pid "$pid" --label "$label" --clients 10000 \
+        s1) taskset -c 1 "$GEN" idle --proto "$PROTO" --server "127.0.0.1:$PORT" --pid "$pid" --label "$label" --clients 10000 \
               --concurrency 200 --settle-secs 5 --idle-secs "${S1_IDLE_SECS:-30}" --max-secs 150 --out "$file" \
               --secret "$SECRET" >/dev/null || echo "s1 $label $run failed" ;;
-        s4) taskset -c 1 "$GEN" storm --proto ws --server "127.0.0.1:$PORT" --pid "$pid" --label "$label" --clients 10000 \
+        s4) taskset -c 1 "$GEN" storm --proto "$PROTO" --server "127.0.0.1:$PORT" --pid "$pid" --label "$label" --clients 10000 \
               --concurrency 256 --connect-timeout-secs 20 --max-secs 120 --out "$file" --secret "$SECRET" >/dev/null \
               || echo "s4 $label $run failed" ;;
-        s2) taskset -c 1 "$GEN" fanout --proto ws --server "127.0.0.1:$PORT" --pid "$pid" --label "$label" --clients 1000 \
+        s2) taskset -c 1 "$GEN" fanout --proto "$PROTO" --server "127.0.0.1:$PORT" --pid "$pid" --label "$label" --clients 1000 \
               --concurrency 50 --rates "${S2_RATES:-100,150,200,250,300,350,400,500,600,800}" --step-secs 2 --drain-secs 2 \
               --p99-limit-ms 50 --stop-after 2 --max-secs 150 --out "$file" --secret "$SECRET" >/dev/null \
               || echo "s2 $label $run failed" ;;
