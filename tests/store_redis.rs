@@ -586,13 +586,50 @@ async fn presence_counts_sockets_cluster_wide_and_only_on_live_nodes() {
     assert_eq!(went.len(), 2, "the departed rooms are capped per user: {went:?}");
     assert_eq!(b.presence(&["u".into()]).await.unwrap()[0].status, "offline");
 
-    // Node a comes back under the same id with none of its old sockets: resync forgets them.
+    // Node a comes back under the same id (a new process, a new store) with none of its old sockets:
+    // resync forgets them and keeps what this process admitted, whatever Redis held meanwhile.
+    let a = RedisStore::new(Arc::new(RedisLink::open(&server.url()).expect("link")), "pr", "a", limits);
     live(&raw, "pr", "a").await;
     assert_eq!(a.sockets_of("u").await.unwrap(), 2, "a's stale entries count again until resync");
-    assert_eq!(a.resync(&[(user("w"), 1)]).await.unwrap(), ["u".to_string()], "u has no socket on a any more");
+    assert_eq!(a.socket_up(&user("w"), "a3", 3).await.unwrap(), Some(true));
+    let _: () = raw.clone().hdel("pr:presence:w", "n:a").await.unwrap(); // a write Redis lost
+    assert_eq!(a.sockets_of("w").await.unwrap(), 0);
+    assert_eq!(a.resync().await.unwrap(), ["u".to_string()], "u has no socket on a any more");
     assert_eq!(a.sockets_of("u").await.unwrap(), 0);
     assert_eq!(a.sockets_of("w").await.unwrap(), 1, "w's live socket is counted");
     assert_eq!(a.presence(&["w".into()]).await.unwrap()[0].status, "online");
+}
+
+/// A resync (Redis back, or the node's liveness key lost) while users connect and leave: whatever the
+/// interleaving, Redis ends with exactly the sockets the node admitted and did not release. (It used to
+/// rewrite presence from a snapshot taken before; a user whose socket came up meanwhile was dropped, and
+/// a private message to them was queued while they were connected.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_during_connects_keeps_every_admitted_socket() {
+    let server = RedisServer::start();
+    let raw = raw_conn(&server).await;
+    let link = Arc::new(RedisLink::open(&server.url()).expect("link"));
+    let a = Arc::new(RedisStore::new(link, "rs", "a", Limits::default()));
+    live(&raw, "rs", "a").await;
+    for round in 0..40 {
+        let (up, down) = (format!("up{round}"), format!("down{round}"));
+        assert_eq!(a.socket_up(&user(&down), &format!("d{round}"), 5).await.unwrap(), Some(true));
+        let (x, y, z) = (a.clone(), a.clone(), a.clone());
+        let (u, d) = (up.clone(), down.clone());
+        let joined = tokio::join!(
+            tokio::spawn(async move { x.socket_up(&user(&u), &format!("u{round}"), 5).await }),
+            tokio::spawn(async move { y.resync().await }),
+            tokio::spawn(async move { z.socket_down(&d, &format!("d{round}"), &[], 60_000).await }),
+        );
+        assert_eq!(joined.0.unwrap().unwrap(), Some(true));
+        joined.1.unwrap().unwrap();
+        joined.2.unwrap().unwrap();
+        assert_eq!(a.sockets_of(&up).await.unwrap(), 1, "round {round}: the socket that came up counts");
+        assert_eq!(a.sockets_of(&down).await.unwrap(), 0, "round {round}: the socket that left does not");
+    }
+    // And a resync after all of it changes nothing.
+    a.resync().await.unwrap();
+    assert_eq!(a.sockets_of("up39").await.unwrap(), 1);
 }
 
 /// Starts an upload of `size` bytes to a room on `files` (a node), counted against the daily budget.

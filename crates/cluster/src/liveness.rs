@@ -130,21 +130,12 @@ pub fn spawn_heartbeat(state: Liveness) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Rewrites this node's presence counts from its live sockets.
+/// Rewrites this node's presence counts from the sockets the store admitted. (Not from a snapshot of
+/// the hub: a user connecting meanwhile would be in one and not the other, and dropped from presence.)
 async fn resync(state: &Liveness) {
-    let mut local: Vec<(rtg_model::user::User, u64)> = Vec::new();
-    for c in state.hub.local_clients() {
-        let Some(user) = c.session().and_then(|s| s.user()).map(|u| (*u).clone()) else {
-            continue;
-        };
-        match local.iter_mut().find(|(u, _)| u.user_id == user.user_id) {
-            Some((_, n)) => *n += 1,
-            None => local.push((user, 1)),
-        }
-    }
-    match state.store.resync(&local).await {
+    match state.store.resync().await {
         Ok(gone) => {
-            tracing::info!(users = local.len(), stale = gone.len(), "presence resynced with redis");
+            tracing::info!(stale = gone.len(), "presence resynced with redis");
             for user_id in gone {
                 if let Err(e) = state.store.schedule_offline_check(&user_id, state.grace_ms).await {
                     tracing::warn!(user_id, "offline check: {e}");

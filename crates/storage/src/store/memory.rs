@@ -469,7 +469,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn resync(&self, _local: &[(User, u64)]) -> StoreResult<Vec<String>> {
+    async fn resync(&self) -> StoreResult<Vec<String>> {
         // One node, one process: the counts never leave it.
         Ok(Vec::new())
     }

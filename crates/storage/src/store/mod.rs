@@ -328,10 +328,11 @@ pub trait Store: Send + Sync + 'static {
     /// chat rooms their sockets were in when they left.
     async fn mark_offline_if_idle(&self, user_id: &str, grace_ms: u64) -> StoreResult<Option<Vec<String>>>;
     async fn presence(&self, user_ids: &[String]) -> StoreResult<Vec<Presence>>;
-    /// Makes this node's presence entries match its live sockets (`local`: user and socket count),
-    /// after Redis was away or the node restarted under the same id. Returns the users whose count
-    /// on this node dropped to zero (they may have gone offline).
-    async fn resync(&self, local: &[(User, u64)]) -> StoreResult<Vec<String>>;
+    /// Makes this node's presence entries match the sockets it admitted (`socket_up`) and has not
+    /// released (`socket_down`), after Redis was away or the node restarted under the same id; no
+    /// socket's own update runs meanwhile. Returns the users whose count on this node dropped to zero
+    /// (they may have gone offline).
+    async fn resync(&self) -> StoreResult<Vec<String>>;
 
     // --- private messages ---
     /// Queues the message unless its target has a connected socket, in one step with the check, so

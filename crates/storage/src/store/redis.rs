@@ -31,6 +31,13 @@ pub struct RedisStore {
     node_id: String,
     limits: Limits,
     scripts: Scripts,
+    /// This node's sockets per user, as admitted by `socket_up` and released by `socket_down`
+    /// (whether Redis took the update or was away): what `resync` writes back.
+    mine: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Held shared by every `socket_up` and `socket_down` across its Redis update, and exclusively by
+    /// `resync`: a resync never interleaves with a socket's own update, so a user who connects while
+    /// presence is rewritten is neither dropped nor counted twice.
+    gate: tokio::sync::RwLock<()>,
 }
 
 struct Scripts {
@@ -373,7 +380,15 @@ const SOCKET_TTL_SECS: u64 = 7 * 24 * 3600;
 
 impl RedisStore {
     pub fn new(link: Arc<RedisLink>, prefix: &str, node_id: &str, limits: Limits) -> Self {
-        RedisStore { link, prefix: prefix.to_string(), node_id: node_id.to_string(), limits, scripts: Scripts::new() }
+        RedisStore {
+            link,
+            prefix: prefix.to_string(),
+            node_id: node_id.to_string(),
+            limits,
+            scripts: Scripts::new(),
+            mine: Default::default(),
+            gate: Default::default(),
+        }
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -386,6 +401,66 @@ impl RedisStore {
     }
 
     /// The prefix of the nodes' liveness keys (`<prefix>:node:<id>`).
+    /// `socket_up`'s update in Redis: the presence count (against the cap) and the socket's entries.
+    async fn socket_up_in_redis(&self, user: &User, sid: &str, cap: usize) -> StoreResult<Option<bool>> {
+        let r: ::redis::RedisResult<i64> = self
+            .scripts
+            .socket_up
+            .key(self.key(&["presence", &user.user_id]))
+            .key(self.key(&["node-users", &self.node_id]))
+            .key(self.key(&["online"]))
+            .key(self.key(&["departed", &user.user_id]))
+            .arg(&self.node_id)
+            .arg(&user.user_id)
+            .arg(cap)
+            .arg(self.node_prefix())
+            .invoke_async(&mut self.conn()?)
+            .await;
+        let became = match self.ok(r)? {
+            -1 => return Ok(None),
+            n => n == 1,
+        };
+        // The socket's user (for other nodes' member lists), and the node's list of sockets (for the
+        // reaper, should this node die).
+        let mut p = ::redis::pipe();
+        p.set_ex(self.key(&["sock", sid]), json(user)?, SOCKET_TTL_SECS)
+            .ignore()
+            .sadd(self.key(&["node-socks", &self.node_id]), sid)
+            .ignore();
+        let _: () = self.ok(p.query_async(&mut self.conn()?).await)?;
+        Ok(Some(became))
+    }
+
+    /// `socket_down`'s update in Redis. Returns the user's sockets left on live nodes.
+    async fn socket_down_in_redis(
+        &self,
+        user_id: &str,
+        sid: &str,
+        rooms: &[String],
+        grace_ms: u64,
+    ) -> StoreResult<u64> {
+        let r: ::redis::RedisResult<i64> = self
+            .scripts
+            .socket_down
+            .key(self.key(&["presence", user_id]))
+            .key(self.key(&["node-users", &self.node_id]))
+            .key(self.key(&["departed", user_id]))
+            .key(self.key(&["offline-due"]))
+            .arg(&self.node_id)
+            .arg(user_id)
+            .arg(self.node_prefix())
+            .arg(grace_ms)
+            .arg(self.limits.departed_rooms_per_user)
+            .arg(rooms)
+            .invoke_async(&mut self.conn()?)
+            .await;
+        let left = self.ok(r)?.max(0) as u64;
+        let mut p = ::redis::pipe();
+        p.del(self.key(&["sock", sid])).ignore().srem(self.key(&["node-socks", &self.node_id]), sid).ignore();
+        let _: () = self.ok(p.query_async(&mut self.conn()?).await)?;
+        Ok(left)
+    }
+
     fn node_prefix(&self) -> String {
         format!("{}:node:", self.prefix)
     }
@@ -663,26 +738,29 @@ impl Store for RedisStore {
         self.ok(self.conn()?.del(self.key(&["lease", key])).await)
     }
 
-    async fn resync(&self, local: &[(User, u64)]) -> StoreResult<Vec<String>> {
+    async fn resync(&self) -> StoreResult<Vec<String>> {
+        let _alone = self.gate.write().await;
+        let local: Vec<(String, u64)> =
+            self.mine.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(u, n)| (u.clone(), *n)).collect();
         let node_users = self.key(&["node-users", &self.node_id]);
         let field = format!("n:{}", self.node_id);
         let before: Vec<String> = self.ok(self.conn()?.smembers(&node_users).await)?;
-        let gone: Vec<String> = before.into_iter().filter(|u| !local.iter().any(|(l, _)| l.user_id == *u)).collect();
+        let gone: Vec<String> = before.into_iter().filter(|u| !local.iter().any(|(l, _)| l == u)).collect();
         let mut p = ::redis::pipe();
         for u in &gone {
             p.hdel(self.key(&["presence", u]), &field).srem(&node_users, u);
         }
-        for (user, n) in local {
-            let pkey = self.key(&["presence", &user.user_id]);
-            p.hset(&pkey, &field, *n).sadd(&node_users, &user.user_id).sadd(self.key(&["online"]), &user.user_id);
+        for (user_id, n) in &local {
+            let pkey = self.key(&["presence", user_id]);
+            p.hset(&pkey, &field, *n).sadd(&node_users, user_id).sadd(self.key(&["online"]), user_id);
             // A user with a live socket here is online unless they chose away/busy.
             p.cmd("HSETNX").arg(&pkey).arg("status").arg("online");
         }
         if !gone.is_empty() || !local.is_empty() {
             self.ok(p.query_async::<()>(&mut self.conn()?).await)?;
         }
-        for (user, _) in local {
-            let pkey = self.key(&["presence", &user.user_id]);
+        for (user_id, _) in &local {
+            let pkey = self.key(&["presence", user_id]);
             let status: Option<String> = self.ok(self.conn()?.hget(&pkey, "status").await)?;
             if status.as_deref() == Some("offline") {
                 let _: () = self.ok(self.conn()?.hset(&pkey, "status", "online").await)?;
@@ -692,55 +770,27 @@ impl Store for RedisStore {
     }
 
     async fn socket_up(&self, user: &User, sid: &str, cap: usize) -> StoreResult<Option<bool>> {
-        let r: ::redis::RedisResult<i64> = self
-            .scripts
-            .socket_up
-            .key(self.key(&["presence", &user.user_id]))
-            .key(self.key(&["node-users", &self.node_id]))
-            .key(self.key(&["online"]))
-            .key(self.key(&["departed", &user.user_id]))
-            .arg(&self.node_id)
-            .arg(&user.user_id)
-            .arg(cap)
-            .arg(self.node_prefix())
-            .invoke_async(&mut self.conn()?)
-            .await;
-        let became = match self.ok(r)? {
-            -1 => return Ok(None),
-            n => n == 1,
-        };
-        // The socket's user (for other nodes' member lists), and the node's list of sockets (for the
-        // reaper, should this node die).
-        let mut p = ::redis::pipe();
-        p.set_ex(self.key(&["sock", sid]), json(user)?, SOCKET_TTL_SECS)
-            .ignore()
-            .sadd(self.key(&["node-socks", &self.node_id]), sid)
-            .ignore();
-        let _: () = self.ok(p.query_async(&mut self.conn()?).await)?;
-        Ok(Some(became))
+        let _shared = self.gate.read().await;
+        let r = self.socket_up_in_redis(user, sid, cap).await;
+        // Admitted unless over the cap, Redis away or not: this node's count holds it.
+        if !matches!(r, Ok(None)) {
+            *self.mine.lock().unwrap_or_else(|e| e.into_inner()).entry(user.user_id.clone()).or_default() += 1;
+        }
+        r
     }
 
     async fn socket_down(&self, user_id: &str, sid: &str, rooms: &[String], grace_ms: u64) -> StoreResult<u64> {
-        let r: ::redis::RedisResult<i64> = self
-            .scripts
-            .socket_down
-            .key(self.key(&["presence", user_id]))
-            .key(self.key(&["node-users", &self.node_id]))
-            .key(self.key(&["departed", user_id]))
-            .key(self.key(&["offline-due"]))
-            .arg(&self.node_id)
-            .arg(user_id)
-            .arg(self.node_prefix())
-            .arg(grace_ms)
-            .arg(self.limits.departed_rooms_per_user)
-            .arg(rooms)
-            .invoke_async(&mut self.conn()?)
-            .await;
-        let left = self.ok(r)?.max(0) as u64;
-        let mut p = ::redis::pipe();
-        p.del(self.key(&["sock", sid])).ignore().srem(self.key(&["node-socks", &self.node_id]), sid).ignore();
-        let _: () = self.ok(p.query_async(&mut self.conn()?).await)?;
-        Ok(left)
+        let _shared = self.gate.read().await;
+        {
+            let mut mine = self.mine.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = mine.get_mut(user_id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    mine.remove(user_id);
+                }
+            }
+        }
+        self.socket_down_in_redis(user_id, sid, rooms, grace_ms).await
     }
 
     async fn sockets_of(&self, user_id: &str) -> StoreResult<u64> {
