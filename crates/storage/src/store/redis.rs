@@ -400,7 +400,6 @@ impl RedisStore {
         k
     }
 
-    /// The prefix of the nodes' liveness keys (`<prefix>:node:<id>`).
     /// `socket_up`'s update in Redis: the presence count (against the cap) and the socket's entries.
     async fn socket_up_in_redis(&self, user: &User, sid: &str, cap: usize) -> StoreResult<Option<bool>> {
         let r: ::redis::RedisResult<i64> = self
@@ -461,6 +460,7 @@ impl RedisStore {
         Ok(left)
     }
 
+    /// The prefix of the nodes' liveness keys (`<prefix>:node:<id>`).
     fn node_prefix(&self) -> String {
         format!("{}:node:", self.prefix)
     }
@@ -740,12 +740,11 @@ impl Store for RedisStore {
 
     async fn resync(&self) -> StoreResult<Vec<String>> {
         let _alone = self.gate.write().await;
-        let local: Vec<(String, u64)> =
-            self.mine.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(u, n)| (u.clone(), *n)).collect();
+        let local = self.mine.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let node_users = self.key(&["node-users", &self.node_id]);
         let field = format!("n:{}", self.node_id);
         let before: Vec<String> = self.ok(self.conn()?.smembers(&node_users).await)?;
-        let gone: Vec<String> = before.into_iter().filter(|u| !local.iter().any(|(l, _)| l == u)).collect();
+        let gone: Vec<String> = before.into_iter().filter(|u| !local.contains_key(u)).collect();
         let mut p = ::redis::pipe();
         for u in &gone {
             p.hdel(self.key(&["presence", u]), &field).srem(&node_users, u);
@@ -759,7 +758,7 @@ impl Store for RedisStore {
         if !gone.is_empty() || !local.is_empty() {
             self.ok(p.query_async::<()>(&mut self.conn()?).await)?;
         }
-        for (user_id, _) in &local {
+        for user_id in local.keys() {
             let pkey = self.key(&["presence", user_id]);
             let status: Option<String> = self.ok(self.conn()?.hget(&pkey, "status").await)?;
             if status.as_deref() == Some("offline") {
