@@ -758,12 +758,26 @@ impl Store for RedisStore {
         if !gone.is_empty() || !local.is_empty() {
             self.ok(p.query_async::<()>(&mut self.conn()?).await)?;
         }
-        for user_id in local.keys() {
-            let pkey = self.key(&["presence", user_id]);
-            let status: Option<String> = self.ok(self.conn()?.hget(&pkey, "status").await)?;
+        // The counts are written: sockets may come and go again while a stale `offline` status is
+        // mended, two round trips whatever the number of users (not two per user).
+        drop(_alone);
+        let users: Vec<String> = local.into_keys().collect();
+        let mut read = ::redis::pipe();
+        for user_id in &users {
+            read.hget(self.key(&["presence", user_id]), "status");
+        }
+        let statuses: Vec<Option<String>> =
+            if users.is_empty() { Vec::new() } else { self.ok(read.query_async(&mut self.conn()?).await)? };
+        let mut mend = ::redis::pipe();
+        let mut mended = false;
+        for (user_id, status) in users.iter().zip(statuses) {
             if status.as_deref() == Some("offline") {
-                let _: () = self.ok(self.conn()?.hset(&pkey, "status", "online").await)?;
+                mend.hset(self.key(&["presence", user_id]), "status", "online").ignore();
+                mended = true;
             }
+        }
+        if mended {
+            self.ok(mend.query_async::<()>(&mut self.conn()?).await)?;
         }
         Ok(gone)
     }
